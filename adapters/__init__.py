@@ -1,0 +1,1 @@
+"""Adapters for outside systems (CRM sources now; ad cabinets later)."""

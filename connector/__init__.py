@@ -1,0 +1,1 @@
+"""Orchestration: config, state store, pipeline, CLI."""

@@ -1,0 +1,120 @@
+"""The ``lifecycle`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import date
+
+from rich.console import Console
+
+from adapters.csv_files import SourceError
+from connector.config import ConfigError, load_config
+
+EXIT_USAGE = 2
+
+
+def _as_of(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date; use YYYY-MM-DD") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lifecycle", description="Lifecycle segments for existing CRMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default="lifecycle.toml", help="TOML config file (default ./lifecycle.toml)")
+
+    demo = sub.add_parser("demo", help="run a full cycle on a generated sample base and print the result")
+    demo.add_argument("--customers", type=int, default=3000, help="size of the generated base (default 3000)")
+    demo.add_argument("--keep", metavar="DIR", help="keep the demo's files (CSV, config, state) in DIR")
+
+    sync = sub.add_parser("sync", help="pull into the mirror, compute today's membership, store who entered and left")
+    with_config(sync)
+    sync.add_argument("--format", choices=("table", "json"), default="table")
+
+    report = sub.add_parser("report", help="segment sizes, the 9-cell matrix and the KPI, from the mirror")
+    with_config(report)
+    report.add_argument("--as-of", type=_as_of, help="compute for this date (YYYY-MM-DD); default today")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument("--members", action="store_true", help="also list the member ids of each segment")
+    report.add_argument("--segment", metavar="NAME", help="only this segment (and list its members)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    out = Console(soft_wrap=False, width=max(Console().width, 110))
+    try:
+        if args.command == "demo":
+            from connector.demo import run_demo
+
+            return run_demo(out, customers=args.customers, keep=args.keep)
+        config = load_config(args.config)
+        if args.command == "sync":
+            return _sync(config, args, out)
+        if args.command == "report":
+            return _report(config, args, out)
+    except (ConfigError, SourceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
+
+
+def _sync(config, args, out: Console) -> int:
+    import json
+
+    from connector.pipeline import sync
+
+    result = sync(config)
+    summary = result.summary()
+    if args.format == "json":
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    out.print(
+        f"sync run {result.run_id} on {summary['as_of']}: {summary['customers']} customers, {summary['deals']} deals, "
+        f"{summary['rows_skipped']} rows skipped, {summary['deals_without_customer']} deals without a customer"
+    )
+    names = sorted(set(summary["entered"]) | set(summary["left"]))  # type: ignore[arg-type]
+    if not names:
+        out.print("no customer entered or left a segment")
+    for name in names:
+        out.print(f"  {name}: +{summary['entered'].get(name, 0)} entered, -{summary['left'].get(name, 0)} left")  # type: ignore[union-attr]
+    return 0
+
+
+def _report(config, args, out: Console) -> int:
+    from connector import report
+    from connector.pipeline import compute, open_store, today_in
+
+    names = config.rules.segment_names
+    if args.segment and args.segment not in names:
+        import difflib
+
+        close = difflib.get_close_matches(args.segment, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"--segment {args.segment!r}: no such segment{hint}; known: {', '.join(names)}")
+    as_of = args.as_of or today_in(config.crm.timezone)
+    store = open_store(config)
+    try:
+        comp = compute(store, config, as_of)
+    finally:
+        store.close()
+    segments = [args.segment] if args.segment else names
+    members = args.members or bool(args.segment)
+    if args.format == "json":
+        print(report.as_json(comp, segments=segments, members=members))
+    elif args.format == "csv":
+        sys.stdout.write(report.as_csv(comp, segments=segments, members=members))
+    else:
+        report.render_table(comp, config.settings, segments=segments, members=members, console=out)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

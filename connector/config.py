@@ -1,0 +1,274 @@
+"""Configuration: one TOML file, validated with pydantic-settings, overridable from the environment.
+
+* ``--config`` names the file (default ``./lifecycle.toml``).
+* Every key can be overridden by ``LIFECYCLE_<SECTION>__<KEY>`` (for example
+  ``LIFECYCLE_CRM__TIMEZONE=Asia/Yekaterinburg``); lists and tables are given as JSON.
+  The environment wins over the file.
+* An unknown key or a wrong type is a :class:`ConfigError` naming the key and the file (or the
+  environment variable it came from).
+* Relative paths (``crm.path``, a relative ``sqlite:///`` state URL) resolve against the folder of the
+  config file, not the current directory.
+* Custom segment rules are compiled here, once, against the feature schema: a typo in a rule stops the
+  start-up with the segment's name and the position of the mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "LIFECYCLE_"
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and what to fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CrmConfig(_Section):
+    kind: Literal["csv"] = Field(description="Which CRM to read: csv (bitrix24 and amocrm come next)")
+    name: str = Field("default", description="Key of this CRM account in the state store")
+    path: Path | None = Field(None, description="csv: folder with contacts.csv, deals.csv, companies.csv")
+    timezone: str = "Europe/Moscow"
+    customer: Literal["contact", "company"] = "contact"
+    delimiter: str = Field(",", min_length=1, max_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Europe/Moscow'") from None
+        return value
+
+    @model_validator(mode="after")
+    def _csv_needs_path(self) -> CrmConfig:
+        if self.kind == "csv" and self.path is None:
+            raise ValueError("kind = 'csv' needs path = 'FOLDER' (the folder holding contacts.csv and deals.csv)")
+        return self
+
+
+class StateConfig(_Section):
+    url: str = "sqlite:///lifecycle.db"
+
+
+class LifecyclePreset(_Section):
+    purchase_bins: tuple[int, int, int] = (1, 2, 4)
+    recency_days: tuple[int, int] = (60, 90)
+
+    @field_validator("purchase_bins")
+    @classmethod
+    def _bins_increase(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not (1 <= v[0] < v[1] < v[2]):
+            raise ValueError("purchase_bins must be three increasing counts starting at 1 or more, e.g. [1, 2, 4]")
+        return v
+
+    @field_validator("recency_days")
+    @classmethod
+    def _recency_increase(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not (0 <= v[0] < v[1]):
+            raise ValueError("recency_days must be two increasing day counts, e.g. [60, 90]")
+        return v
+
+
+class CadencePreset(_Section):
+    frequent_max_gap: float = Field(30, gt=0)
+    periodic_max_gap: float = Field(180, gt=0)
+    lapse_factor: float = Field(2.0, gt=0)
+    min_purchase_days: int = Field(3, ge=2)
+    rare_first_purchase_days: int = Field(180, ge=0)
+
+    @model_validator(mode="after")
+    def _gaps_increase(self) -> CadencePreset:
+        if self.frequent_max_gap >= self.periodic_max_gap:
+            raise ValueError("frequent_max_gap must be smaller than periodic_max_gap")
+        return self
+
+
+class BirthdayPreset(_Section):
+    soon_days: int = Field(30, ge=0, le=366)
+
+
+PresetName = Literal["lifecycle", "status", "cadence", "birthday"]
+
+
+class SegmentsConfig(_Section):
+    presets: tuple[PresetName, ...] = ("lifecycle", "status", "cadence", "birthday")
+    lifecycle: LifecyclePreset = LifecyclePreset()
+    cadence: CadencePreset = CadencePreset()
+    birthday: BirthdayPreset = BirthdayPreset()
+
+
+class KpiConfig(_Section):
+    active_share_target: float = Field(0.30, ge=0, le=1)
+
+
+class FieldConfig(_Section):
+    type: Literal["number", "string", "bool"] = "string"
+    source: str | None = Field(None, description="CRM field id or CSV header; defaults to the field's name")
+
+
+class SegmentRule(_Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    when: str
+    static: bool = False
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Built by :func:`load_config`; do not instantiate directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    crm: CrmConfig
+    state: StateConfig = StateConfig()
+    segments: SegmentsConfig = SegmentsConfig()
+    kpi: KpiConfig = KpiConfig()
+    fields: dict[str, FieldConfig] = {}
+    segment: tuple[SegmentRule, ...] = ()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (the file's content arrives as init kwargs).
+        return (env_settings, init_settings)
+
+    @field_validator("fields")
+    @classmethod
+    def _field_names(cls, v: dict[str, FieldConfig]) -> dict[str, FieldConfig]:
+        for name in v:
+            if not re.match(FIELD_NAME_PATTERN, name):
+                raise ValueError(f"custom field name {name!r} must be a plain identifier (letters, digits, _)")
+        return v
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """Validated settings plus where they came from and the compiled segment rules."""
+
+    settings: Settings
+    path: Path
+    rules: Any  # rules.engine.SegmentEngine, built from the settings
+
+    @property
+    def crm(self) -> CrmConfig:
+        return self.settings.crm
+
+    @property
+    def state_url(self) -> str:
+        return self.settings.state.url
+
+
+def _location(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    """Turn a pydantic error location into what a user sees in the TOML file."""
+    if not loc:
+        return "(top level)"
+    if loc[0] == "segment" and len(loc) > 1 and isinstance(loc[1], int):
+        entry = (data.get("segment") or [{}])[loc[1]] if isinstance(data.get("segment"), list) else {}
+        name = entry.get("name") if isinstance(entry, dict) else None
+        head = f"[[segment]] #{loc[1] + 1}" + (f" ({name!r})" if name else "")
+        rest = ".".join(str(p) for p in loc[2:])
+        return f"{head} {rest}".strip()
+    return ".".join(str(p) for p in loc)
+
+
+def _env_var_for(loc: tuple[Any, ...]) -> str | None:
+    """The environment variable that set this key, if any (names are case-insensitive)."""
+    wanted = (ENV_PREFIX + "__".join(str(p) for p in loc)).upper()
+    for key in os.environ:
+        if key.upper() == wanted:
+            return key
+    # A JSON value given for a whole section, e.g. LIFECYCLE_SEGMENTS__LIFECYCLE='{...}'
+    for depth in range(len(loc) - 1, 0, -1):
+        prefix = (ENV_PREFIX + "__".join(str(p) for p in loc[:depth])).upper()
+        for key in os.environ:
+            if key.upper() == prefix:
+                return key
+    return None
+
+
+def _describe(err: ValidationError, path: Path, data: dict[str, Any]) -> str:
+    lines = [f"{path}: invalid configuration:"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        where = _location(loc, data)
+        env = _env_var_for(loc)
+        source = f" (from environment variable {env})" if env else ""
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check its spelling and section (see config.example.toml)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            if "input" in e and e["type"] not in ("value_error",):
+                msg += f" (got {e['input']!r})"
+        lines.append(f"  {where}{source}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    crm = settings.crm
+    updates: dict[str, Any] = {}
+    if crm.path is not None and not crm.path.is_absolute():
+        updates["crm"] = crm.model_copy(update={"path": (base / crm.path).resolve()})
+    url = settings.state.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        rel = url[len("sqlite:///") :]
+        if rel and rel != ":memory:":
+            updates["state"] = StateConfig(url="sqlite:///" + str((base / rel).resolve()))
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def load_config(path: str | Path = "lifecycle.toml") -> LoadedConfig:
+    """Read, validate and compile the configuration; raise ConfigError with a fix-it message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path} not found; copy config.example.toml to {path} and edit it, or pass --config FILE"
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path, data)) from None
+    settings = _resolve_paths(settings, path.resolve().parent)
+
+    from rules.engine import SegmentEngine  # late import: rules depend on config types only
+    from rules.language import RuleError
+
+    try:
+        engine = SegmentEngine.from_settings(settings)
+    except (RuleError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return LoadedConfig(settings=settings, path=path.resolve(), rules=engine)

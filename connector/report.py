@@ -1,0 +1,128 @@
+"""Rendering a :class:`Computation` as a table (rich), JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from connector.config import Settings
+from connector.pipeline import Computation
+from rules.presets import COLUMNS, ROWS
+
+
+def as_dict(comp: Computation, *, segments: list[str], members: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "as_of": comp.as_of.isoformat(),
+        "customers": comp.customers,
+        "segments": {name: comp.counts[name] for name in segments},
+        "active_share": round(comp.active_share, 6) if comp.active_share is not None else None,
+    }
+    if members:
+        out["members"] = {name: [str(i) for i in comp.members(name)] for name in segments}
+    return out
+
+
+def as_json(comp: Computation, *, segments: list[str], members: bool) -> str:
+    return json.dumps(as_dict(comp, segments=segments, members=members), ensure_ascii=False)
+
+
+def as_csv(comp: Computation, *, segments: list[str], members: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if members:
+        writer.writerow(["segment", "customer_id"])
+        for name in segments:
+            writer.writerows([name, str(i)] for i in comp.members(name))
+    else:
+        writer.writerow(["as_of", "segment", "customers", "share"])
+        for name in segments:
+            share = comp.counts[name] / comp.customers if comp.customers else 0.0
+            writer.writerow([comp.as_of.isoformat(), name, comp.counts[name], f"{share:.4f}"])
+    return buf.getvalue()
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def matrix_table(comp: Computation, settings: Settings) -> Table:
+    lc = settings.segments.lifecycle
+    b0, b1, b2 = lc.purchase_bins
+    r0, r1 = lc.recency_days
+    row_titles = {"new": f"new ({b0}" + (f"-{b1 - 1})" if b1 - 1 > b0 else ")"), "promising": f"promising ({b1}-{b2 - 1})",
+                  "regular": f"regular ({b2}+)"}
+    col_titles = {"active": f"active (<= {r0} d)", "sleeping": f"sleeping ({r0 + 1}-{r1} d)", "asleep": f"asleep (> {r1} d)"}
+    cells = {(r, c): comp.counts[f"lifecycle.{r}_{c}"] for r in ROWS for c in COLUMNS}
+    in_matrix = sum(cells.values())
+    table = Table(title=f"Lifecycle matrix on {comp.as_of} (share of the {in_matrix} customers in it)")
+    table.add_column("purchases \\ last purchase")
+    for c in COLUMNS:
+        table.add_column(col_titles[c], justify="right")
+    table.add_column("total", justify="right")
+    for r in ROWS:
+        row_total = sum(cells[(r, c)] for c in COLUMNS)
+        table.add_row(
+            row_titles[r],
+            *(f"{cells[(r, c)]}  {_pct(cells[(r, c)], in_matrix)}" for c in COLUMNS),
+            f"{row_total}  {_pct(row_total, in_matrix)}",
+        )
+    col_totals = [sum(cells[(r, c)] for r in ROWS) for c in COLUMNS]
+    table.add_row("total", *(f"{t}  {_pct(t, in_matrix)}" for t in col_totals), f"{in_matrix}", style="bold")
+    return table
+
+
+def kpi_line(comp: Computation, settings: Settings) -> Text:
+    target = settings.kpi.active_share_target
+    share = comp.active_share
+    if share is None:
+        return Text(f"Active base: no customer has bought yet (target {target:.0%})", style="yellow")
+    ok = share >= target
+    verdict = "meets the target" if ok else "below the target"
+    return Text(
+        f"Active base: {share:.1%} of {comp.buyers} buyers bought within "
+        f"{settings.segments.lifecycle.recency_days[0]} days (target {target:.0%}): {verdict}",
+        style="green" if ok else "red",
+    )
+
+
+def segments_table(comp: Computation, segments: list[str]) -> Table:
+    table = Table(title=f"Segments ({comp.customers} customers)")
+    table.add_column("segment")
+    table.add_column("customers", justify="right")
+    table.add_column("share", justify="right")
+    for name in segments:
+        note = " (static, frozen)" if name in comp.frozen else ""
+        table.add_row(name + note, str(comp.counts[name]), _pct(comp.counts[name], comp.customers))
+    return table
+
+
+def render_table(
+    comp: Computation, settings: Settings, *, segments: list[str], members: bool, console: Console
+) -> None:
+    parts: list[Any] = []
+    lifecycle_cells = [n for n in segments if n.startswith("lifecycle.")]
+    if "lifecycle" in settings.segments.presets and len(segments) > 1:
+        parts.append(matrix_table(comp, settings))
+        segments = [n for n in segments if n not in lifecycle_cells]
+    parts.append(segments_table(comp, segments))
+    parts.append(kpi_line(comp, settings))
+    skipped = comp.stats.deals_without_customer + comp.stats.deals_unknown_customer
+    if skipped:
+        parts.append(
+            Text(
+                f"Skipped deals: {comp.stats.deals_without_customer} without a customer, "
+                f"{comp.stats.deals_unknown_customer} whose customer is not in the mirror",
+                style="dim",
+            )
+        )
+    console.print(Group(*parts))
+    if members:
+        for name in segments:
+            ids = comp.members(name)
+            console.print(f"[bold]{name}[/bold] ({len(ids)}): " + (", ".join(map(str, ids)) or "-"))

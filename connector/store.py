@@ -1,0 +1,438 @@
+"""State store: the local mirror, segment membership with its history, and run records.
+
+SQLAlchemy Core over SQLite by default (``[state] url = "sqlite:///lifecycle.db"``). Every table is keyed
+by ``portal`` (``[crm] name``) so one database can serve many CRM accounts.
+
+Bulk reads for the segment engine go through connectorx straight into Arrow/polars (SQLite and
+PostgreSQL), because pulling millions of rows through Python tuples costs seconds per million.
+
+Schema changes are migrations: ``MIGRATIONS`` is an ordered list, the ``meta`` table records the version
+reached, and :meth:`StateStore.open` applies what is missing inside one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date, datetime, timezone
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from adapters.base import Customer, Deal, Entity, PullResult
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("portal", sa.String(128), nullable=False, index=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("as_of", sa.Date),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("status", sa.String(16), nullable=False),  # running | ok | failed
+    sa.Column("stats", sa.Text),  # JSON
+    sa.Column("error", sa.Text),
+)
+
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("entity", sa.String(16), primary_key=True),  # contact | company
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.Text),
+    sa.Column("phone", sa.Text),
+    sa.Column("email", sa.Text),
+    sa.Column("birthday", sa.Date),
+    sa.Column("responsible_id", sa.String(64)),
+    sa.Column("created_ts", sa.BigInteger),
+    sa.Column("fields", sa.Text),  # JSON object of custom fields by their source name
+)
+
+deals = sa.Table(
+    "deals",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("contact_id", sa.BigInteger),
+    sa.Column("company_id", sa.BigInteger),
+    sa.Column("status", sa.String(8), nullable=False),  # won | lost | open
+    sa.Column("amount", sa.Float, nullable=False),
+    sa.Column("currency", sa.String(8)),
+    sa.Column("created_ts", sa.BigInteger),
+    sa.Column("closed_ts", sa.BigInteger),
+)
+
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("static", sa.Boolean, nullable=False),
+    sa.Column("definition", sa.Text),
+    sa.Column("frozen_run", sa.Integer),  # static segments: the run that froze them
+)
+
+membership = sa.Table(
+    "membership",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("segment", sa.String(128), primary_key=True),
+    sa.Column("customer_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("entered_on", sa.Date, nullable=False),
+    sa.Column("entered_run", sa.Integer, nullable=False),
+)
+
+membership_events = sa.Table(
+    "membership_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("portal", sa.String(128), nullable=False),
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("segment", sa.String(128), nullable=False),
+    sa.Column("customer_id", sa.BigInteger, nullable=False),
+    sa.Column("event", sa.String(8), nullable=False),  # enter | exit
+    sa.Column("on_date", sa.Date, nullable=False),
+    sa.Index("ix_membership_events_portal_run", "portal", "run_id"),
+)
+
+
+def _migration_1(conn: Connection) -> None:
+    metadata.create_all(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+CHUNK = 20_000
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _chunks(rows: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+class StateStore:
+    """All reads and writes of the connector's own state for one CRM account (``portal``)."""
+
+    def __init__(self, engine: Engine, portal: str):
+        self.engine = engine
+        self.portal = portal
+
+    @classmethod
+    def open(cls, url: str, portal: str) -> StateStore:
+        engine = sa.create_engine(url)
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        store = cls(engine, portal)
+        store.migrate()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ----------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        with self.engine.begin() as conn:
+            version = 0
+            if sa.inspect(conn).has_table("meta"):
+                row = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
+                version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"state store schema is version {version}, newer than this program ({SCHEMA_VERSION}); upgrade crm-lifecycle"
+                )
+            for step in MIGRATIONS[version:]:
+                step(conn)
+            if version < SCHEMA_VERSION:
+                conn.execute(sa.delete(meta_table).where(meta_table.c.key == "schema_version"))
+                conn.execute(sa.insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def start_run(self, kind: str, as_of: date | None) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.insert(runs).values(portal=self.portal, kind=kind, as_of=as_of, started_at=_now(), status="running")
+            )
+            return int(result.inserted_primary_key[0])
+
+    def finish_run(self, run_id: int, *, status: str, stats: dict[str, Any], error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id)
+                .values(finished_at=_now(), status=status, stats=json.dumps(stats, default=str), error=error)
+            )
+
+    def last_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(runs).where(runs.c.portal == self.portal).order_by(runs.c.id.desc()).limit(limit)
+            ).mappings()
+            return [dict(r) | {"stats": json.loads(r["stats"]) if r["stats"] else {}} for r in rows]
+
+    # -- mirror ----------------------------------------------------------------------------------
+
+    def apply_pull(self, pull: PullResult) -> dict[str, int]:
+        """Write one pull into the mirror in a single transaction; return what changed."""
+        with self.engine.begin() as conn:
+            upserted_c = self._upsert(conn, customers, [self._customer_row(c) for c in pull.customers])
+            upserted_d = self._upsert(conn, deals, [self._deal_row(d) for d in pull.deals])
+            deleted_c = set(pull.deleted_customer_ids)
+            deleted_d = set(pull.deleted_deal_ids)
+            if pull.snapshot:
+                present_c = {(c.entity, c.id) for c in pull.customers} | set(pull.kept_customer_ids)
+                stored_c = conn.execute(
+                    sa.select(customers.c.entity, customers.c.id).where(customers.c.portal == self.portal)
+                ).all()
+                deleted_c |= {(e, i) for e, i in stored_c if (e, i) not in present_c}
+                present_d = {d.id for d in pull.deals} | set(pull.kept_deal_ids)
+                stored_d = conn.execute(sa.select(deals.c.id).where(deals.c.portal == self.portal)).scalars()
+                deleted_d |= {i for i in stored_d if i not in present_d}
+            for entity in ("contact", "company"):
+                ids = sorted(i for e, i in deleted_c if e == entity)
+                for part in _chunks(ids, 500):
+                    conn.execute(
+                        sa.delete(customers).where(
+                            customers.c.portal == self.portal, customers.c.entity == entity, customers.c.id.in_(part)
+                        )
+                    )
+            for part in _chunks(sorted(deleted_d), 500):
+                conn.execute(sa.delete(deals).where(deals.c.portal == self.portal, deals.c.id.in_(part)))
+        return {
+            "customers_upserted": upserted_c,
+            "deals_upserted": upserted_d,
+            "customers_deleted": len(deleted_c),
+            "deals_deleted": len(deleted_d),
+        }
+
+    def _customer_row(self, c: Customer) -> dict[str, Any]:
+        return {
+            "portal": self.portal,
+            "entity": c.entity,
+            "id": c.id,
+            "name": c.name,
+            "phone": c.phone,
+            "email": c.email,
+            "birthday": c.birthday,
+            "responsible_id": c.responsible_id,
+            "created_ts": c.created_ts,
+            "fields": json.dumps(c.fields, ensure_ascii=False) if c.fields else None,
+        }
+
+    def _deal_row(self, d: Deal) -> dict[str, Any]:
+        return {
+            "portal": self.portal,
+            "id": d.id,
+            "contact_id": d.contact_id,
+            "company_id": d.company_id,
+            "status": d.status,
+            "amount": d.amount,
+            "currency": d.currency,
+            "created_ts": d.created_ts,
+            "closed_ts": d.closed_ts,
+        }
+
+    def _upsert(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        dialect = conn.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:  # pragma: no cover - other databases are not supported
+            raise RuntimeError(f"state store: unsupported database {dialect!r} (use SQLite or PostgreSQL)")
+        keys = [c.name for c in table.primary_key.columns]
+        stmt = insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys, set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+        )
+        for part in _chunks(rows):
+            conn.execute(stmt, list(part))
+        return len(rows)
+
+    def insert_bulk(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        """Plain inserts (no conflict handling), for seeding an empty mirror quickly."""
+        with self.engine.begin() as conn:
+            for part in _chunks(rows, 50_000):
+                conn.execute(sa.insert(table), list(part))
+
+    # -- frames for the engine -------------------------------------------------------------------
+
+    def read_frame(self, query: sa.Select, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        """Run a SELECT and return a polars frame, vectorised where the database allows."""
+        url = self.engine.url
+        sql = str(query.compile(self.engine, compile_kwargs={"literal_binds": True}))
+        frame: pl.DataFrame | None = None
+        if url.get_backend_name() in ("sqlite", "postgresql") and url.database not in (None, "", ":memory:"):
+            frame = pl.read_database_uri(sql, _connectorx_uri(url), engine="connectorx")
+        if frame is None or frame.width != len(schema):
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            frame = pl.DataFrame(rows, schema=list(schema), orient="row", infer_schema_length=None)
+        if frame.height == 0:
+            return pl.DataFrame(schema=schema)
+        frame.columns = list(schema)
+        return frame.cast(schema)  # type: ignore[arg-type]
+
+    def customers_frame(self, entity: Entity) -> pl.DataFrame:
+        query = sa.select(
+            customers.c.id,
+            customers.c.phone,
+            customers.c.email,
+            customers.c.birthday,
+            customers.c.responsible_id,
+            customers.c.created_ts,
+            customers.c.fields,
+        ).where(customers.c.portal == self.portal, customers.c.entity == entity)
+        frame = self.read_frame(
+            query,
+            {
+                "id": pl.Int64,
+                "phone": pl.String,
+                "email": pl.String,
+                "birthday": pl.String,
+                "responsible_id": pl.String,
+                "created_ts": pl.Int64,
+                "fields": pl.String,
+            },
+        )
+        return frame.with_columns(pl.col("birthday").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))
+
+    def deals_frame(self) -> pl.DataFrame:
+        query = sa.select(
+            deals.c.id,
+            deals.c.contact_id,
+            deals.c.company_id,
+            deals.c.status,
+            deals.c.amount,
+            deals.c.created_ts,
+            deals.c.closed_ts,
+        ).where(deals.c.portal == self.portal)
+        return self.read_frame(
+            query,
+            {
+                "id": pl.Int64,
+                "contact_id": pl.Int64,
+                "company_id": pl.Int64,
+                "status": pl.String,
+                "amount": pl.Float64,
+                "created_ts": pl.Int64,
+                "closed_ts": pl.Int64,
+            },
+        )
+
+    def membership_frame(self) -> pl.DataFrame:
+        query = sa.select(membership.c.segment, membership.c.customer_id).where(membership.c.portal == self.portal)
+        return self.read_frame(query, {"segment": pl.String, "customer_id": pl.Int64})
+
+    # -- segments and membership -----------------------------------------------------------------
+
+    def frozen_segments(self) -> set[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(segments.c.name).where(
+                    segments.c.portal == self.portal, segments.c.static.is_(True), segments.c.frozen_run.is_not(None)
+                )
+            ).scalars()
+            return set(rows)
+
+    def apply_membership(
+        self,
+        run_id: int,
+        on_date: date,
+        entered: pl.DataFrame,
+        left: pl.DataFrame,
+        definitions: dict[str, tuple[bool, str]],
+    ) -> None:
+        """Record who entered and who left (frames of segment, customer_id) in one transaction.
+
+        ``definitions`` maps every computed segment to (static, definition); static segments seen for
+        the first time are frozen by this run.
+        """
+        with self.engine.begin() as conn:
+            known = {
+                r.name: r
+                for r in conn.execute(sa.select(segments).where(segments.c.portal == self.portal)).all()
+            }
+            for name, (static, definition) in definitions.items():
+                row = known.get(name)
+                frozen_run = run_id if static else None
+                if row is None:
+                    conn.execute(
+                        sa.insert(segments).values(
+                            portal=self.portal, name=name, static=static, definition=definition, frozen_run=frozen_run
+                        )
+                    )
+                elif row.definition != definition or bool(row.static) != static:
+                    keep = row.frozen_run if (static and row.static and row.frozen_run) else frozen_run
+                    conn.execute(
+                        sa.update(segments)
+                        .where(segments.c.portal == self.portal, segments.c.name == name)
+                        .values(static=static, definition=definition, frozen_run=keep)
+                    )
+            enter_rows = [
+                {"portal": self.portal, "segment": s, "customer_id": c, "entered_on": on_date, "entered_run": run_id}
+                for s, c in entered.select("segment", "customer_id").iter_rows()
+            ]
+            for part in _chunks(enter_rows, 50_000):
+                conn.execute(sa.insert(membership), list(part))
+            for seg, ids in left.group_by("segment").agg(pl.col("customer_id")).iter_rows():
+                for part in _chunks(sorted(ids), 500):
+                    conn.execute(
+                        sa.delete(membership).where(
+                            membership.c.portal == self.portal,
+                            membership.c.segment == seg,
+                            membership.c.customer_id.in_(part),
+                        )
+                    )
+            events = [
+                {"portal": self.portal, "run_id": run_id, "segment": s, "customer_id": c, "event": ev, "on_date": on_date}
+                for ev, frame in (("enter", entered), ("exit", left))
+                for s, c in frame.select("segment", "customer_id").iter_rows()
+            ]
+            for part in _chunks(events, 50_000):
+                conn.execute(sa.insert(membership_events), list(part))
+
+    def membership_events_frame(self, run_id: int | None = None) -> pl.DataFrame:
+        query = sa.select(
+            membership_events.c.run_id, membership_events.c.segment, membership_events.c.customer_id, membership_events.c.event
+        ).where(membership_events.c.portal == self.portal)
+        if run_id is not None:
+            query = query.where(membership_events.c.run_id == run_id)
+        return self.read_frame(
+            query, {"run_id": pl.Int64, "segment": pl.String, "customer_id": pl.Int64, "event": pl.String}
+        )
+
+
+def _connectorx_uri(url: sa.URL) -> str:
+    if url.get_backend_name() == "sqlite":
+        return f"sqlite://{url.database}"
+    # postgresql+psycopg://... -> postgresql://...
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

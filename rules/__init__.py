@@ -1,0 +1,1 @@
+"""Customer features, segment presets and the rule language, all vectorised with polars."""

@@ -1,0 +1,116 @@
+"""The segment engine: presets plus custom rules, compiled once, evaluated over the feature frame.
+
+``SegmentEngine.from_settings`` type-checks every ``[[segment]]`` rule against the feature schema (built-in
+features, declared custom fields, and every segment name) and orders custom segments so a rule may use
+another custom segment; a cycle is an error naming the segments in it. ``evaluate`` adds one boolean
+column per segment to the feature frame, all vectorised. Static segments that the state store has
+already frozen are taken from the stored membership instead of being recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import polars as pl
+
+from connector.config import Settings
+from rules.features import BUILTIN_FEATURES, CustomField
+from rules.language import CompiledRule, compile_rule
+from rules.presets import all_preset_names, preset_segments
+
+
+@dataclass(frozen=True)
+class CustomSegment:
+    name: str
+    rule: CompiledRule
+    static: bool
+
+
+@dataclass(frozen=True)
+class SegmentEngine:
+    presets: dict[str, pl.Expr]
+    custom: tuple[CustomSegment, ...]  # in dependency order
+    fields: dict[str, CustomField]
+    settings: Settings
+
+    @property
+    def segment_names(self) -> list[str]:
+        return [*self.presets, *(c.name for c in self.custom)]
+
+    def definitions(self) -> dict[str, tuple[bool, str]]:
+        """Segment name -> (static, definition text), as recorded in the state store."""
+        out = {name: (False, "preset") for name in self.presets}
+        out.update({c.name: (c.static, c.rule.source) for c in self.custom})
+        return out
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SegmentEngine:
+        fields = {
+            name: CustomField(name=name, type=f.type, source=f.source or name) for name, f in settings.fields.items()
+        }
+        for name in fields:
+            if name in BUILTIN_FEATURES:
+                raise ValueError(f"[fields] {name!r}: a built-in feature has this name; choose another")
+        presets = preset_segments(settings.segments)
+        reserved = set(all_preset_names())
+        seen: set[str] = set()
+        for rule in settings.segment:
+            if rule.name in reserved:
+                raise ValueError(f"segment {rule.name!r}: this name belongs to a preset; choose another")
+            if rule.name in seen:
+                raise ValueError(f"segment {rule.name!r} is defined twice")
+            if rule.name in BUILTIN_FEATURES or rule.name in fields:
+                raise ValueError(f"segment {rule.name!r}: a feature has this name; choose another")
+            seen.add(rule.name)
+        schema: dict[str, str] = {**BUILTIN_FEATURES, **{n: f.type for n, f in fields.items()}}
+        schema.update({name: "bool" for name in presets})
+        schema.update({rule.name: "bool" for rule in settings.segment})
+        disabled = reserved - set(presets)
+        compiled = {}
+        for rule in settings.segment:
+            compiled[rule.name] = CustomSegment(rule.name, compile_rule(rule.when, schema, segment=rule.name), rule.static)
+            off = sorted(compiled[rule.name].rule.references & disabled)
+            if off:
+                raise ValueError(
+                    f"segment {rule.name!r}: uses {', '.join(off)}, whose preset is not enabled in [segments] presets"
+                )
+        return cls(presets=presets, custom=_ordered(compiled), fields=fields, settings=settings)
+
+    def evaluate(self, features: pl.DataFrame, frozen: Mapping[str, pl.Series] | None = None) -> pl.DataFrame:
+        """Return ``id`` plus one boolean column per segment.
+
+        ``frozen`` maps a static segment already frozen in the state store to its member ids.
+        """
+        frozen = frozen or {}
+        frame = features.with_columns(
+            (pl.col("id").is_in(frozen[n].implode()) if n in frozen else e).alias(n) for n, e in self.presets.items()
+        )
+        for seg in self.custom:
+            expr = pl.col("id").is_in(frozen[seg.name].implode()) if seg.name in frozen else seg.rule.expr
+            frame = frame.with_columns(expr.alias(seg.name))
+        return frame.select("id", *self.segment_names)
+
+
+def _ordered(compiled: dict[str, CustomSegment]) -> tuple[CustomSegment, ...]:
+    """Topological order of custom segments by the segments they reference; a cycle is an error."""
+    order: list[CustomSegment] = []
+    state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name) :] + [name]
+            raise ValueError(f"segment {name!r}: rules refer to each other in a cycle: {' -> '.join(cycle)}")
+        state[name] = 1
+        for ref in sorted(compiled[name].rule.references):
+            if ref in compiled:
+                visit(ref, path + [name])
+        state[name] = 2
+        order.append(compiled[name])
+
+    for name in compiled:
+        visit(name, [])
+    return tuple(order)
+

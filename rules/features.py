@@ -1,0 +1,205 @@
+"""Customer features, computed for all customers at once with polars (no Python loop per customer).
+
+Semantics follow design.md, "Segment semantics":
+
+* A purchase is a won deal, dated by its close date as a calendar date in the CRM time zone, counted
+  for its primary contact (or its company when ``customer = "company"``). Purchases dated after
+  ``as_of`` are ignored; so are open deals created and lost deals closed after ``as_of``.
+* Deals with no customer, or whose customer is not in the mirror, are skipped and counted.
+* ``median_gap`` is the median of day gaps between consecutive *distinct* purchase dates (two purchases
+  on one day make one purchase day).
+* ``days_to_birthday`` is 0 on the day; 29 February counts as 28 February in other years.
+* Customers created after ``as_of`` are left out unless they already have a purchase by then, so a
+  backtest does not count people the CRM did not know yet.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+
+import polars as pl
+
+FeatureType = str  # "number" | "string" | "bool"
+
+BUILTIN_FEATURES: dict[str, FeatureType] = {
+    "purchases": "number",
+    "purchase_days": "number",
+    "first_purchase_days": "number",
+    "recency_days": "number",
+    "monetary": "number",
+    "avg_order": "number",
+    "median_gap": "number",
+    "days_to_birthday": "number",
+    "open_deals": "number",
+    "lost_deals": "number",
+    "has_phone": "bool",
+    "has_email": "bool",
+    "responsible_id": "string",
+}
+
+TRUE_WORDS = ("1", "true", "yes", "y", "да", "t")
+FALSE_WORDS = ("0", "false", "no", "n", "нет", "f")
+
+
+@dataclass(frozen=True)
+class CustomField:
+    name: str  # stable name used in rules
+    type: FeatureType
+    source: str  # CRM field id / CSV header, the key in the mirror's JSON
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    customers: int
+    deals: int
+    deals_without_customer: int
+    deals_unknown_customer: int
+
+
+def local_date(column: str, tz: str) -> pl.Expr:
+    """UTC epoch seconds -> calendar date in the CRM time zone."""
+    return pl.from_epoch(pl.col(column), time_unit="s").dt.replace_time_zone("UTC").dt.convert_time_zone(tz).dt.date()
+
+
+def _days_since(day: pl.Expr, as_of: date) -> pl.Expr:
+    return (pl.lit(as_of) - day).dt.total_days()
+
+
+def _days_to_birthday(as_of: date) -> pl.Expr:
+    month = pl.col("birthday").dt.month()
+    day = pl.col("birthday").dt.day()
+
+    def occurrence(year: int) -> pl.Expr:
+        feb29 = (month == 2) & (day == 29)
+        fixed_day = day if calendar.isleap(year) else pl.when(feb29).then(pl.lit(28, pl.Int8)).otherwise(day)
+        return pl.date(pl.lit(year), month, fixed_day)
+
+    this_year = occurrence(as_of.year)
+    next_one = pl.when(this_year >= pl.lit(as_of)).then(this_year).otherwise(occurrence(as_of.year + 1))
+    return (next_one - pl.lit(as_of)).dt.total_days()
+
+
+def _custom_field(field: CustomField) -> pl.Expr:
+    raw = pl.col("_fields").struct.field(field.source).str.strip_chars()
+    if field.type == "number":
+        value = raw.str.replace_all(" ", "").str.replace(",", ".").cast(pl.Float64, strict=False)
+    elif field.type == "bool":
+        lowered = raw.str.to_lowercase()
+        value = (
+            pl.when(lowered.is_in(TRUE_WORDS))
+            .then(pl.lit(True))
+            .when(lowered.is_in(FALSE_WORDS))
+            .then(pl.lit(False))
+            .otherwise(pl.lit(None, pl.Boolean))
+        )
+    else:
+        value = pl.when(raw == "").then(pl.lit(None, pl.String)).otherwise(raw)
+    return value.alias(field.name)
+
+
+def compute_features(
+    customers: pl.DataFrame,
+    deals: pl.DataFrame,
+    *,
+    as_of: date,
+    timezone: str,
+    customer: str = "contact",
+    fields: Mapping[str, CustomField] | None = None,
+) -> tuple[pl.DataFrame, FeatureStats]:
+    """Return one row per customer (``id`` plus every feature) and counts for the run summary.
+
+    ``customers``: id, phone, email, birthday (date), responsible_id, created_ts, fields (JSON text).
+    ``deals``: id, contact_id, company_id, status, amount, created_ts, closed_ts.
+    """
+    fields = dict(fields or {})
+    key = "contact_id" if customer == "contact" else "company_id"
+    known_ids = customers.select(pl.col("id").alias("customer_id"))
+
+    deals_l = (
+        deals.lazy()
+        .select(
+            pl.col(key).alias("customer_id"),
+            "status",
+            "amount",
+            local_date("closed_ts", timezone).alias("closed_on"),
+            local_date("created_ts", timezone).alias("created_on"),
+        )
+    )
+    with_customer = deals_l.filter(pl.col("customer_id").is_not_null())
+    deals_known = with_customer.join(known_ids.lazy(), on="customer_id", how="semi")
+    as_of_lit = pl.lit(as_of)
+
+    won = deals_known.filter((pl.col("status") == "won") & (pl.col("closed_on") <= as_of_lit))
+    purchases = won.group_by("customer_id").agg(
+        pl.len().alias("purchases"),
+        pl.col("closed_on").n_unique().alias("purchase_days"),
+        pl.col("closed_on").min().alias("_first"),
+        pl.col("closed_on").max().alias("_last"),
+        pl.col("amount").sum().alias("monetary"),
+    )
+    gaps = (
+        won.select("customer_id", "closed_on")
+        .unique()
+        .sort("customer_id", "closed_on")
+        .with_columns((pl.col("closed_on") - pl.col("closed_on").shift(1)).dt.total_days().alias("_gap"),
+                      (pl.col("customer_id") == pl.col("customer_id").shift(1)).alias("_same"))
+        .filter(pl.col("_same"))
+        .group_by("customer_id")
+        .agg(pl.col("_gap").median().alias("median_gap"))
+    )
+    other = deals_known.group_by("customer_id").agg(
+        ((pl.col("status") == "open") & pl.col("created_on").fill_null(as_of_lit).le(as_of_lit)).sum().alias("open_deals"),
+        (
+            (pl.col("status") == "lost")
+            & pl.coalesce("closed_on", "created_on").fill_null(as_of_lit).le(as_of_lit)
+        ).sum().alias("lost_deals"),
+    )
+
+    base = customers.lazy()
+    if fields:
+        struct = pl.Struct({f.source: pl.String for f in fields.values()})
+        base = base.with_columns(pl.col("fields").str.json_decode(struct).alias("_fields"))
+    features = (
+        base.join(purchases.rename({"customer_id": "id"}), on="id", how="left")
+        .join(gaps.rename({"customer_id": "id"}), on="id", how="left")
+        .join(other.rename({"customer_id": "id"}), on="id", how="left")
+        .filter(
+            pl.col("created_ts").is_null()
+            | (local_date("created_ts", timezone) <= as_of_lit)
+            | pl.col("purchases").is_not_null()
+        )
+        .select(
+            "id",
+            pl.col("purchases").fill_null(0).cast(pl.Int64),
+            pl.col("purchase_days").fill_null(0).cast(pl.Int64),
+            _days_since(pl.col("_first"), as_of).alias("first_purchase_days"),
+            _days_since(pl.col("_last"), as_of).alias("recency_days"),
+            pl.col("monetary").fill_null(0.0),
+            (pl.col("monetary") / pl.col("purchases")).alias("avg_order"),
+            pl.col("median_gap").cast(pl.Float64),
+            _days_to_birthday(as_of).alias("days_to_birthday"),
+            pl.col("open_deals").fill_null(0).cast(pl.Int64),
+            pl.col("lost_deals").fill_null(0).cast(pl.Int64),
+            (pl.col("phone").str.strip_chars().fill_null("") != "").alias("has_phone"),
+            (pl.col("email").str.strip_chars().fill_null("") != "").alias("has_email"),
+            "responsible_id",
+            *(_custom_field(f) for f in fields.values()),
+        )
+    )
+    counts = deals_l.select(
+        pl.len().alias("deals"),
+        pl.col("customer_id").is_null().sum().alias("without"),
+    )
+    known_count = deals_known.select(pl.len().alias("known"))
+    features_df, counts_df, known_df = pl.collect_all([features, counts, known_count])
+    total, without = counts_df.row(0)
+    stats = FeatureStats(
+        customers=features_df.height,
+        deals=int(total),
+        deals_without_customer=int(without),
+        deals_unknown_customer=int(total - without - known_df.item()),
+    )
+    return features_df, stats

@@ -1,0 +1,1 @@
+"""Local emulators and synthetic data for tests, benchmarks and the demo. Never used against a live system."""
