@@ -105,6 +105,8 @@ def _report(config, args, out: Console) -> int:
         comp = compute(store, config, as_of)
     finally:
         store.close()
+    if comp.customers == 0:
+        print(f"note: the mirror holds no customers of {config.crm.name!r}; run `lifecycle sync` first", file=sys.stderr)
     segments = [args.segment] if args.segment else names
     members = args.members or bool(args.segment)
     if args.format == "json":

@@ -30,6 +30,7 @@ class Computation:
     """Segment membership of every customer on one date."""
 
     as_of: date
+    features: pl.DataFrame  # id + one column per feature
     membership: pl.DataFrame  # id + one boolean column per segment
     counts: dict[str, int]
     customers: int
@@ -108,6 +109,7 @@ def compute(
     ).row(0)
     return Computation(
         as_of=as_of,
+        features=features,
         membership=membership,
         counts=counts,
         customers=features.height,

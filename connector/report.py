@@ -21,7 +21,7 @@ def as_dict(comp: Computation, *, segments: list[str], members: bool) -> dict[st
         "as_of": comp.as_of.isoformat(),
         "customers": comp.customers,
         "segments": {name: comp.counts[name] for name in segments},
-        "active_share": round(comp.active_share, 6) if comp.active_share is not None else None,
+        "active_share": comp.active_share,
     }
     if members:
         out["members"] = {name: [str(i) for i in comp.members(name)] for name in segments}

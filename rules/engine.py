@@ -64,7 +64,7 @@ class SegmentEngine:
                 raise ValueError(f"segment {rule.name!r}: a feature has this name; choose another")
             seen.add(rule.name)
         schema: dict[str, str] = {**BUILTIN_FEATURES, **{n: f.type for n, f in fields.items()}}
-        schema.update({name: "bool" for name in presets})
+        schema.update({name: "bool" for name in reserved})  # disabled presets get a clearer error below
         schema.update({rule.name: "bool" for rule in settings.segment})
         disabled = reserved - set(presets)
         compiled = {}

@@ -1,0 +1,79 @@
+"""Shared helpers: a CSV "CRM" folder and a config pointing at it, built per test in tmp_path."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connector.config import LoadedConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTACT_HEADER = ["id", "name", "phone", "email", "birthday", "responsible_id", "created_at"]
+DEAL_HEADER = ["id", "contact_id", "company_id", "status", "amount", "currency", "created_at", "closed_at"]
+
+BASE_CONFIG = """\
+[crm]
+kind = "csv"
+path = "crm"
+timezone = "Europe/Moscow"
+
+[state]
+url = "sqlite:///state.db"
+"""
+
+
+class Workspace:
+    """A folder with crm/*.csv and lifecycle.toml, as a user would set it up."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.crm = root / "crm"
+        self.crm.mkdir(parents=True, exist_ok=True)
+        self.config_path = root / "lifecycle.toml"
+
+    def write_config(self, extra: str = "", base: str = BASE_CONFIG) -> Path:
+        self.config_path.write_text(base + "\n" + extra, encoding="utf-8")
+        return self.config_path
+
+    def config(self, extra: str = "") -> LoadedConfig:
+        self.write_config(extra)
+        return load_config(self.config_path)
+
+    def write_contacts(self, rows: list[dict], extra_columns: list[str] | None = None, name: str = "contacts.csv") -> None:
+        header = CONTACT_HEADER + (extra_columns or [])
+        self._write(name, header, rows)
+
+    def write_deals(self, rows: list[dict]) -> None:
+        self._write("deals.csv", DEAL_HEADER, rows)
+
+    def _write(self, name: str, header: list[str], rows: list[dict]) -> None:
+        with (self.crm / name).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in header})
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "connector.cli", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            cwd=self.root,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"lifecycle {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def report_json(self, *args: str) -> dict:
+        return json.loads(self.cli("report", "--format", "json", *args).stdout)
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)

@@ -1,0 +1,469 @@
+"""Tests for rules.language: parse once, type-check, compile to one vectorised polars expression."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import polars as pl
+import pytest
+
+from rules import language
+from rules.language import CompiledRule, RuleError, compile_rule
+
+SCHEMA: dict[str, language.FeatureType] = {
+    "purchases": "number",
+    "recency_days": "number",
+    "monetary": "number",
+    "responsible_id": "string",
+    "has_phone": "bool",
+    "has_email": "bool",
+    "a": "bool",
+    "b": "bool",
+    "c": "bool",
+    "lifecycle.regular_asleep": "bool",
+    "cf.loyalty_level": "number",
+    "android": "bool",
+    "order_count": "number",
+    "notes": "string",
+    "nothing": "bool",
+    "true_value": "number",
+    "nullable": "bool",
+    "orca": "bool",
+}
+
+
+def run(rule: str, frame: pl.DataFrame, schema=SCHEMA) -> list[bool]:
+    compiled = compile_rule(rule, schema, segment="test")
+    return frame.with_columns(compiled.expr.alias("hit"))["hit"].to_list()  # broadcasts literals
+
+
+def error(rule: str, schema=SCHEMA, segment: str = "vip") -> RuleError:
+    with pytest.raises(RuleError) as info:
+        compile_rule(rule, schema, segment=segment)
+    return info.value
+
+
+# --- logic and precedence -------------------------------------------------------------
+
+ABC = pl.DataFrame(
+    list(itertools.product([True, False], repeat=3)), schema=["a", "b", "c"], orient="row"
+)
+ROWS = list(ABC.iter_rows())
+
+
+@pytest.mark.parametrize(
+    "rule, truth",
+    [
+        ("a or b and c", lambda a, b, c: a or (b and c)),
+        ("a and b or c", lambda a, b, c: (a and b) or c),
+        ("(a or b) and c", lambda a, b, c: (a or b) and c),
+        ("not a and b", lambda a, b, c: (not a) and b),
+        ("not (a and b)", lambda a, b, c: not (a and b)),
+        ("not a or not b and c", lambda a, b, c: (not a) or ((not b) and c)),
+        ("not not a", lambda a, b, c: a),
+        ("a and b and c", lambda a, b, c: a and b and c),
+        ("a or b or c", lambda a, b, c: a or b or c),
+        ("((a))", lambda a, b, c: a),
+        ("a == b", lambda a, b, c: a == b),
+        ("a != c", lambda a, b, c: a != c),
+        ("a == true", lambda a, b, c: a),
+        ("b == false", lambda a, b, c: not b),
+        ("(a or b) == c", lambda a, b, c: (a or b) == c),
+        ("true", lambda a, b, c: True),
+        ("false or c", lambda a, b, c: c),
+    ],
+)
+def test_boolean_logic_and_precedence(rule, truth):
+    assert run(rule, ABC) == [truth(*row) for row in ROWS]
+
+
+def test_not_binds_looser_than_comparison():
+    frame = pl.DataFrame({"purchases": [1, 5]})
+    assert run("not purchases > 3", frame) == [True, False]
+
+
+def test_whitespace_and_newlines_are_free():
+    frame = pl.DataFrame({"purchases": [1, 5], "has_phone": [True, True]})
+    assert run("\n  purchases>=4\n\tand\n has_phone  \n", frame) == [False, True]
+
+
+# --- numbers --------------------------------------------------------------------------
+
+BOUNDARY = pl.DataFrame({"recency_days": [89, 90, 91]})
+
+
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ("recency_days < 90", [True, False, False]),
+        ("recency_days <= 90", [True, True, False]),
+        ("recency_days > 90", [False, False, True]),
+        ("recency_days >= 90", [False, True, True]),
+        ("recency_days == 90", [False, True, False]),
+        ("recency_days != 90", [True, False, True]),
+        ("90 < recency_days", [False, False, True]),
+        ("90 >= recency_days", [True, True, False]),
+        ("recency_days > 89.5", [False, True, True]),
+        ("recency_days > -1", [True, True, True]),
+        ("recency_days>90", [False, False, True]),
+    ],
+)
+def test_number_operators_at_boundaries(rule, expected):
+    assert run(rule, BOUNDARY) == expected
+
+
+def test_decimal_negative_and_large_literals():
+    frame = pl.DataFrame({"monetary": [-2.0, -1.5, 0.0, 99_999.0, 100_000.0]})
+    assert run("monetary <= -1.5", frame) == [True, True, False, False, False]
+    assert run("monetary >= 100000", frame) == [False, False, False, False, True]
+    assert run("monetary == 0", frame) == [False, False, True, False, False]
+
+
+def test_two_number_features():
+    frame = pl.DataFrame({"purchases": [1, 3, 5], "order_count": [2, 3, 4]})
+    assert run("purchases >= order_count", frame) == [False, True, True]
+
+
+# --- strings --------------------------------------------------------------------------
+
+
+def test_string_equality_both_quotes():
+    frame = pl.DataFrame({"responsible_id": ["17", "42", None]})
+    assert run('responsible_id == "17"', frame) == [True, False, False]
+    assert run("responsible_id == '17'", frame) == [True, False, False]
+    assert run('"42" == responsible_id', frame) == [False, True, False]
+    assert run('responsible_id != "17"', frame) == [False, True, False]  # null stays unselected
+
+
+def test_string_escapes():
+    frame = pl.DataFrame({"notes": ['say "hi"', "it's", "back\\slash", "plain"]})
+    assert run(r'notes == "say \"hi\""', frame) == [True, False, False, False]
+    assert run(r"notes == 'it\'s'", frame) == [False, True, False, False]
+    assert run(r'notes == "it' + "'" + 's"', frame) == [False, True, False, False]
+    assert run(r'notes == "back\\slash"', frame) == [False, False, True, False]
+
+
+def test_keyword_inside_string_is_just_text():
+    frame = pl.DataFrame({"notes": ["and or not", "x"]})
+    assert run('notes == "and or not"', frame) == [True, False]
+
+
+# --- nulls ----------------------------------------------------------------------------
+
+PEOPLE = pl.DataFrame(
+    {
+        "purchases": [0, 5, 2],
+        "recency_days": [None, 120, 30],  # row 0 is a prospect: never bought
+        "has_phone": [True, None, False],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ("recency_days > 90", [False, True, False]),
+        ("not (recency_days > 90)", [False, False, True]),
+        ("not recency_days > 90", [False, False, True]),
+        ("recency_days <= 90", [False, False, True]),
+        ("recency_days == null", [True, False, False]),
+        ("null == recency_days", [True, False, False]),
+        ("recency_days != null", [False, True, True]),
+        ("recency_days > 90 or purchases == 0", [True, True, False]),  # null or true = true
+        ("recency_days > 90 and true", [False, True, False]),  # null and true = null -> false
+        ("recency_days > 90 and false", [False, False, False]),
+        ("not (recency_days > 90 and false)", [True, True, True]),  # null and false = false
+        ("recency_days == null or recency_days > 90", [True, True, False]),
+        ("has_phone", [True, False, False]),
+        ("not has_phone", [False, False, True]),
+        ("has_phone == null", [False, True, False]),
+        ("null == null", [True, True, True]),
+        ("null != null", [False, False, False]),
+    ],
+)
+def test_null_semantics(rule, expected):
+    assert run(rule, PEOPLE) == expected
+
+
+def test_expression_has_no_nulls_and_is_boolean():
+    compiled = compile_rule("recency_days > 90", SCHEMA, segment="s")
+    result = PEOPLE.select(compiled.expr)
+    assert result.dtypes == [pl.Boolean]
+    assert result.null_count().item() == 0
+
+
+# --- names ----------------------------------------------------------------------------
+
+
+def test_bool_names():
+    frame = pl.DataFrame({"has_phone": [True, True, False], "has_email": [True, False, False]})
+    assert run("has_phone and not has_email", frame) == [False, True, False]
+    assert run("has_phone == has_email", frame) == [True, False, True]
+
+
+def test_dotted_names():
+    frame = pl.DataFrame(
+        {"lifecycle.regular_asleep": [True, False, False], "cf.loyalty_level": [1, 3, 2]}
+    )
+    assert run("lifecycle.regular_asleep or cf.loyalty_level >= 3", frame) == [True, True, False]
+    compiled = compile_rule("lifecycle.regular_asleep", SCHEMA, segment="s")
+    assert compiled.references == {"lifecycle.regular_asleep"}
+
+
+def test_keywords_as_name_prefixes():
+    frame = pl.DataFrame(
+        {
+            "android": [True, True, False],
+            "nothing": [False, True, False],
+            "order_count": [2, 2, 2],
+            "notes": ["x", "x", "x"],
+            "true_value": [1, 1, 1],
+            "nullable": [True, True, True],
+            "orca": [True, True, True],
+        }
+    )
+    rule = 'android and not nothing and order_count > 1 and notes == "x" and true_value == 1 and nullable and orca'
+    assert run(rule, frame) == [True, False, False]
+    compiled = compile_rule(rule, SCHEMA, segment="s")
+    assert compiled.references == {
+        "android", "nothing", "order_count", "notes", "true_value", "nullable", "orca"
+    }
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def test_unknown_feature_message_with_suggestion():
+    err = error("purchses > 3")
+    assert (err.segment, err.line, err.column) == ("vip", 1, 1)
+    assert err.reason == "unknown feature 'purchses'"
+    lines = str(err).splitlines()
+    assert lines[0] == (
+        "segment 'vip': when: unknown feature 'purchses' at line 1, column 1 "
+        "(did you mean 'purchases'?)"
+    )
+    assert lines[1].strip() == "purchses > 3"
+    assert lines[2].index("^") == lines[1].index("purchses")
+    assert isinstance(err, ValueError)
+
+
+def test_unknown_feature_without_suggestion():
+    err = error("has_phone and zzzzzz")
+    assert (err.line, err.column, err.reason) == (1, 15, "unknown feature 'zzzzzz'")
+    assert "did you mean" not in str(err)
+
+
+def test_multiline_position_and_caret():
+    err = error("purchases >= 4\n  and recency_dayz > 90")
+    assert (err.line, err.column) == (2, 7)
+    assert "did you mean 'recency_days'?" in str(err)
+    lines = str(err).splitlines()
+    assert lines[1].strip() == "and recency_dayz > 90"
+    assert lines[2].index("^") == lines[1].index("recency_dayz")
+
+
+def test_string_vs_number_mismatch_suggests_quotes():
+    err = error("purchases > 1 and responsible_id == 17")
+    assert (err.line, err.column) == (1, 34)
+    assert err.reason == (
+        "cannot compare string 'responsible_id' with number 17; quote the value: \"17\""
+    )
+
+
+def test_number_vs_quoted_number_suggests_removing_quotes():
+    err = error('purchases == "3"')
+    assert (err.line, err.column) == (1, 11)
+    assert err.reason.startswith("cannot compare number 'purchases' with string \"3\"")
+    assert "remove the quotes: 3" in err.reason
+
+
+def test_bool_vs_number_mismatch():
+    err = error("\nhas_phone == 1")
+    assert (err.line, err.column) == (2, 11)
+    assert err.reason == "cannot compare bool 'has_phone' with number 1"
+
+
+def test_cannot_order_strings_or_bools():
+    err = error('responsible_id < "5"')
+    assert (err.line, err.column, err.reason) == (1, 16, "cannot order strings with '<'")
+    err = error("has_phone >= has_email")
+    assert (err.line, err.column, err.reason) == (1, 11, "cannot order bools with '>='")
+
+
+def test_null_only_with_equality():
+    err = error("recency_days > null")
+    assert (err.line, err.column) == (1, 14)
+    assert err.reason == "cannot compare with null using '>'"
+
+
+@pytest.mark.parametrize(
+    "rule, line, column, got",
+    [
+        ("purchases", 1, 1, "number 'purchases'"),
+        ("responsible_id", 1, 1, "string 'responsible_id'"),
+        ("has_phone and purchases", 1, 15, "number 'purchases'"),
+        ("purchases or has_phone", 1, 1, "number 'purchases'"),
+        ("not notes", 1, 5, "string 'notes'"),
+        ("has_phone and\n  (42)", 2, 4, "number 42"),
+        ("null", 1, 1, "null"),
+        ('"yes"', 1, 1, 'string "yes"'),
+    ],
+)
+def test_non_bool_conditions(rule, line, column, got):
+    err = error(rule)
+    assert (err.line, err.column) == (line, column)
+    assert err.reason == f"expected a true/false condition, got {got}"
+
+
+@pytest.mark.parametrize("rule", ["", "   ", "\n\t\n"])
+def test_empty_rule(rule):
+    err = error(rule)
+    assert (err.line, err.column, err.reason) == (1, 1, "empty rule")
+
+
+@pytest.mark.parametrize(
+    "rule, line, column, reason",
+    [
+        ("1 < purchases < 5", 1, 15, "unexpected '<'"),
+        ("purchases >", 1, 12, "unexpected end of rule"),
+        ("purchases > 1 and\n\n", 1, 18, "unexpected end of rule"),
+        ("(has_phone", 1, 11, "unexpected end of rule"),
+        ("has_phone)", 1, 10, "unexpected ')'"),
+        ('notes == "abc', 1, 10, "unterminated string"),
+        ("has_phone and\nnotes == 'abc", 2, 10, "unterminated string"),
+        ('notes == "ab\nc"', 1, 10, "unterminated string"),
+        ("purchases = 3", 1, 11, "unexpected '='"),
+        ("has_phone && has_email", 1, 11, "unexpected '&'"),
+        ("has_phone AND has_email", 1, 11, "unexpected 'AND'"),
+        ("has_phone has_email", 1, 11, "unexpected 'has_email'"),
+        ("purchases > > 3", 1, 13, "unexpected '>'"),
+        ("and has_phone", 1, 1, "unexpected 'and'"),
+        ("has_phone and or has_email", 1, 15, "unexpected 'or'"),
+        ("purchases > 3x", 1, 14, "unexpected 'x'"),
+        ("purchases > 1.5.2", 1, 16, "unexpected '.'"),
+        ("purchases >= 4\n  and recency_days >< 90", 2, 21, "unexpected '<'"),
+        ("__import__('os')", 1, 11, "unexpected '('"),
+        ("__import__('os').system('true')", 1, 11, "unexpected '('"),
+        ("purchases + 1 > 2", 1, 11, "unexpected '+'"),
+        (r'notes == "a\n"', 1, 12, "unknown escape '\\n' in string"),
+    ],
+)
+def test_syntax_errors(rule, line, column, reason):
+    err = error(rule)
+    assert (err.line, err.column, err.reason) == (line, column, reason)
+    assert "$END" not in str(err) and "Token" not in str(err)
+    assert str(err).startswith(f"segment 'vip': when: {reason} at line {line}, column {column}")
+
+
+def test_syntax_error_hints():
+    assert "use '==' to compare" in str(error("purchases = 3"))
+    assert "keywords are lowercase: 'and'" in str(error("has_phone AND has_email"))
+
+
+def test_lark_exceptions_do_not_leak():
+    with pytest.raises(RuleError) as info:
+        compile_rule("purchases >", SCHEMA, segment="s")
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def test_dunder_access_is_just_an_unknown_name():
+    err = error("purchases.__class__ == null")
+    assert err.reason == "unknown feature 'purchases.__class__'"
+
+
+def test_compile_never_evaluates_python(monkeypatch):
+    import builtins
+
+    def boom(*args, **kwargs):
+        raise AssertionError("eval/exec must not be called")
+
+    monkeypatch.setattr(builtins, "eval", boom)
+    monkeypatch.setattr(builtins, "exec", boom)
+    compile_rule("purchases >= 4 and (has_phone or responsible_id == '7')", SCHEMA, segment="s")
+    assert error("__import__('os')").reason == "unexpected '('"
+
+
+def test_parser_is_built_once_at_import(monkeypatch):
+    assert isinstance(language._PARSER, language.Lark)
+
+    def no_new_parsers(*args, **kwargs):
+        raise AssertionError("compile_rule must reuse the module-level parser")
+
+    monkeypatch.setattr(language, "Lark", no_new_parsers)
+    compile_rule("purchases > 1", SCHEMA, segment="s")
+
+
+def test_deep_nesting_is_a_rule_error_not_a_crash():
+    rule = "not " * 5000 + "has_phone"
+    try:
+        compiled = compile_rule(rule, SCHEMA, segment="s")
+    except RuleError as err:
+        assert err.reason == "rule is too deeply nested"
+    else:
+        assert isinstance(compiled.expr, pl.Expr)
+
+
+# --- the CompiledRule -----------------------------------------------------------------
+
+
+def test_compiled_rule_fields_and_references():
+    source = (
+        "(purchases >= 4 and recency_days > 90) or lifecycle.regular_asleep\n"
+        " or (responsible_id == 'purchases' and not has_phone and cf.loyalty_level != null)"
+        " or purchases < 2 or true"
+    )
+    compiled = compile_rule(source, SCHEMA, segment="s")
+    assert isinstance(compiled, CompiledRule)
+    assert compiled.source == source
+    assert isinstance(compiled.expr, pl.Expr)
+    assert compiled.references == frozenset(
+        {"purchases", "recency_days", "lifecycle.regular_asleep", "responsible_id",
+         "has_phone", "cf.loyalty_level"}
+    )
+    assert isinstance(compiled.references, frozenset)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        compiled.source = "x"  # type: ignore[misc]
+
+
+def test_literal_only_rule_broadcasts():
+    frame = pl.DataFrame({"purchases": [1, 2, 3]})
+    compiled = compile_rule("1 < 2", SCHEMA, segment="s")
+    assert compiled.references == frozenset()
+    assert frame.filter(compiled.expr).height == 3
+    assert frame.filter(compile_rule("false", SCHEMA, segment="s").expr).height == 0
+
+
+# --- vectorised over a large frame ----------------------------------------------------
+
+
+def test_100k_rows_match_numpy():
+    rng = np.random.default_rng(7)
+    n = 100_000
+    purchases = rng.integers(0, 10, n)
+    recency = rng.integers(0, 400, n).astype(float)
+    missing = rng.random(n) < 0.2
+    has_phone = rng.random(n) < 0.5
+    owner = rng.choice(np.array(["17", "42", "99"]), n)
+    frame = pl.DataFrame(
+        {
+            "purchases": purchases,
+            "recency_days": pl.Series(recency).set(pl.Series(missing), None),
+            "has_phone": has_phone,
+            "responsible_id": owner,
+        }
+    )
+    assert frame["recency_days"].null_count() == missing.sum()
+    rule = (
+        'purchases >= 4 and (recency_days > 90 or not has_phone) and responsible_id != "99"'
+        " or purchases == 0 and recency_days == null"
+    )
+    got = frame.select(compile_rule(rule, SCHEMA, segment="s").expr)
+    known_old = ~missing & (recency > 90)
+    expected = ((purchases >= 4) & (known_old | ~has_phone) & (owner != "99")) | (
+        (purchases == 0) & missing
+    )
+    assert got.height == n
+    np.testing.assert_array_equal(got.to_series().to_numpy(), expected)
+    assert 1_000 < expected.sum() < n - 1_000
