@@ -177,10 +177,12 @@ def compute_features(
 
     # Deals of known customers only (no customer, or a customer not in the mirror: skipped).
     deals = deals[deals[key].notna()]
-    deals = deals[deals[key].isin(customers["id"])]
+    owner = deals[key].astype("int64")
+    known = owner.isin(customers["id"])
+    deals, owner = deals[known], owner[known]
     deals = pd.DataFrame(
         {
-            "customer_id": deals[key].astype("int64"),
+            "customer_id": owner,
             "status": deals["status"],
             "amount": deals["amount"].astype("float64"),
             "closed_on": local_day(deals["closed_ts"], timezone),
@@ -287,10 +289,11 @@ def membership(segments: pd.DataFrame) -> dict[str, set[int]]:
 
 
 def long_membership(segments: pd.DataFrame) -> pd.DataFrame:
-    long = segments.rename_axis("customer_id").reset_index().melt(
-        id_vars="customer_id", var_name="segment", value_name="member"
-    )
-    return long.loc[long["member"], ["segment", "customer_id"]]
+    parts = [
+        pd.DataFrame({"segment": name, "customer_id": segments.index[segments[name].to_numpy()]})
+        for name in segments.columns
+    ]
+    return pd.concat(parts, ignore_index=True)
 
 
 def membership_diff(segments: pd.DataFrame, stored: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
