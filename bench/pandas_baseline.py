@@ -74,7 +74,7 @@ CUSTOM_RULES: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
     ),
     "callable_lapsed": (
         "cadence.lapsed and has_phone and source != 'partner'",
-        lambda f: _flag(f, "cadence.lapsed") & _flag(f, "has_phone") & (_text(f, "source") != "partner"),
+        lambda f: _flag(f, "cadence.lapsed") & _flag(f, "has_phone") & (_text(f, "source") != "partner").astype("boolean"),
     ),
     "points_or_birthday": (
         "points > 2500 or days_to_birthday <= 7",

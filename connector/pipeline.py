@@ -128,12 +128,20 @@ def membership_diff(
 
     Frozen static segments never change; segments no longer configured are left as stored.
     """
-    live = [s for s in segments if s not in computation.frozen]
-    current = computation.long(live)
-    before = stored.filter(pl.col("segment").is_in(live))
-    keys = ["segment", "customer_id"]
-    entered = current.join(before, on=keys, how="anti").sort(keys)
-    left = before.join(current, on=keys, how="anti").sort(keys)
+    empty = pl.Series("customer_id", [], dtype=pl.Int64)
+    by_segment = {key[0]: frame.get_column("customer_id") for key, frame in stored.partition_by("segment", as_dict=True).items()}
+    entered_parts, left_parts = [], []
+    for name in segments:
+        if name in computation.frozen:
+            continue
+        now = computation.membership.filter(pl.col(name)).get_column("id").alias("customer_id")
+        before = by_segment.get(name, empty)
+        seg = pl.lit(name).alias("segment")
+        entered_parts.append(now.filter(~now.is_in(before.implode())).sort().to_frame().select(seg, "customer_id"))
+        left_parts.append(before.filter(~before.is_in(now.implode())).sort().to_frame().select(seg, "customer_id"))
+    schema = {"segment": pl.String, "customer_id": pl.Int64}
+    entered = pl.concat(entered_parts) if entered_parts else pl.DataFrame(schema=schema)
+    left = pl.concat(left_parts) if left_parts else pl.DataFrame(schema=schema)
     return entered, left
 
 

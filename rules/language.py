@@ -43,7 +43,6 @@ import difflib
 import operator
 import re
 from dataclasses import dataclass
-from functools import reduce
 from typing import Literal, Mapping, NamedTuple
 
 import polars as pl
@@ -186,8 +185,9 @@ class _Compiler:
         kind, line, column = node.data, node.meta.line, node.meta.column
         if kind in ("or_expr", "and_expr"):
             parts = [self.require_bool(self.compile(child)) for child in node.children]
-            combine = operator.or_ if kind == "or_expr" else operator.and_
-            return _Typed("bool", reduce(combine, parts), "condition", line, column)
+            # Flat Kleene any/all: same logic as chained |/&, but no deep expression tree.
+            combine = pl.any_horizontal if kind == "or_expr" else pl.all_horizontal
+            return _Typed("bool", combine(*parts), "condition", line, column)
         if kind == "not_":
             return _Typed("bool", ~self.require_bool(self.compile(node.children[1])),
                           "condition", line, column)

@@ -396,13 +396,18 @@ def test_parser_is_built_once_at_import(monkeypatch):
 
 
 def test_deep_nesting_is_a_rule_error_not_a_crash():
-    rule = "not " * 5000 + "has_phone"
-    try:
-        compiled = compile_rule(rule, SCHEMA, segment="s")
-    except RuleError as err:
-        assert err.reason == "rule is too deeply nested"
-    else:
-        assert isinstance(compiled.expr, pl.Expr)
+    frame = pl.DataFrame({"has_phone": [True, False]})
+    assert run("not " * 50 + "has_phone", frame) == [True, False]
+    err = error("not " * 5000 + "has_phone")
+    assert (err.line, err.column, err.reason) == (1, 1, "rule is too deeply nested")
+
+
+def test_long_flat_rules_stay_fast():
+    frame = pl.DataFrame({"purchases": [0, 1, 2_000, 5_000]})
+    rule = " or ".join(f"purchases == {i}" for i in range(1, 2_001))
+    assert run(rule, frame) == [False, True, True, False]
+    rule = " and ".join(f"purchases != {i}" for i in range(1, 2_001))
+    assert run(rule, frame) == [True, False, False, True]
 
 
 # --- the CompiledRule -----------------------------------------------------------------
