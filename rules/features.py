@@ -40,6 +40,9 @@ BUILTIN_FEATURES: dict[str, FeatureType] = {
     "responsible_id": "string",
 }
 
+EPOCH = date(1900, 1, 1)
+DAY_SPAN = 1 << 20  # days since 1900 stay below this until the year 4770
+
 TRUE_WORDS = ("1", "true", "yes", "y", "да", "t")
 FALSE_WORDS = ("0", "false", "no", "n", "нет", "f")
 
@@ -131,26 +134,34 @@ def compute_features(
     with_customer = deals_l.filter(pl.col("customer_id").is_not_null())
     deals_known = with_customer.join(known_ids.lazy(), on="customer_id", how="semi")
     as_of_lit = pl.lit(as_of)
+    as_of_days = (as_of - EPOCH).days
 
+    # One int64 key per (customer, purchase day) makes "distinct purchase days, sorted" a single-column
+    # unique + sort, and gives first/last day and the gaps between consecutive days in one pass.
     won = deals_known.filter((pl.col("status") == "won") & (pl.col("closed_on") <= as_of_lit))
+    day = pl.col("closed_on").cast(pl.Int32).cast(pl.Int64) + (date(1970, 1, 1) - EPOCH).days  # >= 0 after 1900
     purchases = won.group_by("customer_id").agg(
-        pl.len().alias("purchases"),
-        pl.col("closed_on").n_unique().alias("purchase_days"),
-        pl.col("closed_on").min().alias("_first"),
-        pl.col("closed_on").max().alias("_last"),
-        pl.col("amount").sum().alias("monetary"),
+        pl.len().alias("purchases"), pl.col("amount").sum().alias("monetary")
     )
-    gaps = (
-        won.select("customer_id", "closed_on")
+    purchase_days = (
+        won.select((pl.col("customer_id") * DAY_SPAN + day).alias("_key"))
         .unique()
-        .sort("customer_id", "closed_on")
-        .with_columns((pl.col("closed_on") - pl.col("closed_on").shift(1)).dt.total_days().alias("_gap"),
-                      (pl.col("customer_id") == pl.col("customer_id").shift(1)).alias("_same"))
-        .filter(pl.col("_same"))
+        .sort("_key")
+        .select((pl.col("_key") // DAY_SPAN).alias("customer_id"), (pl.col("_key") % DAY_SPAN).alias("_day"))
+        .with_columns(
+            pl.when(pl.col("customer_id") == pl.col("customer_id").shift(1))
+            .then(pl.col("_day") - pl.col("_day").shift(1))
+            .alias("_gap")
+        )
         .group_by("customer_id")
-        .agg(pl.col("_gap").median().alias("median_gap"))
+        .agg(
+            pl.len().alias("purchase_days"),
+            pl.col("_day").first().alias("_first"),
+            pl.col("_day").last().alias("_last"),
+            pl.col("_gap").median().alias("median_gap"),
+        )
     )
-    other = deals_known.group_by("customer_id").agg(
+    other = deals_known.filter(pl.col("status") != "won").group_by("customer_id").agg(
         ((pl.col("status") == "open") & pl.col("created_on").fill_null(as_of_lit).le(as_of_lit)).sum().alias("open_deals"),
         (
             (pl.col("status") == "lost")
@@ -164,7 +175,7 @@ def compute_features(
         base = base.with_columns(pl.col("fields").str.json_decode(struct).alias("_fields"))
     features = (
         base.join(purchases.rename({"customer_id": "id"}), on="id", how="left")
-        .join(gaps.rename({"customer_id": "id"}), on="id", how="left")
+        .join(purchase_days.rename({"customer_id": "id"}), on="id", how="left")
         .join(other.rename({"customer_id": "id"}), on="id", how="left")
         .filter(
             pl.col("created_ts").is_null()
@@ -175,8 +186,8 @@ def compute_features(
             "id",
             pl.col("purchases").fill_null(0).cast(pl.Int64),
             pl.col("purchase_days").fill_null(0).cast(pl.Int64),
-            _days_since(pl.col("_first"), as_of).alias("first_purchase_days"),
-            _days_since(pl.col("_last"), as_of).alias("recency_days"),
+            (pl.lit(as_of_days) - pl.col("_first")).alias("first_purchase_days"),
+            (pl.lit(as_of_days) - pl.col("_last")).alias("recency_days"),
             pl.col("monetary").fill_null(0.0),
             (pl.col("monetary") / pl.col("purchases")).alias("avg_order"),
             pl.col("median_gap").cast(pl.Float64),

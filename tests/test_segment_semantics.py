@@ -248,3 +248,12 @@ def test_company_customers_count_deals_by_company(ws):
     assert comp.membership.get_column("id").to_list() == [1]
     assert feature(comp, 1, "purchases") == 1
     assert comp.stats.deals_without_customer == 1
+
+
+def test_purchase_dates_before_1970_keep_their_gaps(ws):
+    contacts = [{"id": 1}]
+    deals = [won(1, 1, "1965-03-01"), won(2, 1, "1965-03-11"), won(3, 1, "1965-03-31")]
+    comp = run(ws, contacts, deals, as_of=date(1965, 4, 10))
+    assert feature(comp, 1, "purchase_days") == 3
+    assert feature(comp, 1, "median_gap") == 15
+    assert feature(comp, 1, "first_purchase_days") == 40 and feature(comp, 1, "recency_days") == 10
