@@ -71,6 +71,8 @@ class PullResult:
     kept_deal_ids: frozenset[int] = frozenset()
     deleted_customer_ids: frozenset[tuple[Entity, int]] = frozenset()
     deleted_deal_ids: frozenset[int] = frozenset()
+    cursors: dict[str, str] = field(default_factory=dict)  # saved in the same transaction as the data
+    requests: int = 0  # HTTP requests the pull made
 
 
 class CrmSource(Protocol):

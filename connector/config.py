@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import tomllib
@@ -22,10 +23,11 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "LIFECYCLE_"
+SECRET_KEYS = {"webhook_url", "client_secret", "refresh_token", "access_token"}  # never echoed in errors
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -39,12 +41,24 @@ class _Section(BaseModel):
 
 
 class CrmConfig(_Section):
-    kind: Literal["csv"] = Field(description="Which CRM to read: csv (bitrix24 and amocrm come next)")
+    kind: Literal["csv", "bitrix24"] = Field(description="Which CRM to read: csv or bitrix24 (amocrm comes next)")
     name: str = Field("default", description="Key of this CRM account in the state store")
     path: Path | None = Field(None, description="csv: folder with contacts.csv, deals.csv, companies.csv")
     timezone: str = "Europe/Moscow"
     customer: Literal["contact", "company"] = "contact"
     delimiter: str = Field(",", min_length=1, max_length=1)
+    # Bitrix24: an inbound webhook, or a local/marketplace app's OAuth credentials.
+    webhook_url: SecretStr | None = None
+    client_endpoint: str | None = Field(None, description="OAuth: https://PORTAL/rest/")
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    refresh_token: SecretStr | None = Field(None, description="OAuth: first refresh token; rotations go to the state store")
+    oauth_token_url: str = "https://oauth.bitrix.info/oauth/token/"
+    ca_file: Path | None = Field(None, description="extra CA certificate to trust (self-hosted portals, the sandbox)")
+    requests_per_second: float = Field(2.0, gt=0, description="leaky-bucket drain: 2 (5 on Enterprise)")
+    burst: int = Field(50, ge=1, description="leaky-bucket size: 50 (250 on Enterprise)")
+    overlap_minutes: float = Field(10, ge=0, description="incremental pulls re-read this much before the cursor")
+    reconcile_hours: float = Field(24, ge=0, description="how often to list all ids to notice deletions")
 
     @field_validator("timezone")
     @classmethod
@@ -56,9 +70,18 @@ class CrmConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _csv_needs_path(self) -> CrmConfig:
+    def _kind_needs(self) -> CrmConfig:
         if self.kind == "csv" and self.path is None:
             raise ValueError("kind = 'csv' needs path = 'FOLDER' (the folder holding contacts.csv and deals.csv)")
+        if self.kind == "bitrix24":
+            oauth = (self.client_endpoint, self.client_id, self.client_secret)
+            if self.webhook_url is None and not all(oauth):
+                raise ValueError(
+                    "kind = 'bitrix24' needs webhook_url (inbound webhook, best given as LIFECYCLE_CRM__WEBHOOK_URL) "
+                    "or client_endpoint, client_id and client_secret (OAuth app)"
+                )
+            if self.webhook_url is not None and not self.webhook_url.get_secret_value().startswith(("http://", "https://")):
+                raise ValueError("webhook_url must look like https://PORTAL/rest/USER_ID/CODE/")
         return self
 
 
@@ -128,6 +151,12 @@ class SegmentRule(_Section):
     static: bool = False
 
 
+class WritebackConfig(_Section):
+    tag_segments: tuple[str, ...] = Field((), description="glob patterns of segments written onto the customer")
+    field: str = Field("UF_CRM_LIFECYCLE", pattern=r"^UF_CRM_[A-Z0-9_]{1,43}$")
+    field_label: str = "Lifecycle segments"
+
+
 class Settings(BaseSettings):
     """The whole configuration. Built by :func:`load_config`; do not instantiate directly."""
 
@@ -144,6 +173,8 @@ class Settings(BaseSettings):
     kpi: KpiConfig = KpiConfig()
     fields: dict[str, FieldConfig] = {}
     segment: tuple[SegmentRule, ...] = ()
+    writeback: WritebackConfig = WritebackConfig()
+    labels: dict[str, str] = Field({}, description="segment name -> label shown in the CRM")
 
     @classmethod
     def settings_customise_sources(
@@ -181,6 +212,14 @@ class LoadedConfig:
     @property
     def state_url(self) -> str:
         return self.settings.state.url
+
+    def tagged_segments(self) -> list[str]:
+        """Segments written back onto customers ([writeback] tag_segments globs), in engine order."""
+        patterns = self.settings.writeback.tag_segments
+        return [n for n in self.rules.segment_names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+    def label(self, segment: str) -> str:
+        return self.settings.labels.get(segment, segment)
 
 
 def _location(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
@@ -226,7 +265,7 @@ def _describe(err: ValidationError, path: Path, data: dict[str, Any]) -> str:
             msg = e["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
-            if "input" in e and e["type"] not in ("value_error",):
+            if "input" in e and e["type"] not in ("value_error",) and not SECRET_KEYS & {str(p) for p in loc}:
                 msg += f" (got {e['input']!r})"
         lines.append(f"  {where}{source}: {msg}")
     return "\n".join(lines)
@@ -235,8 +274,13 @@ def _describe(err: ValidationError, path: Path, data: dict[str, Any]) -> str:
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
     crm = settings.crm
     updates: dict[str, Any] = {}
-    if crm.path is not None and not crm.path.is_absolute():
-        updates["crm"] = crm.model_copy(update={"path": (base / crm.path).resolve()})
+    crm_paths = {
+        key: (base / value).resolve()
+        for key in ("path", "ca_file")
+        if (value := getattr(crm, key)) is not None and not value.is_absolute()
+    }
+    if crm_paths:
+        updates["crm"] = crm.model_copy(update=crm_paths)
     url = settings.state.url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         rel = url[len("sqlite:///") :]
@@ -271,4 +315,7 @@ def load_config(path: str | Path = "lifecycle.toml") -> LoadedConfig:
         engine = SegmentEngine.from_settings(settings)
     except (RuleError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    for pattern in settings.writeback.tag_segments:
+        if not fnmatch.filter(engine.segment_names, pattern):
+            raise ConfigError(f"{path}: writeback.tag_segments: {pattern!r} matches no segment; known: {', '.join(engine.segment_names)}")
     return LoadedConfig(settings=settings, path=path.resolve(), rules=engine)

@@ -64,12 +64,42 @@ def today_in(timezone: str) -> date:
     return datetime.now(ZoneInfo(timezone)).date()
 
 
-def make_source(config: LoadedConfig) -> CrmSource:
+def make_source(config: LoadedConfig, store: StateStore | None = None) -> CrmSource:
     crm = config.crm
     if crm.kind == "csv":
         assert crm.path is not None
         return CsvSource(crm.path, timezone=crm.timezone, customer=crm.customer, delimiter=crm.delimiter)
+    if crm.kind == "bitrix24":
+        from adapters.bitrix24 import Bitrix24Source
+
+        assert store is not None, "the Bitrix24 source keeps its cursors and tokens in the state store"
+        return Bitrix24Source(config, store)
     raise ValueError(f"[crm] kind = {crm.kind!r} is not supported yet")
+
+
+def write_tags(config: LoadedConfig, store: StateStore, computation: Computation) -> dict[str, object]:
+    """Write the tagged segments onto the customers in the CRM; return what happened."""
+    tagged = config.tagged_segments()
+    if not tagged or config.crm.kind != "bitrix24":
+        return {}
+    from adapters.bitrix24.writeback import Bitrix24TagWriter, current_tags
+
+    frame = computation.membership.select("id", *tagged)
+    wanted = {
+        row[0]: [name for name, flag in zip(tagged, row[1:]) if flag]
+        for row in frame.filter(pl.any_horizontal(tagged)).iter_rows()
+    }
+    mirror = store.customers_frame(config.crm.customer).select("id", "fields")
+    current = current_tags(dict(mirror.iter_rows()), config.settings.writeback.field)
+    result = Bitrix24TagWriter(config, store).write(wanted, current)
+    for cid, reason in sorted(result.failed.items())[:MAX_ROW_ERRORS_LOGGED]:
+        log.warning("tag write-back failed for customer %s: %s", cid, reason)
+    return {
+        "tags_updated": result.updated,
+        "tags_failed": len(result.failed),
+        "tag_options_created": result.options_created,
+        "writeback_requests": result.requests,
+    }
 
 
 def open_store(config: LoadedConfig) -> StateStore:
@@ -154,6 +184,8 @@ class SyncResult:
     left: pl.DataFrame
     row_errors: list[RowError]
     mirror: dict[str, int]
+    pull_requests: int = 0
+    writeback: dict[str, object] = field(default_factory=dict)
 
     def summary(self) -> dict[str, object]:
         per = lambda frame: dict(sorted(frame.group_by("segment").len().iter_rows()))  # noqa: E731
@@ -167,6 +199,8 @@ class SyncResult:
             "entered": per(self.entered),
             "left": per(self.left),
             **self.mirror,
+            "pull_requests": self.pull_requests,
+            **self.writeback,
         }
 
 
@@ -176,7 +210,7 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
     store = open_store(config)
     run_id = store.start_run("sync", as_of)
     try:
-        pull = (source or make_source(config)).pull()
+        pull = (source or make_source(config, store)).pull()
         for err in pull.errors[:MAX_ROW_ERRORS_LOGGED]:
             log.warning("skipped row: %s", err)
         if len(pull.errors) > MAX_ROW_ERRORS_LOGGED:
@@ -186,7 +220,8 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
         computation = compute(store, config, as_of, stored)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
         store.apply_membership(run_id, as_of, entered, left, config.rules.definitions())
-        result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror)
+        written = write_tags(config, store, computation)
+        result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written)
         store.finish_run(run_id, status="ok", stats=result.summary())
         return result
     except BaseException as exc:

@@ -109,11 +109,38 @@ membership_events = sa.Table(
 )
 
 
+cursors = sa.Table(
+    "cursors",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+oauth_tokens = sa.Table(
+    "oauth_tokens",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("access_token", sa.Text),
+    sa.Column("refresh_token", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.BigInteger),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+V1_TABLES = ("meta", "runs", "customers", "deals", "segments", "membership", "membership_events")
+
+
 def _migration_1(conn: Connection) -> None:
-    metadata.create_all(conn)
+    metadata.create_all(conn, tables=[metadata.tables[name] for name in V1_TABLES])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1]
+def _migration_2(conn: Connection) -> None:
+    """Sync cursors and rotating OAuth tokens (Bitrix24 / amoCRM adapters)."""
+    metadata.create_all(conn, tables=[cursors, oauth_tokens])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 CHUNK = 20_000
 
@@ -214,14 +241,24 @@ class StateStore:
                 deleted_d |= {i for i in stored_d if i not in present_d}
             for entity in ("contact", "company"):
                 ids = sorted(i for e, i in deleted_c if e == entity)
+                # A CRM unbinds a deleted contact/company from its deals without touching the deal's
+                # modification date, so an incremental pull never sees that change: mirror it here.
+                reported = {i for e, i in pull.deleted_customer_ids if e == entity}
+                link = deals.c.contact_id if entity == "contact" else deals.c.company_id
                 for part in _chunks(ids, 500):
                     conn.execute(
                         sa.delete(customers).where(
                             customers.c.portal == self.portal, customers.c.entity == entity, customers.c.id.in_(part)
                         )
                     )
+                    unbind = [i for i in part if i in reported]
+                    if unbind:
+                        conn.execute(
+                            sa.update(deals).where(deals.c.portal == self.portal, link.in_(unbind)).values({link.name: None})
+                        )
             for part in _chunks(sorted(deleted_d), 500):
                 conn.execute(sa.delete(deals).where(deals.c.portal == self.portal, deals.c.id.in_(part)))
+            self._save_cursors(conn, dict(pull.cursors))
         return {
             "customers_upserted": upserted_c,
             "deals_upserted": upserted_d,
@@ -280,6 +317,65 @@ class StateStore:
         with self.engine.begin() as conn:
             for part in _chunks(rows, 50_000):
                 conn.execute(sa.insert(table), list(part))
+
+    # -- cursors and tokens ----------------------------------------------------------------------
+
+    def cursors(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(cursors.c.name, cursors.c.value).where(cursors.c.portal == self.portal))
+            return {name: value for name, value in rows}
+
+    def _save_cursors(self, conn: Connection, values: dict[str, str]) -> None:
+        if values:
+            self._upsert(
+                conn, cursors, [{"portal": self.portal, "name": k, "value": v, "updated_at": _now()} for k, v in values.items()]
+            )
+
+    def oauth_token(self) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(oauth_tokens).where(oauth_tokens.c.portal == self.portal)).mappings().first()
+            return dict(row) if row else None
+
+    def save_oauth_token(self, access_token: str | None, refresh_token: str, expires_at: int | None) -> None:
+        """Persist a rotated token pair at once, in its own transaction: losing the new refresh token
+        would lock the integration out."""
+        with self.engine.begin() as conn:
+            self._upsert(
+                conn,
+                oauth_tokens,
+                [{"portal": self.portal, "access_token": access_token, "refresh_token": refresh_token,
+                  "expires_at": expires_at, "updated_at": _now()}],
+            )
+
+    def update_customer_fields(self, entity: Entity, values: dict[int, dict[str, str]]) -> None:
+        """Merge custom-field values into mirrored customers (after a successful write-back)."""
+        if not values:
+            return
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(customers.c.id, customers.c.fields).where(
+                    customers.c.portal == self.portal, customers.c.entity == entity, customers.c.id.in_(list(values))
+                )
+            ).all()
+            for cid, text in rows:
+                merged = (json.loads(text) if text else {}) | values[cid]
+                conn.execute(
+                    sa.update(customers)
+                    .where(customers.c.portal == self.portal, customers.c.entity == entity, customers.c.id == cid)
+                    .values(fields=json.dumps(merged, ensure_ascii=False))
+                )
+
+    def customer_ids(self, entity: Entity) -> set[int]:
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(
+                    sa.select(customers.c.id).where(customers.c.portal == self.portal, customers.c.entity == entity)
+                ).scalars()
+            )
+
+    def deal_ids(self) -> set[int]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(deals.c.id).where(deals.c.portal == self.portal)).scalars())
 
     # -- frames for the engine -------------------------------------------------------------------
 

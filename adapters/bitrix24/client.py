@@ -1,0 +1,201 @@
+"""Bitrix24 REST transport: fast-bitrix24 for throttling and retries, plus what it leaves out.
+
+fast-bitrix24 (``BitrixAsync``) brings the leaky-bucket throttle (2 req/s, burst 50), retries of 5xx
+(incl. 503 ``QUERY_LIMIT_EXCEEDED``), connection resets and time-outs, and a token callback on 401.
+What it does not do, covered here without forking it (research/bitrix24.md section 8):
+
+* 4xx bodies are dropped (``raise_for_status=True`` keeps only the status): we hand it our own
+  ``aiohttp.ClientSession`` whose ``raise_for_status`` callback reads the JSON body first and raises
+  :class:`BitrixHTTPError`, a ``ClientResponseError`` carrying ``error`` / ``error_description``, so
+  fast-bitrix24's own 5xx / 401 logic still sees what it expects;
+* 429 ``OPERATION_TIME_LIMIT`` is not retried: we wait until ``time.operating_reset_at`` (the last one the
+  portal told us for that method, per docs settings/performance/limits.md) and try again;
+* per-command errors inside ``batch`` come back with HTTP 200 in ``result_error``: callers get them.
+
+Errors never contain the webhook URL or a token: ``str()`` of every error here is written for the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from fast_bitrix24 import BitrixAsync
+
+MAX_OPERATING_WAITS = 5
+
+
+class BitrixError(Exception):
+    """A Bitrix24 call failed in a way retrying will not fix; the message says what to do."""
+
+
+class BitrixHTTPError(aiohttp.ClientResponseError):
+    """An HTTP error from the portal with its JSON body kept (``error``, ``error_description``)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, body: dict[str, Any]):
+        self.error = str(body.get("error", ""))
+        self.description = str(body.get("error_description", ""))
+        self.body = body
+        super().__init__(
+            response.request_info, response.history, status=response.status, message=self.description, headers=response.headers
+        )
+
+    def __str__(self) -> str:  # the default includes the URL, i.e. the webhook secret
+        return f"Bitrix24 answered HTTP {self.status} {self.error or '(no code)'}: {self.description}"
+
+
+# What an HTTP error means for us: (status, error code) -> (kind, operator's message).
+ERRORS: dict[tuple[int, str], tuple[str, str]] = {
+    (401, "NO_AUTH_FOUND"): ("fail", "the portal rejected the webhook or token (401 NO_AUTH_FOUND): check webhook_url / re-install the app"),
+    (401, "expired_token"): ("refresh", "access token expired"),
+    (401, "invalid_token"): ("refresh", "access token invalid"),
+    (403, "insufficient_scope"): ("fail", "the webhook lacks a scope (403 insufficient_scope): give it crm, task and user"),
+    (403, "ACCESS_DENIED"): ("fail", "REST API access denied (403 ACCESS_DENIED): the plan or the user lacks rights"),
+    (403, "INVALID_CREDENTIALS"): ("fail", "the webhook's user lacks permissions (403 INVALID_CREDENTIALS)"),
+    (429, "OPERATION_TIME_LIMIT"): ("operating", "method blocked by the operating-time limit"),
+    (503, "QUERY_LIMIT_EXCEEDED"): ("rate", "too many requests"),
+}
+
+
+def classify(status: int, error: str) -> tuple[str, str]:
+    for (code_status, code), verdict in ERRORS.items():
+        if status == code_status and error.lower() == code.lower():
+            return verdict
+    if status >= 500:
+        return ("retry", f"server error {status}")
+    return ("fail", f"HTTP {status} {error or '(no code)'}")
+
+
+class Bitrix24Client:
+    """One portal. Use as ``async with Bitrix24Client(...) as client:`` inside one event loop."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        token_func: Callable[[], Awaitable[str]] | None = None,
+        requests_per_second: float = 2.0,
+        burst: int = 50,
+        ca_file: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
+        self.token_func = token_func
+        self.requests_per_second = requests_per_second
+        self.burst = burst
+        self.ssl_context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+        self.sleep = sleep
+        self.clock = clock
+        self.requests = 0
+        self.statuses: Counter[int] = Counter()
+        self.operating_reset_at: dict[str, float] = {}
+        self.server_time: str | None = None  # time.date_start of the first answer: the portal's clock
+        self._session: aiohttp.ClientSession | None = None
+        self._bitrix: BitrixAsync | None = None
+
+    async def __aenter__(self) -> Bitrix24Client:
+        trace = aiohttp.TraceConfig()
+        trace.on_request_end.append(self._count)
+        trace.on_request_exception.append(self._count_exception)
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context else None
+        self._session = aiohttp.ClientSession(
+            raise_for_status=self._check, trace_configs=[trace], connector=connector, timeout=aiohttp.ClientTimeout(total=90)
+        )
+        self._bitrix = BitrixAsync(
+            self.endpoint,
+            token_func=self.token_func,
+            verbose=False,
+            requests_per_second=self.requests_per_second,
+            request_pool_size=self.burst,
+            client=self._session,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _count(self, _session: Any, _ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        self.requests += 1
+        self.statuses[params.response.status] += 1
+
+    async def _count_exception(self, *_args: Any) -> None:
+        self.requests += 1
+        self.statuses[0] += 1
+
+    @staticmethod
+    async def _check(response: aiohttp.ClientResponse) -> None:
+        if response.status < 400:
+            return
+        raw = await response.read()
+        try:
+            body = json.loads(raw)
+            if not isinstance(body, dict):
+                body = {}
+        except ValueError:
+            body = {"error": "", "error_description": raw[:200].decode("utf-8", "replace")}
+        raise BitrixHTTPError(response, body)
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One REST call; returns the whole answer (``result``, ``time``, ``total``, ...)."""
+        assert self._bitrix is not None, "use 'async with Bitrix24Client(...)'"
+        waits = 0
+        while True:
+            try:
+                answer = await self._bitrix.call(method, params or {}, raw=True)
+            except BitrixHTTPError as exc:
+                kind, message = classify(exc.status, exc.error)
+                if kind == "operating" and waits < MAX_OPERATING_WAITS:
+                    waits += 1
+                    await self._wait_operating(method, exc.body)
+                    continue
+                raise BitrixError(f"Bitrix24 {method}: {message} ({exc.description})") from None
+            except RuntimeError as exc:  # fast-bitrix24 gave up after its retries
+                raise BitrixError(f"Bitrix24 {method}: the portal kept failing; {exc}") from None
+            self._note_time(method, answer.get("time"))
+            return answer
+
+    async def _wait_operating(self, method: str, body: dict[str, Any]) -> None:
+        reset = (body.get("time") or {}).get("operating_reset_at") or self.operating_reset_at.get(method)
+        delay = max(0.0, float(reset) - self.clock()) + 0.05 if reset else 60.0
+        await self.sleep(min(delay, 600.0))
+
+    def _note_time(self, method: str, stamp: Any) -> None:
+        if not isinstance(stamp, dict):
+            return
+        if self.server_time is None and stamp.get("date_start"):
+            self.server_time = str(stamp["date_start"])
+        if stamp.get("operating_reset_at"):
+            self.operating_reset_at[method] = float(stamp["operating_reset_at"])
+
+    async def batch(self, commands: dict[str, str], *, halt: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run up to 50 commands in one request; return (results by key, errors by key).
+
+        Commands that hit the operating limit are reported in the errors with code OPERATION_TIME_LIMIT;
+        :meth:`wait_for_operating` waits for their method to open again.
+        """
+        if len(commands) > 50:
+            raise ValueError("a Bitrix24 batch holds at most 50 commands")
+        answer = await self.call("batch", {"halt": 1 if halt else 0, "cmd": commands})
+        body = answer.get("result") or {}
+        results = body.get("result") or {}
+        errors = body.get("result_error") or {}
+        if isinstance(results, list):  # PHP turns keys 0..n-1 into a list
+            results = {str(i): v for i, v in enumerate(results)}
+        if isinstance(errors, list):
+            errors = {str(i): v for i, v in enumerate(errors)}
+        for key, stamp in (body.get("result_time") or {}).items() if isinstance(body.get("result_time"), dict) else []:
+            method = commands.get(key, "").split("?", 1)[0].lower()
+            if method:
+                self._note_time(method, stamp)
+        return results, errors
+
+    async def wait_for_operating(self, method: str) -> None:
+        await self._wait_operating(method.lower(), {})

@@ -1,0 +1,89 @@
+"""The no-count ``start=-1`` + ``>ID`` chain, 50 pages per batch request.
+
+Docs (settings/performance/huge-data.md): ``start=-1`` skips the COUNT behind ``total``, so a page costs
+the same at any depth, while offset paging (``start=N`` with a count) costs time in proportion to the
+table and the offset and runs into ``OPERATION_TIME_LIMIT`` on large portals. One batch holds 50 list
+commands; command ``k`` filters ``>ID`` by the last ID of command ``k-1`` through a ``$result[...]``
+reference, so 2,500 records arrive per HTTP request. The chain ends at the first page shorter than 50;
+commands after it (which referenced a row that does not exist) are ignored, whatever the portal put in
+them. A page that failed ends the batch early and the next batch resumes from the last good ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from adapters.bitrix24.client import Bitrix24Client, BitrixError
+
+PAGE = 50
+COMMANDS = 50
+
+
+def php_query(params: Mapping[str, Any]) -> str:
+    """Encode nested params as PHP's http_build_query does (``filter[>ID]=5&select[0]=ID``)."""
+    parts: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(f"{prefix}[{quote(str(key), safe='')}]" if prefix else quote(str(key), safe=""), item)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                walk(f"{prefix}[{index}]", item)
+        else:
+            text = "" if value is None else ("Y" if value is True else "N" if value is False else str(value))
+            parts.append(f"{prefix}={quote(text, safe='')}")
+
+    walk("", params)
+    return "&".join(parts)
+
+
+def chain_batch(method: str, select: list[str], filters: Mapping[str, Any], after_id: int) -> dict[str, str]:
+    """Fifty list commands, each continuing after the last ID of the one before."""
+    commands = {}
+    for k in range(COMMANDS):
+        after = str(after_id) if k == 0 else f"$result[p{k - 1}][{PAGE - 1}][ID]"
+        params = {"order": {"ID": "ASC"}, "filter": {**filters, ">ID": after}, "select": select, "start": -1}
+        commands[f"p{k}"] = f"{method}?{php_query(params)}"
+    return commands
+
+
+async def iter_pages(
+    client: Bitrix24Client, method: str, select: list[str], filters: Mapping[str, Any] | None = None
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Yield every page of ``method`` (rows ordered by ID) matching ``filters``."""
+    after_id = 0
+    filters = dict(filters or {})
+    stalls = 0
+    while True:
+        results, errors = await client.batch(chain_batch(method, select, filters, after_id))
+        finished = False
+        got_any = False
+        for k in range(COMMANDS):
+            key = f"p{k}"
+            rows = results.get(key)
+            if key in errors or not isinstance(rows, list):
+                error = errors.get(key) or {}
+                code = str(error.get("error", "")) if isinstance(error, dict) else ""
+                if code.upper() == "OPERATION_TIME_LIMIT":
+                    await client.wait_for_operating(method)
+                elif not got_any:
+                    raise BitrixError(f"Bitrix24 {method}: {code or 'error'}: {error.get('error_description', '') if isinstance(error, dict) else error}")
+                break  # resume after the last good page
+            ids = [int(r["ID"]) for r in rows]
+            if ids and ids[0] <= after_id:
+                raise BitrixError(f"Bitrix24 {method}: the >ID chain went backwards at ID {after_id}; stopping to avoid a loop")
+            if rows:
+                yield rows
+                after_id = ids[-1]
+                got_any = True
+            if len(rows) < PAGE:
+                finished = True
+                break
+        if finished:
+            return
+        stalls = 0 if got_any else stalls + 1
+        if stalls > 5:
+            raise BitrixError(f"Bitrix24 {method}: no progress after {stalls} batches")

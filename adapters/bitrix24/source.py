@@ -1,0 +1,206 @@
+"""Bitrix24 source: full and incremental pulls, deletions by id reconciliation, OAuth token rotation.
+
+* Full pull (no cursor yet): contacts (or companies) and deals through the ``start=-1`` ID chain, both
+  chains at once; a snapshot, so anything no longer in the portal leaves the mirror.
+* Incremental pull: the same chains filtered by ``>=DATE_MODIFY`` from the cursor minus an overlap; the
+  cursor is the portal's own clock (``time.date_start`` of the run's first answer), so it never moves past
+  the moment the run started and never depends on this machine's clock.
+* Deletions: every ``reconcile_hours`` the ids alone are listed (``select=[ID]``) and compared with the
+  mirror; ids gone from the portal are deleted from the mirror.
+* OAuth: the access token is refreshed on 401 ``expired_token``; the rotated refresh token is written to
+  the state store before it is used (docs settings/oauth/auto-renewal.md: every refresh issues a new one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+
+from adapters.base import Customer, Deal, Entity, PullResult, RowError
+from adapters.bitrix24.client import Bitrix24Client, BitrixError
+from adapters.bitrix24.mapping import (
+    COMPANY_SELECT,
+    CONTACT_SELECT,
+    DEAL_SELECT,
+    MappingError,
+    UserField,
+    to_customer,
+    to_deal,
+    user_field_map,
+)
+from adapters.bitrix24.paging import iter_pages
+
+MAX_REFRESHES_PER_RUN = 5
+
+
+class OAuthTokens:
+    """Access/refresh tokens of a Bitrix24 app, rotated and persisted in the state store."""
+
+    def __init__(self, store: Any, *, token_url: str, client_id: str, client_secret: str, refresh_token: str | None,
+                 ssl_context: Any = None):
+        self.store = store
+        self.token_url = token_url
+        self.client_id = client_id
+        self.client_secret = client_secret
+        saved = store.oauth_token()
+        self.access_token = saved["access_token"] if saved else None
+        self.expires_at = saved["expires_at"] if saved else None
+        self.refresh_token = saved["refresh_token"] if saved else refresh_token
+        self.ssl_context = ssl_context
+        self.refreshes = 0
+        self._first = True
+
+    async def __call__(self) -> str:
+        """fast-bitrix24's token_func: called before the first request and after every 401."""
+        if self._first and self.access_token and (self.expires_at or 0) > time.time() + 60:
+            self._first = False
+            return self.access_token
+        self._first = False
+        return await self.refresh()
+
+    async def refresh(self) -> str:
+        if not self.refresh_token:
+            raise BitrixError("no OAuth refresh token: set [crm] refresh_token (LIFECYCLE_CRM__REFRESH_TOKEN) once")
+        self.refreshes += 1
+        if self.refreshes > MAX_REFRESHES_PER_RUN:
+            raise BitrixError("the portal keeps rejecting fresh access tokens: re-install the app or check client_id")
+        params = {
+            "grant_type": "refresh_token",
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "refresh_token": self.refresh_token,
+        }
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context else None
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.get(self.token_url, params=params) as response:
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    body = {}
+        if response.status != 200 or "access_token" not in body:
+            code = body.get("error", f"HTTP {response.status}") if isinstance(body, dict) else f"HTTP {response.status}"
+            raise BitrixError(
+                f"Bitrix24 OAuth refresh failed ({code}): the refresh token was rejected; re-authorise the app "
+                "and set a new refresh_token"
+            )
+        expires = body.get("expires") or int(time.time()) + int(body.get("expires_in", 3600))
+        self.store.save_oauth_token(body["access_token"], body["refresh_token"], int(expires))
+        self.access_token, self.refresh_token, self.expires_at = body["access_token"], body["refresh_token"], int(expires)
+        return self.access_token
+
+
+def make_client(config: Any, store: Any) -> Bitrix24Client:
+    crm = config.crm
+    ca = str(crm.ca_file) if crm.ca_file else None
+    if crm.webhook_url is not None:
+        return Bitrix24Client(crm.webhook_url.get_secret_value(), requests_per_second=crm.requests_per_second,
+                              burst=crm.burst, ca_file=ca)
+    import ssl
+
+    tokens = OAuthTokens(
+        store,
+        token_url=crm.oauth_token_url,
+        client_id=crm.client_id,
+        client_secret=crm.client_secret.get_secret_value(),
+        refresh_token=crm.refresh_token.get_secret_value() if crm.refresh_token else None,
+        ssl_context=ssl.create_default_context(cafile=ca) if ca else None,
+    )
+    return Bitrix24Client(crm.client_endpoint, token_func=tokens.__call__, requests_per_second=crm.requests_per_second,
+                          burst=crm.burst, ca_file=ca)
+
+
+def _shift(stamp: str, minutes: float) -> str:
+    return (datetime.fromisoformat(stamp) - timedelta(minutes=minutes)).isoformat(timespec="seconds")
+
+
+class Bitrix24Source:
+    def __init__(self, config: Any, store: Any):
+        self.config = config
+        self.store = store
+        self.entity: Entity = config.crm.customer
+        self.field = config.settings.writeback.field
+
+    def pull(self) -> PullResult:
+        return asyncio.run(self._pull())
+
+    async def _pull(self) -> PullResult:
+        crm = self.config.crm
+        cursors = self.store.cursors()
+        since = cursors.get("modified_since")
+        reconciled = float(cursors.get("reconciled_at", "0"))
+        async with make_client(self.config, self.store) as client:
+            prefix = "crm.contact" if self.entity == "contact" else "crm.company"
+            uf_answer = await client.call(f"{prefix}.userfield.list", {})
+            fields_map = user_field_map(uf_answer.get("result") or [])
+            started = client.server_time or datetime.now().astimezone().isoformat(timespec="seconds")
+            filters = {} if since is None else {">=DATE_MODIFY": _shift(since, crm.overlap_minutes)}
+            select = (CONTACT_SELECT if self.entity == "contact" else COMPANY_SELECT) + [self.field]
+            jobs = [
+                _collect(iter_pages(client, f"{prefix}.list", select, filters)),
+                _collect(iter_pages(client, "crm.deal.list", DEAL_SELECT, filters)),
+            ]
+            reconcile = since is not None and time.time() - reconciled >= crm.reconcile_hours * 3600
+            if reconcile:
+                jobs += [_collect(iter_pages(client, f"{prefix}.list", ["ID"])), _collect(iter_pages(client, "crm.deal.list", ["ID"]))]
+            pages = await asyncio.gather(*jobs)
+            requests = client.requests
+        customers, deals, errors = self._map(pages[0], pages[1], fields_map, prefix)
+        result_cursors = {"modified_since": started}
+        deleted_c: frozenset[tuple[Entity, int]] = frozenset()
+        deleted_d: frozenset[int] = frozenset()
+        if since is None or reconcile:
+            result_cursors["reconciled_at"] = str(time.time())
+        if reconcile:
+            listed_c = {int(r["ID"]) for r in pages[2]} | {c.id for c in customers}
+            listed_d = {int(r["ID"]) for r in pages[3]} | {d.id for d in deals}
+            deleted_c = frozenset((self.entity, i) for i in self.store.customer_ids(self.entity) - listed_c)
+            deleted_d = frozenset(self.store.deal_ids() - listed_d)
+        return PullResult(
+            customers=customers,
+            deals=deals,
+            snapshot=since is None,
+            errors=errors,
+            deleted_customer_ids=deleted_c,
+            deleted_deal_ids=deleted_d,
+            cursors=result_cursors,
+            requests=requests,
+        )
+
+    def _map(self, customer_rows: list[dict], deal_rows: list[dict], fields_map: dict[str, UserField], prefix: str
+             ) -> tuple[list[Customer], list[Deal], list[RowError]]:
+        errors: list[RowError] = []
+        customers, deals = [], []
+        for row in customer_rows:
+            try:
+                customers.append(to_customer(row, self.entity, fields_map))
+            except MappingError as exc:
+                errors.append(RowError(f"{prefix}.list", int(row.get("ID") or 0), None, str(exc)))
+        for row in deal_rows:
+            try:
+                deals.append(to_deal(row))
+            except MappingError as exc:
+                errors.append(RowError("crm.deal.list", int(row.get("ID") or 0), None, str(exc)))
+        return customers, deals, errors
+
+
+async def _collect(pages: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    async for page in pages:
+        rows.extend(page)
+    return rows
+
+
+def tag_ids(raw: str | None) -> list[str]:
+    """The option ids stored in the mirror for a multiple enumeration field."""
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return [raw]
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]

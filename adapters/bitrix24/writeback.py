@@ -1,0 +1,167 @@
+"""Segments onto the customer card: a multiple enumeration user field (default ``UF_CRM_LIFECYCLE``).
+
+* The field is created if missing (``crm.contact.userfield.add``, ``USER_TYPE_ID=enumeration``,
+  ``MULTIPLE=Y``), with one option per tagged segment: ``XML_ID`` = segment name, ``VALUE`` = its label.
+  New segments become new options and changed labels are renamed through
+  ``crm.contact.userfield.update`` (options named with their ``ID`` are kept or changed; docs
+  api-reference/data-types.md#uf_enum_element).
+* The value stored on a record is a list of option IDs. The connector owns only the options whose
+  XML_ID is a tagged segment; any other value on the field (set by hand) is left as it is.
+* Only customers whose wanted value differs from the value in the mirror are updated, 50
+  ``crm.<entity>.update`` commands per batch; only the failed commands are retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.bitrix24.client import Bitrix24Client, BitrixError
+from adapters.bitrix24.paging import php_query
+from adapters.bitrix24.source import make_client, tag_ids
+
+RETRIES = 3
+
+
+@dataclass
+class WritebackResult:
+    updated: int = 0
+    requests: int = 0
+    failed: dict[int, str] = field(default_factory=dict)
+    options_created: list[str] = field(default_factory=list)
+
+
+def plan_tags(
+    wanted: dict[int, list[str]], current: dict[int, list[str]], options: dict[str, str]
+) -> dict[int, list[str]]:
+    """Customer id -> the field's new list of option ids, for customers whose value must change.
+
+    ``wanted``: tagged segments per customer; ``current``: option ids on the field now (mirror);
+    ``options``: segment name -> option id. Foreign option ids are kept in front, in their order.
+    """
+    managed = set(options.values())
+    changes = {}
+    for cid in wanted.keys() | current.keys():
+        now = current.get(cid, [])
+        keep = [i for i in now if i not in managed]
+        new = keep + [options[s] for s in wanted.get(cid, [])]
+        if set(new) != set(now):
+            changes[cid] = new
+    return changes
+
+
+class Bitrix24TagWriter:
+    def __init__(self, config: Any, store: Any):
+        self.config = config
+        self.store = store
+        self.entity = config.crm.customer
+        self.prefix = "crm.contact" if self.entity == "contact" else "crm.company"
+        self.field = config.settings.writeback.field
+
+    def write(self, wanted: dict[int, list[str]], current: dict[int, list[str]]) -> WritebackResult:
+        return asyncio.run(self._write(wanted, current))
+
+    async def _write(self, wanted: dict[int, list[str]], current: dict[int, list[str]]) -> WritebackResult:
+        result = WritebackResult()
+        async with make_client(self.config, self.store) as client:
+            options = await self._ensure_field(client, result)
+            changes = plan_tags(wanted, current, options)
+            pending = dict(changes)
+            for _attempt in range(RETRIES):
+                if not pending:
+                    break
+                pending = await self._update(client, pending, result)
+            result.failed.update({cid: "not updated after retries" for cid in pending if cid not in result.failed})
+            result.requests = client.requests
+        return result
+
+    async def _ensure_field(self, client: Bitrix24Client, result: WritebackResult) -> dict[str, str]:
+        segments = self.config.tagged_segments()
+        labels = {s: self.config.label(s) for s in segments}
+        found = await self._find_field(client)
+        if found is None:
+            fields = {
+                "FIELD_NAME": self.field.removeprefix("UF_CRM_"),
+                "USER_TYPE_ID": "enumeration",
+                "MULTIPLE": "Y",
+                "LABEL": self.config.settings.writeback.field_label,
+                "EDIT_FORM_LABEL": self.config.settings.writeback.field_label,
+                "LIST_COLUMN_LABEL": self.config.settings.writeback.field_label,
+                "SHOW_FILTER": "Y",
+                "LIST": [{"VALUE": labels[s], "XML_ID": s, "SORT": 10 * (i + 1)} for i, s in enumerate(segments)],
+            }
+            await client.call(f"{self.prefix}.userfield.add", {"fields": fields})
+            result.options_created = list(segments)
+        else:
+            by_xml = {str(o.get("XML_ID")): o for o in found.get("LIST") or []}
+            missing = [s for s in segments if s not in by_xml]
+            renamed = [s for s in segments if s in by_xml and by_xml[s].get("VALUE") != labels[s]]
+            if missing or renamed:
+                items = [{"ID": o["ID"], "VALUE": o.get("VALUE"), "XML_ID": o.get("XML_ID")} for o in found.get("LIST") or []]
+                for item in items:
+                    if item["XML_ID"] in renamed:
+                        item["VALUE"] = labels[item["XML_ID"]]
+                start = 10 * (len(items) + 1)
+                items += [{"VALUE": labels[s], "XML_ID": s, "SORT": start + 10 * i} for i, s in enumerate(missing)]
+                await client.call(f"{self.prefix}.userfield.update", {"id": found["ID"], "fields": {"LIST": items}})
+                result.options_created = missing
+        found = await self._find_field(client)
+        if found is None:
+            raise BitrixError(f"Bitrix24: user field {self.field} is still missing after creating it")
+        options = {str(o.get("XML_ID")): str(o["ID"]) for o in found.get("LIST") or [] if o.get("XML_ID") in segments}
+        lost = [s for s in segments if s not in options]
+        if lost:
+            raise BitrixError(f"Bitrix24: options for {', '.join(lost)} are missing on {self.field}")
+        return options
+
+    async def _find_field(self, client: Bitrix24Client) -> dict[str, Any] | None:
+        answer = await client.call(f"{self.prefix}.userfield.list", {"filter": {"FIELD_NAME": self.field}})
+        for item in answer.get("result") or []:
+            if item.get("FIELD_NAME") == self.field:
+                return item
+        return None
+
+    async def _update(self, client: Bitrix24Client, pending: dict[int, list[str]], result: WritebackResult) -> dict[int, list[str]]:
+        """Send the changes in batches of 50; return those that failed (to retry)."""
+        failed: dict[int, list[str]] = {}
+        ids = sorted(pending)
+        for start in range(0, len(ids), 50):
+            chunk = ids[start : start + 50]
+            commands = {f"u{cid}": f"{self.prefix}.update?{self._update_query(cid, pending[cid])}" for cid in chunk}
+            try:
+                results, errors = await client.batch(commands)
+            except BitrixError as exc:
+                failed.update({cid: pending[cid] for cid in chunk})
+                result.failed.update({cid: str(exc) for cid in chunk})
+                continue
+            done = {}
+            for cid in chunk:
+                key = f"u{cid}"
+                if key in errors or results.get(key) is not True:
+                    error = errors.get(key) or {}
+                    result.failed[cid] = str(error.get("error_description") or error.get("error") or "no result") if isinstance(error, dict) else str(error)
+                    failed[cid] = pending[cid]
+                else:
+                    done[cid] = {self.field: json.dumps(pending[cid])}
+                    result.failed.pop(cid, None)
+            result.updated += len(done)
+            self.store.update_customer_fields(self.entity, done)
+        return failed
+
+    def _update_query(self, cid: int, values: list[str]) -> str:
+        # An empty list cannot be written as PHP array items; an empty string clears the field.
+        return php_query({"id": cid, "fields": {self.field: values if values else ""}})
+
+
+def current_tags(customers_fields: dict[int, str | None], field_name: str) -> dict[int, list[str]]:
+    """Option ids per customer from the mirror's ``fields`` JSON (only customers that have any)."""
+    out = {}
+    for cid, text in customers_fields.items():
+        if not text:
+            continue
+        ids = tag_ids((json.loads(text) or {}).get(field_name))
+        if ids:
+            out[cid] = ids
+    return out

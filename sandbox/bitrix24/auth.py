@@ -1,0 +1,118 @@
+"""Webhook and OAuth authorization, and the OAuth token endpoint.
+
+Sources (b24restdocs): local-integrations/local-webhooks.md (``/rest/{user_id}/{code}/{method}``),
+settings/how-to-call-rest-api/authorization.md and settings/oauth/index.md (``/rest/{method}`` with
+``auth=ACCESS_TOKEN``), settings/oauth/auto-renewal.md (``/oauth/token/?grant_type=refresh_token&client_id=
+..&client_secret=..&refresh_token=..``; response keys access_token, client_endpoint, domain, expires,
+expires_in, member_id, refresh_token, scope, server_endpoint, status, user_id; a new refresh token on every
+refresh — the old one stops working; access token lives one hour, refresh token 180 days),
+settings/oauth/error-codes.md (``invalid_grant``, ``invalid_client``, ``invalid_request``),
+_includes/system-errors.md (401 ``NO_AUTH_FOUND``, 401 ``expired_token``).
+Lifetimes run on the portal clock; ``expires`` is reported as the wall-clock epoch of expiry and
+``expires_in`` in wall seconds (3600 at time scale 1). HTTP status of OAuth-server errors is not documented;
+the sandbox uses 400 (UNCONFIRMED). An access token stays valid after a refresh until it expires.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import string
+from dataclasses import dataclass
+
+from .clock import Clock
+from .errors import EXPIRED, NO_AUTH, err
+
+ACCESS_LIFETIME = 3600.0
+REFRESH_LIFETIME = 180 * 86400.0
+SCOPE = "crm,task,user,user_brief,basic"
+
+
+def _alnum(n: int) -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+@dataclass
+class Identity:
+    key: str  # who the operating-time limit is counted for
+    user_id: int
+    via: str  # "webhook" | "oauth"
+
+
+class Auth:
+    def __init__(self, clock: Clock, *, user_id: int = 1):
+        self.clock = clock
+        self.user_id = user_id
+        self.webhook_code = _alnum(16)
+        self.client_id = f"local.{secrets.token_hex(7)[:13]}.{secrets.randbelow(10**8):08d}"
+        self.client_secret = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(50))
+        self.member_id = secrets.token_hex(16)
+        self.application_token = secrets.token_hex(16)
+        self.access: dict[str, float] = {}   # token -> portal expiry
+        self.refresh: dict[str, float] = {}  # token -> portal expiry
+        self.refreshes = 0
+        self.initial = self.issue()
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    def webhook(self, user_id: str, code: str) -> Identity:
+        if user_id != str(self.user_id) or code != self.webhook_code:
+            raise err(NO_AUTH)
+        return Identity(f"webhook:{self.user_id}", self.user_id, "webhook")
+
+    def token(self, access_token: str | None) -> Identity:
+        if not access_token or access_token not in self.access:
+            raise err(NO_AUTH)
+        if self.access[access_token] <= self.clock.portal():
+            raise err(EXPIRED)
+        return Identity(f"app:{self.client_id}", self.user_id, "oauth")
+
+    def expire(self, access_token: str | None = None) -> int:
+        """Make one (or every) access token expire now; returns how many."""
+        now = self.clock.portal()
+        targets = [access_token] if access_token else list(self.access)
+        count = 0
+        for token in targets:
+            if token in self.access:
+                self.access[token] = min(self.access[token], now)
+                count += 1
+        return count
+
+    # -- tokens ----------------------------------------------------------------------------------
+
+    def issue(self) -> dict:
+        now = self.clock.portal()
+        access, refresh = _alnum(32), _alnum(32)
+        self.access[access] = now + ACCESS_LIFETIME
+        self.refresh[refresh] = now + REFRESH_LIFETIME
+        return {
+            "access_token": access,
+            "expires": int(self.clock.to_real(now + ACCESS_LIFETIME)),
+            "expires_in": max(1, math.ceil(ACCESS_LIFETIME / self.clock.scale)),
+            "scope": SCOPE,
+            "status": "L",
+            "member_id": self.member_id,
+            "user_id": self.user_id,
+            "refresh_token": refresh,
+        }
+
+    def token_endpoint(self, params: dict, endpoints: dict) -> tuple[int, dict]:
+        """``GET|POST /oauth/token/``; ``endpoints`` holds client_endpoint, server_endpoint, domain."""
+        grant = str(params.get("grant_type") or "")
+        if grant != "refresh_token":
+            return 400, {"error": "invalid_request",
+                         "error_description": "grant_type must be refresh_token in the sandbox"}
+        if params.get("client_id") != self.client_id or params.get("client_secret") != self.client_secret:
+            return 400, {"error": "invalid_client", "error_description": "Invalid client credentials"}
+        refresh = str(params.get("refresh_token") or "")
+        expiry = self.refresh.pop(refresh, None)
+        if expiry is None or expiry <= self.clock.portal():
+            return 400, {"error": "invalid_grant", "error_description": "Invalid refresh token"}
+        self.refreshes += 1
+        body = self.issue()
+        ordered = {"access_token": body["access_token"], "expires": body["expires"], "expires_in": body["expires_in"],
+                   "scope": body["scope"], "domain": endpoints["domain"], "server_endpoint": endpoints["server_endpoint"],
+                   "status": body["status"], "client_endpoint": endpoints["client_endpoint"],
+                   "member_id": body["member_id"], "user_id": body["user_id"], "refresh_token": body["refresh_token"]}
+        return 200, ordered

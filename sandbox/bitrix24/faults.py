@@ -1,0 +1,118 @@
+"""Fault injection and request counters for tests (``/_sandbox/faults``, ``/_sandbox/counters``).
+
+A fault spec (JSON): ``{"kind": "status"|"reset"|"slow"|"expired_token", "method": "crm.contact.list"
+(optional, top-level REST method, lower-cased), "count": N (next N matching requests) or "probability": p
+(0..1; neither = every matching request until cleared), "status": 500|502|503|504 (kind status),
+"delay": seconds (kind slow, wall-clock), "body": optional JSON object or text}``.
+
+* ``status``: answer that HTTP status without running the method; 500 -> INTERNAL_SERVER_ERROR JSON,
+  503 -> QUERY_LIMIT_EXCEEDED JSON (both from _includes/system-errors.md), 502/504 -> an nginx HTML page
+  (what a proxy in front of a portal sends; clients must not expect JSON on 5xx).
+* ``reset``: close the TCP connection with RST and no answer.
+* ``slow``: sleep ``delay`` wall seconds, then answer normally.
+* ``expired_token``: 401 ``expired_token`` whatever the token.
+Faults are checked in the order they were added; the first one that fires wins. Faulted requests do not
+enter the leaky bucket or run the method.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("status", "reset", "slow", "expired_token")
+NGINX_PAGE = ("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1>"
+              "</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+
+
+@dataclass
+class Fault:
+    id: int
+    kind: str
+    method: str | None = None
+    count: int | None = None
+    probability: float | None = None
+    status: int = 500
+    delay: float = 1.0
+    body: Any = None
+    fired: int = 0
+
+    def describe(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+class Faults:
+    def __init__(self, seed: int | None = None):
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+        self._next = 1
+        self._rng = random.Random(seed)
+
+    def add(self, spec: dict) -> Fault:
+        kind = str(spec.get("kind", "status"))
+        if kind not in KINDS:
+            raise ValueError(f"fault kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        count = spec.get("count")
+        probability = spec.get("probability")
+        if probability is not None and not 0 <= float(probability) <= 1:
+            raise ValueError("probability must be between 0 and 1")
+        with self._lock:
+            fault = Fault(self._next, kind, (str(spec["method"]).lower() if spec.get("method") else None),
+                          None if count is None else int(count),
+                          None if probability is None else float(probability),
+                          int(spec.get("status", 500)), float(spec.get("delay", 1.0)), spec.get("body"))
+            self._next += 1
+            self._faults.append(fault)
+            return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def list(self) -> list[dict]:
+        with self._lock:
+            return [f.describe() for f in self._faults]
+
+    def pick(self, method: str | None) -> Fault | None:
+        with self._lock:
+            for fault in list(self._faults):
+                if fault.method and fault.method != method:
+                    continue
+                if fault.count is not None:
+                    if fault.count <= 0:
+                        continue
+                    fault.count -= 1
+                elif fault.probability is not None and self._rng.random() >= fault.probability:
+                    continue
+                fault.fired += 1
+                if fault.count == 0:
+                    self._faults.remove(fault)
+                return fault
+            return None
+
+
+@dataclass
+class Counters:
+    http_requests: int = 0          # REST requests (/rest/...), whatever their outcome
+    oauth_requests: int = 0         # /oauth/token/ requests
+    oauth_refreshes: int = 0        # successful refresh-token rotations
+    methods: Counter = field(default_factory=Counter)        # top-level and nested batch commands
+    top_level: Counter = field(default_factory=Counter)      # methods named in the URL only
+    batch_commands: int = 0
+    http_status: Counter = field(default_factory=Counter)    # by HTTP status of REST answers
+    query_limit_exceeded: int = 0   # 503 QUERY_LIMIT_EXCEEDED from the leaky bucket
+    operation_time_limit: int = 0   # OPERATION_TIME_LIMIT refusals (HTTP 429 and nested batch commands)
+    faults: Counter = field(default_factory=Counter)
+    warnings: deque = field(default_factory=lambda: deque(maxlen=200))
+
+    def snapshot(self) -> dict:
+        return {
+            "http_requests": self.http_requests, "oauth_requests": self.oauth_requests,
+            "oauth_refreshes": self.oauth_refreshes, "methods": dict(self.methods), "top_level": dict(self.top_level),
+            "batch_commands": self.batch_commands, "http_status": {str(k): v for k, v in self.http_status.items()},
+            "query_limit_exceeded": self.query_limit_exceeded, "operation_time_limit": self.operation_time_limit,
+            "faults": dict(self.faults), "warnings": list(self.warnings),
+        }

@@ -1,0 +1,312 @@
+"""HTTP(S) front end: routes, request decoding, TLS, the CONNECT proxy, and a background runner.
+
+Routes (local-integrations/local-webhooks.md, settings/oauth/index.md, settings/oauth/auto-renewal.md):
+
+* ``/rest/{user_id}/{webhook_code}/{method}[.json|.xml]`` — inbound webhook;
+* ``/rest/{method}[.json]`` with ``auth=ACCESS_TOKEN`` in the query or body — OAuth app;
+* ``/oauth/token/`` — the token endpoint (GET or POST; also reachable as ``oauth.bitrix24.tech`` /
+  ``oauth.bitrix.info`` through the CONNECT proxy);
+* ``/_sandbox/...`` — control routes (control.py).
+
+Bodies: JSON, x-www-form-urlencoded or multipart, plus the query string (decode.py). Method names are
+lower-cased. With TLS the socket's first byte tells TLS from plain HTTP on the same port: plain REST calls
+get 400 INVALID_REQUEST "Https required." like a cloud portal, while control routes and ``CONNECT`` (for
+``HTTPS_PROXY``) work on plain HTTP. ``CONNECT`` is only accepted for the OAuth hosts and for the sandbox
+itself; the tunnel is terminated here with the sandbox certificate, so nothing ever leaves the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import _SocketWriter  # type: ignore[attr-defined]
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import control
+from .decode import DecodeError, parse_body, parse_php_query
+from .errors import EXPIRED, HTTPS_REQUIRED, INTERNAL, QUERY_LIMIT, ApiError, err
+from .faults import NGINX_PAGE
+from .portal import Portal
+from .tlsutil import OAUTH_HOSTS
+
+_REASONS = {502: "Bad Gateway", 504: "Gateway Time-out", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class SandboxServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, portal: Portal, ssl_context: ssl.SSLContext | None, verbose: bool = False):
+        self.portal = portal
+        self.ssl_context = ssl_context
+        self.verbose = verbose
+        self.info: dict = {}
+        super().__init__(address, Handler)
+
+    def finish_request(self, request, client_address):
+        if self.ssl_context is not None:
+            try:
+                request.settimeout(Handler.timeout)
+                first = request.recv(1, socket.MSG_PEEK)
+                if first == b"\x16":
+                    request = self.ssl_context.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError):
+                return
+        Handler(request, client_address, self)
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], (OSError, ssl.SSLError)):
+            return  # clients that hang up (or faults that reset) are not sandbox errors
+        super().handle_error(request, client_address)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "nginx"
+    sys_version = ""
+    timeout = 120
+    server: SandboxServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass
+        try:
+            self.connection.close()
+        except OSError:
+            pass
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    @property
+    def is_tls(self) -> bool:
+        return isinstance(self.connection, ssl.SSLSocket)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, body: Any, content_type: str = "application/json; charset=utf-8") -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _reset(self) -> None:
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+        self.close_connection = True
+
+    # -- verbs -----------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_CONNECT(self) -> None:
+        host, _, port = self.path.rpartition(":")
+        own = host in ("127.0.0.1", "localhost") and port == str(self.server.server_address[1])
+        if self.server.ssl_context is None or not (host in OAUTH_HOSTS or own):
+            self._send(403, {"error": "FORBIDDEN", "error_description": f"the sandbox only tunnels to itself, not {self.path}"})
+            return
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.wfile.flush()
+        try:
+            tunnel = self.server.ssl_context.wrap_socket(self.connection, server_side=True)
+        except (OSError, ssl.SSLError):
+            self.close_connection = True
+            return
+        self.connection = self.request = tunnel
+        self.rfile = tunnel.makefile("rb", self.rbufsize)
+        self.wfile = _SocketWriter(tunnel)
+        self.close_connection = False
+
+    def _dispatch(self, verb: str) -> None:
+        portal = self.server.portal
+        url = urlsplit(self.path)
+        path = url.path
+        try:
+            raw = self._read_body()
+        except (OSError, ValueError):
+            self.close_connection = True
+            return
+        if path.startswith("/_sandbox"):
+            try:
+                body = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                body = {}
+            status, payload = control.handle(portal, self.server.info, verb, path, url.query, body)
+            self._send(status, payload)
+            return
+        try:
+            params = parse_php_query(url.query)
+            params.update(parse_body(self.headers.get("Content-Type", ""), raw))
+        except DecodeError as exc:
+            self._send(400, {"error": "INVALID_REQUEST", "error_description": str(exc)})
+            return
+        if path.rstrip("/") in ("/oauth/token", "/oauth/token/"):
+            with portal.lock:
+                portal.counters.oauth_requests += 1
+                status, payload = portal.auth.token_endpoint(params, portal.endpoints())
+            self._send(status, payload)
+            return
+        if path.startswith("/rest/"):
+            self._rest(path, params)
+            return
+        self._send(404, {"error": "NOT_FOUND", "error_description": f"unknown path {path}"})
+
+    def _rest(self, path: str, params: dict) -> None:
+        portal = self.server.portal
+        parts = [p for p in path[len("/rest/"):].split("/") if p]
+        method = parts[-1] if parts else ""
+        for suffix in (".json", ".xml"):
+            if method.lower().endswith(suffix):
+                method = method[: -len(suffix)]
+        method = method.strip().lower()
+        with portal.lock:
+            portal.counters.http_requests += 1
+            portal.counters.top_level[method] += 1
+        status, body = self._rest_answer(portal, parts, method, params)
+        if status is None:
+            return  # connection was reset
+        with portal.lock:
+            portal.counters.http_status[status] += 1
+        if isinstance(body, bytes):
+            self._send(status, body, "text/html")
+        else:
+            self._send(status, body)
+
+    def _rest_answer(self, portal: Portal, parts: list[str], method: str, params: dict):
+        fault = portal.faults.pick(method)
+        if fault is not None:
+            with portal.lock:
+                portal.counters.faults[fault.kind] += 1
+            if fault.kind == "reset":
+                self._reset()
+                return None, None
+            if fault.kind == "slow":
+                time.sleep(fault.delay)
+            elif fault.kind == "expired_token":
+                return EXPIRED[0], err(EXPIRED).body()
+            else:
+                if fault.body is not None:
+                    return fault.status, fault.body if isinstance(fault.body, dict) else str(fault.body).encode()
+                if fault.status in (502, 504):
+                    return fault.status, NGINX_PAGE.format(code=fault.status, reason=_REASONS[fault.status]).encode()
+                if fault.status == 503:
+                    return 503, err(QUERY_LIMIT).body()
+                return fault.status, err(INTERNAL).body()
+        if self.server.ssl_context is not None and not self.is_tls:
+            return HTTPS_REQUIRED[0], err(HTTPS_REQUIRED).body()
+        try:
+            with portal.lock:
+                if len(parts) >= 3 and parts[0] != "api":
+                    identity = portal.auth.webhook(parts[0], parts[1])
+                else:
+                    token = params.pop("auth", None)
+                    identity = portal.auth.token(token if isinstance(token, str) else None)
+            rejected = portal.admit()
+            if rejected is not None:
+                raise rejected
+        except ApiError as exc:
+            return exc.status, exc.body()
+        params.pop("auth", None)
+        return portal.run_method(method, params, identity)
+
+
+class RunningServer:
+    """A portal served on a background thread (used by the CLI and by :func:`testing.running_portal`)."""
+
+    def __init__(self, portal: Portal, *, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None, ca_file: str | None = None, verbose: bool = False):
+        self.portal = portal
+        self.httpd = SandboxServer((host, port), portal, ssl_context, verbose)
+        self.host, self.port = self.httpd.server_address[:2]
+        scheme = "https" if ssl_context else "http"
+        portal.base_url = f"{scheme}://{host}:{self.port}"
+        portal.tls = ssl_context is not None
+        self.info = build_info(portal, ca_file)
+        self.httpd.info = self.info
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "RunningServer":
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="bitrix24-sandbox", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def build_info(portal: Portal, ca_file: str | None) -> dict:
+    base = portal.base_url
+    auth = portal.auth
+    tokens = auth.initial
+    info = {
+        "webhook_url": f"{base}/rest/{auth.user_id}/{auth.webhook_code}/",
+        "base_url": base,
+        "domain": base.split("://", 1)[1],
+        "user_id": auth.user_id,
+        "webhook_code": auth.webhook_code,
+        "client_id": auth.client_id,
+        "client_secret": auth.client_secret,
+        "access_token": tokens["access_token"],
+        "refresh_token": tokens["refresh_token"],
+        "expires": tokens["expires"],
+        "expires_in": tokens["expires_in"],
+        "client_endpoint": f"{base}/rest/",
+        "server_endpoint": f"{base}/rest/",
+        "oauth_token_url": f"{base}/oauth/token/",
+        "member_id": auth.member_id,
+        "application_token": auth.application_token,
+        "timezone": str(portal.tz),
+        "time_scale": portal.clock.scale,
+        "limits": portal.limits.enabled,
+        "control_url": f"{base}/_sandbox/",
+        "tls": portal.tls,
+        "counts": portal.counts(),
+    }
+    if portal.tls:
+        info["ca_file"] = ca_file
+        info["https_proxy"] = f"http://{info['domain']}"
+    return info
