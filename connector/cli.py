@@ -9,6 +9,7 @@ from datetime import date
 
 from rich.console import Console
 
+from adapters.bitrix24.client import BitrixError
 from adapters.csv_files import SourceError
 from connector.config import ConfigError, load_config
 
@@ -30,8 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default="lifecycle.toml", help="TOML config file (default ./lifecycle.toml)")
 
     demo = sub.add_parser("demo", help="run a full cycle on a generated sample base and print the result")
-    demo.add_argument("--customers", type=int, default=3000, help="size of the generated base (default 3000)")
+    demo.add_argument("--customers", type=int, default=3000, help="contacts in the sandbox portal (default 3000)")
     demo.add_argument("--keep", metavar="DIR", help="keep the demo's files (CSV, config, state) in DIR")
+
+    sandbox = sub.add_parser("sandbox", help="serve an emulator on loopback for manual trials (never a live system)")
+    sandbox.add_argument("system", choices=("bitrix24",), help="which emulator")
+    sandbox.add_argument("args", nargs=argparse.REMAINDER, help="its options, e.g. --port 8024 --generate 2000:6000")
 
     sync = sub.add_parser("sync", help="pull into the mirror, compute today's membership, store who entered and left")
     with_config(sync)
@@ -49,12 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("fast_bitrix24").setLevel(logging.WARNING)  # it logs every request and answer at DEBUG
     out = Console(soft_wrap=False, width=max(Console().width, 110))
     try:
         if args.command == "demo":
             from connector.demo import run_demo
 
             return run_demo(out, customers=args.customers, keep=args.keep)
+        if args.command == "sandbox":
+            from sandbox.bitrix24.cli import main as bitrix24_sandbox
+
+            return bitrix24_sandbox(args.args)
         config = load_config(args.config)
         if args.command == "sync":
             return _sync(config, args, out)
@@ -63,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BitrixError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -1,56 +1,61 @@
-"""``lifecycle demo``: a full cycle on a generated base, then a second cycle after some customers moved.
+"""``lifecycle demo``: the whole cycle against the sandbox Bitrix24 portal on loopback.
 
-Until the Bitrix24 sandbox exists the demo uses the CSV source: it generates a realistic base relative to
-today, syncs it, prints the matrix and segments, then lets a fifth of the sleeping customers buy again,
-deletes a few contacts, adds one malformed row, syncs again and prints who entered and left.
+Starts the sandbox portal (rate and operating limits on, sped up 10x) with a generated base, then:
+1. a full sync: pull through the no-count ID chain, compute, store membership, write the lifecycle
+   segments onto every contact's ``UF_CRM_LIFECYCLE`` field;
+2. a quiet incremental sync (it re-reads only the contacts whose field run 1 wrote);
+3. some CRM activity (win-backs, a deleted contact, a renamed one), then an incremental sync that
+   reads just those changes and moves the customers' tags.
+For each run it prints what was read, what moved, what was written and how many HTTP requests it took.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import polars as pl
 from rich.console import Console
+from rich.table import Table
 
 from connector import report
 from connector.config import load_config
 from connector.pipeline import SyncResult, sync, today_in
-from sandbox.synthetic import generate, write_csv
+from sandbox.bitrix24 import running_portal
 
 TIMEZONE = "Europe/Moscow"
+TIME_SCALE = 10
 
 DEMO_CONFIG = """\
 # Written by `lifecycle demo`. See config.example.toml for every option.
 [crm]
-kind = "csv"
-path = "crm"
+kind = "bitrix24"
+webhook_url = "{webhook}"
 timezone = "Europe/Moscow"
+requests_per_second = {rps}   # the sandbox runs its limits {scale}x faster than a real portal
+overlap_minutes = 0           # demo runs are seconds apart; keep the default 10 in production
+reconcile_hours = 0           # list ids every run to notice deletions (default: daily)
 
 [state]
 url = "sqlite:///state.db"
 
-[fields]
-source = { type = "string" }
-points = { type = "number" }
+[writeback]
+tag_segments = ["lifecycle.*", "vip"]
+
+[labels]
+"lifecycle.new_active" = "New, active"
+"lifecycle.regular_asleep" = "Regular, asleep"
+vip = "VIP"
 
 [[segment]]
 name = "vip"
 when = "monetary >= 50000 and purchases >= 4"
 
 [[segment]]
-name = "vip_slipping"
-when = "vip and (lifecycle.regular_sleeping or lifecycle.regular_asleep)"
-
-[[segment]]
 name = "callable_lapsed"
-when = "cadence.lapsed and has_phone and source != 'partner'"
-
-[[segment]]
-name = "first_cohort"
-when = "purchases >= 1"
-static = true
+when = "cadence.lapsed and has_phone"
 """
 
 
@@ -59,73 +64,102 @@ def run_demo(out: Console, *, customers: int = 3000, keep: str | None = None) ->
     if keep:
         folder = Path(keep)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / "state.db").unlink(missing_ok=True)
         return _run(out, folder, customers)
     with tempfile.TemporaryDirectory(prefix="lifecycle-demo-") as tmp:
         return _run(out, Path(tmp), customers)
 
 
 def _run(out: Console, folder: Path, customers: int) -> int:
-    today = today_in(TIMEZONE)
-    cust, deals = generate(customers, customers * 3, today=today, timezone=TIMEZONE)
-    crm = folder / "crm"
-    write_csv(crm, cust, deals, timezone=TIMEZONE)
-    (folder / "state.db").unlink(missing_ok=True)
-    config_path = folder / "lifecycle.toml"
-    config_path.write_text(DEMO_CONFIG, encoding="utf-8")
-    config = load_config(config_path)
+    deals = customers * 3
+    with running_portal(generate=(customers, deals), time_scale=TIME_SCALE) as portal:
+        config_path = folder / "lifecycle.toml"
+        config_path.write_text(
+            DEMO_CONFIG.format(webhook=portal.webhook_url, rps=2 * TIME_SCALE, scale=TIME_SCALE), encoding="utf-8"
+        )
+        config = load_config(config_path)
+        out.rule(f"Sandbox Bitrix24 portal on {portal.info['base_url']}: {customers} contacts, {deals} deals")
 
-    out.rule(f"1. First sync of {customers} customers and {deals.height} deals (CSV source, {crm})")
-    first = sync(config)
-    _print_sync(out, first)
-    report.render_table(first.computation, config.settings, segments=config.rules.segment_names, members=False, console=out)
+        out.rule("1. Full sync")
+        first = _sync(out, portal, config)
+        report.render_table(first.computation, config.settings, segments=config.rules.segment_names, members=False, console=out)
 
-    out.rule("2. A week of CRM activity: win-backs, deleted contacts, one broken row")
-    sleeping = first.computation.membership.filter(
-        pl.col("lifecycle.new_sleeping") | pl.col("lifecycle.promising_sleeping") | pl.col("lifecycle.regular_sleeping")
-    ).get_column("id")
-    buyers = sleeping.sample(fraction=0.2, seed=1) if sleeping.len() else sleeping
-    now = int(pl.Series([today]).cast(pl.Datetime("us")).dt.replace_time_zone(TIMEZONE).dt.epoch("s")[0]) + 12 * 3600
-    new_deals = pl.DataFrame(
-        {
-            "id": pl.int_range(deals.height + 1, deals.height + 1 + buyers.len(), eager=True),
-            "contact_id": buyers,
-            "company_id": pl.Series([None] * buyers.len(), dtype=pl.Int64),
-            "status": ["won"] * buyers.len(),
-            "amount": [9900.0] * buyers.len(),
-            "currency": ["RUB"] * buyers.len(),
-            "created_ts": [now] * buyers.len(),
-            "closed_ts": [now] * buyers.len(),
-        },
-        schema=deals.schema,
-    )
-    gone = cust.sample(n=max(1, customers // 200), seed=2).get_column("id")
-    write_csv(crm, cust.filter(~pl.col("id").is_in(gone.implode())), pl.concat([deals, new_deals]), timezone=TIMEZONE)
-    with (crm / "deals.csv").open("a", encoding="utf-8") as handle:
-        handle.write("999999999,1,,maybe,10,RUB,2024-01-01,\n")
-    out.print(f"{buyers.len()} sleeping customers bought today; {gone.len()} contacts deleted; 1 malformed deal row added")
+        time.sleep(1.1)  # DATE_MODIFY has one-second resolution: let the next run start in a new second
+        out.rule("2. Incremental sync, nothing changed in the CRM")
+        _sync(out, portal, config)
 
-    second = sync(config)
-    _print_sync(out, second)
-    report.render_table(second.computation, config.settings, segments=config.rules.segment_names, members=False, console=out)
-    out.print(f"State store: {folder / 'state.db'} (membership, entry/exit history, run records)")
+        out.rule("3. CRM activity, then an incremental sync")
+        moved = _crm_activity(out, portal, first)
+        time.sleep(1.1)
+        third = _sync(out, portal, config)
+        _show_moves(out, portal, third, moved, config.settings.writeback.field)
     return 0
 
 
-def _print_sync(out: Console, result: SyncResult) -> None:
+def _sync(out: Console, portal, config) -> SyncResult:
+    portal.reset_counters()
+    started = time.perf_counter()
+    result = sync(config)
+    seconds = time.perf_counter() - started
     s = result.summary()
+    counters = portal.counters()
+    methods = counters["methods"]
+    refused = counters["query_limit_exceeded"] + counters["operation_time_limit"]
     out.print(
-        f"run {result.run_id}: {s['customers']} customers, {s['deals']} deals; "
-        f"{s['rows_skipped']} malformed rows skipped, {s['deals_without_customer']} deals without a customer"
+        f"read {s['customers_upserted']} contacts and {s['deals_upserted']} deals "
+        f"({s['customers_deleted']} contacts and {s['deals_deleted']} deals deleted in the CRM); "
+        f"{s['customers']} customers in the mirror"
     )
-    for err in result.row_errors[:5]:
-        out.print(f"  skipped {err}", style="yellow")
-    entered, left = s["entered"], s["left"]
-    moved = sorted(set(entered) | set(left))  # type: ignore[arg-type]
-    if moved:
-        table = report.Table(title="Membership changes stored by this run")
-        table.add_column("segment")
-        table.add_column("entered", justify="right")
-        table.add_column("left", justify="right")
-        for name in moved:
-            table.add_row(name, str(entered.get(name, 0)), str(left.get(name, 0)))  # type: ignore[union-attr]
-        out.print(table)
+    entered = sum(s["entered"].values())  # type: ignore[union-attr]
+    left = sum(s["left"].values())  # type: ignore[union-attr]
+    out.print(f"segment moves stored: {entered} entries, {left} exits")
+    out.print(
+        f"written: {s.get('tags_updated', 0)} contacts' {config.settings.writeback.field} updated"
+        + (f", options created for {len(s.get('tag_options_created') or [])} segments" if s.get("tag_options_created") else "")
+    )
+    out.print(
+        f"[bold]{counters['http_requests']} HTTP requests[/bold] ({s['pull_requests']} to pull, "
+        f"{s.get('writeback_requests', 0)} to write; {methods.get('crm.contact.list', 0) + methods.get('crm.deal.list', 0)} "
+        f"list pages and {methods.get('crm.contact.update', 0)} updates inside batches); "
+        f"{refused} refused by a limit; {seconds:.1f} s"
+    )
+    return result
+
+
+def _crm_activity(out: Console, portal, first: SyncResult) -> dict[str, list[int]]:
+    membership = first.computation.membership
+    sleeping = membership.filter(pl.col("lifecycle.regular_sleeping") | pl.col("lifecycle.promising_sleeping"))
+    buyers = sleeping.get_column("id").head(5).to_list()
+    today = today_in(TIMEZONE).isoformat()
+    for cid in buyers:
+        portal.call("crm.deal.add", {"fields": {"TITLE": "Repeat order", "CONTACT_ID": cid, "STAGE_ID": "WON",
+                                                "OPPORTUNITY": 12000, "CLOSEDATE": today}})
+    prospects = membership.filter(pl.col("status.prospect")).get_column("id").head(2).to_list()
+    for cid in prospects:
+        portal.call("crm.deal.add", {"fields": {"TITLE": "First order", "CONTACT_ID": cid, "STAGE_ID": "WON",
+                                                "OPPORTUNITY": 3000, "CLOSEDATE": today}})
+    gone = membership.filter(pl.col("status.former")).get_column("id").head(1).to_list()
+    for cid in gone:
+        portal.call("crm.contact.delete", {"id": cid})
+    out.print(
+        f"{len(buyers)} sleeping customers bought again, {len(prospects)} prospects made a first purchase, "
+        f"contact {gone[0] if gone else '-'} was deleted"
+    )
+    return {"buyers": buyers, "prospects": prospects}
+
+
+def _show_moves(out: Console, portal, result: SyncResult, moved: dict[str, list[int]], field: str) -> None:
+    state = portal.state()
+    options = next(
+        ({str(o["ID"]): o["VALUE"] for o in f["LIST"]} for f in state["userfields"]["contact"] if f["FIELD_NAME"] == field), {}
+    )
+    contacts = {int(c["ID"]): c for c in state["contacts"]}
+    table = Table(title=f"The moved customers' {field} in the portal now")
+    table.add_column("contact")
+    table.add_column("what happened")
+    table.add_column(field)
+    for what, ids in (("bought again", moved["buyers"]), ("first purchase", moved["prospects"])):
+        for cid in ids:
+            values = contacts.get(cid, {}).get(field) or []
+            table.add_row(str(cid), what, ", ".join(options.get(str(v), str(v)) for v in values) or "-")
+    out.print(table)

@@ -4,7 +4,8 @@ Docs (settings/performance/huge-data.md): ``start=-1`` skips the COUNT behind ``
 the same at any depth, while offset paging (``start=N`` with a count) costs time in proportion to the
 table and the offset and runs into ``OPERATION_TIME_LIMIT`` on large portals. One batch holds 50 list
 commands; command ``k`` filters ``>ID`` by the last ID of command ``k-1`` through a ``$result[...]``
-reference, so 2,500 records arrive per HTTP request. The chain ends at the first page shorter than 50;
+reference, so 2,500 records arrive per HTTP request (the first page is fetched alone, as b24pysdk's
+``as_list_fast`` does, so a short result costs one small request). The chain ends at the first page shorter than 50;
 commands after it (which referenced a row that does not exist) are ignored, whatever the portal put in
 them. A page that failed ends the batch early and the next batch resumes from the last good ID.
 """
@@ -54,8 +55,16 @@ async def iter_pages(
     client: Bitrix24Client, method: str, select: list[str], filters: Mapping[str, Any] | None = None
 ) -> AsyncIterator[list[dict[str, Any]]]:
     """Yield every page of ``method`` (rows ordered by ID) matching ``filters``."""
-    after_id = 0
     filters = dict(filters or {})
+    # The first page alone: an incremental pull with a handful of changes ends here in one request
+    # instead of a 50-command batch whose commands after the end would each re-run the query.
+    first = await client.call(method, {"order": {"ID": "ASC"}, "filter": filters, "select": select, "start": -1})
+    rows = first.get("result") or []
+    if rows:
+        yield rows
+    if len(rows) < PAGE:
+        return
+    after_id = int(rows[-1]["ID"])
     stalls = 0
     while True:
         results, errors = await client.batch(chain_batch(method, select, filters, after_id))
