@@ -142,7 +142,8 @@ def test_first_and_incremental_sync_keep_mirror_and_field_equal_to_the_portal(tm
     assert mirror(config)[0][2]["name"] == "Renamed"
     # Incremental: only what changed is read (plus the id reconciliation), not the whole portal again.
     assert s2["customers_upserted"] < 10 and s2["deals_upserted"] < 10
-    assert s2["pull_requests"] <= 6
+    # user fields 1, changed contacts 1, changed deals 1, id reconciliation 2 + 2 (first page + one batch each)
+    assert s2["pull_requests"] == 7
     assert_mirror_equals_portal(config, portal)
 
     # Nothing changed: nothing is written.
