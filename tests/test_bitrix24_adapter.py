@@ -229,3 +229,39 @@ def test_a_wrong_webhook_is_a_clear_error_without_the_secret(tmp_path, portal):
     run = store.last_runs(1)[0]
     store.close()
     assert run["status"] == "failed" and "wrongcode123" not in json.dumps(run, default=str)
+
+
+def test_operating_time_limit_is_waited_out_and_the_pull_completes(tmp_path):
+    # A tiny operating budget (0.5 portal-seconds per 10 minutes, the window 600x faster than real time):
+    # both the pull chains and the write-back run into 429 OPERATION_TIME_LIMIT and must wait for
+    # operating_reset_at, not fail.
+    with running_portal(generate=(1500, 4500), time_scale=600, operating_limit=0.5) as portal:
+        config = load_config(write_config(tmp_path, portal, extra=""))
+        result = sync(config).summary()
+        counters = portal.counters()
+        assert counters["operation_time_limit"] > 0
+        assert result["tags_failed"] == 0
+        assert_mirror_equals_portal(config, portal)
+
+
+def test_a_malformed_record_is_reported_and_its_stored_copy_kept(tmp_path, portal):
+    config = load_config(write_config(tmp_path, portal))
+    sync(config)
+    next_second()
+    portal.call("crm.contact.update", {"id": 4, "fields": {"BIRTHDATE": "2001-02-03"}})
+    import adapters.bitrix24.mapping as mapping
+
+    original = mapping.birthday
+
+    def broken(value):
+        if value and str(value).startswith("2001-02-03"):
+            raise mapping.MappingError(f"BIRTHDATE {value!r} is not a date")
+        return original(value)
+
+    mapping.birthday = broken
+    try:
+        result = sync(config)
+    finally:
+        mapping.birthday = original
+    assert [(e.file, e.line) for e in result.row_errors] == [("crm.contact.list", 4)]
+    assert 4 in mirror(config)[0]

@@ -97,6 +97,7 @@ class Bitrix24Client:
         self.statuses: Counter[int] = Counter()
         self.operating_reset_at: dict[str, float] = {}
         self.server_time: str | None = None  # time.date_start of the first answer: the portal's clock
+        self._operating_waits: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
         self._bitrix: BitrixAsync | None = None
 
@@ -163,8 +164,15 @@ class Bitrix24Client:
             return answer
 
     async def _wait_operating(self, method: str, body: dict[str, Any]) -> None:
+        """Sleep until the method's operating_reset_at; when no future reset time is known (a batch
+        command's 429 carries no ``time``), back off 0.5, 1, 2 ... 60 s until the method answers again."""
         reset = (body.get("time") or {}).get("operating_reset_at") or self.operating_reset_at.get(method)
-        delay = max(0.0, float(reset) - self.clock()) + 0.05 if reset else 60.0
+        tries = self._operating_waits.get(method, 0)
+        self._operating_waits[method] = tries + 1
+        if reset and float(reset) > self.clock():
+            delay = float(reset) - self.clock() + 0.05
+        else:
+            delay = min(60.0, 0.5 * 2**tries)
         await self.sleep(min(delay, 600.0))
 
     def _note_time(self, method: str, stamp: Any) -> None:
@@ -174,6 +182,7 @@ class Bitrix24Client:
             self.server_time = str(stamp["date_start"])
         if stamp.get("operating_reset_at"):
             self.operating_reset_at[method] = float(stamp["operating_reset_at"])
+        self._operating_waits.pop(method, None)  # it answered: the next block starts its backoff afresh
 
     async def batch(self, commands: dict[str, str], *, halt: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
         """Run up to 50 commands in one request; return (results by key, errors by key).

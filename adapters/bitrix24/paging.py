@@ -20,6 +20,7 @@ from adapters.bitrix24.client import Bitrix24Client, BitrixError
 
 PAGE = 50
 COMMANDS = 50
+MAX_STALLS = 12  # batches in a row that brought nothing (each after a wait with growing back-off)
 
 
 def php_query(params: Mapping[str, Any]) -> str:
@@ -94,5 +95,5 @@ async def iter_pages(
         if finished:
             return
         stalls = 0 if got_any else stalls + 1
-        if stalls > 5:
+        if stalls > MAX_STALLS:
             raise BitrixError(f"Bitrix24 {method}: no progress after {stalls} batches")

@@ -160,11 +160,15 @@ class Bitrix24Source:
             listed_d = {int(r["ID"]) for r in pages[3]} | {d.id for d in deals}
             deleted_c = frozenset((self.entity, i) for i in self.store.customer_ids(self.entity) - listed_c)
             deleted_d = frozenset(self.store.deal_ids() - listed_d)
+        bad_customers = {e.record_id for e in errors if e.record_id is not None and e.file != "crm.deal.list"}
+        bad_deals = {e.record_id for e in errors if e.record_id is not None and e.file == "crm.deal.list"}
         return PullResult(
             customers=customers,
             deals=deals,
             snapshot=since is None,
             errors=errors,
+            kept_customer_ids=frozenset((self.entity, i) for i in bad_customers),
+            kept_deal_ids=frozenset(bad_deals),
             deleted_customer_ids=deleted_c,
             deleted_deal_ids=deleted_d,
             cursors=result_cursors,
@@ -179,13 +183,20 @@ class Bitrix24Source:
             try:
                 customers.append(to_customer(row, self.entity, fields_map))
             except MappingError as exc:
-                errors.append(RowError(f"{prefix}.list", int(row.get("ID") or 0), None, str(exc)))
+                errors.append(RowError(f"{prefix}.list", _row_id(row) or 0, None, str(exc), _row_id(row)))
         for row in deal_rows:
             try:
                 deals.append(to_deal(row))
             except MappingError as exc:
-                errors.append(RowError("crm.deal.list", int(row.get("ID") or 0), None, str(exc)))
+                errors.append(RowError("crm.deal.list", _row_id(row) or 0, None, str(exc), _row_id(row)))
         return customers, deals, errors
+
+
+def _row_id(row: dict[str, Any]) -> int | None:
+    try:
+        return int(row.get("ID"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 async def _collect(pages: Any) -> list[dict[str, Any]]:

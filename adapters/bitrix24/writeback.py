@@ -23,6 +23,7 @@ from adapters.bitrix24.paging import php_query
 from adapters.bitrix24.source import make_client, tag_ids
 
 RETRIES = 3
+MAX_IDLE_WAITS = 3  # waits for the operating limit in a row that let nothing through
 
 
 @dataclass
@@ -69,10 +70,15 @@ class Bitrix24TagWriter:
             options = await self._ensure_field(client, result)
             changes = plan_tags(wanted, current, options)
             pending = dict(changes)
-            for _attempt in range(RETRIES):
-                if not pending:
-                    break
-                pending = await self._update(client, pending, result)
+            attempts = idle_waits = 0
+            while pending and attempts < RETRIES and idle_waits <= MAX_IDLE_WAITS:
+                before = result.updated
+                pending, blocked = await self._update(client, pending, result)
+                if blocked:  # the operating-time limit closed crm.*.update: wait for it, not a failed try
+                    idle_waits = 0 if result.updated > before else idle_waits + 1
+                    await client.wait_for_operating(f"{self.prefix}.update")
+                else:
+                    attempts += 1
             result.failed.update({cid: "not updated after retries" for cid in pending if cid not in result.failed})
             result.requests = client.requests
         return result
@@ -123,9 +129,13 @@ class Bitrix24TagWriter:
                 return item
         return None
 
-    async def _update(self, client: Bitrix24Client, pending: dict[int, list[str]], result: WritebackResult) -> dict[int, list[str]]:
-        """Send the changes in batches of 50; return those that failed (to retry)."""
+    async def _update(
+        self, client: Bitrix24Client, pending: dict[int, list[str]], result: WritebackResult
+    ) -> tuple[dict[int, list[str]], bool]:
+        """Send the changes in batches of 50; return those that failed (to retry) and whether the
+        operating-time limit stopped any (the rest of the run then waits for it to reopen)."""
         failed: dict[int, list[str]] = {}
+        blocked = False
         ids = sorted(pending)
         for start in range(0, len(ids), 50):
             chunk = ids[start : start + 50]
@@ -141,6 +151,8 @@ class Bitrix24TagWriter:
                 key = f"u{cid}"
                 if key in errors or results.get(key) is not True:
                     error = errors.get(key) or {}
+                    if isinstance(error, dict) and str(error.get("error", "")).upper() == "OPERATION_TIME_LIMIT":
+                        blocked = True
                     result.failed[cid] = str(error.get("error_description") or error.get("error") or "no result") if isinstance(error, dict) else str(error)
                     failed[cid] = pending[cid]
                 else:
@@ -148,7 +160,10 @@ class Bitrix24TagWriter:
                     result.failed.pop(cid, None)
             result.updated += len(done)
             self.store.update_customer_fields(self.entity, done)
-        return failed
+            if blocked:  # everything after this batch would be refused as well
+                failed.update({cid: pending[cid] for cid in ids[start + 50 :]})
+                break
+        return failed, blocked
 
     def _update_query(self, cid: int, values: list[str]) -> str:
         # An empty list cannot be written as PHP array items; an empty string clears the field.
