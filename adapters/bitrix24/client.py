@@ -165,14 +165,14 @@ class Bitrix24Client:
 
     async def _wait_operating(self, method: str, body: dict[str, Any]) -> None:
         """Sleep until the method's operating_reset_at; when no future reset time is known (a batch
-        command's 429 carries no ``time``), back off 0.5, 1, 2 ... 60 s until the method answers again."""
+        command's 429 carries no ``time``), back off 0.1, 0.2, 0.4 ... 60 s until the method answers again."""
         reset = (body.get("time") or {}).get("operating_reset_at") or self.operating_reset_at.get(method)
         tries = self._operating_waits.get(method, 0)
         self._operating_waits[method] = tries + 1
         if reset and float(reset) > self.clock():
             delay = float(reset) - self.clock() + 0.05
         else:
-            delay = min(60.0, 0.5 * 2**tries)
+            delay = min(60.0, 0.1 * 2**tries)
         await self.sleep(min(delay, 600.0))
 
     def _note_time(self, method: str, stamp: Any) -> None:

@@ -11,6 +11,9 @@ GET  /_sandbox/faults          active faults; POST adds one spec or a list (see 
 GET  /_sandbox/limits          bucket level, per-method operating sums, constants
 POST /_sandbox/limits          ``{"enabled", "bucket_size", "drain_rate", "operating_limit", "reset": true}``
 GET  /_sandbox/clock           portal and wall clocks; POST ``{"advance": portal_seconds}``
+POST /_sandbox/corrupt         ``{"entity": "contact", "id": 4, "fields": {"BIRTHDATE": "31.02.2001"}}``: serve
+                               these wire values verbatim from now on (what a botched import leaves in a
+                               portal's database; the REST API itself would refuse to write them)
 POST /_sandbox/oauth/expire    ``{"access_token": optional}``: make it (or all) expire now
 POST /_sandbox/oauth/issue     a fresh access/refresh pair (token-endpoint shape)
 =============================  ======================================================================
@@ -71,6 +74,14 @@ def handle(portal: "Portal", info: dict, verb: str, path: str, query: str, body:
             portal.clock.advance(float(body.get("advance", 0)))
         return 200, {"portal_time": portal.clock.portal(), "real_time": portal.clock.real(),
                      "time_scale": portal.clock.scale}
+    if route == "/corrupt" and verb == "POST":
+        with portal.lock:
+            table = portal.store.tables.get(str(body.get("entity", "")))
+            row = table.rows.get(int(body.get("id", 0))) if table is not None else None
+            if row is None or not isinstance(body.get("fields"), dict):
+                return 400, {"error": "BAD_CORRUPT", "error_description": "need entity (contact|company|deal), an existing id and fields"}
+            row.setdefault("_raw", {}).update(body["fields"])
+            return 200, {"corrupted": row["ID"], "fields": row["_raw"]}
     if route == "/oauth/expire" and verb == "POST":
         with portal.lock:
             return 200, {"expired": portal.auth.expire(body.get("access_token"))}

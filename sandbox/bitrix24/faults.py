@@ -105,6 +105,7 @@ class Counters:
     http_status: Counter = field(default_factory=Counter)    # by HTTP status of REST answers
     query_limit_exceeded: int = 0   # 503 QUERY_LIMIT_EXCEEDED from the leaky bucket
     operation_time_limit: int = 0   # OPERATION_TIME_LIMIT refusals (HTTP 429 and nested batch commands)
+    operation_time_limit_by_method: Counter = field(default_factory=Counter)
     faults: Counter = field(default_factory=Counter)
     warnings: deque = field(default_factory=lambda: deque(maxlen=200))
 
@@ -114,5 +115,6 @@ class Counters:
             "oauth_refreshes": self.oauth_refreshes, "methods": dict(self.methods), "top_level": dict(self.top_level),
             "batch_commands": self.batch_commands, "http_status": {str(k): v for k, v in self.http_status.items()},
             "query_limit_exceeded": self.query_limit_exceeded, "operation_time_limit": self.operation_time_limit,
+            "operation_time_limit_by_method": dict(self.operation_time_limit_by_method),
             "faults": dict(self.faults), "warnings": list(self.warnings),
         }

@@ -102,6 +102,7 @@ class Portal:
         with self.lock:
             if self.limits.method_blocked(op_key, self.clock.portal()):
                 self.counters.operation_time_limit += 1
+                self.counters.operation_time_limit_by_method[method] += 1
                 return self._error(err(OPERATION_LIMIT))
             start = self.clock.real()
             call = Call(self, self.store, Params(params, case_insensitive=not spec.exact_params), identity.user_id,

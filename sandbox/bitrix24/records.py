@@ -296,6 +296,9 @@ def render(store: Store, entity: str, row: dict, names: list[str]) -> dict:
                 out[name] = [dict(v) for v in values]
         else:
             out[name] = render_standard(catalogue[name], row.get(name), tz)
+    raw = row.get("_raw")  # values planted by POST /_sandbox/corrupt, served verbatim
+    if raw:
+        out.update({k: v for k, v in raw.items() if k in out})
     return out
 
 

@@ -85,6 +85,10 @@ class PortalHandle:
     def reset_counters(self) -> dict:
         return self.control("POST", "counters/reset", {})
 
+    def corrupt(self, entity: str, record_id: int, **fields: Any) -> dict:
+        """Serve these wire values for the record verbatim (see control.py ``/corrupt``)."""
+        return self.control("POST", "corrupt", {"entity": entity, "id": record_id, "fields": fields})
+
     def faults(self, **spec: Any) -> dict:
         return self.control("POST", "faults", spec)
 
