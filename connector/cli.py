@@ -93,6 +93,16 @@ def _sync(config, args, out: Console) -> int:
         f"sync run {result.run_id} on {summary['as_of']}: {summary['customers']} customers, {summary['deals']} deals, "
         f"{summary['rows_skipped']} rows skipped, {summary['deals_without_customer']} deals without a customer"
     )
+    if summary.get("pull_requests"):
+        out.print(
+            f"pull ({summary['pull']}): {summary['customers_upserted']} customers and {summary['deals_upserted']} deals read, "
+            f"{summary['customers_deleted']} + {summary['deals_deleted']} deleted, {summary['pull_requests']} requests"
+        )
+    if "tags_updated" in summary:
+        out.print(
+            f"write-back: {summary['tags_updated']} customers updated, {summary['tags_failed']} failed, "
+            f"{summary.get('writeback_requests', 0)} requests"
+        )
     names = sorted(set(summary["entered"]) | set(summary["left"]))  # type: ignore[arg-type]
     if not names:
         out.print("no customer entered or left a segment")

@@ -186,6 +186,7 @@ class SyncResult:
     mirror: dict[str, int]
     pull_requests: int = 0
     writeback: dict[str, object] = field(default_factory=dict)
+    full_pull: bool = True
 
     def summary(self) -> dict[str, object]:
         per = lambda frame: dict(sorted(frame.group_by("segment").len().iter_rows()))  # noqa: E731
@@ -199,6 +200,7 @@ class SyncResult:
             "entered": per(self.entered),
             "left": per(self.left),
             **self.mirror,
+            "pull": "full" if self.full_pull else "incremental",
             "pull_requests": self.pull_requests,
             **self.writeback,
         }
@@ -221,7 +223,8 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
         store.apply_membership(run_id, as_of, entered, left, config.rules.definitions())
         written = write_tags(config, store, computation)
-        result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written)
+        result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written,
+                            full_pull=pull.snapshot)
         store.finish_run(run_id, status="ok", stats=result.summary())
         return result
     except BaseException as exc:

@@ -26,3 +26,46 @@ def test_example_config_runs_on_the_bundled_sample(tmp_path):
     assert len(cells) == 9 and sum(cells) > 0
     assert out["segments"]["status.prospect"] + out["segments"]["status.current"] + out["segments"]["status.former"] == 300
     assert (tmp_path / "lifecycle.db").exists()
+
+
+def test_bitrix24_example_against_a_sandbox_imported_from_the_sample_matches_the_csv_source(tmp_path):
+    # The bundled sample served by `lifecycle sandbox bitrix24 --import-csv` (a subprocess, as a user would
+    # start it) and read through examples/bitrix24.toml gives exactly the members the CSV source gives.
+    import os
+
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", "sandbox", "bitrix24", "--port", "0", "--no-limits",
+         "--import-csv", str(ROOT / "examples" / "sample")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        info = json.loads(sandbox.stdout.readline())
+        shutil.copy(ROOT / "examples" / "bitrix24.toml", tmp_path / "bitrix24.toml")
+        env = {**os.environ, "LIFECYCLE_CRM__WEBHOOK_URL": info["webhook_url"]}
+
+        def run(config, *args):
+            proc = subprocess.run([sys.executable, "-m", "connector.cli", *args, "--config", str(config)],
+                                  capture_output=True, text=True, timeout=120, env=env)
+            assert proc.returncode == 0, proc.stderr
+            return proc.stdout
+
+        synced = run(tmp_path / "bitrix24.toml", "sync")
+        assert "pull (full)" in synced and "write-back:" in synced
+        assert info["webhook_code"] not in synced
+        csv_config = tmp_path / "csv.toml"
+        csv_config.write_text(f'[crm]\nkind = "csv"\npath = "{(ROOT / "examples" / "sample").as_posix()}"\n'
+                              '[state]\nurl = "sqlite:///csv.db"\n', encoding="utf-8")
+        run(csv_config, "sync")
+        reports = [json.loads(run(c, "report", "--as-of", "2026-11-23", "--format", "json", "--members"))
+                   for c in (tmp_path / "bitrix24.toml", csv_config)]
+        assert reports[0]["customers"] == 300
+        assert reports[0]["members"] == reports[1]["members"]
+        import urllib.request
+
+        with urllib.request.urlopen(f"{info['control_url']}state?entity=contacts", timeout=60) as answer:
+            state = json.loads(answer.read())
+        tagged = sum(1 for c in state["contacts"] if c.get("UF_CRM_LIFECYCLE"))
+        assert tagged == 300  # every contact is in exactly one status.* segment
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=30)
