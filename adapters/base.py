@@ -75,6 +75,16 @@ class PullResult:
     requests: int = 0  # HTTP requests the pull made
 
 
+@dataclass
+class WritebackResult:
+    """What writing segments onto customer cards did."""
+
+    updated: int = 0
+    requests: int = 0
+    failed: dict[int, str] = field(default_factory=dict)  # customer id -> why
+    options_created: list[str] = field(default_factory=list)
+
+
 class CrmSource(Protocol):
     """Reads customers and deals from one CRM account."""
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "LIFECYCLE_"
-SECRET_KEYS = {"webhook_url", "client_secret", "refresh_token", "access_token"}  # never echoed in errors
+SECRET_KEYS = {"webhook_url", "client_secret", "refresh_token", "access_token", "authorization_code"}  # never echoed in errors
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -41,7 +41,7 @@ class _Section(BaseModel):
 
 
 class CrmConfig(_Section):
-    kind: Literal["csv", "bitrix24"] = Field(description="Which CRM to read: csv or bitrix24 (amocrm comes next)")
+    kind: Literal["csv", "bitrix24", "amocrm"] = Field(description="Which CRM to read: csv, bitrix24 or amocrm")
     name: str = Field("default", description="Key of this CRM account in the state store")
     path: Path | None = Field(None, description="csv: folder with contacts.csv, deals.csv, companies.csv")
     timezone: str = "Europe/Moscow"
@@ -55,7 +55,15 @@ class CrmConfig(_Section):
     refresh_token: SecretStr | None = Field(None, description="OAuth: first refresh token; rotations go to the state store")
     oauth_token_url: str = "https://oauth.bitrix.info/oauth/token/"
     ca_file: Path | None = Field(None, description="extra CA certificate to trust (self-hosted portals, the sandbox)")
-    requests_per_second: float = Field(2.0, gt=0, description="leaky-bucket drain: 2 (5 on Enterprise)")
+    # amoCRM: the account address and a long-lived token, or an OAuth integration.
+    base_url: str | None = Field(None, description="amoCRM: https://SUBDOMAIN.amocrm.ru (or .kommo.com)")
+    access_token: SecretStr | None = Field(None, description="amoCRM: long-lived token of a private integration")
+    redirect_uri: str | None = Field(None, description="amoCRM OAuth: the integration's redirect URI")
+    authorization_code: SecretStr | None = Field(None, description="amoCRM OAuth: code for the very first exchange")
+    birthday_field: str | None = Field(None, description="amoCRM: contact field holding birthdays (name or id)")
+    requests_per_second: float = Field(
+        None, gt=0, validate_default=False,
+        description="Bitrix24 leaky-bucket drain: 2 (5 on Enterprise); amoCRM: 7")  # type: ignore[assignment]
     burst: int = Field(50, ge=1, description="leaky-bucket size: 50 (250 on Enterprise)")
     overlap_minutes: float = Field(10, ge=0, description="incremental pulls re-read this much before the cursor")
     reconcile_hours: float = Field(24, ge=0, description="how often to list all ids to notice deletions")
@@ -68,6 +76,13 @@ class CrmConfig(_Section):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Europe/Moscow'") from None
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_by_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("requests_per_second") is None:
+            data = {**data, "requests_per_second": 7.0 if data.get("kind") == "amocrm" else 2.0}
+        return data
 
     @model_validator(mode="after")
     def _kind_needs(self) -> CrmConfig:
@@ -82,6 +97,16 @@ class CrmConfig(_Section):
                 )
             if self.webhook_url is not None and not self.webhook_url.get_secret_value().startswith(("http://", "https://")):
                 raise ValueError("webhook_url must look like https://PORTAL/rest/USER_ID/CODE/")
+        if self.kind == "amocrm":
+            if not self.base_url or not self.base_url.startswith(("http://", "https://")):
+                raise ValueError("kind = 'amocrm' needs base_url = 'https://SUBDOMAIN.amocrm.ru' (your account's address)")
+            oauth = (self.client_id, self.client_secret, self.redirect_uri)
+            if self.access_token is None and not all(oauth):
+                raise ValueError(
+                    "kind = 'amocrm' needs access_token (a long-lived token, best given as LIFECYCLE_CRM__ACCESS_TOKEN) "
+                    "or client_id, client_secret and redirect_uri (OAuth integration) with authorization_code or "
+                    "refresh_token for the first run"
+                )
         return self
 
 

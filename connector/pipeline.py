@@ -7,6 +7,8 @@ each segment, inside a run record that says how it ended.
 
 from __future__ import annotations
 
+import json
+
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -74,24 +76,37 @@ def make_source(config: LoadedConfig, store: StateStore | None = None) -> CrmSou
 
         assert store is not None, "the Bitrix24 source keeps its cursors and tokens in the state store"
         return Bitrix24Source(config, store)
+    if crm.kind == "amocrm":
+        from adapters.amocrm import AmoSource
+
+        assert store is not None, "the amoCRM source keeps its cursors and tokens in the state store"
+        return AmoSource(config, store)
     raise ValueError(f"[crm] kind = {crm.kind!r} is not supported yet")
 
 
 def write_tags(config: LoadedConfig, store: StateStore, computation: Computation) -> dict[str, object]:
     """Write the tagged segments onto the customers in the CRM; return what happened."""
     tagged = config.tagged_segments()
-    if not tagged or config.crm.kind != "bitrix24":
+    if not tagged or config.crm.kind not in ("bitrix24", "amocrm"):
         return {}
-    from adapters.bitrix24.writeback import Bitrix24TagWriter, current_tags
-
     frame = computation.membership.select("id", *tagged)
     wanted = {
         row[0]: [name for name, flag in zip(tagged, row[1:]) if flag]
         for row in frame.filter(pl.any_horizontal(tagged)).iter_rows()
     }
-    mirror = store.customers_frame(config.crm.customer).select("id", "fields")
-    current = current_tags(dict(mirror.iter_rows()), config.settings.writeback.field)
-    result = Bitrix24TagWriter(config, store).write(wanted, current)
+    mirror = dict(store.customers_frame(config.crm.customer).select("id", "fields").iter_rows())
+    if config.crm.kind == "bitrix24":
+        from adapters.bitrix24.writeback import Bitrix24TagWriter, current_tags
+
+        current = current_tags(mirror, config.settings.writeback.field)
+        result = Bitrix24TagWriter(config, store).write(wanted, current)
+    else:
+        from adapters.amocrm.mapping import card_tags
+        from adapters.amocrm.writeback import AmoTagWriter
+
+        labels = {cid: {config.label(s) for s in names} for cid, names in wanted.items()}
+        cards = {cid: tags for cid, text in mirror.items() if text and (tags := card_tags(json.loads(text)))}
+        result = AmoTagWriter(config, store).write(labels, cards, {config.label(s) for s in tagged})
     for cid, reason in sorted(result.failed.items())[:MAX_ROW_ERRORS_LOGGED]:
         log.warning("tag write-back failed for customer %s: %s", cid, reason)
     return {

@@ -15,23 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.base import WritebackResult
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.paging import php_query
 from adapters.bitrix24.source import make_client, tag_ids
 
 RETRIES = 3
 MAX_IDLE_WAITS = 3  # waits for the operating limit in a row that let nothing through
-
-
-@dataclass
-class WritebackResult:
-    updated: int = 0
-    requests: int = 0
-    failed: dict[int, str] = field(default_factory=dict)
-    options_created: list[str] = field(default_factory=list)
 
 
 def plan_tags(

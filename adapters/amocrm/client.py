@@ -1,0 +1,255 @@
+"""amoCRM API v4 client: requests + tenacity, one shared rate limiter, tokens that rotate safely.
+
+Facts (shared/research/amocrm.md): 7 requests/second per integration; over it HTTP 429 with a body field
+``retry_after`` (seconds, no header); repeated 429s get the account blocked with 403 on every request; 401
+problem+json when a token is invalid or expired; empty lists are HTTP 204 with no body; errors are
+``application/problem+json`` (``title``, ``status``, ``detail``, ``validation-errors``).
+
+What this client does about them:
+
+* :class:`RateLimiter` keeps the send times of the last N requests (N = ``requests_per_second``) and lets
+  a request go only when the oldest of them is more than a second (plus a margin for network jitter) old:
+  never more than N requests in any one-second window, whichever thread sends them.
+* 429: wait ``retry_after`` from the body (or 1 s), then retry; at most :data:`MAX_429` in a row, since
+  insisting is what gets an account blocked. 403: stop at once with a message (no retry makes it worse).
+* 5xx, 502/504 HTML pages and connection errors: retried with exponential back-off (tenacity), for reads
+  and for idempotent writes only (tag PATCHes with ``tags_to_add`` / ``tags_to_delete`` are idempotent).
+* 401: one token refresh (OAuth) and one retry; a long-lived token that is refused is a clear error.
+* Nothing secret reaches an exception or a log line: errors carry the method, the path and the
+  problem+json ``detail`` only.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+MAX_429 = 8
+MARGIN = 0.08  # seconds added to the one-second window: request send and arrival times differ a little
+
+
+class AmoError(Exception):
+    """amoCRM refused or failed a request; the message says what to check (never the token)."""
+
+
+class AmoHTTPError(AmoError):
+    def __init__(self, method: str, path: str, status: int, body: Any):
+        self.method, self.path, self.status = method, path, status
+        self.body = body if isinstance(body, (dict, list)) else None
+        detail = ""
+        if isinstance(body, dict):
+            detail = str(body.get("detail") or body.get("title") or "")
+            problems = [
+                f"{e.get('path')}: {e.get('detail')}"
+                for item in body.get("validation-errors") or []
+                if isinstance(item, dict)
+                for e in item.get("errors") or []
+                if isinstance(e, dict)
+            ]
+            if problems:
+                detail += " (" + "; ".join(problems[:5]) + ")"
+        super().__init__(f"amoCRM answered HTTP {status} to {method} {path}" + (f": {detail}" if detail else ""))
+
+
+class _Transient(Exception):
+    """A failure worth retrying (5xx, reset); carries the last error for the final message."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+class RateLimiter:
+    """At most ``rate`` requests in any sliding second, shared by every thread of the client."""
+
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        self.size = max(1, int(rate))
+        self.window = self.size / rate + MARGIN
+        self.sent: deque[float] = deque(maxlen=self.size)
+        self.lock = threading.Lock()
+        self.clock, self.sleep = clock, sleep
+
+    def acquire(self) -> None:
+        with self.lock:
+            if len(self.sent) == self.size:
+                wait = self.sent[0] + self.window - self.clock()
+                if wait > 0:
+                    self.sleep(wait)
+            self.sent.append(self.clock())
+
+    def hold(self, seconds: float) -> None:
+        """After a 429: nobody sends for ``seconds``."""
+        with self.lock:
+            self.sleep(seconds)
+            self.sent.clear()
+
+
+class TokenSource:
+    """Gives the Bearer token; ``refresh()`` replaces it after a 401 (OAuth only)."""
+
+    def token(self) -> str:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def refresh(self, rejected: str) -> str:
+        """A new token after ``rejected`` got a 401 (if another thread already replaced it, that one)."""
+        raise AmoError(
+            "amoCRM refused the long-lived access_token (401): it expired or the integration was disabled; "
+            "generate a new one in the integration's Keys and scopes tab"
+        )
+
+
+class StaticToken(TokenSource):
+    def __init__(self, token: str):
+        self._token = token
+
+    def token(self) -> str:
+        return self._token
+
+
+class AmoClient:
+    """Calls ``{base_url}/api/v4/...``; counts requests and answers; remembers the server clock."""
+
+    def __init__(self, base_url: str, tokens: TokenSource, *, requests_per_second: float = 7.0,
+                 ca_file: str | None = None, timeout: float = 60.0, retries: int = 5,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.base_url = base_url.rstrip("/")
+        self.tokens = tokens
+        self.limiter = RateLimiter(requests_per_second, sleep=sleep)
+        self.ca_file = ca_file
+        self._local = threading.local()  # one requests.Session per thread (pulls run two lists at once)
+        self._sessions: list[requests.Session] = []
+        self.timeout = timeout
+        self.retries = retries
+        self.sleep = sleep
+        self.requests = 0
+        self.statuses: dict[int, int] = {}
+        self.server_time: int | None = None  # unix seconds of the first answer's Date header
+        self._lock = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = "crm-lifecycle/0.1 (+amoCRM API v4)"
+            if self.ca_file:
+                session.verify = self.ca_file
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        for session in self._sessions:
+            session.close()
+
+    def __enter__(self) -> AmoClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- public calls ------------------------------------------------------------------------------
+
+    def get(self, path: str, params: dict[str, Any] | list[tuple[str, Any]] | None = None) -> Any:
+        """GET; returns the parsed body, or None for 204 No Content."""
+        return self.request("GET", path, params=params)
+
+    def patch(self, path: str, body: Any, *, idempotent: bool = True) -> Any:
+        return self.request("PATCH", path, json=body, idempotent=idempotent)
+
+    def post(self, path: str, body: Any, *, idempotent: bool = False) -> Any:
+        return self.request("POST", path, json=body, idempotent=idempotent)
+
+    def request(self, method: str, path: str, *, params: Any = None, json: Any = None, idempotent: bool = True) -> Any:
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, _Transient) and idempotent),
+            stop=stop_after_attempt(self.retries if idempotent else 1),
+            wait=wait_exponential(multiplier=0.5, max=30),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._once(method, path, params, json)
+        except _Transient as exc:
+            raise exc.error from None
+        return None  # pragma: no cover - tenacity either returns or raises
+
+    # -- one HTTP exchange with 401/429 handling ---------------------------------------------------
+
+    def _once(self, method: str, path: str, params: Any, json: Any) -> Any:
+        refreshed = False
+        too_many = 0
+        while True:
+            self.limiter.acquire()
+            token = self.tokens.token()
+            try:
+                response = self.session.request(
+                    method, self.base_url + path, params=params, json=json, timeout=self.timeout,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            except requests.RequestException as exc:
+                with self._lock:
+                    self.requests += 1
+                # The exception text holds the URL (no secret in it for amoCRM, but keep messages short).
+                raise _Transient(AmoError(f"amoCRM {method} {path}: connection failed ({type(exc).__name__})")) from None
+            self._note(response)
+            status = response.status_code
+            if status == 204:
+                return None
+            if status < 300:
+                try:
+                    return response.json()
+                except ValueError:
+                    raise _Transient(AmoError(f"amoCRM {method} {path}: answer is not JSON")) from None
+            body = _body(response)
+            if status == 401 and not refreshed:
+                refreshed = True
+                self.tokens.refresh(token)
+                continue
+            if status == 429:
+                too_many += 1
+                if too_many > MAX_429:
+                    raise AmoHTTPError(method, path, status, body)
+                wait = body.get("retry_after") if isinstance(body, dict) else None
+                try:
+                    seconds = float(wait) if wait is not None else 1.0
+                except (TypeError, ValueError):
+                    seconds = 1.0
+                self.limiter.hold(min(max(seconds, 0.05), 900.0))
+                continue
+            if status == 403:
+                raise AmoError(
+                    f"amoCRM answered 403 to {method} {path}: the account or this address is blocked (usually after "
+                    "too many 429 answers) or the integration lacks access; stopping so as not to prolong the block"
+                )
+            error = AmoHTTPError(method, path, status, body)
+            if status >= 500:
+                raise _Transient(error)
+            raise error
+
+    def _note(self, response: requests.Response) -> None:
+        with self._lock:
+            self.requests += 1
+            self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+            if self.server_time is None and response.headers.get("Date"):
+                try:
+                    self.server_time = int(email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp())
+                except (TypeError, ValueError):
+                    pass
+
+
+def _body(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -1,0 +1,101 @@
+"""Segments onto amoCRM cards as tags named by their label (``[labels]``, default the segment name).
+
+* The tags the connector manages are the labels of the tagged segments. For each customer: add the
+  labels of its segments missing from the card, delete managed labels it no longer has. Any other tag
+  on the card (set by a person or another integration) is never touched.
+* Only customers whose tags must change are written, 50 per ``PATCH /api/v4/contacts`` (the documented
+  recommendation; 250 is the hard cap) with ``tags_to_add`` / ``tags_to_delete`` (research section 3:
+  no read-modify-write race with people editing tags meanwhile, and idempotent, so a retried PATCH is
+  harmless).
+* A batch refused as a whole (HTTP 400 validation errors) is retried one card at a time so a single bad
+  record (deleted meanwhile, say) does not hold back the other 49; the failures are reported per card.
+* The mirror's copy of the card's tags is updated after each successful batch.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from adapters.amocrm.client import AmoClient, AmoError, AmoHTTPError
+from adapters.amocrm.mapping import TAGS_FIELD
+from adapters.amocrm.source import make_client
+from adapters.base import WritebackResult
+
+BATCH = 50
+
+
+def plan_tags(wanted: dict[int, set[str]], current: dict[int, set[str]], managed: set[str]
+              ) -> dict[int, tuple[list[str], list[str]]]:
+    """Customer id -> (tags to add, tags to delete), for customers whose tags must change."""
+    changes = {}
+    for cid in wanted.keys() | current.keys():
+        have = current.get(cid, set())
+        want = wanted.get(cid, set())
+        add = sorted(want - have)
+        delete = sorted((have & managed) - want)
+        if add or delete:
+            changes[cid] = (add, delete)
+    return changes
+
+
+class AmoTagWriter:
+    def __init__(self, config: Any, store: Any):
+        self.config = config
+        self.store = store
+        self.entity = config.crm.customer
+        self.path = "/api/v4/contacts" if self.entity == "contact" else "/api/v4/companies"
+
+    def write(self, wanted: dict[int, set[str]], current: dict[int, set[str]], managed: set[str]) -> WritebackResult:
+        result = WritebackResult()
+        changes = plan_tags(wanted, current, managed)
+        if not changes:
+            return result
+        with make_client(self.config, self.store) as client:
+            ids = sorted(changes)
+            for start in range(0, len(ids), BATCH):
+                chunk = ids[start : start + BATCH]
+                self._write_chunk(client, chunk, changes, current, result)
+            result.requests = client.requests
+        return result
+
+    def _write_chunk(self, client: AmoClient, chunk: list[int], changes: dict[int, tuple[list[str], list[str]]],
+                     current: dict[int, set[str]], result: WritebackResult) -> None:
+        body = [self._item(cid, changes[cid]) for cid in chunk]
+        try:
+            client.patch(self.path, body)
+            done = chunk
+        except AmoHTTPError as exc:
+            if exc.status not in (400, 422) or len(chunk) == 1:
+                for cid in chunk:
+                    result.failed[cid] = str(exc)
+                return
+            done = []
+            for cid in chunk:  # find the card that spoiled the batch
+                try:
+                    client.patch(f"{self.path}/{cid}", self._item(cid, changes[cid], single=True))
+                    done.append(cid)
+                except AmoHTTPError as one:
+                    result.failed[cid] = str(one)
+        except AmoError as exc:
+            for cid in chunk:
+                result.failed[cid] = str(exc)
+            return
+        values = {}
+        for cid in done:
+            add, delete = changes[cid]
+            tags = (current.get(cid, set()) | set(add)) - set(delete)
+            values[cid] = {TAGS_FIELD: json.dumps(sorted(tags), ensure_ascii=False)}
+            result.failed.pop(cid, None)
+        result.updated += len(done)
+        self.store.update_customer_fields(self.entity, values)
+
+    @staticmethod
+    def _item(cid: int, change: tuple[list[str], list[str]], single: bool = False) -> dict[str, Any]:
+        add, delete = change
+        item: dict[str, Any] = {} if single else {"id": cid}
+        if add:
+            item["tags_to_add"] = [{"name": t} for t in add]
+        if delete:
+            item["tags_to_delete"] = [{"name": t} for t in delete]
+        return item
