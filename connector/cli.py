@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", metavar="DIR", help="keep the demo's files (CSV, config, state) in DIR")
 
     sandbox = sub.add_parser("sandbox", help="serve an emulator on loopback for manual trials (never a live system)")
-    sandbox.add_argument("system", choices=("bitrix24",), help="which emulator")
+    sandbox.add_argument("system", choices=("bitrix24", "amocrm"), help="which emulator")
     sandbox.add_argument("args", nargs=argparse.REMAINDER, help="its options, e.g. --port 8024 --generate 2000:6000")
 
     sync = sub.add_parser("sync", help="pull into the mirror, compute today's membership, store who entered and left")
@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(out, customers=args.customers, keep=args.keep)
         if args.command == "sandbox":
+            if args.system == "amocrm":
+                from sandbox.amocrm.cli import main as amocrm_sandbox
+
+                return amocrm_sandbox(args.args)
             from sandbox.bitrix24.cli import main as bitrix24_sandbox
 
             return bitrix24_sandbox(args.args)
