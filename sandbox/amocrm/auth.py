@@ -17,7 +17,7 @@ such as Krukov/amocrm_api and amocrm-sdk decode ``exp``). Choices where the docs
   accepted by the API or the new refresh token is accepted by the token endpoint. Retrying with the old
   one before that issues yet another pair (the earlier pair stays valid until it expires).
 * Access tokens already issued stay valid after a refresh until they expire.
-* Lifetimes run on the account clock (``--time-scale``); ``exp`` and ``expires_in`` are wall-clock
+* Lifetimes run on the account clock (``--time-scale``), except the long-lived token's (5 wall years); ``exp`` and ``expires_in`` are wall-clock
   (``expires_in`` = 86400 / time_scale, rounded) so a client that trusts them acts at the right moment.
 * Errors: bad client id/secret/redirect_uri -> 401 "Некорректный клиент" (issue #150); a used, expired or
   unknown code -> 400 with ``hint`` "Authorization code has been revoked" / "... has expired" / "Cannot
@@ -73,8 +73,9 @@ class Auth:
         self.codes: dict[str, float] = {}
         self.refreshes = 0  # successful refresh_token grants
         now = clock.portal()
-        self.long_lived_token = self._jwt(now + LONG_LIVED_LIFETIME, "long_lived")
-        self.access[self.long_lived_token] = Grant(now + LONG_LIVED_LIFETIME, "long_lived", None)
+        long_until = now + LONG_LIVED_LIFETIME * clock.scale  # 5 wall-clock years whatever the time scale
+        self.long_lived_token = self._jwt(long_until, "long_lived")
+        self.access[self.long_lived_token] = Grant(long_until, "long_lived", None)
         self.initial_code = self.issue_code()
         self.initial = self._issue_pair(None)
 
