@@ -1,0 +1,102 @@
+"""amoCRM clients from PyPI that nobody here wrote, unchanged, against the sandbox account.
+
+* amocrm-api-wrapper (bzdvdn, httpx, sync): ``AmoOAuthClient(crm_url=...)`` takes the account address as a
+  documented argument; it refreshes once on 401 with the refresh token and retries. Its writes work; its
+  reads cannot run at all with httpx 0.28 (it passes ``json=`` to ``httpx.Client.get``), which the test records.
+* aioamocrm (async, httpx): ``AmoCRMClient(base_url=...)`` ("for a proxy or a test server" in its own
+  docstring), with its default 7 requests/second limiter against the sandbox's real 7 req/s limit.
+
+Only documented constructor arguments are used; nothing in either client is patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+
+import pytest
+
+from sandbox.amocrm import running_account
+
+amocrm_api = pytest.importorskip("amocrm_api")
+aioamocrm = pytest.importorskip("aioamocrm")
+
+
+@pytest.fixture(scope="module")
+def acct():
+    with running_account(generate=(300, 700), limits=False, today=date(2026, 6, 1)) as handle:
+        yield handle
+
+
+def wrapper_client(acct):
+    info = acct.info
+    return amocrm_api.AmoOAuthClient(access_token=info["oauth_access_token"], refresh_token=info["refresh_token"],
+                                     crm_url=info["base_url"], client_id=info["client_id"],
+                                     client_secret=info["client_secret"], redirect_uri=info["redirect_uri"])
+
+
+def test_amocrm_api_wrapper_writes_tags_and_cannot_read_with_current_httpx(acct):
+    client = wrapper_client(acct)
+    acct.reset_counters()
+    answer = client.update_contacts([{"id": 7, "_embedded": {"tags": [{"name": "lifecycle.new_active"}]}}])
+    assert answer["_embedded"]["contacts"][0]["id"] == 7
+    created = client.add_tags_for_entity_type("leads", [{"name": "vip"}])
+    assert created["_embedded"]["tags"][0]["name"] == "vip"
+    leads = client.update_leads([{"id": 9, "tags_to_add": [{"name": "vip"}]}])
+    assert leads["_embedded"]["leads"][0]["id"] == 9
+    state = acct.state()
+    assert [t["name"] for t in next(c for c in state["contacts"] if c["id"] == 7)["_embedded"]["tags"]] == ["lifecycle.new_active"]
+    assert [t["name"] for t in next(x for x in state["leads"] if x["id"] == 9)["_embedded"]["tags"]] == ["vip"]
+    assert acct.counters()["by_route"] == {"PATCH /api/v4/contacts": 1, "POST /api/v4/leads/tags": 1, "PATCH /api/v4/leads": 1}
+    # Its reads call httpx.Client.get(url, json=None, ...), which httpx does not accept: the client fails
+    # before sending anything, whatever the server (amocrm-api-wrapper 1.0.1 with httpx 0.28).
+    with pytest.raises(TypeError):
+        list(client.iter_contacts(limit=250))
+    assert acct.counters()["http_requests"] == 3
+    client.close()
+
+
+def test_amocrm_api_wrapper_refreshes_an_expired_token_once(acct):
+    stored = []
+    info = acct.info
+    status, tokens = acct.oauth(grant_type="authorization_code", code=acct.new_code())
+    assert status == 200
+    client = amocrm_api.AmoOAuthClient(access_token=tokens["access_token"], refresh_token=tokens["refresh_token"],
+                                       crm_url=info["base_url"], client_id=info["client_id"],
+                                       client_secret=info["client_secret"], redirect_uri=info["redirect_uri"],
+                                       token_store=lambda access, refresh: stored.append((access, refresh)))
+    acct.reset_counters()
+    acct.expire_tokens(tokens["access_token"])
+    answer = client.update_contacts([{"id": 3, "tags_to_add": [{"name": "refreshed"}]}])
+    assert answer["_embedded"]["contacts"][0]["id"] == 3
+    counters = acct.counters()
+    assert counters["oauth_refreshes"] == 1 and counters["http_status"] == {"401": 1, "200": 2}
+    assert counters["by_route"] == {"PATCH /api/v4/contacts": 2, "POST /oauth2/access_token": 1}
+    assert stored and stored[0][1] != tokens["refresh_token"]
+    # the rotated pair has been used (its access token was accepted): the old refresh token is gone
+    assert acct.oauth(grant_type="refresh_token", refresh_token=tokens["refresh_token"])[0] == 401
+    client.close()
+
+
+def test_aioamocrm_pulls_within_the_rate_limit_and_adds_a_tag():
+    async def run(info):
+        auth = aioamocrm.LongLivedToken(info["access_token"])
+        async with aioamocrm.AmoCRMClient(auth=auth, base_url=info["base_url"]) as amo:
+            contacts = [c async for c in amo.contacts.iterate(limit=50)]
+            leads = [lead async for lead in amo.leads.iterate(with_=["contacts"], limit=100)]
+            refs = await amo.contacts.update([{"id": 5, "tags_to_add": [{"name": "birthday.soon"}]}])
+            account = await amo.account.get()
+            return contacts, leads, refs, account
+
+    with running_account(generate=(120, 300), today=date(2026, 6, 1)) as limited:
+        contacts, leads, refs, account = asyncio.run(run(limited.info))
+        counters = limited.counters()
+        assert len(contacts) == 120 and len(leads) == 300
+        mains = [lead.embedded.contacts[0] for lead in leads if lead.embedded.contacts]
+        assert mains and all(contact.is_main for contact in mains)
+        assert all(lead.closed_at for lead in leads if lead.status_id == 142)
+        assert refs[0].id == 5 and account.subdomain == limited.info["subdomain"]
+        assert counters["too_many_requests"] == 0 and counters["http_status"].get("429") is None
+        assert counters["by_route"]["GET /api/v4/contacts"] == 3 and counters["by_route"]["GET /api/v4/leads"] == 3
+        tags = limited.state("contacts")["contacts"][4]["_embedded"]["tags"]
+        assert [t["name"] for t in tags] == ["birthday.soon"]
