@@ -7,9 +7,9 @@ problem+json when a token is invalid or expired; empty lists are HTTP 204 with n
 
 What this client does about them:
 
-* :class:`RateLimiter` keeps the send times of the last N requests (N = ``requests_per_second``) and lets
-  a request go only when the oldest of them is more than a second (plus a margin for network jitter) old:
-  never more than N requests in any one-second window, whichever thread sends them.
+* :class:`RateLimiter`, one per account in the process (:func:`shared_limiter`): a request takes one of N
+  slots (N = ``requests_per_second``) and gives it back a second after its answer, so never more than N
+  requests reach the account in any one second, whichever client or thread sends them.
 * 429: wait ``retry_after`` from the body (or 1 s), then retry; at most :data:`MAX_429` in a row, since
   insisting is what gets an account blocked. 403: stop at once with a message (no retry makes it worse).
 * 5xx, 502/504 HTML pages and connection errors: retried with exponential back-off (tenacity), for reads
@@ -32,7 +32,7 @@ import requests
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 MAX_429 = 8
-MARGIN = 0.08  # seconds added to the one-second window: request send and arrival times differ a little
+MARGIN = 0.02  # seconds added to the one-second window (clock granularity)
 
 
 class AmoError(Exception):
@@ -67,28 +67,63 @@ class _Transient(Exception):
 
 
 class RateLimiter:
-    """At most ``rate`` requests in any sliding second, shared by every thread of the client."""
+    """At most ``rate`` requests in any sliding second, shared by every thread of the client.
 
-    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    A request holds one of ``rate`` slots from before it is sent until a second after its answer came
+    back. The account counts a request when it arrives, which is after it was sent and before it was
+    answered, so counting from the answer can never put ``rate + 1`` requests into one of its seconds,
+    whatever the network or the server's queue does (the cost: a slot is held for a second plus the
+    latency). ``hold()`` after a 429 stops everyone for ``retry_after``.
+    """
+
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic):
         self.size = max(1, int(rate))
         self.window = self.size / rate + MARGIN
-        self.sent: deque[float] = deque(maxlen=self.size)
-        self.lock = threading.Lock()
-        self.clock, self.sleep = clock, sleep
+        self.done: deque[float] = deque()
+        self.in_flight = 0
+        self.resume_at = 0.0
+        self.cond = threading.Condition()
+        self.clock = clock
 
     def acquire(self) -> None:
-        with self.lock:
-            if len(self.sent) == self.size:
-                wait = self.sent[0] + self.window - self.clock()
-                if wait > 0:
-                    self.sleep(wait)
-            self.sent.append(self.clock())
+        with self.cond:
+            while True:
+                now = self.clock()
+                while self.done and self.done[0] + self.window <= now:
+                    self.done.popleft()
+                if now < self.resume_at:
+                    self.cond.wait(self.resume_at - now)
+                elif self.in_flight + len(self.done) < self.size:
+                    self.in_flight += 1
+                    return
+                elif self.done:
+                    self.cond.wait(self.done[0] + self.window - now)
+                else:
+                    self.cond.wait()  # every slot is in flight: wait for an answer
+
+    def release(self) -> None:
+        with self.cond:
+            self.in_flight -= 1
+            self.done.append(self.clock())
+            self.cond.notify_all()
 
     def hold(self, seconds: float) -> None:
-        """After a 429: nobody sends for ``seconds``."""
-        with self.lock:
-            self.sleep(seconds)
-            self.sent.clear()
+        with self.cond:
+            self.resume_at = max(self.resume_at, self.clock() + seconds)
+
+
+_LIMITERS: dict[tuple[str, float], RateLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def shared_limiter(base_url: str, rate: float) -> RateLimiter:
+    """The one limiter of an account in this process: the pull, the write-back and anything else that
+    talks to the same account share its seconds."""
+    with _LIMITERS_LOCK:
+        key = (base_url.rstrip("/").lower(), float(rate))
+        if key not in _LIMITERS:
+            _LIMITERS[key] = RateLimiter(rate)
+        return _LIMITERS[key]
 
 
 class TokenSource:
@@ -121,7 +156,7 @@ class AmoClient:
                  sleep: Callable[[float], None] = time.sleep):
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
-        self.limiter = RateLimiter(requests_per_second, sleep=sleep)
+        self.limiter = shared_limiter(self.base_url, requests_per_second)
         self.ca_file = ca_file
         self._local = threading.local()  # one requests.Session per thread (pulls run two lists at once)
         self._sessions: list[requests.Session] = []
@@ -190,18 +225,20 @@ class AmoClient:
         refreshed = False
         too_many = 0
         while True:
-            self.limiter.acquire()
             token = self.tokens.token()
+            self.limiter.acquire()
             try:
                 response = self.session.request(
                     method, self.base_url + path, params=params, json=json, timeout=self.timeout,
                     headers={"Authorization": f"Bearer {token}"},
                 )
             except requests.RequestException as exc:
+                self.limiter.release()
                 with self._lock:
                     self.requests += 1
                 # The exception text holds the URL (no secret in it for amoCRM, but keep messages short).
                 raise _Transient(AmoError(f"amoCRM {method} {path}: connection failed ({type(exc).__name__})")) from None
+            self.limiter.release()
             self._note(response)
             status = response.status_code
             if status == 204:
