@@ -9,6 +9,7 @@ from datetime import date
 
 from rich.console import Console
 
+from adapters.amocrm.client import AmoError
 from adapters.bitrix24.client import BitrixError
 from adapters.csv_files import SourceError
 from connector.config import ConfigError, load_config
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except BitrixError as exc:
+    except (BitrixError, AmoError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
