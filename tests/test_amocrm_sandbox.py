@@ -254,6 +254,8 @@ def test_unauthorized_is_problem_json(amo):
     assert json.loads(raw) == {"title": "Unauthorized", "type": "https://httpstatus.es/401", "status": 401,
                                "detail": "Invalid user name or password"}
     assert amo.api("GET", "/api/v4/contacts", token="nope")[0] == 401
+    assert amo.api("GET", "/api/v4/contacts", token="")[0] == 401
+    assert amo.api("GET", "/api/v4/contacts/1", token=None)[0] == 200  # None = the long-lived token
     status, body = amo.api("GET", "/api/v4/nothing-here")
     assert status == 404 and body["status"] == 404
 

@@ -22,9 +22,6 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 from urllib.parse import urlencode
 
-_MISSING = object()
-
-
 def _flatten(params: dict, prefix: str | None = None) -> list[tuple[str, str]]:
     """``{"filter": {"id": [1, 2]}}`` -> ``filter[id][]=1&filter[id][]=2`` (PHP bracket notation)."""
     out: list[tuple[str, str]] = []
@@ -67,18 +64,18 @@ class AccountHandle:
         except (UnicodeDecodeError, json.JSONDecodeError):
             return status, raw
 
-    def api(self, verb: str, path: str, params: dict | None = None, json: Any = None, token: Any = _MISSING,
+    def api(self, verb: str, path: str, params: dict | None = None, json: Any = None, token: str | None = None,
             form: dict | None = None) -> tuple[int, Any]:
-        """One API call with ``Authorization: Bearer`` (the long-lived token unless ``token`` is given;
-        ``token=None`` sends no header). ``params`` may be nested dicts/lists (PHP brackets)."""
+        """One API call with ``Authorization: Bearer`` (the long-lived token when ``token`` is None;
+        ``token=""`` sends no header). ``params`` may be nested dicts/lists (PHP brackets)."""
         import json as _json
 
         url = self.base_url + path
         if params:
             url += "?" + urlencode(_flatten(params))
         headers = {}
-        token = self.access_token if token is _MISSING else token
-        if token is not None:
+        token = self.access_token if token is None else token
+        if token:
             headers["Authorization"] = f"Bearer {token}"
         data = None
         if json is not None:
