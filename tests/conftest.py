@@ -77,3 +77,20 @@ class Workspace:
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)
+
+
+def mirror(config) -> tuple[dict[int, dict], dict[int, dict]]:
+    """The state store's mirror of a CRM: (customers by id, deals by id), each row as a dict."""
+    import sqlalchemy as sa
+
+    from connector.pipeline import open_store
+    from connector.store import customers, deals
+
+    store = open_store(config)
+    try:
+        with store.engine.connect() as conn:
+            cust = {r.id: dict(r._mapping) for r in conn.execute(sa.select(customers))}
+            deal = {r.id: dict(r._mapping) for r in conn.execute(sa.select(deals))}
+    finally:
+        store.close()
+    return cust, deal

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from adapters.amocrm.client import AmoError
 from connector.config import load_config
 from connector.pipeline import open_store, sync
-from connector.store import customers as customers_table, deals as deals_table, membership
+from connector.store import membership
+from tests.conftest import mirror
 from sandbox.amocrm import running_account
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,15 +61,6 @@ tag_segments = ["lifecycle.*", "status.*"]
         encoding="utf-8",
     )
     return path
-
-
-def mirror(config) -> tuple[dict[int, dict], dict[int, dict]]:
-    store = open_store(config)
-    with store.engine.connect() as conn:
-        cust = {r.id: dict(r._mapping) for r in conn.execute(sa.select(customers_table))}
-        deal = {r.id: dict(r._mapping) for r in conn.execute(sa.select(deals_table))}
-    store.close()
-    return cust, deal
 
 
 def wanted_tags(config) -> dict[int, set[str]]:

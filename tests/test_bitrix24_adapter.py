@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from adapters.bitrix24.client import BitrixError
 from connector.config import load_config
 from connector.pipeline import open_store, sync, today_in
-from connector.store import customers as customers_table, deals as deals_table, membership
+from connector.store import membership
+from tests.conftest import mirror
 from sandbox.bitrix24 import running_portal
 
 FIELD = "UF_CRM_LIFECYCLE"
@@ -55,15 +56,6 @@ tag_segments = ["lifecycle.*", "status.*"]
         encoding="utf-8",
     )
     return path
-
-
-def mirror(config) -> tuple[dict[int, dict], dict[int, dict]]:
-    store = open_store(config)
-    with store.engine.connect() as conn:
-        cust = {r.id: dict(r._mapping) for r in conn.execute(sa.select(customers_table))}
-        deal = {r.id: dict(r._mapping) for r in conn.execute(sa.select(deals_table))}
-    store.close()
-    return cust, deal
 
 
 def stored_tags(config) -> dict[int, set[str]]:
