@@ -395,3 +395,54 @@ def test_csv_import_round_trip_keeps_ids_and_dates(tmp_path):
         assert bob["custom_fields_values"] is None and bob["responsible_user_id"] == 1
         assert ok(acct.api("GET", "/api/v4/companies/5"))["name"] == "ООО Ромашка"
         assert 7 in [u["id"] for u in ok(acct.api("GET", "/api/v4/users"))["_embedded"]["users"]]
+
+
+# -- slow_after: the write happens, the answer comes late ------------------------------------------
+
+def _call_in_thread(fn):
+    import threading
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("answer", fn()), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _poll(predicate, timeout: float = 5.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.02)
+    return None
+
+
+def test_slow_after_stores_the_effect_before_the_answer_is_sent():
+    with running_account(generate=(5, 5), limits=False) as acct:
+        acct.reset_counters()
+        acct.faults(kind="slow_after", path="/api/v4/tasks", method="POST", delay=1.5, count=1)
+        till = int(datetime(2026, 7, 1, 12, tzinfo=MSK).timestamp())
+        thread, box = _call_in_thread(lambda: acct.api("POST", "/api/v4/tasks", json=[
+            {"text": "Late answer", "complete_till": till, "entity_id": 2, "entity_type": "contacts",
+             "task_type_id": 1, "request_id": "campaign-1"}]))
+        task = _poll(lambda: next((t for t in acct.state()["tasks"] if t["text"] == "Late answer"), None))
+        assert task is not None and thread.is_alive()  # stored, answer not yet sent
+        thread.join(10)
+        status, body = box["answer"]
+        assert status == 200 and body["_embedded"]["tasks"][0]["id"] == task["id"]
+        assert body["_embedded"]["tasks"][0]["request_id"] == "campaign-1"
+
+        # PATCH, selected by path prefix and verb; a GET on the same prefix is not held
+        acct.faults(kind="slow_after", path="/api/v4/leads", method="PATCH", delay=1.5, probability=1.0)
+        assert acct.api("GET", "/api/v4/leads")[0] == 200
+        thread, box = _call_in_thread(lambda: acct.api("PATCH", "/api/v4/leads/3", json={"name": "Renamed late"}))
+        lead = _poll(lambda: next((l for l in acct.state("leads")["leads"] if l["name"] == "Renamed late"), None))
+        assert lead is not None and lead["id"] == 3 and thread.is_alive()
+        thread.join(10)
+        status, body = box["answer"]
+        assert status == 200 and body["id"] == 3
+        acct.clear_faults()
+        counters = acct.counters()
+        assert counters["faults"] == {"slow_after": 2}
+        assert counters["http_status"]["200"] == 3

@@ -541,3 +541,54 @@ def test_connect_proxy_only_for_oauth_hosts():
             while chunk := tls.recv(4096):
                 data += chunk
             assert data.startswith(b"HTTP/1.1 400") and b"invalid_client" in data
+
+
+# -- slow_after: the write happens, the answer comes late ------------------------------------------
+
+def _call_in_thread(fn):
+    import threading
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("answer", fn()), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _poll(predicate, timeout: float = 5.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.02)
+    return None
+
+
+def test_slow_after_stores_the_effect_before_the_answer_is_sent():
+    with running_portal(generate=(5, 5), limits=False) as p:
+        p.reset_counters()
+        p.faults(kind="slow_after", method="tasks.task.add", delay=1.5, count=1)
+        thread, box = _call_in_thread(lambda: p.call("tasks.task.add", {"fields": {
+            "TITLE": "Late answer", "RESPONSIBLE_ID": 1, "UF_CRM_TASK": ["C_3"]}}))
+        task = _poll(lambda: next((t for t in p.state()["tasks"] if t["TITLE"] == "Late answer"), None))
+        assert task is not None and thread.is_alive()  # stored, answer not yet sent
+        thread.join(10)
+        status, body = box["answer"]
+        assert status == 200 and body["result"]["task"]["id"] == str(task["ID"])
+        # the fault was count=1: the next add answers at once
+        assert ok(p.call("tasks.task.add", {"fields": {"TITLE": "Prompt", "RESPONSIBLE_ID": 1}}))
+
+        # a whole batch, selected by method "batch"
+        p.faults(kind="slow_after", method="batch", delay=1.5, probability=1.0)
+        cmd = {"d1": "crm.deal.add?" + "fields[TITLE]=Batch%20deal&fields[ORIGIN_ID]=k-slow&fields[ORIGINATOR_ID]=crm-lifecycle"}
+        thread, box = _call_in_thread(lambda: p.call("batch", {"halt": 0, "cmd": cmd}))
+        deal = _poll(lambda: next((d for d in p.state("deals")["deals"] if d.get("ORIGIN_ID") == "k-slow"), None))
+        assert deal is not None and thread.is_alive()
+        thread.join(10)
+        status, body = box["answer"]
+        assert status == 200 and str(body["result"]["result"]["d1"]) == str(deal["ID"])
+        assert p.call("scope")[0] == 200  # other methods are not held
+        p.clear_faults()
+        counters = p.counters()
+        assert counters["faults"] == {"slow_after": 2}
+        assert counters["methods"]["crm.deal.add"] == 1 and counters["http_status"]["200"] == 4

@@ -1,9 +1,9 @@
 """Fault injection and request counters (``/_sandbox/faults``, ``/_sandbox/counters``).
 
-A fault spec (JSON): ``{"kind": "status"|"reset"|"slow"|"expired_token"|"too_many_requests",
+A fault spec (JSON): ``{"kind": "status"|"reset"|"slow"|"slow_after"|"expired_token"|"too_many_requests",
 "path": "/api/v4/contacts" (optional prefix of the request path), "method": "GET" (optional),
 "count": N (the next N matching requests) or "probability": p (neither = every matching request until
-cleared), "status": 500|502|503|504 (kind status), "delay": wall seconds (kind slow), "retry_after":
+cleared), "status": 500|502|503|504 (kind status), "delay": wall seconds (kinds slow and slow_after), "retry_after":
 seconds (kind too_many_requests), "body": optional JSON object or text}``.
 
 * ``status``: that HTTP status without running the handler; 500 -> amoCRM's ``ErrInternalServer``
@@ -11,9 +11,13 @@ seconds (kind too_many_requests), "body": optional JSON object or text}``.
   tells clients to shrink batches on 504), 503 -> problem+json.
 * ``reset``: close the TCP connection with RST and no answer.
 * ``slow``: sleep ``delay`` wall seconds, then answer normally.
+* ``slow_after``: run the request normally (rate limit, handler, writes), then hold the answer for
+  ``delay`` wall seconds before sending it: "amoCRM created it, the client never saw the answer" when
+  the client is killed or times out meanwhile.
 * ``expired_token``: 401 problem+json whatever the token.
 * ``too_many_requests``: 429 problem+json with ``retry_after`` (does not count towards the block).
 Faults are checked in the order they were added (before the rate limit); the first that fires wins.
+Faulted requests never run the handler, except ``slow`` and ``slow_after``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 from sandbox.bitrix24.faults import NGINX_PAGE  # the same nginx error page in front of both CRMs
 
-KINDS = ("status", "reset", "slow", "expired_token", "too_many_requests")
+KINDS = ("status", "reset", "slow", "slow_after", "expired_token", "too_many_requests")
 __all__ = ["KINDS", "NGINX_PAGE", "Counters", "Fault", "Faults"]
 
 

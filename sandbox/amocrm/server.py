@@ -141,6 +141,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, account: Account, verb: str, path: str, query: str, raw: bytes):
         fault = account.faults.pick(verb, path)
+        if fault is not None and fault.kind == "slow_after":
+            with account.lock:
+                account.counters.faults[fault.kind] += 1
+            answer = self._answer_unfaulted(account, verb, path, query, raw)
+            time.sleep(fault.delay)  # the effect is stored; the client waits for (or never sees) the answer
+            return answer
         if fault is not None:
             with account.lock:
                 account.counters.faults[fault.kind] += 1
@@ -161,6 +167,9 @@ class Handler(BaseHTTPRequestHandler):
                 if fault.status == 500:
                     return 500, problem(500, "Internal server error", trace_id="sandbox-fault")
                 return fault.status, problem(fault.status, "Service temporarily unavailable")
+        return self._answer_unfaulted(account, verb, path, query, raw)
+
+    def _answer_unfaulted(self, account: Account, verb: str, path: str, query: str, raw: bytes):
         if path.rstrip("/") == "/oauth2/access_token":
             return self._token(account, verb, raw)
         if not path.startswith("/api/v4/"):

@@ -1,18 +1,22 @@
 """Fault injection and request counters for tests (``/_sandbox/faults``, ``/_sandbox/counters``).
 
-A fault spec (JSON): ``{"kind": "status"|"reset"|"slow"|"expired_token", "method": "crm.contact.list"
+A fault spec (JSON): ``{"kind": "status"|"reset"|"slow"|"slow_after"|"expired_token", "method": "crm.contact.list"
 (optional, top-level REST method, lower-cased), "count": N (next N matching requests) or "probability": p
 (0..1; neither = every matching request until cleared), "status": 500|502|503|504 (kind status),
-"delay": seconds (kind slow, wall-clock), "body": optional JSON object or text}``.
+"delay": seconds (kinds slow and slow_after, wall-clock), "body": optional JSON object or text}``.
 
 * ``status``: answer that HTTP status without running the method; 500 -> INTERNAL_SERVER_ERROR JSON,
   503 -> QUERY_LIMIT_EXCEEDED JSON (both from _includes/system-errors.md), 502/504 -> an nginx HTML page
   (what a proxy in front of a portal sends; clients must not expect JSON on 5xx).
 * ``reset``: close the TCP connection with RST and no answer.
 * ``slow``: sleep ``delay`` wall seconds, then answer normally.
+* ``slow_after``: run the request normally (auth, bucket, the method and its writes), then hold the
+  answer for ``delay`` wall seconds before sending it: "the portal did it, the client never saw the
+  answer" when the client is killed or times out meanwhile. ``method`` matches the top-level method, so
+  ``"batch"`` holds a whole batch (its nested commands are not matched one by one).
 * ``expired_token``: 401 ``expired_token`` whatever the token.
 Faults are checked in the order they were added; the first one that fires wins. Faulted requests do not
-enter the leaky bucket or run the method.
+enter the leaky bucket or run the method, except ``slow``/``slow_after``, which run normally.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("status", "reset", "slow", "expired_token")
+KINDS = ("status", "reset", "slow", "slow_after", "expired_token")
 NGINX_PAGE = ("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1>"
               "</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 

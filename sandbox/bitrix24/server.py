@@ -211,6 +211,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _rest_answer(self, portal: Portal, parts: list[str], method: str, params: dict):
         fault = portal.faults.pick(method)
+        if fault is not None and fault.kind == "slow_after":
+            with portal.lock:
+                portal.counters.faults[fault.kind] += 1
+            answer = self._rest_answer_unfaulted(portal, parts, method, params)
+            time.sleep(fault.delay)  # the effect is stored; the client waits for (or never sees) the answer
+            return answer
         if fault is not None:
             with portal.lock:
                 portal.counters.faults[fault.kind] += 1
@@ -229,6 +235,9 @@ class Handler(BaseHTTPRequestHandler):
                 if fault.status == 503:
                     return 503, err(QUERY_LIMIT).body()
                 return fault.status, err(INTERNAL).body()
+        return self._rest_answer_unfaulted(portal, parts, method, params)
+
+    def _rest_answer_unfaulted(self, portal: Portal, parts: list[str], method: str, params: dict):
         if self.server.ssl_context is not None and not self.is_tls:
             return HTTPS_REQUIRED[0], err(HTTPS_REQUIRED).body()
         try:
