@@ -592,3 +592,94 @@ def test_slow_after_stores_the_effect_before_the_answer_is_sent():
         counters = p.counters()
         assert counters["faults"] == {"slow_after": 2}
         assert counters["methods"]["crm.deal.add"] == 1 and counters["http_status"]["200"] == 4
+
+
+# -- what the campaigns executor reads and writes ----------------------------------------------------
+
+def test_tasks_by_bound_entity_with_select_and_paging():
+    with running_portal(generate=(5, 0), limits=False) as p:
+        for i in range(53):
+            ok(p.call("tasks.task.add", {"fields": {"TITLE": f"Call {i}", "RESPONSIBLE_ID": 1, "DESCRIPTION": f"key-{i}",
+                                                    "UF_CRM_TASK": ["C_7", "D_10"], "DEADLINE": "2026-12-31T18:00:00"}}))
+        ok(p.call("tasks.task.add", {"fields": {"TITLE": "Other", "RESPONSIBLE_ID": 1, "UF_CRM_TASK": ["C_70"]}}))
+        select = ["ID", "TITLE", "DESCRIPTION", "UF_CRM_TASK", "RESPONSIBLE_ID", "DEADLINE"]
+        first = ok(p.call("tasks.task.list", {"filter": {"UF_CRM_TASK": "C_7"}, "select": select, "order": {"ID": "ASC"}}))
+        assert first["total"] == 53 and first["next"] == 50 and len(first["result"]["tasks"]) == 50
+        row = first["result"]["tasks"][0]
+        assert set(row) == {"id", "title", "description", "ufCrmTask", "responsibleId", "deadline"}
+        assert row["title"] == "Call 0" and row["description"] == "key-0" and row["ufCrmTask"] == ["C_7", "D_10"]
+        assert row["responsibleId"] == "1" and row["deadline"].startswith("2026-12-31T18:00:00")
+        second = ok(p.call("tasks.task.list", {"filter": {"UF_CRM_TASK": "C_7"}, "select": select,
+                                               "order": {"ID": "ASC"}, "start": 50}))
+        assert [t["title"] for t in second["result"]["tasks"]] == ["Call 50", "Call 51", "Call 52"]
+        assert "next" not in second
+        by_deal = ok(p.call("tasks.task.list", {"filter": {"UF_CRM_TASK": "D_10"}, "select": ["ID"]}))
+        assert by_deal["total"] == 53
+        assert ok(p.call("tasks.task.list", {"filter": {"UF_CRM_TASK": "C_70"}}))["total"] == 1
+
+
+def test_deals_by_origin_pipelines_stages_and_users():
+    with running_portal(generate=(5, 0), limits=False) as p:
+        cats = ok(p.call("crm.category.list", {"entityTypeId": 2}))["result"]["categories"]
+        assert {c["id"]: c["name"] for c in cats} == {0: "General", 1: "Repeat sales"}
+        stages = ok(p.call("crm.status.list", {"filter": {"ENTITY_ID": "DEAL_STAGE_1"}}))["result"]
+        assert [s["STATUS_ID"] for s in stages] == ["C1:NEW", "C1:PREPARATION", "C1:EXECUTING", "C1:WON", "C1:LOSE"]
+        assert all(s["CATEGORY_ID"] == "1" for s in stages)
+        contact = p.state("contacts")["contacts"][0]
+        responsible = int(contact["ASSIGNED_BY_ID"])
+        fields = {"TITLE": "Repeat offer", "ORIGINATOR_ID": "crm-lifecycle", "ORIGIN_ID": "k1", "COMMENTS": "campaign x",
+                  "CATEGORY_ID": 1, "STAGE_ID": "C1:PREPARATION", "CONTACT_IDS": [contact["ID"]],
+                  "ASSIGNED_BY_ID": responsible}
+        d1 = ok(p.call("crm.deal.add", {"fields": fields}))["result"]
+        d2 = ok(p.call("crm.deal.add", {"fields": {**fields, "ORIGIN_ID": "k2", "CATEGORY_ID": 0, "STAGE_ID": "NEW"}}))["result"]
+        ok(p.call("crm.deal.add", {"fields": {**fields, "ORIGIN_ID": "k3"}}))
+        ok(p.call("crm.deal.add", {"fields": {**fields, "ORIGINATOR_ID": "someone-else", "ORIGIN_ID": "k1"}}))
+        select = ["ID", "ORIGIN_ID", "ORIGINATOR_ID", "CATEGORY_ID", "STAGE_ID", "CONTACT_ID", "ASSIGNED_BY_ID",
+                  "COMMENTS", "TITLE"]
+        rows = ok(p.call("crm.deal.list", {"filter": {"ORIGINATOR_ID": "crm-lifecycle", "@ORIGIN_ID": ["k1", "k2"]},
+                                           "select": select, "order": {"ID": "ASC"}}))["result"]
+        assert [r["ID"] for r in rows] == [str(d1), str(d2)]
+        assert rows[0] == {"ID": str(d1), "TITLE": "Repeat offer", "CATEGORY_ID": "1", "STAGE_ID": "C1:PREPARATION",
+                           "CONTACT_ID": str(contact["ID"]), "ASSIGNED_BY_ID": str(responsible), "COMMENTS": "campaign x",
+                           "ORIGINATOR_ID": "crm-lifecycle", "ORIGIN_ID": "k1"}
+        assert rows[1]["CATEGORY_ID"] == "0" and rows[1]["STAGE_ID"] == "NEW"
+        assert ok(p.call("crm.deal.contact.items.get", {"id": d1}))["result"][0]["CONTACT_ID"] == int(contact["ID"])
+        # a stage of another pipeline is refused, nothing is written
+        before = len(p.state("deals")["deals"])
+        status, body = p.call("crm.deal.add", {"fields": {**fields, "ORIGIN_ID": "k4", "CATEGORY_ID": 1, "STAGE_ID": "NEW"}})
+        assert status == 400 and body["error"] == "ERROR_CORE"
+        assert len(p.state("deals")["deals"]) == before
+        # users: the admin and the seeded responsible users
+        users = ok(p.call("user.get"))["result"]
+        ids = {int(u["ID"]) for u in users}
+        assert 1 in ids and responsible in ids
+        only = ok(p.call("user.get", {"filter": {"ID": [1, responsible]}}))["result"]
+        assert {int(u["ID"]) for u in only} == {1, responsible}
+        for value, encoding in ((True, "json"), (True, "form"), ("Y", "json"), ("Y", "query")):
+            active = ok(p.call("user.get", {"filter": {"ACTIVE": value}}, encoding=encoding))["result"]
+            assert {int(u["ID"]) for u in active} == ids, (value, encoding)
+        assert ok(p.call("user.get", {"filter": {"ACTIVE": False}}))["result"] == []
+        assert ok(p.call("user.get", {"FILTER": {"ID": responsible}}))["result"][0]["ID"] == str(responsible)
+
+
+def test_activity_list_finds_todos_by_owner_and_provider():
+    with running_portal(generate=(5, 3), limits=False) as p:
+        a = ok(p.call("crm.activity.todo.add", {"ownerTypeId": 3, "ownerId": 2, "deadline": "2026-12-01T10:00:00",
+                                                 "title": "Call", "description": "campaign c1 key k1", "responsibleId": 1}))
+        ok(p.call("crm.activity.todo.add", {"ownerTypeId": 3, "ownerId": 3, "deadline": "2026-12-02T10:00:00",
+                                             "title": "Other", "description": "k2"}))
+        ok(p.call("crm.activity.todo.add", {"ownerTypeId": 2, "ownerId": 2, "deadline": "2026-12-03T10:00:00",
+                                             "title": "Deal todo"}))
+        select = ["ID", "SUBJECT", "DESCRIPTION", "OWNER_ID", "OWNER_TYPE_ID", "PROVIDER_ID", "RESPONSIBLE_ID", "DEADLINE"]
+        found = ok(p.call("crm.activity.list", {"filter": {"OWNER_TYPE_ID": 3, "OWNER_ID": 2, "PROVIDER_ID": "CRM_TODO"},
+                                                 "select": select}))
+        assert found["total"] == 1 and "next" not in found
+        assert found["result"] == [{"ID": str(a["result"]["id"]), "SUBJECT": "Call", "DESCRIPTION": "campaign c1 key k1",
+                                    "OWNER_ID": "2", "OWNER_TYPE_ID": "3", "PROVIDER_ID": "CRM_TODO",
+                                    "RESPONSIBLE_ID": "1", "DEADLINE": "2026-12-01T10:00:00+03:00"}]
+        assert ok(p.call("crm.activity.list", {"filter": {"TYPE_ID": 6}}))["total"] == 3
+        assert ok(p.call("crm.activity.list", {"filter": {"OWNER_TYPE_ID": 2}}))["result"][0]["SUBJECT"] == "Deal todo"
+        assert ok(p.call("crm.activity.list", {"filter": {"%DESCRIPTION": "key k1"}}))["total"] == 1
+        every = ok(p.call("crm.activity.list", {"order": {"ID": "DESC"}}, encoding="form"))["result"]
+        assert [r["SUBJECT"] for r in every] == ["Deal todo", "Other", "Call"] and every[0]["COMPLETED"] == "N"
+        assert ok(p.call("crm.activity.list", {"filter": {"PROVIDER_ID": "CRM_EMAIL"}}))["total"] == 0

@@ -283,7 +283,7 @@ def simple_filter(rows: list[dict], raw: Any) -> list[dict]:
 
     def coerce(v: Any) -> Any:
         if isinstance(v, bool):
-            return "Y" if v else "N"
+            return "y" if v else "n"  # compared casefolded, like the "Y"/"N" a client sends
         text = str(v)
         return int(text) if re.fullmatch(r"-?\d+", text) else text.casefold()
 

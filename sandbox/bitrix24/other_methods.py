@@ -8,6 +8,7 @@ with camelCase keys and string values, default order ID DESC, ERROR_CORE on a mi
 responsible person, ``UF_CRM_TASK`` such as ``["C_7","D_10"]`` only when selected),
 api-reference/crm/timeline/activities/todo/crm-activity-todo-add.md (top-level camelCase params,
 ``{"id":N}``, errors 100 / OWNER_NOT_FOUND / WRONG_DATETIME_FORMAT),
+api-reference/crm/timeline/activities/activity-base/crm-activity-list.md (see ACTIVITY_FIELDS below),
 api-reference/crm/timeline/comments/crm-timeline-comment-add.md (only lower-case ``fields`` is read;
 OWNER_NOT_FOUND, INVALID_ARG_VALUE for an empty comment, 100 when fields are missing).
 """
@@ -85,12 +86,20 @@ def _paginate(call: Call, rows: list) -> Result:
     return Result(rows[offset:offset + PAGE], total=len(rows), next=nxt)
 
 
+def _yes_no(value):
+    """ACTIVE is a boolean on the user row; true, "Y", "true" and "1" (a form-encoded true) mean yes (choice)."""
+    if isinstance(value, (list, dict)):
+        return value
+    return str(value).strip().lower() in ("y", "true", "1") if not isinstance(value, bool) else value
+
+
 @method("user.get")
 def user_get(call: Call) -> Result:
     filt = call.params.get("FILTER")
     if not isinstance(filt, dict):
         skip = {"sort", "order", "start", "admin_mode", "auth", "select", "filter"}
         filt = {k: v for k, v in call.params.data.items() if str(k).lower() not in skip}
+    filt = {k: (_yes_no(v) if str(k).lstrip("!=").upper() == "ACTIVE" else v) for k, v in filt.items()}
     rows = simple_filter([dict(u) for u in call.store.users.values()], filt)
     sort_field = str(call.params.get("sort") or "ID")
     desc = str(call.params.get("order") or "ASC").upper() == "DESC"
@@ -231,11 +240,67 @@ def todo_add(call: Call) -> Result:
     except BadValue:
         raise ApiError(400, "WRONG_DATETIME_FORMAT", "Incorrect date format") from None
     responsible = php_intval(p.exact("responsibleId")) or call.user_id
-    activity = {"TYPE": "todo", "OWNER_TYPE_ID": owner_type, "OWNER_ID": owner_id, "DEADLINE": deadline.isoformat(),
-                "TITLE": str(p.exact("title") or ""), "DESCRIPTION": str(p.exact("description") or ""),
-                "RESPONSIBLE_ID": responsible, "COLOR_ID": p.exact("colorId"), "PING_OFFSETS": p.exact("pingOffsets"),
-                "COMPLETED": "N", "CREATED": _iso(call, call.now), "AUTHOR_ID": call.user_id}
+    title = str(p.exact("title") or "")
+    activity = {"TYPE": "todo", "OWNER_TYPE_ID": owner_type, "OWNER_ID": owner_id,
+                "DEADLINE": _iso(call, deadline.timestamp()), "TITLE": title,
+                "DESCRIPTION": str(p.exact("description") or ""), "RESPONSIBLE_ID": responsible,
+                "COLOR_ID": p.exact("colorId"), "PING_OFFSETS": p.exact("pingOffsets"), "COMPLETED": "N",
+                "CREATED": _iso(call, call.now), "AUTHOR_ID": call.user_id,
+                # what crm.activity.list shows for a universal to-do (choice, see ACTIVITY_FIELDS)
+                "TYPE_ID": 6, "PROVIDER_ID": "CRM_TODO", "PROVIDER_TYPE_ID": "TODO", "SUBJECT": title}
     return Result({"id": call.store.activities.insert(activity)}, cost=WRITE_COST * 2)
+
+
+# crm.activity.list (api-reference/crm/timeline/activities/activity-base/crm-activity-list.md; the old
+# rest_help page: "filter[PROVIDER_ID]=CRM_TODO" selects universal to-dos): a legacy list, UPPER_CASE keys,
+# string values, 50 a page with total/next, the usual filter prefixes, ``select`` of these names or "*".
+# Choices (the docs do not show a to-do's row): TYPE_ID "6" (provider activity), PROVIDER_ID "CRM_TODO",
+# PROVIDER_TYPE_ID "TODO", SUBJECT = the to-do's title, DESCRIPTION_TYPE "1" (plain text), DIRECTION "0",
+# STATUS "1" (waiting) / "2" when COMPLETED, START_TIME = END_TIME = DEADLINE; default order ID ASC.
+ACTIVITY_FIELDS = ["ID", "OWNER_ID", "OWNER_TYPE_ID", "TYPE_ID", "PROVIDER_ID", "PROVIDER_TYPE_ID",
+                   "PROVIDER_GROUP_ID", "ASSOCIATED_ENTITY_ID", "SUBJECT", "CREATED", "LAST_UPDATED",
+                   "START_TIME", "END_TIME", "DEADLINE", "COMPLETED", "STATUS", "RESPONSIBLE_ID", "PRIORITY",
+                   "NOTIFY_TYPE", "NOTIFY_VALUE", "DESCRIPTION", "DESCRIPTION_TYPE", "DIRECTION", "LOCATION",
+                   "SETTINGS", "ORIGINATOR_ID", "ORIGIN_ID", "AUTHOR_ID", "EDITOR_ID"]
+
+
+def _activity_row(activity: dict) -> dict:
+    completed = activity.get("COMPLETED") == "Y"
+    row = {
+        "ID": activity["ID"], "OWNER_ID": activity["OWNER_ID"], "OWNER_TYPE_ID": activity["OWNER_TYPE_ID"],
+        "TYPE_ID": activity.get("TYPE_ID", 6), "PROVIDER_ID": activity.get("PROVIDER_ID", "CRM_TODO"),
+        "PROVIDER_TYPE_ID": activity.get("PROVIDER_TYPE_ID", "TODO"), "PROVIDER_GROUP_ID": None,
+        "ASSOCIATED_ENTITY_ID": 0, "SUBJECT": activity.get("SUBJECT", activity.get("TITLE", "")),
+        "CREATED": activity["CREATED"], "LAST_UPDATED": activity["CREATED"], "START_TIME": activity["DEADLINE"],
+        "END_TIME": activity["DEADLINE"], "DEADLINE": activity["DEADLINE"], "COMPLETED": "Y" if completed else "N",
+        "STATUS": 2 if completed else 1, "RESPONSIBLE_ID": activity["RESPONSIBLE_ID"], "PRIORITY": 2,
+        "NOTIFY_TYPE": 0, "NOTIFY_VALUE": 0, "DESCRIPTION": activity.get("DESCRIPTION", ""), "DESCRIPTION_TYPE": 1,
+        "DIRECTION": 0, "LOCATION": "", "SETTINGS": [], "ORIGINATOR_ID": None, "ORIGIN_ID": None,
+        "AUTHOR_ID": activity["AUTHOR_ID"], "EDITOR_ID": activity["AUTHOR_ID"],
+    }
+    return {k: (None if v is None else v if isinstance(v, list) else str(v)) for k, v in row.items()}
+
+
+@method("crm.activity.list")
+def activity_list(call: Call) -> Result:
+    rows = [_activity_row(a) for a in call.store.activities.rows.values()]
+    filt = call.params.get("filter")
+    if isinstance(filt, dict):
+        filt = {(k[:len(k) - len(k.lstrip("!<>=%@"))] + k.lstrip("!<>=%@").upper()): v for k, v in filt.items()}
+        rows = simple_filter(rows, filt)
+    order = call.params.get("order")
+    order = order if isinstance(order, dict) and order else {"ID": "ASC"}
+    for key, direction in reversed(list(order.items())):
+        key = str(key).upper()
+        rows.sort(key=lambda r: (0, int(r[key]), "") if str(r.get(key) or "").isdigit() else (1, 0, str(r.get(key) or "")),
+                  reverse=str(direction).upper() == "DESC")
+    raw = call.params.get("select")
+    names = raw if isinstance(raw, list) else list(raw.values()) if isinstance(raw, dict) else []
+    names = [str(n).upper() for n in names]
+    wanted = ACTIVITY_FIELDS if not names or "*" in names else ["ID"] + [n for n in ACTIVITY_FIELDS if n in names and n != "ID"]
+    page = _paginate(call, rows)
+    page.result = [{k: r[k] for k in wanted} for r in page.result]
+    return page
 
 
 @method("crm.timeline.comment.add", exact_params=True)
