@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sync)
     sync.add_argument("--format", choices=("table", "json"), default="table")
 
+    plan = sub.add_parser("plan", help="the campaign actions the next sync would take (and skip), writing nothing")
+    with_config(plan)
+    plan.add_argument("--format", choices=("table", "json"), default="table")
+
     report = sub.add_parser("report", help="segment sizes, the 9-cell matrix and the KPI, from the mirror")
     with_config(report)
     report.add_argument("--as-of", type=_as_of, help="compute for this date (YYYY-MM-DD); default today")
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sync(config, args, out)
         if args.command == "report":
             return _report(config, args, out)
+        if args.command == "plan":
+            return _plan(config, args, out)
     except (ConfigError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -108,11 +114,51 @@ def _sync(config, args, out: Console) -> int:
             f"write-back: {summary['tags_updated']} customers updated, {summary['tags_failed']} failed, "
             f"{summary.get('writeback_requests', 0)} requests"
         )
+    if "actions_created" in summary:
+        out.print(
+            f"campaigns: {summary['actions_planned']} actions planned, {summary['actions_skipped']} skipped, "
+            f"{summary['actions_created']} created, {summary['actions_recovered']} found from an interrupted run, "
+            f"{summary['actions_failed']} failed, {summary['action_requests']} requests"
+        )
     names = sorted(set(summary["entered"]) | set(summary["left"]))  # type: ignore[arg-type]
     if not names:
         out.print("no customer entered or left a segment")
     for name in names:
         out.print(f"  {name}: +{summary['entered'].get(name, 0)} entered, -{summary['left'].get(name, 0)} left")  # type: ignore[union-attr]
+    return 0
+
+
+def _plan(config, args, out: Console) -> int:
+    import json
+
+    from rich.table import Table
+
+    from connector.pipeline import preview_plan
+
+    rows = preview_plan(config)
+    if args.format == "json":
+        print(json.dumps([{k: r[k] for k in ("campaign", "action", "customer_id", "key", "skip_reason")} for r in rows],
+                         ensure_ascii=False))
+        return 0
+    counts: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        c = counts.setdefault((r["campaign"], r["action"]), [0, 0, 0])
+        c[0 if r["origin"] == "new" and not r["skip_reason"] else 1 if r["skip_reason"] else 2] += 1
+    summary = Table(title="Campaign plan: actions the next sync would take")
+    for col in ("campaign", "action", "to create", "skipped", "pending from earlier runs"):
+        summary.add_column(col, justify="left" if col in ("campaign", "action") else "right")
+    for (campaign, action), (new, skipped, pending) in sorted(counts.items()):
+        summary.add_row(campaign, action, str(new), str(skipped), str(pending))
+    out.print(summary if counts else "no campaign action is due")
+    if rows:
+        detail = Table(title="Actions")
+        for col in ("campaign", "action", "customer", "responsible", "title", "due", "skip reason / state"):
+            detail.add_column(col)
+        for r in rows:
+            note = r["skip_reason"] or ("" if r["origin"] == "new" else f"pending ({r['origin']})")
+            detail.add_row(r["campaign"], r["action"], str(r["customer_id"]), str(r["responsible_id"] or ""),
+                           r["title"], r["due"], note)
+        out.print(detail)
     return 0
 
 

@@ -19,6 +19,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -182,6 +183,61 @@ class WritebackConfig(_Section):
     field_label: str = "Lifecycle segments"
 
 
+class ActionConfig(_Section):
+    """One thing a campaign does for a customer (``on_enter`` / ``on_exit`` items)."""
+
+    action: Literal["call_task", "deal"]
+    title: str = Field(min_length=1, description="template over customer fields and features, e.g. 'Call {name}'")
+    description: str = Field("", description="call_task: the task text (the script)")
+    due_in_days: int = Field(1, ge=0, le=365, description="deadline in working days from the run")
+    kind: Literal["task", "todo"] = Field("task", description="Bitrix24: tasks.task.add or crm.activity.todo.add")
+    pipeline: str | None = Field(None, description="deal: pipeline (Bitrix24 category / amoCRM pipeline), name or id")
+    stage: str | None = Field(None, description="deal: stage / status, name or id; default the pipeline's first")
+    script: str = Field("", description="deal: the call script (deal COMMENTS, and the text of its call task)")
+    task_title: str | None = Field(None, description="deal: title of the call task on the deal")
+
+    @model_validator(mode="after")
+    def _deal_needs_pipeline(self) -> ActionConfig:
+        if self.action == "deal" and not self.pipeline:
+            raise ValueError("action 'deal' needs pipeline = '...' (the repeat-sales pipeline, by name or id)")
+        return self
+
+
+class CampaignConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    segment: str
+    cooldown_days: int = Field(0, ge=0, description="no new actions for a customer re-entering within this many days")
+    responsible: Literal["owner"] | tuple[int, ...] = Field(
+        "owner", description="'owner' (the customer's responsible) or user ids for round-robin")
+    daily_cap_per_rep: int | None = Field(None, ge=1)
+    on_enter: tuple[ActionConfig, ...] = ()
+    on_exit: tuple[ActionConfig, ...] = ()
+
+    @field_validator("responsible")
+    @classmethod
+    def _some_users(cls, value: Any) -> Any:
+        if isinstance(value, tuple) and (not value or any(v <= 0 for v in value)):
+            raise ValueError("responsible must be 'owner' or a non-empty list of positive user ids")
+        return value
+
+
+class PressureConfig(_Section):
+    max_touches: int | None = Field(None, ge=1, description="at most this many actions per customer per period")
+    period_days: int = Field(30, ge=1)
+    do_not_contact: str | None = Field(None, description="customer field; a true value excludes the customer")
+
+
+class CalendarConfig(_Section):
+    holidays: tuple[date, ...] = ()
+    weekend: tuple[int, ...] = Field((6, 7), description="ISO weekdays that are not working days (6 = Saturday)")
+    deadline_time: str = Field("18:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+class ExecutorConfig(_Section):
+    batch_size: int = Field(50, ge=1, le=50, description="actions per batch request (Bitrix24 batch / amoCRM POST)")
+    max_attempts: int = Field(5, ge=1, description="give an action up after this many failed tries")
+
+
 class Settings(BaseSettings):
     """The whole configuration. Built by :func:`load_config`; do not instantiate directly."""
 
@@ -200,6 +256,10 @@ class Settings(BaseSettings):
     segment: tuple[SegmentRule, ...] = ()
     writeback: WritebackConfig = WritebackConfig()
     labels: dict[str, str] = Field({}, description="segment name -> label shown in the CRM")
+    campaign: tuple[CampaignConfig, ...] = ()
+    pressure: PressureConfig = PressureConfig()
+    calendar: CalendarConfig = CalendarConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -251,10 +311,12 @@ def _location(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
     """Turn a pydantic error location into what a user sees in the TOML file."""
     if not loc:
         return "(top level)"
-    if loc[0] == "segment" and len(loc) > 1 and isinstance(loc[1], int):
-        entry = (data.get("segment") or [{}])[loc[1]] if isinstance(data.get("segment"), list) else {}
+    if loc[0] in ("segment", "campaign") and len(loc) > 1 and isinstance(loc[1], int):
+        table = loc[0]
+        entries = data.get(table)
+        entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else {}
         name = entry.get("name") if isinstance(entry, dict) else None
-        head = f"[[segment]] #{loc[1] + 1}" + (f" ({name!r})" if name else "")
+        head = f"[[{table}]] #{loc[1] + 1}" + (f" ({name!r})" if name else "")
         rest = ".".join(str(p) for p in loc[2:])
         return f"{head} {rest}".strip()
     return ".".join(str(p) for p in loc)
@@ -343,4 +405,10 @@ def load_config(path: str | Path = "lifecycle.toml") -> LoadedConfig:
     for pattern in settings.writeback.tag_segments:
         if not fnmatch.filter(engine.segment_names, pattern):
             raise ConfigError(f"{path}: writeback.tag_segments: {pattern!r} matches no segment; known: {', '.join(engine.segment_names)}")
+    from connector.campaigns import check_campaigns
+
+    try:
+        check_campaigns(settings, engine)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return LoadedConfig(settings=settings, path=path.resolve(), rules=engine)

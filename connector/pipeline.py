@@ -18,7 +18,7 @@ import polars as pl
 
 from adapters.base import CrmSource, RowError
 from adapters.csv_files import CsvSource
-from connector.config import LoadedConfig
+from connector.config import ConfigError, LoadedConfig
 from connector.store import StateStore
 from rules.engine import SegmentEngine
 from rules.features import FeatureStats, compute_features
@@ -221,12 +221,100 @@ class SyncResult:
         }
 
 
+def make_sink(config: LoadedConfig, store: StateStore):
+    """The CRM's campaign executor (call tasks, deals), or None when no campaign is configured."""
+    if not config.settings.campaign:
+        return None
+    if config.crm.kind == "bitrix24":
+        from adapters.bitrix24.actions import Bitrix24Actions
+
+        return Bitrix24Actions(config, store)
+    if config.crm.kind == "amocrm":
+        from adapters.amocrm.actions import AmoActions
+
+        return AmoActions(config, store)
+    raise ConfigError(f"{config.path}: [[campaign]] needs a CRM to create tasks and deals in; [crm] kind = "
+                      f"{config.crm.kind!r} cannot (use bitrix24 or amocrm)")
+
+
+def plan_actions(config: LoadedConfig, store: StateStore, computation: Computation, entered: pl.DataFrame,
+                 left: pl.DataFrame, as_of: date) -> list:
+    """The campaign actions owed to who entered and left today (and skips, with reasons)."""
+    from connector.campaigns import Card, LedgerHistory, WorkCalendar, group_members, is_true, plan
+
+    campaigns = config.settings.campaign
+    if not campaigns:
+        return []
+    wanted = {c.segment for c in campaigns}
+    entered_by = group_members(entered.filter(pl.col("segment").is_in(list(wanted))))
+    left_by = group_members(left.filter(pl.col("segment").is_in(list(wanted))))
+    ids = sorted({i for ids in (*entered_by.values(), *left_by.values()) for i in ids})
+    history = LedgerHistory()
+    for key, campaign, cid, day, rep, status, action in store.ledger_summary():
+        history.keys.add(key)
+        if status == "skipped" or action == "deal_task":
+            continue
+        day = date.fromisoformat(day) if isinstance(day, str) else day
+        history.last_by_campaign[(campaign, cid)] = max(day, history.last_by_campaign.get((campaign, cid), day))
+        history.touches.setdefault(cid, []).append(day)
+        history.per_campaign[campaign] += 1
+        if rep is not None:
+            history.per_rep_day[(campaign, int(rep), day)] += 1
+    dnc = config.settings.pressure.do_not_contact
+    dnc_source = (config.settings.fields[dnc].source or dnc) if dnc and dnc in config.settings.fields else dnc
+    cards_raw = store.customer_cards(config.crm.customer, ids)
+    features = {r["id"]: r for r in computation.features.filter(pl.col("id").is_in(ids)).iter_rows(named=True)}
+    cards = {}
+    for cid in ids:
+        raw = cards_raw.get(cid, {})
+        values = {**features.get(cid, {}), **{k: raw.get(k) for k in ("name", "phone", "email", "birthday")}, "id": cid}
+        rep = raw.get("responsible_id")
+        cards[cid] = Card(values=values, responsible_id=int(rep) if rep and str(rep).isdigit() else None,
+                          do_not_contact=bool(dnc_source) and is_true((raw.get("fields") or {}).get(dnc_source)))
+    return plan(campaigns, entered_by, left_by, as_of, cards, history, WorkCalendar.from_settings(config.settings.calendar),
+                config.settings.pressure, ZoneInfo(config.crm.timezone))
+
+
+def preview_plan(config: LoadedConfig) -> list[dict[str, object]]:
+    """What the next sync would do for campaigns, from the mirror as it is (no pull, nothing written):
+    the actions owed to today's entries and exits, then those still pending in the ledger."""
+    as_of = today_in(config.crm.timezone)
+    store = open_store(config)
+    sink = None
+    try:
+        sink = make_sink(config, store)
+        if sink is not None:
+            sink.resolve(config.settings.campaign)
+        stored = store.membership_frame()
+        computation = compute(store, config, as_of, stored)
+        entered, left = membership_diff(computation, stored, config.rules.segment_names)
+        rows: list[dict[str, object]] = []
+        for p in plan_actions(config, store, computation, entered, left, as_of):
+            rows.append({"campaign": p.campaign, "action": p.action, "customer_id": p.customer_id, "key": p.key,
+                         "skip_reason": p.skip_reason, "responsible_id": p.responsible_id, "origin": "new",
+                         "title": str(p.payload.get("title", "")), "due": str(p.payload.get("deadline", ""))[:10]})
+        for r in store.ledger(["planned", "sending", "failed"]):
+            rows.append({"campaign": r["campaign"], "action": r["action"], "customer_id": r["customer_id"], "key": r["key"],
+                         "skip_reason": None, "responsible_id": r["responsible_id"], "origin": r["status"],
+                         "title": str(r["payload"].get("title", "")), "due": str(r["payload"].get("deadline", ""))[:10]})
+        return rows
+    finally:
+        if sink is not None:
+            sink.close()
+        store.close()
+
+
 def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource | None = None) -> SyncResult:
-    """One cycle: pull into the mirror, compute membership for today, store who entered and left."""
+    """One cycle: pull into the mirror, compute membership for today, store who entered and left together
+    with the campaign actions it owes them, write tags, then apply the actions."""
     as_of = as_of or today_in(config.crm.timezone)
     store = open_store(config)
     run_id = store.start_run("sync", as_of)
+    sink = None
     try:
+        sink = make_sink(config, store)
+        if sink is not None:
+            sink.resolve(config.settings.campaign)  # unknown pipelines, stages, users: stop before any change
         pull = (source or make_source(config, store)).pull()
         for err in pull.errors[:MAX_ROW_ERRORS_LOGGED]:
             log.warning("skipped row: %s", err)
@@ -236,8 +324,16 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
         stored = store.membership_frame()
         computation = compute(store, config, as_of, stored)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
-        store.apply_membership(run_id, as_of, entered, left, config.rules.definitions())
+        planned = plan_actions(config, store, computation, entered, left, as_of)
+        store.apply_membership(run_id, as_of, entered, left, config.rules.definitions(), planned)
         written = write_tags(config, store, computation)
+        if sink is not None:
+            from connector.executor import execute
+
+            ex = config.settings.executor
+            written = {**written, "actions_planned": sum(1 for p in planned if not p.skip_reason),
+                       "actions_skipped": sum(1 for p in planned if p.skip_reason),
+                       **execute(store, sink, batch_size=ex.batch_size, max_attempts=ex.max_attempts)}
         result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written,
                             full_pull=pull.snapshot)
         store.finish_run(run_id, status="ok", stats=result.summary())
@@ -246,4 +342,6 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
         store.finish_run(run_id, status="failed", stats={}, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
+        if sink is not None:
+            sink.close()
         store.close()

@@ -128,6 +128,32 @@ oauth_tokens = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+actions = sa.Table(
+    "actions",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("campaign", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # call_task | todo | deal | deal_task
+    sa.Column("customer_id", sa.BigInteger, nullable=False),
+    sa.Column("entry_date", sa.Date, nullable=False),
+    sa.Column("event", sa.String(8), nullable=False),  # enter | exit
+    sa.Column("responsible_id", sa.BigInteger),
+    sa.Column("parent_key", sa.String(255)),
+    sa.Column("payload", sa.Text, nullable=False),  # JSON: rendered title, description, deadline, ...
+    # planned -> sending (intent recorded, the call may or may not have reached the CRM) -> done | failed;
+    # skipped rows say why in skip_reason and never run.
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("skip_reason", sa.Text),
+    sa.Column("result", sa.Text),  # JSON: {"id": crm id}
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("planned_run", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_actions_portal_status", "portal", "status"),
+    sa.Index("ix_actions_portal_customer", "portal", "customer_id"),
+)
+
 V1_TABLES = ("meta", "runs", "customers", "deals", "segments", "membership", "membership_events")
 
 
@@ -140,7 +166,12 @@ def _migration_2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[cursors, oauth_tokens])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
+def _migration_3(conn: Connection) -> None:
+    """The action ledger (campaigns)."""
+    metadata.create_all(conn, tables=[actions])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 CHUNK = 20_000
 
@@ -365,6 +396,21 @@ class StateStore:
                     .values(fields=json.dumps(merged, ensure_ascii=False))
                 )
 
+    def customer_cards(self, entity: Entity, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Name, phone, e-mail, responsible, birthday and custom fields of these customers."""
+        out: dict[int, dict[str, Any]] = {}
+        cols = (customers.c.id, customers.c.name, customers.c.phone, customers.c.email, customers.c.responsible_id,
+                customers.c.birthday, customers.c.fields)
+        with self.engine.connect() as conn:
+            for part in _chunks(sorted(set(ids)), 500):
+                rows = conn.execute(sa.select(*cols).where(
+                    customers.c.portal == self.portal, customers.c.entity == entity, customers.c.id.in_(list(part))))
+                for r in rows.mappings():
+                    row = dict(r)
+                    row["fields"] = json.loads(row["fields"]) if row["fields"] else {}
+                    out[int(row["id"])] = row
+        return out
+
     def customer_ids(self, entity: Entity) -> set[int]:
         with self.engine.connect() as conn:
             return set(
@@ -464,8 +510,11 @@ class StateStore:
         entered: pl.DataFrame,
         left: pl.DataFrame,
         definitions: dict[str, tuple[bool, str]],
+        planned: Sequence[Any] = (),
     ) -> None:
-        """Record who entered and who left (frames of segment, customer_id) in one transaction.
+        """Record who entered and who left (frames of segment, customer_id) in one transaction, together
+        with the campaign actions planned for them (``planned``: connector.campaigns.PlannedAction), so a
+        run killed after this point still owes, and later takes, every action.
 
         ``definitions`` maps every computed segment to (static, definition); static segments seen for
         the first time are frozen by this run.
@@ -509,6 +558,7 @@ class StateStore:
                             membership.c.customer_id.in_(part),
                         )
                     )
+            self._insert_actions(conn, run_id, planned)
             for kind, frame in (("enter", entered), ("exit", left)):
                 _insert_tuples(
                     conn,
@@ -523,6 +573,64 @@ class StateStore:
                         pl.lit(day).alias("d"),
                     ).iter_rows(),
                 )
+
+    # -- the action ledger -------------------------------------------------------------------------
+
+    def _insert_actions(self, conn: Connection, run_id: int, planned: Sequence[Any]) -> None:
+        if not planned:
+            return
+        have = set()
+        keys = [p.key for p in planned]
+        for part in _chunks(keys, 500):
+            have |= set(conn.execute(sa.select(actions.c.key).where(actions.c.portal == self.portal, actions.c.key.in_(part))).scalars())
+        now = _now()
+        rows = [
+            {"portal": self.portal, "key": p.key, "campaign": p.campaign, "action": p.action, "customer_id": p.customer_id,
+             "entry_date": p.entry_date, "event": p.event, "responsible_id": p.responsible_id, "parent_key": p.parent_key,
+             "payload": json.dumps(p.payload, ensure_ascii=False), "status": "skipped" if p.skip_reason else "planned",
+             "skip_reason": p.skip_reason, "result": None, "attempts": 0, "error": None, "planned_run": run_id,
+             "updated_at": now}
+            for p in planned if p.key not in have
+        ]
+        for part in _chunks(rows, 5000):
+            conn.execute(sa.insert(actions), list(part))
+
+    def ledger(self, statuses: Sequence[str] | None = None, customer_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        query = sa.select(actions).where(actions.c.portal == self.portal)
+        if statuses is not None:
+            query = query.where(actions.c.status.in_(list(statuses)))
+        if customer_ids is not None:
+            query = query.where(actions.c.customer_id.in_(list(customer_ids)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(actions.c.planned_run, actions.c.key)).mappings().all()
+        return [dict(r) | {"payload": json.loads(r["payload"]), "result": json.loads(r["result"]) if r["result"] else None}
+                for r in rows]
+
+    def ledger_summary(self) -> list[tuple[str, str, int, date, int | None]]:
+        """(key, campaign, customer, entry day, responsible, status, action) of every action: the planner's history."""
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(
+                sa.select(actions.c.key, actions.c.campaign, actions.c.customer_id, actions.c.entry_date,
+                          actions.c.responsible_id, actions.c.status, actions.c.action).where(actions.c.portal == self.portal)
+            ).all()]
+
+    def set_actions(self, keys: Sequence[str], status: str, *, results: dict[str, Any] | None = None,
+                    errors: dict[str, str] | None = None, count_attempt: bool = False) -> None:
+        """Move actions to ``status`` in one committed transaction (the ledger's intent/outcome records)."""
+        if not keys:
+            return
+        now = _now()
+        with self.engine.begin() as conn:
+            for key in keys:
+                values: dict[str, Any] = {"status": status, "updated_at": now}
+                if results and key in results:
+                    values["result"] = json.dumps(results[key])
+                    values["error"] = None
+                if errors and key in errors:
+                    values["error"] = errors[key][:2000]
+                if count_attempt:
+                    values["attempts"] = actions.c.attempts + 1
+                conn.execute(sa.update(actions).where(actions.c.portal == self.portal, actions.c.key == key).values(values))
 
     @staticmethod
     def _date_param(conn: Connection, value: date) -> Any:

@@ -38,6 +38,11 @@ class SegmentEngine:
     def segment_names(self) -> list[str]:
         return [*self.presets, *(c.name for c in self.custom)]
 
+    @property
+    def feature_names(self) -> list[str]:
+        """Built-in features and declared custom fields (the columns of the features frame)."""
+        return [*BUILTIN_FEATURES, *self.fields]
+
     def definitions(self) -> dict[str, tuple[bool, str]]:
         """Segment name -> (static, definition text), as recorded in the state store."""
         out = {name: (False, "preset") for name in self.presets}

@@ -1,0 +1,232 @@
+"""Campaign actions in Bitrix24: call tasks, to-dos and sales-generator deals, looked up by marker.
+
+* Call task: ``tasks.task.add`` (TITLE, DESCRIPTION, RESPONSIBLE_ID, DEADLINE, ``UF_CRM_TASK: ["C_7"]``),
+  or with ``kind = "todo"`` ``crm.activity.todo.add`` on the contact. The action's marker ends the
+  description (``[lc0123abcd4567]``); :meth:`find` lists the customer's tasks (``tasks.task.list`` filtered by
+  ``UF_CRM_TASK``) or to-dos (``crm.activity.list`` by owner) and looks for it.
+* Deal: ``crm.deal.add`` in the configured pipeline (CATEGORY_ID) and stage, the contact linked, the
+  responsible, the script in COMMENTS, and the marker in ``ORIGINATOR_ID = "crm-lifecycle"`` /
+  ``ORIGIN_ID = <action key>`` (the fields Bitrix24 keeps for records from an external system), found again
+  with ``crm.deal.list`` filtered by both. Its call task is bound to the deal and the contact.
+* Everything goes in ``batch`` requests of up to 50 commands; each command's result or error is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from adapters.bitrix24.client import Bitrix24Client, BitrixError
+from adapters.bitrix24.paging import php_query
+from adapters.bitrix24.source import make_client
+from connector.campaigns import marker
+
+ORIGINATOR = "crm-lifecycle"
+
+
+class Bitrix24Actions:
+    def __init__(self, config: Any, store: Any):
+        self.config = config
+        self.entity = config.crm.customer
+        self.loop = asyncio.new_event_loop()
+        self.client: Bitrix24Client = make_client(config, store)
+        self.loop.run_until_complete(self.client.__aenter__())
+        self.targets: dict[tuple[str, str | None], tuple[int, str]] = {}  # (pipeline, stage) -> (category, stage id)
+
+    @property
+    def requests(self) -> int:
+        return self.client.requests
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.__aexit__(None, None, None))
+        self.loop.close()
+
+    def _run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    # -- start-up checks -----------------------------------------------------------------------------
+
+    def resolve(self, campaigns: Any) -> None:
+        from connector.config import ConfigError
+
+        self._run(self._resolve(campaigns, ConfigError))
+
+    async def _resolve(self, campaigns: Any, error: type[Exception]) -> None:
+        deals = [(c, a) for c in campaigns for a in (*c.on_enter, *c.on_exit) if a.action == "deal"]
+        if deals:
+            answer = await self.client.call("crm.category.list", {"entityTypeId": 2})
+            categories = (answer.get("result") or {}).get("categories") or []
+            for campaign, action in deals:
+                category = _pick(categories, action.pipeline, "id", "name")
+                if category is None:
+                    names = ", ".join(f"{c.get('name')} (id {c.get('id')})" for c in categories)
+                    raise error(f"[[campaign]] {campaign.name!r}: pipeline {action.pipeline!r} is not a deal pipeline "
+                                f"in Bitrix24; pipelines: {names}")
+                cat_id = int(category["id"])
+                entity_id = "DEAL_STAGE" if cat_id == 0 else f"DEAL_STAGE_{cat_id}"
+                stages = (await self.client.call("crm.status.list", {"filter": {"ENTITY_ID": entity_id},
+                                                                      "order": {"SORT": "ASC"}})).get("result") or []
+                stages = [s for s in stages if s.get("SEMANTICS") in (None, "", "process")] or stages
+                if action.stage:
+                    stage = _pick(stages, action.stage, "STATUS_ID", "NAME")
+                    if stage is None:
+                        names = ", ".join(f"{s.get('NAME')} ({s.get('STATUS_ID')})" for s in stages)
+                        raise error(f"[[campaign]] {campaign.name!r}: stage {action.stage!r} is not a working stage of "
+                                    f"pipeline {category.get('name')!r}; stages: {names}")
+                else:
+                    stage = min(stages, key=lambda s: int(s.get("SORT") or 0))
+                self.targets[(action.pipeline, action.stage)] = (cat_id, str(stage["STATUS_ID"]))
+        listed = [u for c in campaigns if c.responsible != "owner" for u in c.responsible]
+        if listed:
+            answer = await self.client.call("user.get", {"filter": {"ID": sorted(set(listed))}})
+            active = {int(u["ID"]) for u in answer.get("result") or [] if str(u.get("ACTIVE", True)).lower() not in ("false", "n")}
+            for campaign in campaigns:
+                if campaign.responsible != "owner":
+                    missing = sorted(set(campaign.responsible) - active)
+                    if missing:
+                        raise error(f"[[campaign]] {campaign.name!r}: responsible users {missing} do not exist "
+                                    "or are not active in Bitrix24")
+
+    # -- creating --------------------------------------------------------------------------------
+
+    def create(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]
+               ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        commands: dict[str, str] = {}
+        by_cmd: dict[str, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
+        for i, row in enumerate(rows):
+            try:
+                method, params = self._command(row, parents)
+            except ValueError as exc:
+                errors[row["key"]] = str(exc)
+                continue
+            cmd = f"a{i}"
+            commands[cmd] = f"{method}?{php_query(params)}"
+            by_cmd[cmd] = row
+        if not commands:
+            return {}, errors
+        try:
+            results, cmd_errors = self._run(self.client.batch(commands))
+        except BitrixError:
+            raise  # transport or auth failure: the batch stays "sending" and is settled next run
+        done: dict[str, dict[str, Any]] = {}
+        for cmd, row in by_cmd.items():
+            value = results.get(cmd)
+            new_id = _new_id(row["action"], value)
+            if new_id is not None and cmd not in cmd_errors:
+                done[row["key"]] = {"id": new_id}
+            else:
+                err = cmd_errors.get(cmd) or {}
+                errors[row["key"]] = (str(err.get("error_description") or err.get("error") or "no result")
+                                      if isinstance(err, dict) else str(err))
+        return done, errors
+
+    def _command(self, row: dict[str, Any], parents: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+        p = row["payload"]
+        cid = int(row["customer_id"])
+        owner = f"C_{cid}" if self.entity == "contact" else f"CO_{cid}"
+        tag = f"[{marker(row['key'])}]"
+        deadline = p["deadline"][:19]
+        if row["action"] == "call_task":
+            return "tasks.task.add", {"fields": {
+                "TITLE": p["title"], "DESCRIPTION": f"{p['description']}\n\n{tag}".strip(), "RESPONSIBLE_ID": row["responsible_id"],
+                "DEADLINE": deadline, "UF_CRM_TASK": [owner]}}
+        if row["action"] == "todo":
+            return "crm.activity.todo.add", {
+                "ownerTypeId": 3 if self.entity == "contact" else 4, "ownerId": cid, "deadline": deadline,
+                "title": p["title"], "description": f"{p['description']}\n\n{tag}".strip(), "responsibleId": row["responsible_id"]}
+        if row["action"] == "deal":
+            category, stage = self.targets.get((p["pipeline"], p["stage"]), (None, None))
+            if category is None:
+                raise ValueError(f"pipeline {p['pipeline']!r} / stage {p['stage']!r} not resolved")
+            fields: dict[str, Any] = {
+                "TITLE": p["title"], "CATEGORY_ID": category, "STAGE_ID": stage, "ASSIGNED_BY_ID": row["responsible_id"],
+                "COMMENTS": p["script"], "ORIGINATOR_ID": ORIGINATOR, "ORIGIN_ID": row["key"],
+            }
+            if self.entity == "contact":
+                fields["CONTACT_IDS"] = [cid]
+            else:
+                fields["COMPANY_ID"] = cid
+            return "crm.deal.add", {"fields": fields}
+        if row["action"] == "deal_task":
+            deal = parents.get(row["parent_key"] or "", {}).get("id")
+            if deal is None:
+                raise ValueError("its deal does not exist yet")
+            return "tasks.task.add", {"fields": {
+                "TITLE": p["title"], "DESCRIPTION": f"{p['description']}\n\n{tag}".strip(), "RESPONSIBLE_ID": row["responsible_id"],
+                "DEADLINE": deadline, "UF_CRM_TASK": [f"D_{deal}", owner]}}
+        raise ValueError(f"unknown action {row['action']!r}")
+
+    # -- finding what an interrupted run created ---------------------------------------------------
+
+    def find(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return self._run(self._find(rows, parents))
+
+    async def _find(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        deals = [r for r in rows if r["action"] == "deal"]
+        if deals:
+            answer = await self.client.call("crm.deal.list", {
+                "filter": {"ORIGINATOR_ID": ORIGINATOR, "@ORIGIN_ID": [r["key"] for r in deals]},
+                "select": ["ID", "ORIGIN_ID"], "start": -1})
+            for item in answer.get("result") or []:
+                found[str(item["ORIGIN_ID"])] = {"id": int(item["ID"])}
+        for row in rows:
+            if row["action"] in ("call_task", "deal_task"):
+                if row["action"] == "deal_task":
+                    deal = parents.get(row["parent_key"] or "", {}).get("id")
+                    if deal is None:
+                        continue
+                    bound = f"D_{deal}"
+                else:
+                    bound = f"C_{row['customer_id']}" if self.entity == "contact" else f"CO_{row['customer_id']}"
+                tasks = await self._all("tasks.task.list", {"filter": {"UF_CRM_TASK": bound},
+                                                           "select": ["ID", "DESCRIPTION"]}, lambda a: (a.get("result") or {}).get("tasks") or [])
+                for task in tasks:
+                    if marker(row["key"]) in str(task.get("description") or task.get("DESCRIPTION") or ""):
+                        found[row["key"]] = {"id": int(task.get("id") or task.get("ID"))}
+                        break
+            elif row["action"] == "todo":
+                owner_type = 3 if self.entity == "contact" else 4
+                items = await self._all("crm.activity.list", {
+                    "filter": {"OWNER_TYPE_ID": owner_type, "OWNER_ID": row["customer_id"]},
+                    "select": ["ID", "DESCRIPTION"]}, lambda a: a.get("result") or [])
+                for item in items:
+                    if marker(row["key"]) in str(item.get("DESCRIPTION") or ""):
+                        found[row["key"]] = {"id": int(item["ID"])}
+                        break
+        return found
+
+    async def _all(self, method: str, params: dict[str, Any], rows_of: Any) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        start = 0
+        while True:
+            answer = await self.client.call(method, {**params, "start": start})
+            out.extend(rows_of(answer))
+            nxt = answer.get("next")
+            if not nxt:
+                return out
+            start = int(nxt)
+
+
+def _pick(items: list[dict[str, Any]], wanted: str | None, id_key: str, name_key: str) -> dict[str, Any] | None:
+    if wanted is None:
+        return None
+    for item in items:
+        if str(item.get(id_key)) == str(wanted):
+            return item
+    for item in items:
+        if str(item.get(name_key, "")).strip().casefold() == str(wanted).strip().casefold():
+            return item
+    return None
+
+
+def _new_id(action: str, value: Any) -> int | None:
+    try:
+        if action in ("call_task", "deal_task"):
+            return int(value["task"]["id"])
+        if action == "todo":
+            return int(value["id"]) if isinstance(value, dict) else int(value)
+        return int(value)
+    except (TypeError, ValueError, KeyError):
+        return None

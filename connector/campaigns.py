@@ -1,0 +1,253 @@
+"""Campaigns: which customer gets which call task or sales-generator deal, and when.
+
+Everything here is pure: :func:`plan` turns (who entered and left, the ledger's history, the caps, the
+calendar) into a list of :class:`PlannedAction`, each an action to take or a skip with its reason. The
+sync stores that plan in the ledger in the same transaction as the membership change it comes from, so
+a run killed after recording who entered can never lose the actions it owes them; the executor
+(connector/executor.py) then applies whatever the ledger holds.
+
+Keys. Every action has a deterministic key ``campaign/on_enter.0.call_task/customer/YYYY-MM-DD`` (the
+day the customer entered or left), so planning the same entry twice gives the same key and the ledger
+(key is its primary key) keeps one. A sales-generator deal is two ledger rows: the deal and the call task
+on it (``.../deal`` and ``.../deal_task``), the task created once its deal exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any, Iterable
+from zoneinfo import ZoneInfo
+
+CARD_FIELDS = ("id", "name", "phone", "email", "responsible_id", "birthday")
+EXTRA_FIELDS = ("campaign", "segment")
+TRUE_WORDS = {"1", "y", "yes", "true", "да", "on"}
+
+
+# -- config checks ---------------------------------------------------------------------------------
+
+def template_names(template: str) -> list[str]:
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"bad template {template!r}: {exc} (write {{{{ and }}}} for literal braces)") from None
+
+
+def check_campaigns(settings: Any, engine: Any) -> None:
+    """Config-time checks: names unique, segments known, templates use known fields. (Pipelines, stages
+    and users are checked against the CRM when a run starts: see the executors' ``resolve``.)"""
+    known_fields = set(CARD_FIELDS) | set(EXTRA_FIELDS) | set(engine.feature_names)
+    seen: set[str] = set()
+    for campaign in settings.campaign:
+        where = f"[[campaign]] {campaign.name!r}"
+        if campaign.name in seen:
+            raise ValueError(f"{where}: a second campaign with this name; names must be unique")
+        seen.add(campaign.name)
+        if campaign.segment not in engine.segment_names:
+            import difflib
+
+            close = difflib.get_close_matches(campaign.segment, engine.segment_names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{where}: segment {campaign.segment!r} is not a segment{hint}; known: {', '.join(engine.segment_names)}")
+        if not campaign.on_enter and not campaign.on_exit:
+            raise ValueError(f"{where}: no on_enter or on_exit actions")
+        for when, actions in (("on_enter", campaign.on_enter), ("on_exit", campaign.on_exit)):
+            for i, action in enumerate(actions):
+                for attr in ("title", "description", "script", "task_title"):
+                    text = getattr(action, attr)
+                    if not text:
+                        continue
+                    for name in template_names(text):
+                        if name not in known_fields:
+                            raise ValueError(
+                                f"{where} {when}[{i}].{attr}: unknown field {{{name}}}; "
+                                f"use one of {', '.join(sorted(known_fields))}"
+                            )
+    dnc = settings.pressure.do_not_contact
+    if dnc is not None and not dnc.strip():
+        raise ValueError("[pressure] do_not_contact: give a field name or leave it out")
+
+
+def render(template: str, values: dict[str, Any]) -> str:
+    return template.format_map({k: ("" if v is None else v) for k, v in values.items()})
+
+
+# -- calendar --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WorkCalendar:
+    holidays: frozenset[date] = frozenset()
+    weekend: frozenset[int] = frozenset({6, 7})
+    deadline_time: time = time(18, 0)
+
+    @classmethod
+    def from_settings(cls, calendar: Any) -> WorkCalendar:
+        hours, minutes = (int(x) for x in calendar.deadline_time.split(":"))
+        return cls(frozenset(calendar.holidays), frozenset(calendar.weekend), time(hours, minutes))
+
+    def working(self, day: date) -> bool:
+        return day.isoweekday() not in self.weekend and day not in self.holidays
+
+    def add_working_days(self, start: date, days: int) -> date:
+        """``days`` working days after ``start``; 0 = ``start`` itself, or the next working day."""
+        day = start
+        while not self.working(day):
+            day += timedelta(days=1)
+        for _ in range(days):
+            day += timedelta(days=1)
+            while not self.working(day):
+                day += timedelta(days=1)
+        return day
+
+    def deadline(self, start: date, days: int, tz: ZoneInfo) -> datetime:
+        return datetime.combine(self.add_working_days(start, days), self.deadline_time, tz)
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlannedAction:
+    key: str
+    campaign: str
+    action: str  # call_task | todo | deal | deal_task
+    customer_id: int
+    entry_date: date
+    event: str  # enter | exit
+    responsible_id: int | None
+    payload: dict[str, Any] = field(default_factory=dict)
+    skip_reason: str | None = None
+    parent_key: str | None = None
+
+    @property
+    def marker(self) -> str:
+        return marker(self.key)
+
+
+def marker(key: str) -> str:
+    """A short, unique, searchable tag of an action key, put on the object created in the CRM."""
+    return "lc" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+@dataclass
+class LedgerHistory:
+    """What the ledger already holds, as the planner needs it (non-skipped actions only)."""
+
+    last_by_campaign: dict[tuple[str, int], date] = field(default_factory=dict)  # (campaign, customer) -> day
+    touches: dict[int, list[date]] = field(default_factory=dict)  # customer -> days of actions
+    per_rep_day: Counter = field(default_factory=Counter)  # (campaign, rep, day) -> actions
+    per_campaign: Counter = field(default_factory=Counter)  # campaign -> actions ever (round-robin position)
+    keys: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Card:
+    """What the planner knows of a customer: fields for templates and the do-not-contact flag."""
+
+    values: dict[str, Any]
+    responsible_id: int | None
+    do_not_contact: bool = False
+
+
+def is_true(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    return str(value).strip().lower() in TRUE_WORDS
+
+
+def plan(
+    campaigns: Iterable[Any],
+    entered: dict[str, list[int]],
+    left: dict[str, list[int]],
+    as_of: date,
+    cards: dict[int, Card],
+    history: LedgerHistory,
+    calendar: WorkCalendar,
+    pressure: Any,
+    tz: ZoneInfo,
+) -> list[PlannedAction]:
+    """Actions (and skips, with reasons) for the customers who entered or left campaign segments today.
+
+    Order: campaigns in config order, customers by id, so caps and round-robin are deterministic.
+    """
+    out: list[PlannedAction] = []
+    touches = {cid: list(days) for cid, days in history.touches.items()}
+    per_rep_day = Counter(history.per_rep_day)
+    rr = Counter(history.per_campaign)
+    period_start = as_of - timedelta(days=pressure.period_days - 1)
+    for campaign in campaigns:
+        for event, ids, actions in (("enter", entered.get(campaign.segment, []), campaign.on_enter),
+                                    ("exit", left.get(campaign.segment, []), campaign.on_exit)):
+            if not actions:
+                continue
+            for cid in sorted(ids):
+                card = cards.get(cid) or Card({"id": cid}, None)
+                reason = None
+                last = history.last_by_campaign.get((campaign.name, cid))
+                if card.do_not_contact:
+                    reason = "do not contact"
+                elif last is not None and campaign.cooldown_days and (as_of - last).days < campaign.cooldown_days:
+                    reason = f"cooldown: last action {last.isoformat()}, {campaign.cooldown_days} days"
+                elif pressure.max_touches is not None:
+                    recent = [d for d in touches.get(cid, []) if d >= period_start]
+                    if len(recent) >= pressure.max_touches:
+                        reason = f"pressure: {len(recent)} touches in {pressure.period_days} days"
+                responsible = None
+                if reason is None:
+                    responsible, reason = _assign(campaign, card, as_of, per_rep_day, rr)
+                values = {**card.values, "campaign": campaign.name, "segment": campaign.segment}
+                for i, action in enumerate(actions):
+                    base = f"{campaign.name}/{'on_' + event}.{i}.{action.action}/{cid}/{as_of.isoformat()}"
+                    common = dict(campaign=campaign.name, customer_id=cid, entry_date=as_of, event=event,
+                                  responsible_id=responsible, skip_reason=reason)
+                    deadline = calendar.deadline(as_of, action.due_in_days, tz).isoformat()
+                    if action.action == "call_task":
+                        kind = "todo" if action.kind == "todo" else "call_task"
+                        payload = {"title": render(action.title, values), "description": render(action.description, values),
+                                   "deadline": deadline}
+                        out.append(PlannedAction(key=base, action=kind, payload=payload, **common))
+                    else:
+                        title = render(action.title, values)
+                        payload = {"title": title, "pipeline": action.pipeline, "stage": action.stage,
+                                   "script": render(action.script, values), "deadline": deadline}
+                        out.append(PlannedAction(key=base + "/deal", action="deal", payload=payload, **common))
+                        task_title = render(action.task_title, values) if action.task_title else f"Call: {title}"
+                        task = {"title": task_title, "description": payload["script"], "deadline": deadline}
+                        out.append(PlannedAction(key=base + "/deal_task", action="deal_task", payload=task,
+                                                 parent_key=base + "/deal", **common))
+                if reason is None:
+                    touches.setdefault(cid, []).append(as_of)
+                    if responsible is not None:
+                        per_rep_day[(campaign.name, responsible, as_of)] += 1
+                    rr[campaign.name] += 1
+    return [a for a in out if a.key not in history.keys]
+
+
+def _assign(campaign: Any, card: Card, as_of: date, per_rep_day: Counter, rr: Counter) -> tuple[int | None, str | None]:
+    cap = campaign.daily_cap_per_rep
+    if campaign.responsible == "owner":
+        rep = card.responsible_id
+        if rep is None:
+            return None, "customer has no responsible user"
+        if cap is not None and per_rep_day[(campaign.name, rep, as_of)] >= cap:
+            return None, f"daily cap: user {rep} has {cap} actions today"
+        return rep, None
+    reps = list(campaign.responsible)
+    start = rr[campaign.name]
+    for step in range(len(reps)):
+        rep = reps[(start + step) % len(reps)]
+        if cap is None or per_rep_day[(campaign.name, rep, as_of)] < cap:
+            return rep, None
+    return None, f"daily cap: every user of the round-robin has {cap} actions today"
+
+
+def group_members(frame: Any) -> dict[str, list[int]]:
+    """A (segment, customer_id) polars frame -> segment: [ids]."""
+    out: dict[str, list[int]] = defaultdict(list)
+    for segment, cid in frame.iter_rows():
+        out[segment].append(int(cid))
+    return dict(out)

@@ -1,0 +1,96 @@
+"""The executor: applies the ledger's planned actions through a CRM's :class:`ActionSink`, never twice.
+
+For every batch (at most ``[executor] batch_size`` actions, one CRM request):
+
+1. the ledger marks the batch ``sending`` and commits (the intent);
+2. the sink creates the objects, each carrying a marker derived from its key (Bitrix24 deals:
+   ``ORIGINATOR_ID``/``ORIGIN_ID``; tasks, to-dos and amoCRM objects: the marker in their text or name);
+3. the ledger marks each action ``done`` with the CRM id, or ``failed`` with the error, and commits.
+
+A run killed between 1 and 3 leaves ``sending`` rows: the next run first asks the CRM for objects with
+their markers (:meth:`ActionSink.find`) and marks the ones found ``done``; only the others are sent again.
+Per-action errors (a deleted contact, a refused field) are retried in later passes and runs until
+``[executor] max_attempts``; transport failures (the CRM unreachable, an account blocked) stop the run
+with the batch still ``sending``, to be settled the same way next time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+log = logging.getLogger("lifecycle.executor")
+
+PHASES = (("deal", "call_task", "todo"), ("deal_task",))
+PASSES = 3
+
+
+class ActionSink(Protocol):
+    requests: int
+
+    def resolve(self, campaigns: Any) -> None:
+        """Check pipelines, stages and users against the CRM (ConfigError naming the campaign)."""
+
+    def find(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Key -> result for the rows whose object already exists in the CRM (looked up by marker)."""
+
+    def create(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]
+               ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Create the objects; return (key -> result, key -> error) for every row."""
+
+    def close(self) -> None: ...
+
+
+def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts: int = 5) -> dict[str, int]:
+    summary = {"actions_created": 0, "actions_recovered": 0, "actions_failed": 0, "actions_waiting": 0}
+    parents = _parents(store)
+    in_doubt = store.ledger(["sending"])
+    if in_doubt:
+        found = {}
+        for chunk in _batches(in_doubt, batch_size):
+            found.update(sink.find(chunk, parents))
+        store.set_actions(list(found), "done", results=found)
+        store.set_actions([r["key"] for r in in_doubt if r["key"] not in found], "planned")
+        summary["actions_recovered"] = len(found)
+        log.info("settled %d actions of an interrupted run: %d found in the CRM", len(in_doubt), len(found))
+        parents = _parents(store)
+    for phase in PHASES:
+        for _ in range(PASSES):
+            rows = [r for r in store.ledger(["planned", "failed"])
+                    if r["action"] in phase and r["attempts"] < max_attempts]
+            ready = [r for r in rows if r["parent_key"] is None or r["parent_key"] in parents]
+            if not ready:
+                break
+            for chunk in _batches(ready, batch_size):
+                keys = [r["key"] for r in chunk]
+                store.set_actions(keys, "sending")
+                try:
+                    results, errors = sink.create(chunk, parents)
+                except Exception as exc:  # the request's fate is unknown: ask the CRM what exists
+                    try:
+                        results = sink.find(chunk, parents)
+                    except Exception:
+                        raise exc from None  # the batch stays "sending", settled by the next run
+                    errors = {k: f"{type(exc).__name__}: {exc}" for k in keys if k not in results}
+                    summary["actions_recovered"] += len(results)
+                store.set_actions(list(results), "done", results=results)
+                failed = {k: errors.get(k, "no answer for this action") for k in keys if k not in results}
+                store.set_actions(list(failed), "failed", errors=failed, count_attempt=True)
+                summary["actions_created"] += len(results)
+                for key, error in failed.items():
+                    log.warning("action %s failed: %s", key, error)
+            parents = _parents(store)
+    left = [r for r in store.ledger(["planned", "failed"])]
+    summary["actions_failed"] = sum(1 for r in left if r["status"] == "failed")
+    summary["actions_waiting"] = sum(1 for r in left if r["status"] == "planned")
+    summary["action_requests"] = sink.requests
+    return summary
+
+
+def _parents(store: Any) -> dict[str, dict[str, Any]]:
+    """Results of done deals, by key (a deal's call task needs the deal's id)."""
+    return {r["key"]: r["result"] or {} for r in store.ledger(["done"]) if r["action"] == "deal"}
+
+
+def _batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
