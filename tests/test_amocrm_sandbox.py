@@ -446,3 +446,93 @@ def test_slow_after_stores_the_effect_before_the_answer_is_sent():
         counters = acct.counters()
         assert counters["faults"] == {"slow_after": 2}
         assert counters["http_status"]["200"] == 3
+
+
+# -- what the campaigns executor reads and writes ----------------------------------------------------
+
+def test_second_pipeline_and_status_must_belong_to_the_pipeline():
+    with running_account(generate=(5, 5), limits=False) as acct:
+        pipelines = ok(acct.api("GET", "/api/v4/leads/pipelines"))
+        assert pipelines["_total_items"] == 2
+        by_id = {p["id"]: p for p in pipelines["_embedded"]["pipelines"]}
+        assert by_id[7000001]["is_main"] is True and by_id[7000002]["is_main"] is False
+        assert by_id[7000002]["name"] == "Повторные продажи"
+        repeat = ok(acct.api("GET", "/api/v4/leads/pipelines/7000002"))
+        statuses = [(s["id"], s["type"], s["pipeline_id"]) for s in repeat["_embedded"]["statuses"]]
+        assert statuses == [(70000020, 1, 7000002), (70000021, 0, 7000002), (70000022, 0, 7000002),
+                            (70000023, 0, 7000002), (142, 0, 7000002), (143, 0, 7000002)]
+        listed = ok(acct.api("GET", "/api/v4/leads/pipelines/7000002/statuses"))["_embedded"]["statuses"]
+        assert [s["id"] for s in listed] == [s[0] for s in statuses]
+        assert acct.api("GET", "/api/v4/leads/pipelines/7000003")[0] == 404
+        assert len(acct.state()["pipelines"]) == 2
+
+        created = ok(acct.api("POST", "/api/v4/leads", json=[
+            {"name": "Repeat", "pipeline_id": 7000002, "status_id": 70000022, "request_id": "k1"},
+            {"name": "Repeat default", "pipeline_id": 7000002},
+            {"name": "Main", "pipeline_id": 7000001, "status_id": 70000012},
+            {"name": "By status only", "status_id": 70000023}]))["_embedded"]["leads"]
+        got = {c["request_id"]: ok(acct.api("GET", f"/api/v4/leads/{c['id']}")) for c in created}
+        assert (got["k1"]["pipeline_id"], got["k1"]["status_id"]) == (7000002, 70000022)
+        assert (got["1"]["pipeline_id"], got["1"]["status_id"]) == (7000002, 70000021)
+        assert (got["2"]["pipeline_id"], got["2"]["status_id"]) == (7000001, 70000012)
+        assert (got["3"]["pipeline_id"], got["3"]["status_id"]) == (7000002, 70000023)
+        found = ok(acct.api("GET", "/api/v4/leads", params={"filter": {"pipeline_id": [7000002]}}))["_embedded"]["leads"]
+        assert {l["id"] for l in found} == {got["k1"]["id"], got["1"]["id"], got["3"]["id"]}
+
+        before = len(acct.state("leads")["leads"])
+        status, error = acct.api("POST", "/api/v4/leads", json=[
+            {"name": "ok", "pipeline_id": 7000002, "status_id": 142},
+            {"name": "bad", "pipeline_id": 7000002, "status_id": 70000012, "request_id": "x"}])
+        assert status == 400 and error["validation-errors"] == [{"request_id": "x", "errors": [
+            {"code": "NotSupportedChoice", "path": "status_id", "detail": "The value you selected is not a valid choice."}]}]
+        status, error = acct.api("POST", "/api/v4/leads", json=[{"name": "bad", "pipeline_id": 1234}])
+        assert status == 400 and error["validation-errors"][0]["errors"][0]["path"] == "pipeline_id"
+        assert len(acct.state("leads")["leads"]) == before
+
+        lead_id = got["2"]["id"]
+        status, error = acct.api("PATCH", f"/api/v4/leads/{lead_id}", json={"pipeline_id": 7000001, "status_id": 70000021})
+        assert status == 400 and error["validation-errors"][0]["errors"][0]["code"] == "NotSupportedChoice"
+        ok(acct.api("PATCH", f"/api/v4/leads/{lead_id}", json={"pipeline_id": 7000002, "status_id": 70000021}))
+        lead = ok(acct.api("GET", f"/api/v4/leads/{lead_id}"))
+        assert (lead["pipeline_id"], lead["status_id"]) == (7000002, 70000021)
+        ok(acct.api("PATCH", "/api/v4/leads", json=[{"id": lead_id, "status_id": 142}]))
+        lead = ok(acct.api("GET", f"/api/v4/leads/{lead_id}"))
+        assert (lead["pipeline_id"], lead["status_id"]) == (7000002, 142) and lead["closed_at"] is not None
+        moves = [e for e in acct.state()["events"] if e["type"] == "lead_status_changed" and e["entity_id"] == lead_id]
+        assert moves[0]["value_before"][0]["lead_status"] == {"id": 70000012, "pipeline_id": 7000001}
+        assert moves[0]["value_after"][0]["lead_status"] == {"id": 70000021, "pipeline_id": 7000002}
+
+
+def test_tasks_by_entity_lead_search_and_contact_leads(amo):
+    till = int(datetime(2026, 8, 1, 18, tzinfo=MSK).timestamp())
+    users = ok(amo.api("GET", "/api/v4/users"))["_embedded"]["users"]
+    other = max(u["id"] for u in users)
+    created = ok(amo.api("POST", "/api/v4/tasks", json=[
+        {"text": "campaign c1 key k1", "complete_till": till, "entity_id": 11, "entity_type": "contacts",
+         "task_type_id": 1, "responsible_user_id": other, "request_id": "c1:k1"},
+        {"text": "lead call", "complete_till": till, "entity_id": 12, "entity_type": "leads", "task_type_id": 2,
+         "request_id": "c1:k2"}]))["_embedded"]["tasks"]
+    assert [t["request_id"] for t in created] == ["c1:k1", "c1:k2"]
+    found = ok(amo.api("GET", "/api/v4/tasks", params={"filter": {"entity_type": "contacts", "entity_id": [11]}}))
+    rows = [(t["id"], t["text"], t["task_type_id"], t["complete_till"], t["responsible_user_id"], t["entity_type"])
+            for t in found["_embedded"]["tasks"]]
+    assert rows == [(created[0]["id"], "campaign c1 key k1", 1, till, other, "contacts")]
+    found = ok(amo.api("GET", "/api/v4/tasks", params={"filter": {"entity_type": "leads", "entity_id": [12]}}))
+    assert [(t["text"], t["task_type_id"], t["responsible_user_id"]) for t in found["_embedded"]["tasks"]] == \
+        [("lead call", 2, amo.info["user_id"])]
+    # an unknown responsible user is refused, nothing written
+    count = len(amo.state()["tasks"])
+    status, error = amo.api("POST", "/api/v4/tasks", json=[
+        {"text": "x", "complete_till": till, "entity_id": 11, "entity_type": "contacts", "responsible_user_id": 987654,
+         "request_id": "bad"}])
+    assert status == 400 and error["validation-errors"] == [{"request_id": "bad", "errors": [
+        {"code": "NotSupportedChoice", "path": "responsible_user_id", "detail": "The value you selected is not a valid choice."}]}]
+    assert len(amo.state()["tasks"]) == count
+
+    lead = ok(amo.api("POST", "/api/v4/leads", json=[{"name": "Повторная продажа zq-4471 весна",
+                                                       "_embedded": {"contacts": [{"id": 11}]}}]))["_embedded"]["leads"][0]
+    hits = ok(amo.api("GET", "/api/v4/leads", params={"query": "zq-4471"}))["_embedded"]["leads"]
+    assert [l["id"] for l in hits] == [lead["id"]]
+    assert amo.api("GET", "/api/v4/leads", params={"query": "no-such-text-zz"})[0] == 204
+    contact = ok(amo.api("GET", "/api/v4/contacts/11", params={"with": "leads"}))
+    assert lead["id"] in [l["id"] for l in contact["_embedded"]["leads"]]

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode
 from sandbox.bitrix24.decode import DecodeError, parse_body
 
 from .errors import ApiError
-from .model import PIPELINE_ID, pipeline_json
+from .model import PIPELINES, all_pipelines_json, pipeline_json
 from .store import ENTITY_TYPES, NOTE_TYPES
 
 if TYPE_CHECKING:
@@ -179,11 +179,12 @@ class Api:
         if head == "leads" and n >= 2 and parts[1] == "pipelines":
             if n == 2:
                 return {"GET": self.pipelines}
-            if parts[2].isdigit() and int(parts[2]) == PIPELINE_ID:
+            if parts[2].isdigit() and int(parts[2]) in PIPELINES:
+                pid = int(parts[2])
                 if n == 3:
-                    return {"GET": lambda r: (200, pipeline_json(self.store.account_id, self.acct.base_url))}
+                    return {"GET": lambda r: (200, pipeline_json(self.store.account_id, self.acct.base_url, pid))}
                 if n == 4 and parts[3] == "statuses":
-                    return {"GET": self.statuses}
+                    return {"GET": lambda r: self.statuses(r, pid)}
             return None
         if head == "tasks":
             if n == 1:
@@ -416,11 +417,13 @@ class Api:
         return 204, None
 
     def pipelines(self, req: Request) -> tuple[int, Any]:
-        return 200, {"_total_items": 1, "_links": {"self": {"href": f"{self.acct.base_url}/api/v4/leads/pipelines"}},
-                     "_embedded": {"pipelines": [pipeline_json(self.store.account_id, self.acct.base_url)]}}
+        pipelines = all_pipelines_json(self.store.account_id, self.acct.base_url)
+        return 200, {"_total_items": len(pipelines),
+                     "_links": {"self": {"href": f"{self.acct.base_url}/api/v4/leads/pipelines"}},
+                     "_embedded": {"pipelines": pipelines}}
 
-    def statuses(self, req: Request) -> tuple[int, Any]:
-        statuses = pipeline_json(self.store.account_id, self.acct.base_url)["_embedded"]["statuses"]
+    def statuses(self, req: Request, pipeline_id: int) -> tuple[int, Any]:
+        statuses = pipeline_json(self.store.account_id, self.acct.base_url, pipeline_id)["_embedded"]["statuses"]
         return 200, {"_total_items": len(statuses), "_links": {"self": self._href(req)}, "_embedded": {"statuses": statuses}}
 
     def account(self, req: Request) -> tuple[int, Any]:

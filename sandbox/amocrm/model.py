@@ -7,7 +7,8 @@ WON_STATUS_ID/LOST_STATUS_ID]. Contacts and companies have the predefined multit
 (enum codes WORK, WORKDD, MOB, FAX, HOME, OTHER / WORK, PRIV, OTHER); a ``birthday`` field holds unix
 seconds of midnight in the account time zone (a real Kommo answer in the research file).
 
-Choices: ids (pipeline 7000001, statuses 70000010.., fields from 900001, users as given), the working
+Choices: ids (pipeline 7000001, statuses 70000010..; a second pipeline 7000002 «Повторные продажи», statuses
+70000020..; fields from 900001, users as given), the working
 status names, the Russian field names, and that the full enum lists beyond WORK/MOB/WORKDD (UNCONFIRMED in
 the research) are the ones the amoCRM UI shows.
 """
@@ -29,24 +30,58 @@ STATUSES = [  # id, name, sort, is_editable, color, type
     (LOST, "Закрыто и не реализовано", 11000, False, "#D5D8DB", 0),
 ]
 
+# A second, non-main pipeline (choice: ids, name and working statuses). 142/143 are shared (§2).
+REPEAT_PIPELINE_ID = 7000002
+REPEAT_FIRST_WORKING_STATUS = 70000021
+REPEAT_STATUSES = [
+    (70000020, "Неразобранное", 10, False, "#c1c1c1", 1),
+    (REPEAT_FIRST_WORKING_STATUS, "Новый запрос", 20, True, "#99ccff", 0),
+    (70000022, "Предложение отправлено", 30, True, "#ffff99", 0),
+    (70000023, "Согласование", 40, True, "#ffcc66", 0),
+    (WON, "Успешно реализовано", 10000, False, "#CCFF66", 0),
+    (LOST, "Закрыто и не реализовано", 11000, False, "#D5D8DB", 0),
+]
+
+# pipeline id -> (name, sort, is_main, statuses, first working status)
+PIPELINES = {
+    PIPELINE_ID: ("Воронка", 1, True, STATUSES, FIRST_WORKING_STATUS),
+    REPEAT_PIPELINE_ID: ("Повторные продажи", 2, False, REPEAT_STATUSES, REPEAT_FIRST_WORKING_STATUS),
+}
+
 PHONE_ENUMS = ("WORK", "WORKDD", "MOB", "FAX", "HOME", "OTHER")
 EMAIL_ENUMS = ("WORK", "PRIV", "OTHER")
 FIELD_TYPES = ("text", "numeric", "checkbox", "select", "multiselect", "multitext", "date", "url", "textarea",
                "radiobutton", "streetaddress", "smart_address", "birthday", "date_time", "price", "monetary")
 
 
-def pipeline_json(account_id: int, base: str) -> dict:
-    statuses = [{"id": sid, "name": name, "sort": sort, "is_editable": editable, "pipeline_id": PIPELINE_ID,
+def pipeline_json(account_id: int, base: str, pipeline_id: int = PIPELINE_ID) -> dict:
+    name, order, is_main, rows, _ = PIPELINES[pipeline_id]
+    statuses = [{"id": sid, "name": sname, "sort": sort, "is_editable": editable, "pipeline_id": pipeline_id,
                  "color": color, "type": stype, "account_id": account_id,
-                 "_links": {"self": {"href": f"{base}/api/v4/leads/pipelines/{PIPELINE_ID}/statuses/{sid}"}}}
-                for sid, name, sort, editable, color, stype in STATUSES]
-    return {"id": PIPELINE_ID, "name": "Воронка", "sort": 1, "is_main": True, "is_unsorted_on": True,
+                 "_links": {"self": {"href": f"{base}/api/v4/leads/pipelines/{pipeline_id}/statuses/{sid}"}}}
+                for sid, sname, sort, editable, color, stype in rows]
+    return {"id": pipeline_id, "name": name, "sort": order, "is_main": is_main, "is_unsorted_on": True,
             "is_archive": False, "account_id": account_id,
-            "_links": {"self": {"href": f"{base}/api/v4/leads/pipelines/{PIPELINE_ID}"}},
+            "_links": {"self": {"href": f"{base}/api/v4/leads/pipelines/{pipeline_id}"}},
             "_embedded": {"statuses": statuses}}
 
 
-STATUS_IDS = {s[0] for s in STATUSES}
+def all_pipelines_json(account_id: int, base: str) -> list[dict]:
+    return [pipeline_json(account_id, base, pid) for pid in sorted(PIPELINES, key=lambda p: PIPELINES[p][1])]
+
+
+STATUS_IDS = {s[0] for s in STATUSES}  # the main pipeline's
+PIPELINE_STATUS_IDS = {pid: {s[0] for s in spec[3]} for pid, spec in PIPELINES.items()}
+
+
+def pipeline_of_status(status_id: int) -> int | None:
+    """The pipeline a working/incoming status belongs to (None for 142/143, which every pipeline has)."""
+    if status_id in (WON, LOST):
+        return None
+    for pid, ids in PIPELINE_STATUS_IDS.items():
+        if status_id in ids:
+            return pid
+    return None
 
 
 class FieldRegistry:

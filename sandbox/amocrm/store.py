@@ -33,7 +33,8 @@ from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
 from .errors import ValidationFailed
-from .model import (ADMIN_USER_ID, FIRST_WORKING_STATUS, LOST, PIPELINE_ID, STATUS_IDS, WON, FieldRegistry)
+from .model import (ADMIN_USER_ID, FIRST_WORKING_STATUS, LOST, PIPELINE_ID, PIPELINE_STATUS_IDS, PIPELINES, WON,
+                    FieldRegistry, pipeline_of_status)
 
 ENTITY_TYPES = ("contacts", "companies", "leads")
 SINGULAR = {"contacts": "contact", "companies": "company", "leads": "lead"}
@@ -280,6 +281,31 @@ class Store:
             raise ValidationFailed(problems)
         return [self._apply(entity, plan, request_id, user_id=user_id, create=create) for request_id, plan in prepared]
 
+    @staticmethod
+    def _prepare_stage(item: dict, rec: dict | None, sets: dict) -> None:
+        """pipeline_id / status_id of a lead (§2: a stage is the pair; 142/143 exist in every pipeline).
+
+        Choices (the docs only say status_id defaults to the first stage of the main pipeline): a
+        status without a pipeline moves the lead to that status's pipeline (142/143 keep the lead's
+        pipeline); a pipeline without a status puts the lead on that pipeline's first working status
+        unless it already is in it; a status that is not in the given pipeline is NotSupportedChoice on
+        ``status_id``, an unknown pipeline NotSupportedChoice on ``pipeline_id``.
+        """
+        current = rec["pipeline_id"] if rec is not None else PIPELINE_ID
+        pipeline = None
+        if "pipeline_id" in item:
+            pipeline = _int(item["pipeline_id"], "pipeline_id")
+            if pipeline not in PIPELINES:
+                raise Invalid("NotSupportedChoice", "pipeline_id", "The value you selected is not a valid choice.")
+        if "status_id" in item:
+            status = _int(item["status_id"], "status_id")
+            target = pipeline or pipeline_of_status(status) or current
+            if status not in PIPELINE_STATUS_IDS[target]:
+                raise Invalid("NotSupportedChoice", "status_id", "The value you selected is not a valid choice.")
+            sets["status_id"], sets["pipeline_id"] = status, target
+        elif pipeline is not None and (rec is None or pipeline != current):
+            sets["status_id"], sets["pipeline_id"] = PIPELINES[pipeline][4], pipeline
+
     def _prepare(self, entity: str, item: dict, *, create: bool) -> dict:
         plan: dict[str, Any] = {"set": {}}
         rec = None
@@ -309,13 +335,7 @@ class Store:
         if entity == "leads":
             if "price" in item:
                 sets["price"] = _int(item["price"], "price", allow_none=True) or 0
-            if "pipeline_id" in item and _int(item["pipeline_id"], "pipeline_id") != PIPELINE_ID:
-                raise Invalid("NotSupportedChoice", "pipeline_id", "The value you selected is not a valid choice.")
-            if "status_id" in item:
-                status = _int(item["status_id"], "status_id")
-                if status not in STATUS_IDS:
-                    raise Invalid("NotSupportedChoice", "status_id", "The value you selected is not a valid choice.")
-                sets["status_id"] = status
+            self._prepare_stage(item, rec, sets)
             if "closed_at" in item:
                 sets["closed_at"] = _int(item["closed_at"], "closed_at", allow_none=True)
             if "loss_reason_id" in item:
@@ -420,7 +440,7 @@ class Store:
             rec = self.rows[entity][plan["id"]]
             rid = rec["id"]
         self._index(entity, rec, add=False)
-        old_status = rec.get("status_id")
+        old_status, old_pipeline = rec.get("status_id"), rec.get("pipeline_id")
         old_tags = list(rec["tags"])
         sets = dict(plan["set"])
         rec.update({k: v for k, v in sets.items() if k not in ("updated_at", "updated_by")})
@@ -466,9 +486,9 @@ class Store:
             after = ([{"lead_status": {"id": rec["status_id"], "pipeline_id": rec["pipeline_id"]}}]
                      if entity == "leads" else [])
             self.event(f"{SINGULAR[entity]}_added", entity, rid, by=user_id, after=after)
-        elif entity == "leads" and old_status != rec["status_id"]:
+        elif entity == "leads" and (old_status, old_pipeline) != (rec["status_id"], rec["pipeline_id"]):
             self.event("lead_status_changed", entity, rid, by=user_id,
-                       before=[{"lead_status": {"id": old_status, "pipeline_id": rec["pipeline_id"]}}],
+                       before=[{"lead_status": {"id": old_status, "pipeline_id": old_pipeline}}],
                        after=[{"lead_status": {"id": rec["status_id"], "pipeline_id": rec["pipeline_id"]}}])
         added = [t for t in rec["tags"] if t not in old_tags]
         removed = [t for t in old_tags if t not in rec["tags"]]
@@ -647,7 +667,7 @@ class Store:
         return {t: len(self.rows[t]) for t in ENTITY_TYPES}
 
     def state(self, entity: str | None = None) -> dict:
-        from .model import pipeline_json
+        from .model import all_pipelines_json
 
         out: dict[str, Any] = {}
         for t in ENTITY_TYPES:
@@ -661,7 +681,7 @@ class Store:
             out["tags"] = {t: list(self.tags[t].values()) for t in ENTITY_TYPES}
             out["custom_fields"] = {t: self.fields.render(t, self.base) for t in ENTITY_TYPES}
             out["users"] = list(self.users.values())
-            out["pipelines"] = [pipeline_json(self.account_id, self.base)]
+            out["pipelines"] = all_pipelines_json(self.account_id, self.base)
             out["deleted"] = {t: sorted(self.trash[t]) for t in ENTITY_TYPES}
         return out
 
