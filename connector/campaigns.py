@@ -71,8 +71,13 @@ def check_campaigns(settings: Any, engine: Any) -> None:
         raise ValueError("[pressure] do_not_contact: give a field name or leave it out")
 
 
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:  # a field the customer has no value for renders empty
+        return ""
+
+
 def render(template: str, values: dict[str, Any]) -> str:
-    return template.format_map({k: ("" if v is None else v) for k, v in values.items()})
+    return template.format_map(_Blank({k: ("" if v is None else v) for k, v in values.items()}))
 
 
 # -- calendar --------------------------------------------------------------------------------------

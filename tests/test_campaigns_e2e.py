@@ -1,0 +1,315 @@
+"""Campaigns end to end over HTTP against both sandboxes: tasks and sales-generator deals created once per
+(campaign, customer, entry), never twice, never lost: through re-runs, SIGKILL at many moments during
+apply, and injected faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from connector.campaigns import marker
+from connector.config import ConfigError, load_config
+from connector.pipeline import open_store, sync
+from sandbox.amocrm import running_account
+from sandbox.bitrix24 import running_portal
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = re.compile(r"\[(lc[0-9a-f]{12})\]")
+
+CAMPAIGNS = """
+[[campaign]]
+name = "winback"
+segment = "status.former"
+cooldown_days = 30
+on_enter = [{{ action = "call_task", title = "Call {{name}}: win back", description = "Script: {{purchases}} orders, offer 10%", due_in_days = 2 }}]
+
+[[campaign]]
+name = "repeat"
+segment = "lifecycle.promising_asleep"
+responsible = {users}
+daily_cap_per_rep = 1000
+on_enter = [{{ action = "deal", title = "Repeat sale: {{name}}", pipeline = "{pipeline}", script = "Ask about order {{purchases}}", due_in_days = 3 }}]
+
+[executor]
+batch_size = {batch}
+"""
+
+
+class Bitrix24:
+    name = "bitrix24"
+    pipeline = "1"  # the sandbox's second deal pipeline (category 1)
+
+    @contextmanager
+    def start(self, **options):
+        with running_portal(time_scale=50, **options) as portal:
+            yield portal
+
+    def crm_section(self, handle) -> str:
+        return f'kind = "bitrix24"\nwebhook_url = "{handle.webhook_url}"\nrequests_per_second = 500\n'
+
+    def users(self, handle) -> list[int]:
+        return sorted(int(u["ID"]) for u in handle.state()["users"])[:2]
+
+    def objects(self, handle) -> Counter:
+        """marker -> how many CRM objects carry it (tasks by description, deals by ORIGIN_ID)."""
+        state = handle.state()
+        found: Counter = Counter()
+        for task in state["tasks"]:
+            for m in MARK.findall(str(task.get("DESCRIPTION") or "")):
+                found[("task", m)] += 1
+        for deal in state["deals"]:
+            if deal.get("ORIGINATOR_ID") == "crm-lifecycle":
+                found[("deal", marker(deal["ORIGIN_ID"]))] += 1
+        return found
+
+    def slow_writes(self, handle, delay: float) -> None:
+        handle.faults(kind="slow_after", method="batch", probability=0.5, delay=delay)
+
+    def clear(self, handle) -> None:
+        handle.clear_faults()
+
+
+class AmoCRM:
+    name = "amocrm"
+    pipeline = "7000001"
+
+    @contextmanager
+    def start(self, **options):
+        with running_account(**options) as acct:
+            yield acct
+
+    def crm_section(self, handle) -> str:
+        return f'kind = "amocrm"\nbase_url = "{handle.info["base_url"]}"\naccess_token = "{handle.info["access_token"]}"\n'
+
+    def users(self, handle) -> list[int]:
+        return sorted(int(u["id"]) for u in handle.state()["users"])[:2]
+
+    def objects(self, handle) -> Counter:
+        state = handle.state()
+        found: Counter = Counter()
+        for task in state["tasks"]:
+            for m in MARK.findall(str(task.get("text") or "")):
+                found[("task", m)] += 1
+        for lead in state["leads"]:
+            for m in MARK.findall(str(lead.get("name") or "")):
+                found[("deal", m)] += 1
+        return found
+
+    def slow_writes(self, handle, delay: float) -> None:
+        handle.faults(kind="slow_after", method="POST", probability=0.5, delay=delay)
+
+    def clear(self, handle) -> None:
+        handle.clear_faults()
+
+
+CRMS = [Bitrix24(), AmoCRM()]
+
+
+def write_config(folder: Path, crm, handle, *, batch: int = 50, extra: str = "") -> Path:
+    path = folder / "lifecycle.toml"
+    users = crm.users(handle)
+    path.write_text(
+        "[crm]\n" + crm.crm_section(handle) + "overlap_minutes = 0\n[state]\nurl = \"sqlite:///state.db\"\n"
+        + CAMPAIGNS.format(users=json.dumps(users), pipeline=crm.pipeline, batch=batch) + extra,
+        encoding="utf-8",
+    )
+    return path
+
+
+def expected(config) -> Counter:
+    """What the CRM must hold: one object per ledger action not skipped."""
+    store = open_store(config)
+    try:
+        rows = store.ledger()
+    finally:
+        store.close()
+    out: Counter = Counter()
+    for r in rows:
+        if r["status"] == "skipped":
+            continue
+        out[("deal" if r["action"] == "deal" else "task", marker(r["key"]))] += 1
+    return out
+
+
+def assert_exactly_once(config, crm, handle) -> Counter:
+    store = open_store(config)
+    try:
+        pending = store.ledger(["planned", "sending", "failed"])
+    finally:
+        store.close()
+    assert pending == [], pending[:3]
+    want = expected(config)
+    have = crm.objects(handle)
+    assert have == want  # every action present, none twice, nothing else
+    assert all(n == 1 for n in have.values())
+    return have
+
+
+@pytest.mark.parametrize("crm", CRMS, ids=lambda c: c.name)
+def test_first_sync_creates_each_action_once_and_a_quiet_sync_writes_nothing(tmp_path, crm):
+    with crm.start(generate=(120, 360)) as handle:
+        config = load_config(write_config(tmp_path, crm, handle))
+        summary = sync(config).summary()
+        have = assert_exactly_once(config, crm, handle)
+        deals = sum(1 for kind, _ in have if kind == "deal")
+        tasks = sum(1 for kind, _ in have if kind == "task")
+        assert deals > 0 and tasks > deals  # every deal also has its call task
+        assert summary["actions_created"] == deals + tasks and summary["actions_failed"] == 0
+        time.sleep(1.1)
+        sync(config)  # re-reads what the first run touched
+        time.sleep(1.1)
+        handle.reset_counters()
+        again = sync(config).summary()
+        assert again["actions_planned"] == 0 and again["actions_created"] == 0
+        counters = handle.counters()
+        if crm.name == "amocrm":
+            assert not [r for r in counters["by_route"] if not r.startswith("GET")], counters["by_route"]
+        else:
+            writes = [m for m in counters["methods"] if m.endswith((".add", ".update", ".delete"))]
+            assert writes == [], counters["methods"]
+        assert crm.objects(handle) == have
+
+
+@pytest.mark.parametrize("crm", CRMS, ids=lambda c: c.name)
+def test_unknown_pipeline_stage_or_user_is_a_config_error_naming_the_campaign(tmp_path, crm):
+    with crm.start(generate=(20, 40)) as handle:
+        path = write_config(tmp_path, crm, handle)
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace(f'pipeline = "{crm.pipeline}"', 'pipeline = "No such pipeline"'), encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"'repeat': pipeline 'No such pipeline'"):
+            sync(load_config(path))
+        path.write_text(text.replace(f'pipeline = "{crm.pipeline}"', f'pipeline = "{crm.pipeline}", stage = "Nope"'),
+                        encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"'repeat': (stage|status) 'Nope'"):
+            sync(load_config(path))
+        users = json.dumps(crm.users(handle))
+        path.write_text(text.replace(f"responsible = {users}", "responsible = [987654]"), encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"'repeat': responsible users \[987654\]"):
+            sync(load_config(path))
+        assert crm.objects(handle) == Counter()  # nothing was created by the refused runs
+
+
+@pytest.mark.parametrize("crm", CRMS, ids=lambda c: c.name)
+def test_plan_lists_actions_and_skips_without_writing(tmp_path, crm):
+    with crm.start(generate=(60, 180)) as handle:
+        path = write_config(tmp_path, crm, handle, extra="[pressure]\nmax_touches = 1\n")
+        config = load_config(path)
+        from connector.pipeline import make_source
+
+        store = open_store(config)
+        store.apply_pull(make_source(config, store).pull())  # the mirror only, as after a pull
+        store.close()
+        proc = subprocess.run([sys.executable, "-m", "connector.cli", "plan", "--config", str(path), "--format", "json"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        rows = json.loads(proc.stdout)
+        assert rows and set(rows[0]) == {"campaign", "action", "customer_id", "key", "skip_reason"}
+        assert {r["campaign"] for r in rows} <= {"winback", "repeat"}
+        # status.former and promising_asleep overlap: the second campaign's touch is over the cap
+        assert any((r["skip_reason"] or "").startswith("pressure") for r in rows)
+        table = subprocess.run([sys.executable, "-m", "connector.cli", "plan", "--config", str(path)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert table.returncode == 0 and "to create" in table.stdout and "winback" in table.stdout
+        assert crm.objects(handle) == Counter()
+        store = open_store(config)
+        assert store.ledger() == []  # plan wrote nothing
+        store.close()
+
+
+def _ledger_progress(db: Path) -> tuple[int, int]:
+    """(done, sending) in the ledger, read without disturbing the writer."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.2) as conn:
+            rows = dict(conn.execute("SELECT status, COUNT(*) FROM actions GROUP BY status").fetchall())
+    except sqlite3.Error:
+        return (-1, -1)
+    return rows.get("done", 0), rows.get("sending", 0)
+
+
+@pytest.mark.parametrize("crm", CRMS, ids=lambda c: c.name)
+def test_sigkill_at_many_moments_during_apply_neither_duplicates_nor_loses(tmp_path, crm):
+    # Small batches make many intent/outcome pairs; "slow_after" faults make the CRM create objects and
+    # then hold the answer, so many kills land after the CRM acted and before the ledger heard of it.
+    with crm.start(generate=(150, 450), seed=3) as handle:
+        path = write_config(tmp_path, crm, handle, batch=2)
+        config = load_config(path)
+        db = tmp_path / "state.db"
+        crm.slow_writes(handle, delay=0.15)
+        kill_points = []
+        last = (-1, -1)
+        for attempt in range(40):
+            proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "sync", "--config", str(path)],
+                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 60
+            point = None
+            while time.time() < deadline and proc.poll() is None:
+                progress = _ledger_progress(db)
+                if progress[0] >= 0 and progress != last and (progress[1] > 0 or progress[0] > last[0]):
+                    time.sleep(0.01 * (attempt % 4))  # vary the moment inside the step
+                    point = _ledger_progress(db)
+                    break
+                time.sleep(0.005)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                if point is not None:
+                    kill_points.append(point)
+                    last = point
+            else:
+                break  # the run finished before a kill: everything applied
+            if len(kill_points) >= 25:
+                break
+        crm.clear(handle)
+        assert len(kill_points) >= 20, kill_points
+        print(f"{crm.name} kill points (done, sending): {kill_points}")
+        for _ in range(3):
+            summary = sync(config).summary()
+            if summary["actions_waiting"] == 0 and summary["actions_failed"] == 0:
+                break
+        assert_exactly_once(config, crm, handle)
+        store = open_store(config)
+        runs = store.last_runs(100)
+        store.close()
+        assert sum(1 for r in runs if r["status"] == "running") >= 20  # the killed runs never finished
+
+
+@pytest.mark.parametrize("crm", CRMS, ids=lambda c: c.name)
+def test_ten_percent_faults_end_in_the_same_crm_state_as_a_clean_run(tmp_path, crm):
+    with crm.start(generate=(100, 300), seed=5) as clean, crm.start(generate=(100, 300), seed=5) as faulty:
+        (tmp_path / "clean").mkdir()
+        (tmp_path / "faulty").mkdir()
+        clean_config = load_config(write_config(tmp_path / "clean", crm, clean, batch=5))
+        faulty_config = load_config(write_config(tmp_path / "faulty", crm, faulty, batch=5))
+        sync(clean_config)
+        if crm.name == "bitrix24":
+            faulty.faults(kind="status", status=503, probability=0.03)
+            faulty.faults(kind="status", status=500, probability=0.03)
+            faulty.faults(kind="reset", probability=0.02)
+            faulty.faults(kind="status", status=502, probability=0.02)
+        else:
+            faulty.faults(kind="status", status=500, probability=0.03)
+            faulty.faults(kind="too_many_requests", probability=0.03, retry_after=0.1)
+            faulty.faults(kind="reset", probability=0.02)
+            faulty.faults(kind="status", status=502, probability=0.02)
+        for _ in range(6):
+            try:
+                summary = sync(faulty_config).summary()
+            except Exception:  # a run may give up on a fault; the next one settles it
+                continue
+            if summary["actions_waiting"] == 0 and summary["actions_failed"] == 0:
+                break
+        assert sum(faulty.counters()["faults"].values()) > 0
+        faulty.clear_faults()
+        assert_exactly_once(faulty_config, crm, faulty)
+        assert crm.objects(faulty) == crm.objects(clean)
