@@ -246,7 +246,7 @@ def _ledger_progress(db: Path) -> tuple[int, int]:
 def test_sigkill_at_many_moments_during_apply_neither_duplicates_nor_loses(tmp_path, crm):
     # Small batches make many intent/outcome pairs; "slow_after" faults make the CRM create objects and
     # then hold the answer, so many kills land after the CRM acted and before the ledger heard of it.
-    with crm.start(generate=(150, 450), seed=3, **crm.restart_options) as handle:
+    with crm.start(generate=(250, 750), seed=3, **crm.restart_options) as handle:
         path = write_config(tmp_path, crm, handle, batch=2)
         config = load_config(path)
         db = tmp_path / "state.db"
@@ -282,7 +282,8 @@ def test_sigkill_at_many_moments_during_apply_neither_duplicates_nor_loses(tmp_p
             summary = sync(config).summary()
             if summary["actions_waiting"] == 0 and summary["actions_failed"] == 0:
                 break
-        assert_exactly_once(config, crm, handle)
+        have = assert_exactly_once(config, crm, handle)
+        print(f"{crm.name}: {sum(have.values())} objects, each exactly once")
         store = open_store(config)
         runs = store.last_runs(100)
         store.close()
