@@ -86,3 +86,18 @@ def test_amocrm_example_against_a_sandbox_imported_from_the_sample_matches_the_c
     statuses = {"status.prospect", "status.current", "Former customer"}  # status.former has a label
     per_contact = [{t["name"] for t in (c.get("_embedded") or {}).get("tags") or []} & statuses for c in contacts]
     assert len(per_contact) == 300 and all(len(s) == 1 for s in per_contact)  # exactly one status each
+
+
+def test_the_commented_campaign_example_is_valid_when_uncommented(tmp_path):
+    text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    block = text[text.index("# --- Campaigns"):].splitlines()[1:]
+    toml = [line[2:] for line in block if line.startswith("# ") and not line.startswith("# #")
+            and not line[2:].startswith(("Actions", "Templates", "{recency", "Run ", " "))]
+    config = tmp_path / "lifecycle.toml"
+    config.write_text('[crm]\nkind = "bitrix24"\nwebhook_url = "https://example.bitrix24.ru/rest/1/x/"\n' + "\n".join(toml),
+                      encoding="utf-8")
+    from connector.config import load_config
+
+    loaded = load_config(config)
+    assert [c.name for c in loaded.settings.campaign] == ["winback", "repeat"]
+    assert loaded.settings.pressure.max_touches == 3 and loaded.settings.executor.batch_size == 50
