@@ -77,6 +77,9 @@ class Bitrix24:
     def slow_writes(self, handle, delay: float) -> None:
         handle.faults(kind="slow_after", method="batch", probability=0.5, delay=delay)
 
+    def lose_answers(self, handle) -> None:
+        handle.faults(kind="reset_after", method="batch", probability=0.3)
+
     def clear(self, handle) -> None:
         handle.clear_faults()
 
@@ -113,6 +116,9 @@ class AmoCRM:
 
     def slow_writes(self, handle, delay: float) -> None:
         handle.faults(kind="slow_after", method="POST", probability=0.5, delay=delay)
+
+    def lose_answers(self, handle) -> None:
+        handle.faults(kind="reset_after", method="POST", probability=0.3)
 
     def clear(self, handle) -> None:
         handle.clear_faults()
@@ -319,3 +325,22 @@ def test_ten_percent_faults_end_in_the_same_crm_state_as_a_clean_run(tmp_path, c
         faulty.clear_faults()
         assert_exactly_once(faulty_config, crm, faulty)
         assert crm.objects(faulty) == crm.objects(clean)
+
+
+@pytest.mark.parametrize("crm", CRMS, ids=lambda c: c.name)
+def test_a_write_whose_answer_is_lost_after_the_crm_acted_is_looked_up_not_resent(tmp_path, crm):
+    # The CRM creates the objects, then the connection drops: a client that resends (as fast-bitrix24
+    # does after a reset) would create them twice. The executor asks the CRM by marker instead.
+    with crm.start(generate=(120, 360), seed=9) as handle:
+        config = load_config(write_config(tmp_path, crm, handle, batch=5))
+        crm.lose_answers(handle)
+        for _ in range(5):
+            try:
+                summary = sync(config).summary()
+            except Exception:
+                continue
+            if summary["actions_waiting"] == 0 and summary["actions_failed"] == 0:
+                break
+        assert handle.counters()["faults"].get("reset_after", 0) > 0
+        crm.clear(handle)
+        assert_exactly_once(config, crm, handle)

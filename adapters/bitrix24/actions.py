@@ -105,10 +105,9 @@ class Bitrix24Actions:
             by_cmd[cmd] = row
         if not commands:
             return {}, errors
-        try:
-            results, cmd_errors = self._run(self.client.batch(commands))
-        except BitrixError:
-            raise  # transport or auth failure: the batch stays "sending" and is settled next run
+        # Never resent blindly: a failure whose outcome is unknown raises, and the executor looks the
+        # batch's markers up before anything is sent again.
+        results, cmd_errors = self._run(self.client.batch_once(commands))
         done: dict[str, dict[str, Any]] = {}
         for cmd, row in by_cmd.items():
             value = results.get(cmd)

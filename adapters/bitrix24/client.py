@@ -206,5 +206,58 @@ class Bitrix24Client:
                 self._note_time(method, stamp)
         return results, errors
 
+    async def call_once(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A write that must never be sent twice (campaign tasks and deals).
+
+        fast-bitrix24 resends a request after a 5xx, a reset or a timeout, which for a write whose first
+        copy did reach the portal makes a duplicate. Here only answers that prove the portal did not run
+        the request are retried (503 QUERY_LIMIT_EXCEEDED, 429 OPERATION_TIME_LIMIT, 401 expired token);
+        anything else raises :class:`BitrixError` and the caller settles the outcome by looking it up.
+        """
+        assert self._session is not None and self._bitrix is not None, "use 'async with Bitrix24Client(...)'"
+        srh = self._bitrix.srh
+        refreshed = False
+        for attempt in range(60):
+            if self.token_func is not None and not srh.token:
+                srh.token = await self.token_func()
+            body = dict(params)
+            if srh.token:
+                body["auth"] = srh.token
+            try:
+                async with self._session.post(self.endpoint + method, json=body) as response:
+                    answer = await response.json(content_type=None)
+            except BitrixHTTPError as exc:
+                kind, message = classify(exc.status, exc.error)
+                if kind == "rate":
+                    await self.sleep(min(2.0, 0.5 * (attempt + 1)))
+                    continue
+                if kind == "operating":
+                    await self._wait_operating(method, exc.body)
+                    continue
+                if kind == "refresh" and self.token_func is not None and not refreshed:
+                    refreshed = True
+                    srh.token = await self.token_func()
+                    continue
+                raise BitrixError(f"Bitrix24 {method}: {message} ({exc.description}); outcome unknown") from None
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise BitrixError(f"Bitrix24 {method}: {type(exc).__name__}; outcome unknown") from None
+            if not isinstance(answer, dict):
+                raise BitrixError(f"Bitrix24 {method}: the answer is not a JSON object; outcome unknown")
+            self._note_time(method, answer.get("time"))
+            return answer
+        raise BitrixError(f"Bitrix24 {method}: the portal kept refusing the request")
+
+    async def batch_once(self, commands: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """:meth:`batch` through :meth:`call_once`: for writes."""
+        answer = await self.call_once("batch", {"halt": 0, "cmd": commands})
+        body = answer.get("result") or {}
+        results = body.get("result") or {}
+        errors = body.get("result_error") or {}
+        if isinstance(results, list):
+            results = {str(i): v for i, v in enumerate(results)}
+        if isinstance(errors, list):
+            errors = {str(i): v for i, v in enumerate(errors)}
+        return results, errors
+
     async def wait_for_operating(self, method: str) -> None:
         await self._wait_operating(method.lower(), {})

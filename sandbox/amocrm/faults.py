@@ -10,6 +10,8 @@ seconds (kind too_many_requests), "body": optional JSON object or text}``.
   problem+json (docs/http-codes), 502/504 -> an nginx HTML page (a proxy in front of the API; docs/limitations
   tells clients to shrink batches on 504), 503 -> problem+json.
 * ``reset``: close the TCP connection with RST and no answer.
+* ``reset_after``: run the request (its effect is stored), then close the connection with RST: the
+  client cannot tell whether the account acted (the case that makes a blind resend duplicate a write).
 * ``slow``: sleep ``delay`` wall seconds, then answer normally.
 * ``slow_after``: run the request normally (rate limit, handler, writes), then hold the answer for
   ``delay`` wall seconds before sending it: "amoCRM created it, the client never saw the answer" when
@@ -17,7 +19,7 @@ seconds (kind too_many_requests), "body": optional JSON object or text}``.
 * ``expired_token``: 401 problem+json whatever the token.
 * ``too_many_requests``: 429 problem+json with ``retry_after`` (does not count towards the block).
 Faults are checked in the order they were added (before the rate limit); the first that fires wins.
-Faulted requests never run the handler, except ``slow`` and ``slow_after``.
+Faulted requests never run the handler, except ``slow``, ``slow_after`` and ``reset_after``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 from sandbox.bitrix24.faults import NGINX_PAGE  # the same nginx error page in front of both CRMs
 
-KINDS = ("status", "reset", "slow", "slow_after", "expired_token", "too_many_requests")
+KINDS = ("status", "reset", "reset_after", "slow", "slow_after", "expired_token", "too_many_requests")
 __all__ = ["KINDS", "NGINX_PAGE", "Counters", "Fault", "Faults"]
 
 

@@ -141,6 +141,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, account: Account, verb: str, path: str, query: str, raw: bytes):
         fault = account.faults.pick(verb, path)
+        if fault is not None and fault.kind == "reset_after":
+            with account.lock:
+                account.counters.faults[fault.kind] += 1
+            self._answer_unfaulted(account, verb, path, query, raw)  # the effect is stored; the client only sees the connection drop
+            self._reset()
+            return None, None
         if fault is not None and fault.kind == "slow_after":
             with account.lock:
                 account.counters.faults[fault.kind] += 1

@@ -9,6 +9,8 @@ A fault spec (JSON): ``{"kind": "status"|"reset"|"slow"|"slow_after"|"expired_to
   503 -> QUERY_LIMIT_EXCEEDED JSON (both from _includes/system-errors.md), 502/504 -> an nginx HTML page
   (what a proxy in front of a portal sends; clients must not expect JSON on 5xx).
 * ``reset``: close the TCP connection with RST and no answer.
+* ``reset_after``: run the request (its effect is stored), then close the connection with RST: the
+  client cannot tell whether the portal acted (the case that makes a blind resend duplicate a write).
 * ``slow``: sleep ``delay`` wall seconds, then answer normally.
 * ``slow_after``: run the request normally (auth, bucket, the method and its writes), then hold the
   answer for ``delay`` wall seconds before sending it: "the portal did it, the client never saw the
@@ -27,7 +29,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("status", "reset", "slow", "slow_after", "expired_token")
+KINDS = ("status", "reset", "reset_after", "slow", "slow_after", "expired_token")
 NGINX_PAGE = ("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1>"
               "</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 

@@ -211,6 +211,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _rest_answer(self, portal: Portal, parts: list[str], method: str, params: dict):
         fault = portal.faults.pick(method)
+        if fault is not None and fault.kind == "reset_after":
+            with portal.lock:
+                portal.counters.faults[fault.kind] += 1
+            self._rest_answer_unfaulted(portal, parts, method, params)  # the effect is stored; the client only sees the connection drop
+            self._reset()
+            return None, None
         if fault is not None and fault.kind == "slow_after":
             with portal.lock:
                 portal.counters.faults[fault.kind] += 1
