@@ -344,3 +344,35 @@ def test_a_write_whose_answer_is_lost_after_the_crm_acted_is_looked_up_not_resen
         assert handle.counters()["faults"].get("reset_after", 0) > 0
         crm.clear(handle)
         assert_exactly_once(config, crm, handle)
+
+
+def test_bitrix24_todo_kind_is_created_once_and_found_again_after_a_lost_answer(tmp_path):
+    with running_portal(generate=(80, 240), time_scale=50, seed=4) as portal:
+        path = tmp_path / "lifecycle.toml"
+        path.write_text(
+            f'[crm]\nkind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n'
+            '[state]\nurl = "sqlite:///state.db"\n[executor]\nbatch_size = 4\n'
+            '[[campaign]]\nname = "todo"\nsegment = "status.former"\n'
+            'on_enter = [{ action = "call_task", kind = "todo", title = "Call {name}", description = "Why did you stop?", due_in_days = 1 }]\n',
+            encoding="utf-8")
+        config = load_config(path)
+        portal.faults(kind="reset_after", method="batch", probability=0.4)
+        for _ in range(5):
+            try:
+                if sync(config).summary()["actions_waiting"] == 0:
+                    break
+            except Exception:
+                continue
+        portal.clear_faults()
+        want = Counter(marker(k) for (_, k) in [(0, r["key"]) for r in _ledger_rows(config)])
+        have = Counter(m for a in portal.state()["activities"] for m in MARK.findall(str(a.get("DESCRIPTION") or "")))
+        assert want and have == want and portal.state()["tasks"] == []
+        assert portal.counters()["faults"].get("reset_after", 0) > 0
+
+
+def _ledger_rows(config) -> list[dict]:
+    store = open_store(config)
+    try:
+        return [r for r in store.ledger() if r["status"] != "skipped"]
+    finally:
+        store.close()
