@@ -76,6 +76,34 @@ class _Blank(dict):
         return ""
 
 
+def pick(items: list[dict[str, Any]], wanted: str | None, id_key: str, name_key: str) -> dict[str, Any] | None:
+    """The CRM item (pipeline, stage, status) a config names by id, or else by name (case-insensitive)."""
+    if wanted is None:
+        return None
+    for item in items:
+        if str(item.get(id_key)) == str(wanted):
+            return item
+    for item in items:
+        if str(item.get(name_key, "")).strip().casefold() == str(wanted).strip().casefold():
+            return item
+    return None
+
+
+def round_robin_users(campaigns: Iterable[Any]) -> set[int]:
+    return {u for c in campaigns if c.responsible != "owner" for u in c.responsible}
+
+
+def check_users(campaigns: Iterable[Any], existing: set[int], where: str) -> None:
+    """ConfigError naming the first campaign whose round-robin lists a user the CRM does not have."""
+    from connector.config import ConfigError
+
+    for campaign in campaigns:
+        if campaign.responsible != "owner":
+            missing = sorted(set(campaign.responsible) - existing)
+            if missing:
+                raise ConfigError(f"[[campaign]] {campaign.name!r}: responsible users {missing} are not active users {where}")
+
+
 def render(template: str, values: dict[str, Any]) -> str:
     return template.format_map(_Blank({k: ("" if v is None else v) for k, v in values.items()}))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from adapters.amocrm.client import AmoClient, AmoHTTPError
 from adapters.amocrm.source import iter_list, make_client
-from connector.campaigns import marker
+from connector.campaigns import check_users, marker, pick, round_robin_users
 
 CALL = 1
 SYSTEM_STATUSES = {142, 143}
@@ -50,7 +50,7 @@ class AmoActions:
             body = self.client.get("/api/v4/leads/pipelines") or {}
             pipelines = (body.get("_embedded") or {}).get("pipelines") or []
             for campaign, action in deals:
-                pipeline = _pick(pipelines, action.pipeline)
+                pipeline = pick(pipelines, action.pipeline, "id", "name")
                 if pipeline is None:
                     names = ", ".join(f"{p.get('name')} (id {p.get('id')})" for p in pipelines)
                     raise ConfigError(f"[[campaign]] {campaign.name!r}: pipeline {action.pipeline!r} is not an amoCRM "
@@ -58,7 +58,7 @@ class AmoActions:
                 statuses = [s for s in (pipeline.get("_embedded") or {}).get("statuses") or []
                             if int(s["id"]) not in SYSTEM_STATUSES and int(s.get("type") or 0) == 0]
                 if action.stage:
-                    status = _pick(statuses, action.stage)
+                    status = pick(statuses, action.stage, "id", "name")
                     if status is None:
                         names = ", ".join(f"{s.get('name')} (id {s.get('id')})" for s in statuses)
                         raise ConfigError(f"[[campaign]] {campaign.name!r}: status {action.stage!r} is not a working "
@@ -66,15 +66,9 @@ class AmoActions:
                 else:
                     status = min(statuses, key=lambda s: int(s.get("sort") or 0))
                 self.targets[(action.pipeline, action.stage)] = (int(pipeline["id"]), int(status["id"]))
-        listed = {u for c in campaigns if c.responsible != "owner" for u in c.responsible}
-        if listed:
+        if round_robin_users(campaigns):
             users = {int(u["id"]) for page in iter_list(self.client, "/api/v4/users", "users", {}) for u in page}
-            for campaign in campaigns:
-                if campaign.responsible != "owner":
-                    missing = sorted(set(campaign.responsible) - users)
-                    if missing:
-                        raise ConfigError(f"[[campaign]] {campaign.name!r}: responsible users {missing} are not "
-                                          "users of this amoCRM account")
+            check_users(campaigns, users, "of this amoCRM account")
 
     # -- creating --------------------------------------------------------------------------------
 
@@ -171,14 +165,3 @@ class AmoActions:
                         found[row["key"]] = {"id": int(task["id"])}
         return found
 
-
-def _pick(items: list[dict[str, Any]], wanted: str | None) -> dict[str, Any] | None:
-    if wanted is None:
-        return None
-    for item in items:
-        if str(item.get("id")) == str(wanted):
-            return item
-    for item in items:
-        if str(item.get("name", "")).strip().casefold() == str(wanted).strip().casefold():
-            return item
-    return None

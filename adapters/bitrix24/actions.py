@@ -19,7 +19,7 @@ from typing import Any
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.paging import php_query
 from adapters.bitrix24.source import make_client
-from connector.campaigns import marker
+from connector.campaigns import check_users, marker, pick, round_robin_users
 
 ORIGINATOR = "crm-lifecycle"
 
@@ -57,7 +57,7 @@ class Bitrix24Actions:
             answer = await self.client.call("crm.category.list", {"entityTypeId": 2})
             categories = (answer.get("result") or {}).get("categories") or []
             for campaign, action in deals:
-                category = _pick(categories, action.pipeline, "id", "name")
+                category = pick(categories, action.pipeline, "id", "name")
                 if category is None:
                     names = ", ".join(f"{c.get('name')} (id {c.get('id')})" for c in categories)
                     raise error(f"[[campaign]] {campaign.name!r}: pipeline {action.pipeline!r} is not a deal pipeline "
@@ -68,7 +68,7 @@ class Bitrix24Actions:
                                                                       "order": {"SORT": "ASC"}})).get("result") or []
                 stages = [s for s in stages if s.get("SEMANTICS") in (None, "", "process")] or stages
                 if action.stage:
-                    stage = _pick(stages, action.stage, "STATUS_ID", "NAME")
+                    stage = pick(stages, action.stage, "STATUS_ID", "NAME")
                     if stage is None:
                         names = ", ".join(f"{s.get('NAME')} ({s.get('STATUS_ID')})" for s in stages)
                         raise error(f"[[campaign]] {campaign.name!r}: stage {action.stage!r} is not a working stage of "
@@ -76,16 +76,11 @@ class Bitrix24Actions:
                 else:
                     stage = min(stages, key=lambda s: int(s.get("SORT") or 0))
                 self.targets[(action.pipeline, action.stage)] = (cat_id, str(stage["STATUS_ID"]))
-        listed = [u for c in campaigns if c.responsible != "owner" for u in c.responsible]
+        listed = round_robin_users(campaigns)
         if listed:
-            answer = await self.client.call("user.get", {"filter": {"ID": sorted(set(listed))}})
+            answer = await self.client.call("user.get", {"filter": {"ID": sorted(listed)}})
             active = {int(u["ID"]) for u in answer.get("result") or [] if str(u.get("ACTIVE", True)).lower() not in ("false", "n")}
-            for campaign in campaigns:
-                if campaign.responsible != "owner":
-                    missing = sorted(set(campaign.responsible) - active)
-                    if missing:
-                        raise error(f"[[campaign]] {campaign.name!r}: responsible users {missing} do not exist "
-                                    "or are not active in Bitrix24")
+            check_users(campaigns, active, "of this Bitrix24 portal")
 
     # -- creating --------------------------------------------------------------------------------
 
@@ -206,18 +201,6 @@ class Bitrix24Actions:
             if not nxt:
                 return out
             start = int(nxt)
-
-
-def _pick(items: list[dict[str, Any]], wanted: str | None, id_key: str, name_key: str) -> dict[str, Any] | None:
-    if wanted is None:
-        return None
-    for item in items:
-        if str(item.get(id_key)) == str(wanted):
-            return item
-    for item in items:
-        if str(item.get(name_key, "")).strip().casefold() == str(wanted).strip().casefold():
-            return item
-    return None
 
 
 def _new_id(action: str, value: Any) -> int | None:
