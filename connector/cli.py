@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", metavar="DIR", help="keep the demo's files (CSV, config, state) in DIR")
 
     sandbox = sub.add_parser("sandbox", help="serve an emulator on loopback for manual trials (never a live system)")
-    sandbox.add_argument("system", choices=("bitrix24", "amocrm"), help="which emulator")
+    sandbox.add_argument("system", choices=("bitrix24", "amocrm", "ads"), help="which emulator")
     sandbox.add_argument("args", nargs=argparse.REMAINDER, help="its options, e.g. --port 8024 --generate 2000:6000")
 
     sync = sub.add_parser("sync", help="pull into the mirror, compute today's membership, store who entered and left")
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(out, customers=args.customers, keep=args.keep)
         if args.command == "sandbox":
+            if args.system == "ads":
+                from sandbox.ads.cli import main as ads_sandbox
+
+                return ads_sandbox(args.args)
             if args.system == "amocrm":
                 from sandbox.amocrm.cli import main as amocrm_sandbox
 

@@ -1,0 +1,3 @@
+from sandbox.ads.cli import main
+
+raise SystemExit(main())
