@@ -66,6 +66,16 @@ def check_campaigns(settings: Any, engine: Any) -> None:
                                 f"{where} {when}[{i}].{attr}: unknown field {{{name}}}; "
                                 f"use one of {', '.join(sorted(known_fields))}"
                             )
+    audiences = settings.audiences
+    needs = {"yandex": ("yandex_token",), "vk": ("vk_client_id", "vk_client_secret"),
+             "google": ("google_access_token",), "meta": ("meta_access_token",)}
+    for audience in settings.audience:
+        where = f"[[audience]] {audience.segment!r} -> {audience.cabinet}"
+        if audience.segment not in engine.segment_names:
+            raise ValueError(f"{where}: {audience.segment!r} is not a segment; known: {', '.join(engine.segment_names)}")
+        for key in needs[audience.cabinet]:
+            if getattr(audiences, key) is None:
+                raise ValueError(f"{where}: [audiences] {key} is not set (give it as LIFECYCLE_AUDIENCES__{key.upper()})")
     dnc = settings.pressure.do_not_contact
     if dnc is not None and not dnc.strip():
         raise ValueError("[pressure] do_not_contact: give a field name or leave it out")

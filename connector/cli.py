@@ -124,6 +124,10 @@ def _sync(config, args, out: Console) -> int:
             f"{summary['actions_created']} created, {summary['actions_recovered']} found from an interrupted run, "
             f"{summary['actions_failed']} failed, {summary['action_requests']} requests"
         )
+    for a in summary.get("audiences", []):  # type: ignore[union-attr]
+        line = (f"audience {a['name']!r} ({a['cabinet']}): {a['matchable']} matchable, +{a['added']} -{a['removed']}"
+                f", {a['unmatchable']} without a valid e-mail or phone, status {a['status'] or '-'}")
+        out.print(line + (f"; {a['message']}" if a["message"] else ""))
     names = sorted(set(summary["entered"]) | set(summary["left"]))  # type: ignore[arg-type]
     if not names:
         out.print("no customer entered or left a segment")

@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "LIFECYCLE_"
-SECRET_KEYS = {"webhook_url", "client_secret", "refresh_token", "access_token", "authorization_code"}  # never echoed in errors
+SECRET_KEYS = {"webhook_url", "client_secret", "refresh_token", "access_token", "authorization_code", "yandex_token",
+               "vk_client_secret", "google_access_token", "meta_access_token"}  # never echoed in errors
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -238,6 +239,42 @@ class ExecutorConfig(_Section):
     max_attempts: int = Field(5, ge=1, description="give an action up after this many failed tries")
 
 
+class AudienceConfig(_Section):
+    """One segment kept in step with one ad-cabinet audience."""
+
+    segment: str
+    cabinet: Literal["yandex", "vk", "google", "meta"]
+    name: str | None = Field(None, description="audience name in the cabinet; default the segment's label")
+    id_type: Literal["emails", "phones"] = Field("emails", description="vk: a users list holds one identifier type")
+    user_list_id: str | None = Field(None, description="google: the Customer Match list (productDestinationId)")
+    operating_account_id: str | None = Field(None, description="google: the Google Ads account holding the list")
+    login_account_id: str | None = Field(None, description="google: the manager account used to log in (optional)")
+    ad_account_id: str | None = Field(None, description="meta: the ad account (digits, without act_)")
+
+    @model_validator(mode="after")
+    def _cabinet_ids(self) -> AudienceConfig:
+        if self.cabinet == "google" and not (self.user_list_id and self.operating_account_id):
+            raise ValueError("cabinet 'google' needs user_list_id and operating_account_id")
+        if self.cabinet == "meta" and not self.ad_account_id:
+            raise ValueError("cabinet 'meta' needs ad_account_id")
+        return self
+
+
+class AudiencesConfig(_Section):
+    default_region: str = Field("RU", min_length=2, max_length=2, description="phones without a country code")
+    yandex_url: str = "https://api-audience.yandex.ru"
+    yandex_token: SecretStr | None = None
+    vk_url: str = "https://ads.vk.com"
+    vk_client_id: str | None = None
+    vk_client_secret: SecretStr | None = None
+    google_url: str = "https://datamanager.googleapis.com"
+    google_access_token: SecretStr | None = None
+    meta_url: str = "https://graph.facebook.com"
+    meta_access_token: SecretStr | None = None
+    meta_api_version: str = "v25.0"
+    ca_file: Path | None = None
+
+
 class Settings(BaseSettings):
     """The whole configuration. Built by :func:`load_config`; do not instantiate directly."""
 
@@ -260,6 +297,8 @@ class Settings(BaseSettings):
     pressure: PressureConfig = PressureConfig()
     calendar: CalendarConfig = CalendarConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    audience: tuple[AudienceConfig, ...] = ()
+    audiences: AudiencesConfig = AudiencesConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -311,7 +350,7 @@ def _location(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
     """Turn a pydantic error location into what a user sees in the TOML file."""
     if not loc:
         return "(top level)"
-    if loc[0] in ("segment", "campaign") and len(loc) > 1 and isinstance(loc[1], int):
+    if loc[0] in ("segment", "campaign", "audience") and len(loc) > 1 and isinstance(loc[1], int):
         table = loc[0]
         entries = data.get(table)
         entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else {}

@@ -334,6 +334,10 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
             written = {**written, "actions_planned": sum(1 for p in planned if not p.skip_reason),
                        "actions_skipped": sum(1 for p in planned if p.skip_reason),
                        **execute(store, sink, batch_size=ex.batch_size, max_attempts=ex.max_attempts)}
+        if config.settings.audience:
+            from connector.audiences import sync_audiences
+
+            written = {**written, "audiences": [r.summary() for r in sync_audiences(config, store, computation)]}
         result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written,
                             full_pull=pull.snapshot)
         store.finish_run(run_id, status="ok", stats=result.summary())

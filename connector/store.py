@@ -154,6 +154,29 @@ actions = sa.Table(
     sa.Index("ix_actions_portal_customer", "portal", "customer_id"),
 )
 
+audiences_table = sa.Table(
+    "audiences",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("audience", sa.String(255), primary_key=True),  # cabinet:segment:name
+    sa.Column("cabinet", sa.String(16), nullable=False),
+    sa.Column("remote_id", sa.String(128)),  # the cabinet's id, once created
+    sa.Column("status", sa.String(64)),      # the cabinet's processing status, last seen
+    sa.Column("detail", sa.Text),            # JSON: last request id, counts, message
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+audience_members = sa.Table(
+    "audience_members",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("audience", sa.String(255), primary_key=True),
+    sa.Column("customer_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("identifiers", sa.Text, nullable=False),  # JSON {"email": hash, "phone": hash}: hashes only
+    # in: the cabinet has these identifiers; adding / removing: sent or about to be sent, not confirmed
+    sa.Column("state", sa.String(8), nullable=False),
+)
+
 V1_TABLES = ("meta", "runs", "customers", "deals", "segments", "membership", "membership_events")
 
 
@@ -171,7 +194,12 @@ def _migration_3(conn: Connection) -> None:
     metadata.create_all(conn, tables=[actions])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(conn: Connection) -> None:
+    """Ad-cabinet audiences and who the connector has put into each."""
+    metadata.create_all(conn, tables=[audiences_table, audience_members])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 CHUNK = 20_000
 
@@ -631,6 +659,46 @@ class StateStore:
                 if count_attempt:
                     values["attempts"] = actions.c.attempts + 1
                 conn.execute(sa.update(actions).where(actions.c.portal == self.portal, actions.c.key == key).values(values))
+
+    # -- ad audiences --------------------------------------------------------------------------------
+
+    def audience(self, key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(audiences_table).where(
+                audiences_table.c.portal == self.portal, audiences_table.c.audience == key)).mappings().first()
+        return (dict(row) | {"detail": json.loads(row["detail"]) if row["detail"] else {}}) if row else None
+
+    def save_audience(self, key: str, cabinet: str, *, remote_id: str | None, status: str | None,
+                      detail: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            self._upsert(conn, audiences_table, [{
+                "portal": self.portal, "audience": key, "cabinet": cabinet, "remote_id": remote_id, "status": status,
+                "detail": json.dumps(detail, default=str), "updated_at": _now()}])
+
+    def audience_members(self, key: str) -> dict[int, tuple[dict[str, str], str]]:
+        """customer id -> (identifiers, state) as recorded for this audience."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audience_members.c.customer_id, audience_members.c.identifiers,
+                                          audience_members.c.state).where(
+                audience_members.c.portal == self.portal, audience_members.c.audience == key)).all()
+        return {int(cid): (json.loads(idents), state) for cid, idents, state in rows}
+
+    def set_audience_members(self, key: str, rows: dict[int, tuple[dict[str, str], str]]) -> None:
+        """Upsert (identifiers, state) per customer in one committed transaction."""
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            self._upsert(conn, audience_members, [
+                {"portal": self.portal, "audience": key, "customer_id": cid, "identifiers": json.dumps(idents, sort_keys=True),
+                 "state": state} for cid, (idents, state) in rows.items()])
+
+    def drop_audience_members(self, key: str, ids: Iterable[int]) -> None:
+        ids = sorted(set(ids))
+        with self.engine.begin() as conn:
+            for part in _chunks(ids, 500):
+                conn.execute(sa.delete(audience_members).where(
+                    audience_members.c.portal == self.portal, audience_members.c.audience == key,
+                    audience_members.c.customer_id.in_(list(part))))
 
     @staticmethod
     def _date_param(conn: Connection, value: date) -> Any:
