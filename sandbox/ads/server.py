@@ -6,6 +6,7 @@
 GET  /_sandbox/info                    the first-line JSON (each cabinet's base URL and credentials)
 GET  /_sandbox/state                   every cabinet's audiences with their current hashed members
 GET  /_sandbox/counters                requests per cabinet and per route, HTTP statuses, faults fired
+GET  /_sandbox/requests                every cabinet request received (method, path+query, body as text)
 POST /_sandbox/counters/reset
 POST /_sandbox/faults                  ``{"cabinet": "meta", "kind": "status"|"reset"|"reset_after",
                                        "status": 500, "path": prefix, "method": verb, "count": N |
@@ -77,6 +78,7 @@ class AdsServer(ThreadingHTTPServer):
         self.counters: Counter = Counter()
         self.statuses: Counter = Counter()
         self.count_lock = threading.Lock()
+        self.bodies: list[str] = []  # every request (path, query and body) as text, for "nothing raw was sent" checks
         super().__init__(address, Handler)
         self.base_url = f"http://{self.server_address[0]}:{self.server_address[1]}"
 
@@ -138,6 +140,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         sub = parts.path[len(prefix):] or "/"
         with self.server.count_lock:
+            if len(self.server.bodies) < 100_000:
+                self.server.bodies.append(f"{verb} {self.path}\n" + body.decode("utf-8", "replace"))
             self.server.counters[f"{cabinet.name} {verb} {sub}"] += 1
             self.server.counters[cabinet.name] += 1
         fault = self.server.faults.pick(cabinet.name, verb, sub)
@@ -181,6 +185,9 @@ class Handler(BaseHTTPRequestHandler):
             with server.count_lock:
                 return Response(200, {"requests": dict(server.counters), "http_status": dict(server.statuses),
                                       "faults": dict(server.faults.fired)})
+        if route == "requests":
+            with server.count_lock:
+                return Response(200, {"requests": list(server.bodies)})
         if route == "counters/reset" and verb == "POST":
             with server.count_lock:
                 server.counters.clear()

@@ -28,6 +28,10 @@ class AdsHandle:
     def counters(self) -> dict[str, Any]:
         return self.control("GET", "counters")
 
+    def requests(self) -> list[str]:
+        """Every cabinet request received so far: method, path and query, body."""
+        return self.control("GET", "requests")["requests"]
+
     def reset_counters(self) -> None:
         self.control("POST", "counters/reset", {})
 
