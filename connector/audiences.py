@@ -129,12 +129,24 @@ def _sync_one(config: Any, store: Any, computation: Any, audience: Any, name: st
 def _apply_difference(store: Any, key: str, desired: dict[int, dict[str, str]], client: Any, remote_id: str,
                       result: AudienceResult) -> None:
     stored = store.audience_members(key)
+    changed = {cid for cid in desired.keys() ^ stored.keys()} | {
+        cid for cid in desired.keys() & stored.keys() if desired[cid] != stored[cid][0] or stored[cid][1] != "in"}
+    if changed and client.busy(remote_id):
+        result.deferred = len(changed)
+        result.message = (f"{client.label} is still processing the audience; {len(changed)} changes wait for the "
+                          "next run")
+        return
     removals = {cid: idents for cid, (idents, state) in stored.items()
                 if cid not in desired or desired[cid] != idents or state == "removing"}
     additions = {cid: h for cid, h in desired.items()
                  if cid not in stored or stored[cid][0] != h or stored[cid][1] == "adding"}
     for rows, kind in ((removals, "remove"), (additions, "add")):
         if not rows:
+            continue
+        if (result.added or result.removed) and client.busy(remote_id):
+            # e.g. Yandex reprocesses a segment after every modification and refuses the next meanwhile
+            result.deferred += len(rows)
+            result.message = f"{client.label} is processing the last change; {len(rows)} customers to {kind} wait for the next run"
             continue
         if len(rows) < client.min_diff:
             result.deferred += len(rows)

@@ -96,6 +96,10 @@ class Client:
     def status(self, remote_id: str) -> str | None:
         return None
 
+    def busy(self, remote_id: str) -> bool:
+        """The cabinet is still processing the audience and refuses changes until it is done."""
+        return False
+
 
 class Yandex(Client):
     cabinet, label, min_size, batch = "yandex", "Yandex Audience", 100, 100_000
@@ -142,6 +146,10 @@ class Yandex(Client):
             if str(segment.get("id")) == str(remote_id):
                 return segment.get("status")
         return None
+
+    def busy(self, remote_id: str) -> bool:
+        # A segment being processed refuses modify_data (research 1.5/1.6: up to two hours).
+        return self.status(remote_id) in ("is_processed", "is_updated")
 
 
 class VK(Client):
