@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import pytest
 import shutil
 import subprocess
 import sys
@@ -90,7 +92,7 @@ def test_amocrm_example_against_a_sandbox_imported_from_the_sample_matches_the_c
 
 def test_the_commented_campaign_example_is_valid_when_uncommented(tmp_path):
     text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
-    block = text[text.index("# --- Campaigns"):].splitlines()[1:]
+    block = text[text.index("# --- Campaigns"):text.index("# --- Ad audiences")].splitlines()[1:]
     toml = [line[2:] for line in block if line.startswith("# ") and not line.startswith("# #")
             and not line[2:].startswith(("Actions", "Templates", "{recency", "Run ", " "))]
     config = tmp_path / "lifecycle.toml"
@@ -101,3 +103,21 @@ def test_the_commented_campaign_example_is_valid_when_uncommented(tmp_path):
     loaded = load_config(config)
     assert [c.name for c in loaded.settings.campaign] == ["winback", "repeat"]
     assert loaded.settings.pressure.max_touches == 3 and loaded.settings.executor.batch_size == 50
+
+
+def test_the_commented_audience_example_is_valid_when_uncommented(tmp_path, monkeypatch):
+    text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    block = text[text.index("# --- Ad audiences"):].splitlines()[1:]
+    toml = [line[2:] for line in block if line.startswith("# ") and not line.startswith("# #")
+            and not line[2:].startswith(("Credentials", "LIFECYCLE_", " "))]
+    config = tmp_path / "lifecycle.toml"
+    (tmp_path / "crm").mkdir()
+    config.write_text('[crm]\nkind = "csv"\npath = "crm"\n' + "\n".join(toml), encoding="utf-8")
+    from connector.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="LIFECYCLE_AUDIENCES__YANDEX_TOKEN"):
+        load_config(config)  # a cabinet without its credentials is named with the variable to set
+    for key in ("YANDEX_TOKEN", "VK_CLIENT_ID", "VK_CLIENT_SECRET", "GOOGLE_ACCESS_TOKEN", "META_ACCESS_TOKEN"):
+        monkeypatch.setenv(f"LIFECYCLE_AUDIENCES__{key}", "x")
+    loaded = load_config(config)
+    assert [a.cabinet for a in loaded.settings.audience] == ["yandex", "vk", "google", "meta"]
