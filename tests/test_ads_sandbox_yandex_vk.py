@@ -280,3 +280,210 @@ def test_yandex_hourly_quota_and_no_limits():
         y = Yandex(ads)
         for _ in range(12):
             assert y.upload(data).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------- VK Ads
+class VK:
+    def __init__(self, ads, token: str | None = None):
+        info = ads.info["vk"]
+        self.root = info["base_url"]
+        self.base = self.root + "/api/v3/remarketing/"
+        self.info = info
+        self.headers = {"Authorization": f"Bearer {token or self.token()}"}
+
+    def token(self, **override) -> str:
+        form = {"grant_type": "client_credentials", "client_id": self.info["client_id"],
+                "client_secret": self.info["client_secret"], **override}
+        answer = requests.post(self.root + "/api/v2/oauth2/token.json", data=form, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["access_token"]
+
+    def upload(self, values: list[str], name="CRM list", kind="emails", base=None) -> requests.Response:
+        data = {"name": name, "type": kind}
+        if base is not None:
+            data["base"] = str(base)
+        body = ("\n".join(values) + "\n").encode()
+        return requests.post(self.base + "users_lists.json", data=data, files={"file": ("list.txt", body, "text/plain")},
+                             headers=self.headers, timeout=30)
+
+    def get(self, list_id: int) -> requests.Response:
+        return requests.get(f"{self.base}users_lists/{list_id}.json", headers=self.headers, timeout=30)
+
+    def listing(self, **params) -> requests.Response:
+        return requests.get(self.base + "users_lists.json", params=params, headers=self.headers, timeout=30)
+
+    def delete(self, list_id: int) -> requests.Response:
+        return requests.delete(f"{self.base}users_lists/{list_id}.json", headers=self.headers, timeout=30)
+
+
+def vk_list(ads, list_id):
+    return next(item for item in ads.state()["vk"]["lists"] if item["id"] == list_id)
+
+
+def file_errors(answer) -> list[dict]:
+    return answer.json()["error"]["fields"]["file"]
+
+
+def test_vk_token_endpoint_and_bearer_auth():
+    with running_ads(cabinets=["vk"]) as ads:
+        info = ads.info["vk"]
+        token_url = info["base_url"] + "/api/v2/oauth2/token.json"
+        answer = requests.post(token_url, data={"grant_type": "client_credentials", "client_id": info["client_id"],
+                                                "client_secret": info["client_secret"]}, timeout=30)
+        assert answer.status_code == 200
+        body = answer.json()
+        assert body["token_type"] == "Bearer" and body["expires_in"] == 86400
+        assert body["access_token"] and body["refresh_token"]
+        answer = requests.post(token_url, data={"grant_type": "client_credentials", "client_id": info["client_id"],
+                                                "client_secret": "wrong"}, timeout=30)
+        assert answer.status_code == 401 and answer.json()["error"] == "invalid_client"
+        lists = info["base_url"] + "/api/v3/remarketing/users_lists.json"
+        assert requests.get(lists, headers={"Authorization": f"Bearer {body['access_token']}"}, timeout=30).status_code == 200
+        assert requests.get(lists, timeout=30).status_code == 401
+        assert requests.get(lists, headers={"Authorization": f"OAuth {body['access_token']}"}, timeout=30).status_code == 401
+        assert requests.get(lists, headers={"Authorization": "Bearer nope"}, timeout=30).json()["error"]["code"] == "invalid_token"
+        # tokens live a day on the clock; the refresh token gives a new one
+        ads.advance(86401)
+        answer = requests.get(lists, headers={"Authorization": f"Bearer {body['access_token']}"}, timeout=30)
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "expired_token"
+        answer = requests.post(token_url, data={"grant_type": "refresh_token", "client_id": info["client_id"],
+                                                "refresh_token": body["refresh_token"]}, timeout=30)
+        assert answer.status_code == 200
+        assert requests.get(lists, headers={"Authorization": f"Bearer {answer.json()['access_token']}"},
+                            timeout=30).status_code == 200
+
+
+def test_vk_base_list_diffs_and_effective_members():
+    with running_ads(cabinets=["vk"], limits=False) as ads:
+        vk = VK(ads)
+        base_values = emails(2000)
+        answer = vk.upload([md5(e) for e in base_values], name="Prospects")
+        assert answer.status_code == 200, answer.text
+        base = answer.json()
+        assert base["status"] == "receiving" and base["base"] == 0 and base["ids_count"] == 2000
+        assert vk_list(ads, base["id"])["members"] == sorted(md5(e) for e in base_values)
+
+        added = vk.upload([md5(e) for e in emails(30, 5000)], name="Prospects +", base=base["id"])
+        assert added.status_code == 200, added.text
+        assert added.json()["id"] != base["id"] and added.json()["base"] == base["id"]
+        assert added.json()["has_history"] is True
+        removed = vk.upload([md5(e) for e in emails(40)], name="Prospects -", base=-base["id"])
+        assert removed.status_code == 200, removed.text
+        assert removed.json()["base"] == -base["id"]
+
+        expected = ({md5(e) for e in base_values} | {md5(e) for e in emails(30, 5000)}) - {md5(e) for e in emails(40)}
+        state = vk_list(ads, base["id"])
+        assert state["members"] == sorted(expected) and len(state["members"]) == 2000 + 30 - 40
+        assert [(d["op"], d["lines"]) for d in state["diffs"]] == [("add", 30), ("remove", 40)]
+        assert [item["id"] for item in ads.state()["vk"]["lists"]] == [base["id"]]  # diffs only inside their base
+
+        history = vk.get(base["id"]).json()["history"]
+        assert [h["diff"] for h in history] == [added.json()["id"], removed.json()["id"]]
+        # plain values are accepted and hashed with MD5 by the cabinet
+        plain = vk.upload(phones(2000), name="Phones", kind="phones")
+        assert plain.status_code == 200, plain.text
+        assert vk_list(ads, plain.json()["id"])["members"] == sorted(md5(p) for p in phones(2000))
+
+
+def test_vk_status_progression_on_the_clock():
+    with running_ads(cabinets=["vk"], limits=False) as ads:
+        vk = VK(ads)
+        list_id = vk.upload([md5(e) for e in emails(2000)]).json()["id"]
+        seen = []
+        for _ in range(7):
+            seen.append(vk.get(list_id).json()["status"])
+            ads.advance(12)
+        assert seen[:6] == ["receiving", "received", "mapping", "mapped", "writing", "ready"] and seen[6] == "ready"
+        assert vk.get(list_id).json()["matched_ids_count"] == 2000
+
+
+def test_vk_upload_errors():
+    with running_ads(cabinets=["vk"], limits=False) as ads:
+        vk = VK(ads)
+        answer = vk.upload([md5(e) for e in emails(1999)])
+        assert answer.status_code == 400 and file_errors(answer)[0]["code"] == "not_enough_ids"
+        base_id = vk.upload([md5(e) for e in emails(2000)]).json()["id"]
+        answer = vk.upload([md5(e) for e in emails(24)], base=base_id)
+        assert answer.status_code == 400 and file_errors(answer)[0]["code"] == "not_enough_ids"
+        answer = vk.upload([md5(e) for e in emails(25)], base=987654)
+        assert answer.status_code == 400
+        assert answer.json()["error"]["fields"]["base"][0] == {"code": "not_found", "message": "Unknown base list"}
+        answer = vk.upload([md5(p) for p in phones(25)], kind="phones", base=base_id)
+        assert answer.status_code == 400 and answer.json()["error"]["fields"]["type"][0]["code"] == "type_mismatch"
+        diff_id = vk.upload([md5(e) for e in emails(25, 9000)], base=base_id).json()["id"]
+        answer = vk.upload([md5(e) for e in emails(25)], base=diff_id)
+        assert answer.status_code == 400 and answer.json()["error"]["fields"]["base"][0]["code"] == "unallowed_value"
+        answer = vk.upload([md5(e) for e in emails(25)], base=-diff_id)
+        assert answer.status_code == 400 and answer.json()["error"]["fields"]["base"][0]["code"] == "unallowed_value"
+
+        values = phones(2000)
+        values[9] = "+" + values[9]
+        values[19] = "7 999 123-45-67"
+        answer = vk.upload(values, kind="phones")
+        assert answer.status_code == 400
+        assert [(e["line_number"], e["code"]) for e in file_errors(answer)] == [(10, "invalid_phone"), (20, "invalid_phone")]
+        assert file_errors(answer)[0]["line"] == values[9]
+        values = [md5(e) for e in emails(2000)]
+        values[4] = "not-an-email"
+        answer = vk.upload(values)
+        assert [(e["line_number"], e["code"]) for e in file_errors(answer)] == [(5, "invalid_email")]
+        assert vk.upload([md5(e) for e in emails(2000)], kind="nonsense").status_code == 400
+        assert len(ads.state()["vk"]["lists"]) == 1  # nothing refused was stored
+
+
+def test_vk_too_many_ids(monkeypatch):
+    from sandbox.ads.vk import VKAds
+
+    monkeypatch.setattr(VKAds, "MAX_LINES", 2100)
+    with running_ads(cabinets=["vk"], limits=False) as ads:
+        answer = VK(ads).upload([md5(e) for e in emails(2101)])
+        assert answer.status_code == 400 and file_errors(answer) == [
+            {"code": "too_many_ids", "message": "The list has more than 2100 lines"}]
+
+
+def test_vk_listing_get_rename_delete():
+    with running_ads(cabinets=["vk"], limits=False) as ads:
+        vk = VK(ads)
+        first = vk.upload([md5(e) for e in emails(2000)], name="Alpha").json()["id"]
+        second = vk.upload([md5(e) for e in emails(2000)], name="Beta").json()["id"]
+        diff = vk.upload([md5(e) for e in emails(25, 3000)], name="Alpha +", base=first).json()["id"]
+        page = vk.listing(limit=2).json()
+        assert page["count"] == 3 and page["limit"] == 2 and [i["id"] for i in page["items"]] == [first, second]
+        assert [i["id"] for i in vk.listing(limit=2, offset=2).json()["items"]] == [diff]
+        assert [i["id"] for i in vk.listing(_q="alpha").json()["items"]] == [first, diff]
+        assert vk.listing(limit=51).status_code == 400
+        renamed = requests.post(f"{vk.base}users_lists/{second}.json", json={"name": "Gamma"}, headers=vk.headers, timeout=30)
+        assert renamed.status_code == 204 and vk.get(second).json()["name"] == "Gamma"
+        ads.cabinet("vk", "use_in_segment", id=second)
+        answer = vk.delete(second)
+        assert answer.status_code == 409
+        answer = vk.delete(first)
+        assert answer.status_code == 204
+        assert vk.get(first).status_code == 404 and vk.get(diff).status_code == 404
+        assert [item["id"] for item in ads.state()["vk"]["lists"]] == [second]
+
+
+def test_vk_rate_limits():
+    with running_ads(cabinets=["vk"]) as ads:
+        vk = VK(ads)
+        values = [md5(e) for e in emails(2000)]
+        answer = vk.listing()
+        assert answer.headers["X-RateLimit-Hourly-Limit"] == "200"
+        assert answer.headers["X-RateLimit-Hourly-Remaining"] == "199"
+        first = vk.upload(values)
+        assert first.status_code == 200 and first.headers["X-RateLimit-Hourly-Limit"] == "10"
+        answer = vk.upload([md5(e) for e in emails(25, 7000)], base=first.json()["id"])
+        assert answer.status_code == 429 and int(answer.headers["Retry-After"]) >= 1
+        assert answer.json()["error"]["code"] == "too_many_requests"
+        ads.advance(61)
+        assert vk.upload([md5(e) for e in emails(25, 7000)], base=first.json()["id"]).status_code == 200
+        ads.cabinet("vk", "exhaust_quota")
+        assert vk.upload(values).status_code == 429
+        ads.advance(61)
+        ads.cabinet("vk", "limits", CREATE={"minute": 100, "hour": 100})
+        for _ in range(3):
+            assert vk.upload(values).status_code == 200
+    with running_ads(cabinets=["vk"], limits=False) as ads:
+        vk = VK(ads)
+        for _ in range(3):
+            assert vk.upload([md5(e) for e in emails(2000)]).status_code == 200
