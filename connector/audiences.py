@@ -121,7 +121,13 @@ def _sync_one(config: Any, store: Any, computation: Any, audience: Any, name: st
         result.added, result.created = len(desired), True
     else:
         _apply_difference(store, key, desired, client, remote_id, result)
-    result.status = client.status(remote_id)
+    try:
+        result.status = client.status(remote_id)
+    except QuotaError:
+        result.status = None  # the status is informational: a refused read does not fail the sync
+    except AdsError as exc:
+        log.warning("audience %s: could not read its status: %s", name, exc)
+        result.status = None
     store.save_audience(key, audience.cabinet, remote_id=remote_id, status=result.status,
                         detail={"members": len(desired), "message": result.message})
 

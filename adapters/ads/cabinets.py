@@ -306,7 +306,7 @@ class Meta(Client):
             self._users("DELETE", remote_id, members)
 
     def status(self, remote_id: str) -> str | None:
-        body = self._call("GET", f"{self.base}/{remote_id}", "read", params={"fields": "operation_status,approximate_count"}) or {}
+        body = self._call("GET", f"{self.base}/{remote_id}", "read", params={"fields": "operation_status,approximate_count_lower_bound"}) or {}
         status = body.get("operation_status")
         return (status.get("description") if isinstance(status, dict) else status) or "ready"
 
