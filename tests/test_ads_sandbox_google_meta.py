@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 
@@ -240,3 +241,199 @@ def test_meta_facebook_business_sdk_unchanged():
             assert caught.value.api_error_code() == 80003
         finally:
             FacebookSession.GRAPH = saved
+
+
+# ---------------------------------------------------------------------------------------------- Google ------
+
+
+@pytest.fixture()
+def google_ads():
+    with running_ads(cabinets=["google"]) as ads:
+        yield ads
+
+
+def dm_body(ads, members, *, encoding="HEX", tos=True, user_list=None, consent="CONSENT_GRANTED"):
+    info = ads.info["google"]
+    body = {
+        "destinations": [{"reference": "crm",
+                          "operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": info["operating_account_id"]},
+                          "loginAccount": {"accountType": "GOOGLE_ADS", "accountId": info["login_account_id"]},
+                          "productDestinationId": user_list or info["user_list_id"]}],
+        "audienceMembers": [{"destinationReferences": ["crm"],
+                             "consent": {"adUserData": consent, "adPersonalization": consent},
+                             "userData": {"userIdentifiers": ids}} for ids in members],
+    }
+    if encoding:
+        body["encoding"] = encoding
+    if tos:
+        body["termsOfService"] = {"customerMatchTermsOfServiceStatus": "ACCEPTED"}
+    return body
+
+
+def dm(ads, verb, route, body=None, token=None, **query):
+    info = ads.info["google"]
+    headers = {"Authorization": f"Bearer {token or info['access_token']}"} if token != "" else {}
+    return requests.request(verb, f"{info['base_url']}/v1/{route}", json=body, params=query, headers=headers,
+                            timeout=10)
+
+
+def google_list(ads, list_id=None):
+    list_id = list_id or ads.info["google"]["user_list_id"]
+    return next(a for a in ads.state()["google"]["audiences"] if a["id"] == list_id)
+
+
+def test_google_ingest_remove_and_status(google_ads):
+    phone = h("+79001234567")
+    members = [[{"emailAddress": HASHED[0]}, {"phoneNumber": phone}], [{"emailAddress": HASHED[1]}],
+               [{"emailAddress": HASHED[2].upper()}]]
+    answer = dm(google_ads, "POST", "audienceMembers:ingest", dm_body(google_ads, members))
+    assert answer.status_code == 200, answer.text
+    request_id = answer.json()["requestId"]
+    state = google_list(google_ads)
+    assert state["members"] == sorted(HASHED[:3] + [phone])        # applied when accepted
+    assert state["members_by_key"] == {"emailAddress": sorted(HASHED[:3]), "phoneNumber": [phone]}
+
+    status = dm(google_ads, "GET", "requestStatus:retrieve", requestId=request_id).json()
+    dest = status["requestStatusPerDestination"][0]
+    assert dest["requestStatus"] == "PROCESSING"
+    assert dest["audienceMembersIngestionStatus"]["userDataIngestionStatus"] == {"recordCount": "3",
+                                                                                 "userIdentifierCount": "4"}
+    assert dest["destination"]["productDestinationId"] == google_ads.info["google"]["user_list_id"]
+    google_ads.advance(google_ads.info["google"]["processing_seconds"] + 1)
+    dest = dm(google_ads, "GET", "requestStatus:retrieve", requestId=request_id).json()[
+        "requestStatusPerDestination"][0]
+    assert dest["requestStatus"] == "SUCCESS"
+    assert dest["audienceMembersIngestionStatus"]["userDataIngestionStatus"]["uploadMatchRateRange"].startswith(
+        "MATCH_RATE_RANGE_")
+
+    # remove (no termsOfService) and the removal status
+    removal = dm(google_ads, "POST", "audienceMembers:remove",
+                 dm_body(google_ads, [[{"emailAddress": HASHED[1]}, {"phoneNumber": phone}]], tos=False))
+    assert removal.status_code == 200, removal.text
+    assert google_list(google_ads)["members"] == sorted([HASHED[0], HASHED[2]])
+    dest = dm(google_ads, "GET", "requestStatus:retrieve", requestId=removal.json()["requestId"]).json()[
+        "requestStatusPerDestination"][0]
+    assert dest["audienceMembersRemovalStatus"]["userDataRemovalStatus"]["recordCount"] == "1"
+
+    # BASE64 encoding lands as the same hex digest
+    b64 = base64.b64encode(bytes.fromhex(HASHED[3])).decode()
+    assert dm(google_ads, "POST", "audienceMembers:ingest",
+              dm_body(google_ads, [[{"emailAddress": b64}]], encoding="BASE64")).status_code == 200
+    assert HASHED[3] in google_list(google_ads)["members"]
+
+    # removeAll empties the list
+    assert dm(google_ads, "POST", "audienceMembers:removeAll",
+              {"destinations": dm_body(google_ads, [])["destinations"]}).status_code == 200
+    assert google_list(google_ads)["members"] == []
+    assert [r["kind"] for r in google_ads.state()["google"]["requests"]] == ["ingest", "remove", "ingest",
+                                                                              "removeAll"]
+
+
+def error_of(answer):
+    body = answer.json()["error"]
+    info = next((d for d in body.get("details", []) if d["@type"].endswith("ErrorInfo")), {})
+    return answer.status_code, body["status"], info.get("reason"), body["message"]
+
+
+def test_google_validation_errors(google_ads):
+    code, status, reason, message = error_of(dm(google_ads, "POST", "audienceMembers:ingest",
+                                                dm_body(google_ads, [[{"emailAddress": HASHED[0]}],
+                                                                     [{"emailAddress": "user1@example.com"}]])))
+    assert (code, status, reason) == (400, "INVALID_ARGUMENT", "INVALID_HEX_ENCODING")
+    assert "audience_members[1]" in message
+    code, _, reason, message = error_of(dm(google_ads, "POST", "audienceMembers:ingest",
+                                           dm_body(google_ads, [[{"phoneNumber": "79001234567"}]])))
+    assert (code, reason) == (400, "INVALID_SHA256_FORMAT") and "audience_members[0]" in message
+    assert google_list(google_ads)["members"] == []                  # nothing of a refused request applied
+
+    _, _, reason, message = error_of(dm(google_ads, "POST", "audienceMembers:ingest",
+                                        dm_body(google_ads, [[{"emailAddress": HASHED[0]}]], encoding=None)))
+    assert reason == "REQUIRED_FIELD_MISSING" and "encoding" in message
+    _, _, reason, _ = error_of(dm(google_ads, "POST", "audienceMembers:ingest",
+                                  dm_body(google_ads, [[{"emailAddress": HASHED[0]}]] * 10_001)))
+    assert reason == "TOO_MANY_AUDIENCE_MEMBERS"
+    _, _, reason, _ = error_of(dm(google_ads, "POST", "audienceMembers:ingest",
+                                  dm_body(google_ads, [[{"emailAddress": x} for x in HASHED] * 3])))
+    assert reason == "TOO_MANY_USER_IDENTIFIERS"
+    code, _, reason, _ = error_of(dm(google_ads, "POST", "audienceMembers:ingest",
+                                     dm_body(google_ads, [[{"emailAddress": HASHED[0]}]], user_list="424242")))
+    assert (code, reason) == (400, "INVALID_USER_LIST_ID")
+    _, _, reason, _ = error_of(dm(google_ads, "POST", "audienceMembers:ingest",
+                                  dm_body(google_ads, [[{"emailAddress": HASHED[0]}]], tos=False)))
+    assert reason == "TERMS_AND_CONDITIONS_NOT_SIGNED"
+    # the Google Ads API spelling "GRANTED" is not a Data Manager ConsentStatus (CONSENT_GRANTED)
+    answer = dm(google_ads, "POST", "audienceMembers:ingest",
+                dm_body(google_ads, [[{"emailAddress": HASHED[0]}]], consent="GRANTED"))
+    violation = answer.json()["error"]["details"][0]["fieldViolations"][0]
+    assert answer.status_code == 400 and violation["field"] == "audience_members[0].consent.ad_user_data"
+    assert "ConsentStatus" in answer.json()["error"]["message"]
+    unknown = dm_body(google_ads, [[{"emailAddress": HASHED[0]}]])
+    unknown["audienceMembers"][0]["userData"]["hashedEmail"] = HASHED[0]
+    assert dm(google_ads, "POST", "audienceMembers:ingest", unknown).status_code == 400
+
+    for token in ("", "wrong"):
+        answer = dm(google_ads, "POST", "audienceMembers:ingest", dm_body(google_ads, [[{"emailAddress": HASHED[0]}]]),
+                    token=token)
+        assert answer.status_code == 401
+        assert answer.json()["error"]["status"] == "UNAUTHENTICATED" and answer.json()["error"]["code"] == 401
+    code, _, reason, _ = error_of(dm(google_ads, "GET", "requestStatus:retrieve", requestId="nope"))
+    assert (code, reason) == (400, "INVALID_REQUEST_ID")
+
+    # validateOnly checks without applying and gives no request id
+    check = dm(google_ads, "POST", "audienceMembers:ingest",
+               {**dm_body(google_ads, [[{"emailAddress": HASHED[0]}]]), "validateOnly": True})
+    assert check.status_code == 200 and check.json() == {}
+    assert google_list(google_ads)["members"] == []
+    # once accepted, the terms need not be sent again
+    assert dm(google_ads, "POST", "audienceMembers:ingest",
+              dm_body(google_ads, [[{"emailAddress": HASHED[0]}]])).status_code == 200
+    assert dm(google_ads, "POST", "audienceMembers:ingest",
+              dm_body(google_ads, [[{"emailAddress": HASHED[1]}]], tos=False)).status_code == 200
+
+
+def test_google_denied_consent_and_two_destinations(google_ads):
+    other = google_ads.control("POST", "google/create_user_list", {"name": "second"})["user_list_id"]
+    body = dm_body(google_ads, [[{"emailAddress": HASHED[0]}], [{"emailAddress": HASHED[1]}]])
+    second = dict(body["destinations"][0], reference="second", productDestinationId=other)
+    body["destinations"].append(second)
+    body["audienceMembers"][1]["destinationReferences"] = ["crm", "second"]
+    body["audienceMembers"][0]["consent"]["adUserData"] = "CONSENT_DENIED"
+    answer = dm(google_ads, "POST", "audienceMembers:ingest", body)
+    assert answer.status_code == 200, answer.text
+    assert google_list(google_ads)["members"] == [HASHED[1]]
+    assert google_list(google_ads, other)["members"] == [HASHED[1]]
+    google_ads.advance(google_ads.info["google"]["processing_seconds"] + 1)
+    statuses = dm(google_ads, "GET", "requestStatus:retrieve", requestId=answer.json()["requestId"]).json()[
+        "requestStatusPerDestination"]
+    assert [s["requestStatus"] for s in statuses] == ["PARTIAL_SUCCESS", "SUCCESS"]
+    assert statuses[0]["errorInfo"]["errorCounts"][0] == {"recordCount": "1",
+                                                          "reason": "PROCESSING_ERROR_REASON_DENIED_CONSENT"}
+
+
+def test_google_quota(google_ads):
+    body = dm_body(google_ads, [[{"emailAddress": HASHED[0]}]])
+    google_ads.cabinet("google", "exhaust_quota")
+    answer = dm(google_ads, "POST", "audienceMembers:ingest", body)
+    assert answer.status_code == 429
+    error = answer.json()["error"]
+    assert error["status"] == "RESOURCE_EXHAUSTED"
+    info = next(d for d in error["details"] if d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
+    assert info["metadata"]["quota_limit"] and info["metadata"]["quota_limit_value"] == "300"
+    assert google_list(google_ads)["members"] == []
+    google_ads.advance(61)
+    assert dm(google_ads, "POST", "audienceMembers:ingest", body).status_code == 200
+    # the real per-minute window
+    google_ads.cabinet("google", "set_quota", per_minute=3)
+    google_ads.advance(61)
+    codes = [dm(google_ads, "GET", "requestStatus:retrieve", requestId="x").status_code for _ in range(4)]
+    assert codes == [400, 400, 400, 429]
+    google_ads.advance(61)
+    assert dm(google_ads, "POST", "audienceMembers:ingest", body).status_code == 200
+    assert google_ads.state()["google"]["quota_errors"] == 2
+
+
+def test_google_quota_off_with_limits_false():
+    with running_ads(cabinets=["google"], limits=False) as ads:
+        ads.cabinet("google", "set_quota", per_minute=2)
+        codes = {dm(ads, "GET", "requestStatus:retrieve", requestId="x").status_code for _ in range(5)}
+        assert codes == {400}
