@@ -127,7 +127,8 @@ class MetaCabinet(Cabinet):
 
     def credentials(self, base_url: str) -> dict[str, Any]:
         return {"base_url": base_url, "access_token": self.access_token, "ad_account_id": AD_ACCOUNT_ID,
-                "api_version": API_VERSION, "calls_per_minute": self.calls_per_minute if self.limits else None}
+                "api_version": API_VERSION, "calls_per_minute": self.calls_per_minute if self.limits else None,
+                "processing_seconds": self.processing_seconds}
 
     def state(self) -> dict[str, Any]:
         now = self.clock.portal()
@@ -146,6 +147,9 @@ class MetaCabinet(Cabinet):
         if action == "set_limit":
             self.calls_per_minute = int(body["calls_per_minute"])
             return {"calls_per_minute": self.calls_per_minute}
+        if action == "set_processing":
+            self.processing_seconds = float(body["seconds"])
+            return {"processing_seconds": self.processing_seconds}
         if action == "revoke_token":
             self.access_token = f"{ACCESS_TOKEN}-{self.rng.randrange(10**6)}"
             return {"access_token": self.access_token}
