@@ -227,7 +227,7 @@ class Google(Client):
             ids += [{"phoneNumber": m["phone"]}] if m.get("phone") else []
             row: dict[str, Any] = {"destinationReferences": ["d1"], "userData": {"userIdentifiers": ids}}
             if ingest:
-                row["consent"] = {"adUserData": "GRANTED", "adPersonalization": "GRANTED"}
+                row["consent"] = {"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"}
             rows.append(row)
         body: dict[str, Any] = {"destinations": [destination], "audienceMembers": rows, "encoding": "HEX"}
         if ingest:
