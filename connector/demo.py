@@ -23,6 +23,7 @@ from rich.table import Table
 from connector import report
 from connector.config import load_config
 from connector.pipeline import SyncResult, sync, today_in
+from sandbox.ads import running_ads
 from sandbox.bitrix24 import running_portal
 
 TIMEZONE = "Europe/Moscow"
@@ -56,6 +57,15 @@ when = "monetary >= 50000 and purchases >= 4"
 [[segment]]
 name = "callable_lapsed"
 when = "cadence.lapsed and has_phone"
+
+[audiences]
+yandex_url = "{yandex_url}"
+yandex_token = "{yandex_token}"   # demo only: a real token comes from LIFECYCLE_AUDIENCES__YANDEX_TOKEN
+
+[[audience]]
+segment = "status.former"
+cabinet = "yandex"
+name = "Former customers"
 """
 
 
@@ -72,10 +82,13 @@ def run_demo(out: Console, *, customers: int = 3000, keep: str | None = None) ->
 
 def _run(out: Console, folder: Path, customers: int) -> int:
     deals = customers * 3
-    with running_portal(generate=(customers, deals), time_scale=TIME_SCALE) as portal:
+    with running_portal(generate=(customers, deals), time_scale=TIME_SCALE) as portal, \
+            running_ads(cabinets=["yandex"]) as ads:
         config_path = folder / "lifecycle.toml"
         config_path.write_text(
-            DEMO_CONFIG.format(webhook=portal.webhook_url, rps=2 * TIME_SCALE, scale=TIME_SCALE), encoding="utf-8"
+            DEMO_CONFIG.format(webhook=portal.webhook_url, rps=2 * TIME_SCALE, scale=TIME_SCALE,
+                               yandex_url=ads.info["yandex"]["base_url"], yandex_token=ads.info["yandex"]["token"]),
+            encoding="utf-8",
         )
         config = load_config(config_path)
         out.rule(f"Sandbox Bitrix24 portal on {portal.info['base_url']}: {customers} contacts, {deals} deals")
@@ -84,12 +97,14 @@ def _run(out: Console, folder: Path, customers: int) -> int:
         first = _sync(out, portal, config)
         report.render_table(first.computation, config.settings, segments=config.rules.segment_names, members=False, console=out)
 
+        ads.advance(3 * 3600)  # let the sandbox Yandex Audience finish processing the upload
         time.sleep(1.1)  # DATE_MODIFY has one-second resolution: let the next run start in a new second
         out.rule("2. Incremental sync, nothing changed in the CRM")
         _sync(out, portal, config)
 
         out.rule("3. CRM activity, then an incremental sync")
         moved = _crm_activity(out, portal, first)
+        ads.advance(3 * 3600)
         time.sleep(1.1)
         third = _sync(out, portal, config)
         _show_moves(out, portal, third, moved, config.settings.writeback.field)
@@ -123,6 +138,10 @@ def _sync(out: Console, portal, config) -> SyncResult:
         f"list pages and {methods.get('crm.contact.update', 0)} updates inside batches); "
         f"{refused} refused by a limit; {seconds:.1f} s"
     )
+    for a in s.get("audiences", []):  # type: ignore[union-attr]
+        out.print(f"audience {a['name']!r} in the sandbox Yandex Audience: {a['matchable']} matchable customers "
+                  f"(hashed SHA-256), +{a['added']} -{a['removed']}, {a['requests']} requests, status {a['status'] or '-'}"
+                  + (f"; {a['message']}" if a["message"] else ""))
     return result
 
 

@@ -220,3 +220,22 @@ def test_a_quota_refusal_waits_for_the_next_run(tmp_path, cabinet):
         ads.advance(3 * 3600)
         settle(config, ads)
         assert cabinet_members(ads, cabinet, f"Prospects {cabinet}") == segment_hashes(config, cabinet, "status.prospect")
+
+
+def test_lifecycle_sandbox_ads_prints_each_cabinet_in_its_first_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "sandbox", "ads", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        for cabinet in ("yandex", "vk", "google", "meta"):
+            assert info[cabinet]["base_url"].startswith(info["base_url"] + "/" + cabinet)
+        import urllib.request
+
+        with urllib.request.urlopen(info["control_url"] + "state", timeout=30) as answer:
+            assert set(json.loads(answer.read())) == {"yandex", "vk", "google", "meta"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

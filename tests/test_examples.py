@@ -121,3 +121,13 @@ def test_the_commented_audience_example_is_valid_when_uncommented(tmp_path, monk
         monkeypatch.setenv(f"LIFECYCLE_AUDIENCES__{key}", "x")
     loaded = load_config(config)
     assert [a.cabinet for a in loaded.settings.audience] == ["yandex", "vk", "google", "meta"]
+
+
+def test_demo_runs_end_to_end_with_write_back_and_an_audience():
+    proc = subprocess.run([sys.executable, "-m", "connector.cli", "demo", "--customers", "400"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "Lifecycle matrix" in out and "UF_CRM_LIFECYCLE updated" in out
+    assert out.count("HTTP requests") == 3
+    assert "audience 'Former customers' in the sandbox Yandex Audience" in out and "+0 -0" in out
