@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("fast_bitrix24").setLevel(logging.WARNING)  # it logs every request and answer at DEBUG
+    from connector import logs
+
+    logs.setup()  # JSON lines unless stderr is a terminal; secrets redacted
     out = Console(soft_wrap=False, width=max(Console().width, 110))
     try:
         if args.command == "demo":
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return bitrix24_sandbox(args.args)
         config = load_config(args.config)
+        logs.register_secrets(logs.secrets_of(config.settings))
         if args.command == "sync":
             return _sync(config, args, out)
         if args.command == "report":

@@ -29,7 +29,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 ENV_PREFIX = "LIFECYCLE_"
 SECRET_KEYS = {"webhook_url", "client_secret", "refresh_token", "access_token", "authorization_code", "yandex_token",
-               "vk_client_secret", "google_access_token", "meta_access_token"}  # never echoed in errors
+               "vk_client_secret", "google_access_token", "meta_access_token", "bitrix24_application_token",
+               "amocrm_webhook_secret"}  # never echoed in errors
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -275,6 +276,28 @@ class AudiencesConfig(_Section):
     ca_file: Path | None = None
 
 
+class ScheduleConfig(_Section):
+    every: str | None = Field(None, pattern=r"^\d+\s*[smhd]$", description="e.g. '1h', '30m': sync this often")
+    at: tuple[str, ...] = Field((), description="daily times in the CRM time zone, e.g. ['07:00', '13:00']")
+
+    @field_validator("at")
+    @classmethod
+    def _times(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for t in value:
+            if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", t):
+                raise ValueError(f"at: {t!r} is not HH:MM")
+        return value
+
+
+class DaemonConfig(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    debounce_seconds: float = Field(10, ge=0, description="a webhook triggers an incremental sync this long after the last one")
+    lock_seconds: float = Field(3600, gt=0, description="a crashed holder's sync lock expires after this long")
+    bitrix24_application_token: SecretStr | None = Field(None, description="auth[application_token] of outbound webhooks")
+    amocrm_webhook_secret: SecretStr | None = Field(None, description="the secret path part of the amoCRM webhook URL")
+
+
 class Settings(BaseSettings):
     """The whole configuration. Built by :func:`load_config`; do not instantiate directly."""
 
@@ -299,6 +322,8 @@ class Settings(BaseSettings):
     executor: ExecutorConfig = ExecutorConfig()
     audience: tuple[AudienceConfig, ...] = ()
     audiences: AudiencesConfig = AudiencesConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    daemon: DaemonConfig = DaemonConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -41,7 +41,8 @@ class ActionSink(Protocol):
     def close(self) -> None: ...
 
 
-def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts: int = 5) -> dict[str, int]:
+def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts: int = 5,
+            should_stop: Any = lambda: False) -> dict[str, int]:
     summary = {"actions_created": 0, "actions_recovered": 0, "actions_failed": 0, "actions_waiting": 0}
     parents = _parents(store)
     in_doubt = store.ledger(["sending"])
@@ -62,6 +63,8 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
             if not ready:
                 break
             for chunk in _batches(ready, batch_size):
+                if should_stop():
+                    break  # shutting down: the rest stays planned for the next run
                 keys = [r["key"] for r in chunk]
                 store.set_actions(keys, "sending")
                 try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
@@ -19,6 +20,7 @@ import polars as pl
 from adapters.base import CrmSource, RowError
 from adapters.csv_files import CsvSource
 from connector.config import ConfigError, LoadedConfig
+from connector.logs import bind
 from connector.store import StateStore
 from rules.engine import SegmentEngine
 from rules.features import FeatureStats, compute_features
@@ -221,6 +223,18 @@ class SyncResult:
         }
 
 
+STOP = threading.Event()  # set by the daemon on SIGTERM: the sync stops at the next safe point
+
+
+class Interrupted(Exception):
+    """The sync stopped at a safe point because the process is shutting down; the next run goes on."""
+
+
+def _checkpoint(stage: str) -> None:
+    if STOP.is_set():
+        raise Interrupted(f"stopped after {stage}")
+
+
 def make_sink(config: LoadedConfig, store: StateStore):
     """The CRM's campaign executor (call tasks, deals), or None when no campaign is configured."""
     if not config.settings.campaign:
@@ -310,6 +324,11 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
     as_of = as_of or today_in(config.crm.timezone)
     store = open_store(config)
     run_id = store.start_run("sync", as_of)
+    with bind(run_id=run_id, portal=config.crm.name):
+        return _sync(config, store, run_id, as_of, source)
+
+
+def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, source: CrmSource | None) -> SyncResult:
     sink = None
     try:
         sink = make_sink(config, store)
@@ -321,19 +340,24 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
         if len(pull.errors) > MAX_ROW_ERRORS_LOGGED:
             log.warning("... and %d more skipped rows", len(pull.errors) - MAX_ROW_ERRORS_LOGGED)
         mirror = store.apply_pull(pull)
+        _checkpoint("the pull")
         stored = store.membership_frame()
         computation = compute(store, config, as_of, stored)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
         planned = plan_actions(config, store, computation, entered, left, as_of)
         store.apply_membership(run_id, as_of, entered, left, config.rules.definitions(), planned)
+        _checkpoint("storing membership")
         written = write_tags(config, store, computation)
+        _checkpoint("the write-back")
         if sink is not None:
             from connector.executor import execute
 
             ex = config.settings.executor
             written = {**written, "actions_planned": sum(1 for p in planned if not p.skip_reason),
                        "actions_skipped": sum(1 for p in planned if p.skip_reason),
-                       **execute(store, sink, batch_size=ex.batch_size, max_attempts=ex.max_attempts)}
+                       **execute(store, sink, batch_size=ex.batch_size, max_attempts=ex.max_attempts,
+                                 should_stop=STOP.is_set)}
+            _checkpoint("the campaign actions")
         if config.settings.audience:
             from connector.audiences import sync_audiences
 
@@ -342,6 +366,9 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
                             full_pull=pull.snapshot)
         store.finish_run(run_id, status="ok", stats=result.summary())
         return result
+    except Interrupted as exc:
+        store.finish_run(run_id, status="interrupted", stats={}, error=str(exc))
+        raise
     except BaseException as exc:
         store.finish_run(run_id, status="failed", stats={}, error=f"{type(exc).__name__}: {exc}")
         raise

@@ -177,6 +177,14 @@ audience_members = sa.Table(
     sa.Column("state", sa.String(8), nullable=False),
 )
 
+locks = sa.Table(
+    "locks",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),  # host:pid:start of the process holding it
+    sa.Column("expires_at", sa.Float, nullable=False),    # epoch seconds; a crashed holder's lock lapses
+)
+
 V1_TABLES = ("meta", "runs", "customers", "deals", "segments", "membership", "membership_events")
 
 
@@ -199,7 +207,12 @@ def _migration_4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[audiences_table, audience_members])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
+def _migration_5(conn: Connection) -> None:
+    """The sync lock: one sync per portal at a time, across processes and machines sharing the store."""
+    metadata.create_all(conn, tables=[locks])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
 SCHEMA_VERSION = len(MIGRATIONS)
 CHUNK = 20_000
 
@@ -659,6 +672,38 @@ class StateStore:
                 if count_attempt:
                     values["attempts"] = actions.c.attempts + 1
                 conn.execute(sa.update(actions).where(actions.c.portal == self.portal, actions.c.key == key).values(values))
+
+    # -- the sync lock -----------------------------------------------------------------------------
+
+    def try_lock(self, holder: str, seconds: float) -> bool:
+        """Take this portal's sync lock for ``seconds`` (or extend it if ``holder`` has it); False if
+        another holder has a lock that has not expired."""
+        import time as _time
+
+        now = _time.time()
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(sa.select(locks.c.holder, locks.c.expires_at).where(locks.c.portal == self.portal)).first()
+                if row is None:
+                    conn.execute(sa.insert(locks).values(portal=self.portal, holder=holder, expires_at=now + seconds))
+                    return True
+                if row.holder != holder and row.expires_at > now:
+                    return False
+                done = conn.execute(sa.update(locks).where(
+                    locks.c.portal == self.portal, locks.c.holder == row.holder, locks.c.expires_at == row.expires_at
+                ).values(holder=holder, expires_at=now + seconds))
+                return done.rowcount == 1
+        except sa.exc.IntegrityError:
+            return False  # another process inserted it first
+
+    def release_lock(self, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(locks).where(locks.c.portal == self.portal, locks.c.holder == holder))
+
+    def lock_holder(self) -> tuple[str, float] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(locks.c.holder, locks.c.expires_at).where(locks.c.portal == self.portal)).first()
+        return (row.holder, row.expires_at) if row else None
 
     # -- ad audiences --------------------------------------------------------------------------------
 
