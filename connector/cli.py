@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sync)
     sync.add_argument("--format", choices=("table", "json"), default="table")
 
+    run = sub.add_parser("run", help="daemon: sync on the schedule and on CRM webhooks; health, metrics")
+    with_config(run)
+    run.add_argument("--port", type=int, help="HTTP port for health, metrics and webhooks (default [daemon] port)")
+
     plan = sub.add_parser("plan", help="the campaign actions the next sync would take (and skip), writing nothing")
     with_config(plan)
     plan.add_argument("--format", choices=("table", "json"), default="table")
@@ -87,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             return _report(config, args, out)
         if args.command == "plan":
             return _plan(config, args, out)
+        if args.command == "run":
+            from connector.daemon import Daemon
+
+            return Daemon(config, port=args.port).run()
     except (ConfigError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -340,12 +340,18 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         if len(pull.errors) > MAX_ROW_ERRORS_LOGGED:
             log.warning("... and %d more skipped rows", len(pull.errors) - MAX_ROW_ERRORS_LOGGED)
         mirror = store.apply_pull(pull)
+        with bind(stage="pull"):
+            log.info("pulled %d customers and %d deals (%s, %d requests)", len(pull.customers), len(pull.deals),
+                     "full" if pull.snapshot else "incremental", pull.requests)
         _checkpoint("the pull")
         stored = store.membership_frame()
         computation = compute(store, config, as_of, stored)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
         planned = plan_actions(config, store, computation, entered, left, as_of)
         store.apply_membership(run_id, as_of, entered, left, config.rules.definitions(), planned)
+        with bind(stage="segments"):
+            log.info("membership stored: %d entries, %d exits, %d campaign actions planned", entered.height, left.height,
+                     sum(1 for p in planned if not p.skip_reason))
         _checkpoint("storing membership")
         written = write_tags(config, store, computation)
         _checkpoint("the write-back")

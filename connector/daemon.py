@@ -1,0 +1,164 @@
+"""``lifecycle run``: syncs on a schedule and on CRM webhooks; health, readiness and Prometheus metrics.
+
+* Schedule: ``[schedule] every = "1h"`` or ``at = ["07:00", "13:00"]`` (the CRM time zone), through the
+  ``schedule`` library; a first sync runs at start.
+* One sync of a portal at a time: a lock row in the state store (``locks``), taken before and released
+  after each sync, holds across processes and machines that share the store; a crashed holder's lock
+  lapses after ``[daemon] lock_seconds``.
+* Webhooks (``POST /webhooks/bitrix24``, ``POST /webhooks/amocrm/<secret>``) mark the CRM as changed; an
+  incremental sync starts once no webhook has arrived for ``debounce_seconds``, so a deal won in the CRM
+  moves its customer within seconds, not at the next scheduled run.
+* SIGTERM / SIGINT: the sync in flight stops at its next safe point (after the batch in flight; every
+  stage is recorded, see pipeline.STOP), the run is recorded as interrupted and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import schedule
+
+from connector.http import ServiceServer
+from connector.metrics import Metrics
+
+log = logging.getLogger("lifecycle.daemon")
+TICK = 0.2
+
+
+class Daemon:
+    def __init__(self, config: Any, *, port: int | None = None):
+        self.config = config
+        self.metrics = Metrics(config.crm.name, config.crm.kind)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+        self.stop = threading.Event()
+        self.changed_at: float | None = None  # last webhook
+        self.changed_lock = threading.Lock()
+        self.last_status: str | None = None
+        self.server = ServiceServer(self, host=config.settings.daemon.host,
+                                    port=config.settings.daemon.port if port is None else port)
+
+    # -- webhooks call this ------------------------------------------------------------------------
+
+    def crm_changed(self) -> None:
+        with self.changed_lock:
+            self.changed_at = time.monotonic()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        from connector import pipeline
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.server.start()
+        log.info("serving health, metrics and webhooks on port %s", self.server.port)
+        self._schedule()
+        self.sync("start")
+        try:
+            while not self.stop.is_set():
+                schedule.run_pending()
+                self._maybe_webhook_sync()
+                self.stop.wait(TICK)
+        finally:
+            self.server.stop()
+            schedule.clear()
+            pipeline.STOP.clear()
+        log.info("stopped")
+        return 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        from connector import pipeline
+
+        log.info("signal %s: finishing the batch in flight, then stopping", signal.Signals(signum).name)
+        self.stop.set()
+        pipeline.STOP.set()
+
+    def _schedule(self) -> None:
+        plan = self.config.settings.schedule
+        schedule.clear()
+        if plan.every:
+            amount, unit = int(plan.every[:-1].strip()), plan.every.strip()[-1]
+            unit_name = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]
+            getattr(schedule.every(amount), unit_name).do(self.sync, "schedule")
+        tz = self.config.crm.timezone
+        for at in plan.at:
+            schedule.every().day.at(at, tz).do(self.sync, "schedule")
+        if not plan.every and not plan.at:
+            schedule.every(1).hours.do(self.sync, "schedule")
+
+    def _maybe_webhook_sync(self) -> None:
+        with self.changed_lock:
+            due = self.changed_at is not None and time.monotonic() - self.changed_at >= self.config.settings.daemon.debounce_seconds
+            if due:
+                self.changed_at = None
+        if due:
+            self.sync("webhook")
+
+    # -- one sync ----------------------------------------------------------------------------------
+
+    def sync(self, reason: str) -> str:
+        from connector.pipeline import Interrupted, open_store, sync
+
+        if self.stop.is_set():
+            return "stopped"
+        store = open_store(self.config)
+        try:
+            if not store.try_lock(self.holder, self.config.settings.daemon.lock_seconds):
+                holder = store.lock_holder()
+                log.info("sync (%s) skipped: %s holds the lock", reason, holder[0] if holder else "another process")
+                self.metrics.skipped.inc()
+                return "locked"
+        finally:
+            store.close()
+        started = time.perf_counter()
+        status = "ok"
+        try:
+            log.info("sync (%s) started", reason)
+            result = sync(self.config)
+            self.metrics.observe(result.summary())
+            self.metrics.sizes(result.computation.counts)
+            log.info("sync (%s) done: %s customers, %s entered, %s left", reason, result.summary()["customers"],
+                     sum(result.summary()["entered"].values()), sum(result.summary()["left"].values()))
+        except Interrupted:
+            status = "interrupted"
+            log.info("sync (%s) interrupted at a safe point; the next run goes on from there", reason)
+        except Exception as exc:  # logged (redacted) and counted; the daemon keeps running
+            status = "failed"
+            log.error("sync (%s) failed: %s", reason, exc, exc_info=True)
+        finally:
+            self.metrics.finished(status, time.perf_counter() - started)
+            self.last_status = status
+            store = open_store(self.config)
+            try:
+                store.release_lock(self.holder)
+            finally:
+                store.close()
+        return status
+
+    def ready(self) -> tuple[bool, str]:
+        from connector.pipeline import open_store
+
+        try:
+            store = open_store(self.config)
+            try:
+                runs = store.last_runs(5)
+            finally:
+                store.close()
+        except Exception as exc:
+            return False, f"state store unreachable: {type(exc).__name__}"
+        finished = [r for r in runs if r["status"] in ("ok", "failed")]
+        if finished and finished[0]["status"] == "failed":
+            return False, "the last sync failed"
+        return True, "ready"
+
+
+def now_in(tz: str) -> datetime:
+    return datetime.now(ZoneInfo(tz))
