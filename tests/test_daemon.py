@@ -251,3 +251,29 @@ batch_size = 2
             store.close()
         have = Counter(m for t in portal.state()["tasks"] for m in __import__("re").findall(r"\[(lc[0-9a-f]{12})\]", t["DESCRIPTION"]))
         assert have == want and all(n == 1 for n in have.values())
+
+
+def test_amocrm_webhooks_need_the_secret_path_and_trigger_a_sync(tmp_path):
+    from sandbox.amocrm import running_account
+
+    with running_account(generate=(30, 90)) as acct:
+        path = tmp_path / "lifecycle.toml"
+        path.write_text(
+            f'[crm]\nkind = "amocrm"\nbase_url = "{acct.info["base_url"]}"\naccess_token = "{acct.info["access_token"]}"\n'
+            'overlap_minutes = 0\n[state]\nurl = "sqlite:///state.db"\n[schedule]\nevery = "1h"\n'
+            '[daemon]\nhost = "127.0.0.1"\ndebounce_seconds = 1\namocrm_webhook_secret = "s3cr3t-path"\n',
+            encoding="utf-8")
+        port = free_port()
+        with daemon(path, port):
+            wait_for(lambda: metric(port, "lifecycle_syncs_total", status="ok") >= 1, 60, "no first sync")
+            body = {"leads[update][0][id]": "5", "leads[update][0][status_id]": "142", "account[subdomain]": "demo",
+                    "account[id]": "1"}
+            assert post(port, "/webhooks/amocrm/wrong", body)[0] == 401
+            assert post(port, "/webhooks/amocrm/s3cr3t-path", {"hello": "world"})[0] == 400
+            assert post(port, "/webhooks/bitrix24", event("ONCRMDEALADD", 5))[0] == 404  # not this CRM
+            time.sleep(2)
+            assert metric(port, "lifecycle_syncs_total") == 1
+            assert post(port, "/webhooks/amocrm/s3cr3t-path", body)[0] == 200
+            wait_for(lambda: metric(port, "lifecycle_syncs_total", status="ok") >= 2, 60, "the webhook did not trigger a sync")
+        lines = (tmp_path / "daemon.log").read_text(encoding="utf-8")
+        assert "s3cr3t-path" not in lines and acct.info["access_token"] not in lines
