@@ -105,9 +105,11 @@ def setup(json_lines: bool | None = None, level: int = logging.INFO) -> None:
         json_lines = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    handler.set_name("lifecycle")
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if old.get_name() == "lifecycle" or type(old) is logging.StreamHandler:
+            root.removeHandler(old)  # ours from an earlier call, or a basicConfig one; others (e.g. pytest's) stay
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("fast_bitrix24").setLevel(logging.WARNING)
