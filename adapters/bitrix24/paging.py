@@ -12,6 +12,8 @@ them. A page that failed ends the batch early and the next batch resumes from th
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -20,7 +22,9 @@ from adapters.bitrix24.client import Bitrix24Client, BitrixError
 
 PAGE = 50
 COMMANDS = 50
-MAX_STALLS = 12  # batches in a row that brought nothing (each after a wait with growing back-off)
+MAX_STALLS = 12
+PROGRESS_EVERY = 10  # a progress line every 10 batch requests (25,000 records)
+log = logging.getLogger("lifecycle.bitrix24")  # batches in a row that brought nothing (each after a wait with growing back-off)
 
 
 def php_query(params: Mapping[str, Any]) -> str:
@@ -67,7 +71,11 @@ async def iter_pages(
         return
     after_id = int(rows[-1]["ID"])
     stalls = 0
+    read, batches = len(rows), 0
     while True:
+        batches += 1
+        if batches % PROGRESS_EVERY == 0:
+            log.info("%s: %d records read so far (after ID %d)", method, read, after_id)
         results, errors = await client.batch(chain_batch(method, select, filters, after_id))
         finished = False
         got_any = False
@@ -88,6 +96,7 @@ async def iter_pages(
             if rows:
                 yield rows
                 after_id = ids[-1]
+                read += len(rows)
                 got_any = True
             if len(rows) < PAGE:
                 finished = True
