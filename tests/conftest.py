@@ -94,3 +94,34 @@ def mirror(config) -> tuple[dict[int, dict], dict[int, dict]]:
     finally:
         store.close()
     return cust, deal
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database for one test, on the server `make test` starts
+    (scripts/test-postgres.sh sets LIFECYCLE_TEST_POSTGRES_URL); dropped afterwards."""
+    import os
+    import uuid
+
+    import sqlalchemy as sa
+
+    base = os.environ.get("LIFECYCLE_TEST_POSTGRES_URL")
+    if not base:
+        message = (
+            "LIFECYCLE_TEST_POSTGRES_URL is not set: run `make test`, or "
+            "`scripts/test-postgres.sh run -- .venv/bin/python -m pytest`, which start a PostgreSQL server"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    admin_url = sa.make_url(base)
+    name = f"lifecycle_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
