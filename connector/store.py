@@ -214,6 +214,7 @@ def _migration_5(conn: Connection) -> None:
 
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
 SCHEMA_VERSION = len(MIGRATIONS)
+MIGRATION_LOCK_KEY = 0x6C6966656379  # PostgreSQL advisory lock held while migrating ("lifecy")
 CHUNK = 20_000
 
 
@@ -243,7 +244,8 @@ class StateStore:
             engine = sa.create_engine(sa_url, poolclass=sa.pool.NullPool)
             sa.event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = sa.create_engine(sa_url)
+            # pre-ping: a daemon keeps its pool for days, across database restarts and failovers
+            engine = sa.create_engine(sa_url, pool_pre_ping=True)
         store = cls(engine, portal)
         store.migrate()
         return store
@@ -255,6 +257,10 @@ class StateStore:
 
     def migrate(self) -> None:
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Workers of one deployment may start together on an empty database: one migrates, the
+                # others wait here (the lock ends with the transaction) and then find the work done.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             version = 0
             if sa.inspect(conn).has_table("meta"):
                 row = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
