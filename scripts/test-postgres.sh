@@ -68,12 +68,14 @@ install_postgres() {
   fi
   command -v apt-get >/dev/null || die "PostgreSQL is not installed and there is no apt-get to install it with: install PostgreSQL (initdb, pg_ctl) or set PG_BINDIR."
   say "PostgreSQL server not found: installing Debian's postgresql package (apt-get)"
-  local started=$SECONDS
-  "${as[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 \
-    || die "apt-get update failed: cannot install PostgreSQL for the tests"
+  local started=$SECONDS log
+  log=$(mktemp "${TMPDIR:-/tmp}/lifecycle-pg-install.XXXXXX")
+  "${as[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; die "apt-get update failed: cannot install PostgreSQL for the tests"; }
   "${as[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql >&2 \
-    || die "apt-get install postgresql failed: cannot run the PostgreSQL tests"
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql >>"$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; die "apt-get install postgresql failed: cannot run the PostgreSQL tests"; }
+  rm -f "$log"
   say "installed PostgreSQL in $((SECONDS - started)) s"
 }
 
