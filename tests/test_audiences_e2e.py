@@ -141,7 +141,8 @@ def settle(config, ads, runs: int = 4) -> dict:
 def assert_nothing_raw(ads) -> None:
     text = "\n".join(ads.requests())
     assert "@example.ru" not in text.lower() and "customer." not in text.lower()
-    assert not re.search(r"\b79\d{9}\b", text) and "+7" not in text
+    # phones as written in the CRM, as digits with the country code, as E.164 (plain or URL-encoded)
+    assert not re.search(r"\+7 \(9|\b79\d{9}\b|(\+|%2B)79\d{9}", text)
 
 
 AVAILABLE = [c for c in ("yandex", "vk", "google", "meta") if c in CABINETS]
