@@ -432,6 +432,9 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     }
     if crm_paths:
         updates["crm"] = crm.model_copy(update=crm_paths)
+    ca = settings.audiences.ca_file
+    if ca is not None and not ca.is_absolute():
+        updates["audiences"] = settings.audiences.model_copy(update={"ca_file": (base / ca).resolve()})
     url = settings.state.url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         rel = url[len("sqlite:///") :]
