@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import json
 import random
-import socket
-import struct
-import sys
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from sandbox.ads.base import Cabinet, Request, Response
+from sandbox.httpbase import BaseHandler, QuietServer, RestVerbs
 
 
 class Faults:
@@ -65,10 +62,7 @@ class Faults:
             return None
 
 
-class AdsServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class AdsServer(QuietServer):
     def __init__(self, address: tuple[str, int], cabinets: list[Cabinet], clock: Any, *, seed: int = 7,
                  verbose: bool = False):
         self.cabinets = {c.prefix: c for c in cabinets}
@@ -96,34 +90,9 @@ class AdsServer(ThreadingHTTPServer):
                 out[cabinet.name] = cabinet.state()
         return out
 
-    def handle_error(self, request, client_address):
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
 
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(RestVerbs, BaseHandler):
     server: AdsServer
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
 
     def _dispatch(self, verb: str) -> None:
         parts = urlsplit(self.path)
@@ -240,13 +209,6 @@ class Handler(BaseHTTPRequestHandler):
         if data:
             self.wfile.write(data)
 
-    def _reset(self) -> None:
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
-        self.close_connection = True
 
 
 def create_server(*, port: int = 0, host: str = "127.0.0.1", time_scale: float = 1.0, limits: bool = True,

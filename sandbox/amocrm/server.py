@@ -9,16 +9,13 @@ real API is HTTPS, clients here are pointed at ``base_url``.
 from __future__ import annotations
 
 import json
-import socket
-import struct
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 from sandbox.bitrix24.decode import parse_php_query
+from sandbox.httpbase import BaseHandler, QuietServer, RestVerbs
 
 from . import control
 from .account import Account
@@ -31,46 +28,18 @@ HAL = "application/hal+json"
 PROBLEM = "application/problem+json"
 
 
-class SandboxServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class SandboxServer(QuietServer):
     def __init__(self, address, account: Account, verbose: bool = False):
         self.account = account
         self.verbose = verbose
         self.info: dict = {}
         super().__init__(address, Handler)
 
-    def handle_error(self, request, client_address):
-        if isinstance(sys.exc_info()[1], OSError):
-            return  # clients that hang up (or faults that reset) are not sandbox errors
-        super().handle_error(request, client_address)
 
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(RestVerbs, BaseHandler):
     server_version = "nginx"
-    sys_version = ""
     timeout = 120
     server: SandboxServer
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, body: Any, content_type: str | None = None) -> None:
         self.send_response(status)
@@ -88,29 +57,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-
-    def _reset(self) -> None:
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
-        self.close_connection = True
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
 
     def _dispatch(self, verb: str) -> None:
         account = self.server.account

@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import struct
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import _SocketWriter  # type: ignore[attr-defined]
 from typing import Any
 from urllib.parse import urlsplit
+
+from sandbox.httpbase import BaseHandler, QuietServer
 
 from . import control
 from .decode import DecodeError, parse_body, parse_php_query
@@ -39,10 +38,7 @@ from .tlsutil import OAUTH_HOSTS
 _REASONS = {502: "Bad Gateway", 504: "Gateway Time-out", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
-class SandboxServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class SandboxServer(QuietServer):
     def __init__(self, address, portal: Portal, ssl_context: ssl.SSLContext | None, verbose: bool = False):
         self.portal = portal
         self.ssl_context = ssl_context
@@ -61,22 +57,12 @@ class SandboxServer(ThreadingHTTPServer):
                 return
         Handler(request, client_address, self)
 
-    def handle_error(self, request, client_address):
-        if isinstance(sys.exc_info()[1], (OSError, ssl.SSLError)):
-            return  # clients that hang up (or faults that reset) are not sandbox errors
-        super().handle_error(request, client_address)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(BaseHandler):
     server_version = "nginx"
-    sys_version = ""
     timeout = 120
     server: SandboxServer
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        if self.server.verbose:
-            super().log_message(format, *args)
 
     def finish(self) -> None:
         try:
@@ -94,20 +80,6 @@ class Handler(BaseHTTPRequestHandler):
     def is_tls(self) -> bool:
         return isinstance(self.connection, ssl.SSLSocket)
 
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
     def _send(self, status: int, body: Any, content_type: str = "application/json; charset=utf-8") -> None:
         data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
@@ -115,14 +87,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-
-    def _reset(self) -> None:
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-        except OSError:
-            pass
-        self.close_connection = True
 
     # -- verbs -----------------------------------------------------------------------------------
 
