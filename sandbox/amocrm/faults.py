@@ -24,13 +24,12 @@ Faulted requests never run the handler, except ``slow``, ``slow_after`` and ``re
 
 from __future__ import annotations
 
-import random
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.bitrix24.faults import NGINX_PAGE  # the same nginx error page in front of both CRMs
+from sandbox.faultsbase import FaultRegistry
 
 KINDS = ("status", "reset", "reset_after", "slow", "slow_after", "expired_token", "too_many_requests")
 __all__ = ["KINDS", "NGINX_PAGE", "Counters", "Fault", "Faults"]
@@ -54,57 +53,17 @@ class Fault:
         return dict(self.__dict__)
 
 
-class Faults:
-    def __init__(self, seed: int | None = None):
-        self._lock = threading.Lock()
-        self._faults: list[Fault] = []
-        self._next = 1
-        self._rng = random.Random(seed)
+class Faults(FaultRegistry):
+    KINDS = KINDS
 
-    def add(self, spec: dict) -> Fault:
-        kind = str(spec.get("kind", "status"))
-        if kind not in KINDS:
-            raise ValueError(f"fault kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        probability = spec.get("probability")
-        if probability is not None and not 0 <= float(probability) <= 1:
-            raise ValueError("probability must be between 0 and 1")
-        count = spec.get("count")
-        with self._lock:
-            fault = Fault(self._next, kind, spec.get("path") or None,
-                          str(spec["method"]).upper() if spec.get("method") else None,
-                          None if count is None else int(count), None if probability is None else float(probability),
-                          int(spec.get("status", 500)), float(spec.get("delay", 1.0)),
-                          spec.get("retry_after", 1), spec.get("body"))
-            self._next += 1
-            self._faults.append(fault)
-            return fault
+    def _build(self, fault_id: int, kind: str, count: int | None, probability: float | None, spec: dict) -> Fault:
+        return Fault(fault_id, kind, spec.get("path") or None,
+                     str(spec["method"]).upper() if spec.get("method") else None, count, probability,
+                     int(spec.get("status", 500)), float(spec.get("delay", 1.0)), spec.get("retry_after", 1),
+                     spec.get("body"))
 
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def list(self) -> list[dict]:
-        with self._lock:
-            return [f.describe() for f in self._faults]
-
-    def pick(self, verb: str, path: str) -> Fault | None:
-        with self._lock:
-            for fault in list(self._faults):
-                if fault.method and fault.method != verb:
-                    continue
-                if fault.path and not path.startswith(fault.path):
-                    continue
-                if fault.count is not None:
-                    if fault.count <= 0:
-                        continue
-                    fault.count -= 1
-                elif fault.probability is not None and self._rng.random() >= fault.probability:
-                    continue
-                fault.fired += 1
-                if fault.count == 0:
-                    self._faults.remove(fault)
-                return fault
-            return None
+    def _matches(self, fault: Fault, verb: str, path: str) -> bool:
+        return (not fault.method or fault.method == verb) and (not fault.path or path.startswith(fault.path))
 
 
 @dataclass

@@ -23,11 +23,11 @@ enter the leaky bucket or run the method, except ``slow``/``slow_after``, which 
 
 from __future__ import annotations
 
-import random
-import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from sandbox.faultsbase import FaultRegistry
 
 KINDS = ("status", "reset", "reset_after", "slow", "slow_after", "expired_token")
 NGINX_PAGE = ("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1>"
@@ -50,54 +50,15 @@ class Fault:
         return {k: v for k, v in self.__dict__.items()}
 
 
-class Faults:
-    def __init__(self, seed: int | None = None):
-        self._lock = threading.Lock()
-        self._faults: list[Fault] = []
-        self._next = 1
-        self._rng = random.Random(seed)
+class Faults(FaultRegistry):
+    KINDS = KINDS
 
-    def add(self, spec: dict) -> Fault:
-        kind = str(spec.get("kind", "status"))
-        if kind not in KINDS:
-            raise ValueError(f"fault kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        count = spec.get("count")
-        probability = spec.get("probability")
-        if probability is not None and not 0 <= float(probability) <= 1:
-            raise ValueError("probability must be between 0 and 1")
-        with self._lock:
-            fault = Fault(self._next, kind, (str(spec["method"]).lower() if spec.get("method") else None),
-                          None if count is None else int(count),
-                          None if probability is None else float(probability),
-                          int(spec.get("status", 500)), float(spec.get("delay", 1.0)), spec.get("body"))
-            self._next += 1
-            self._faults.append(fault)
-            return fault
+    def _build(self, fault_id: int, kind: str, count: int | None, probability: float | None, spec: dict) -> Fault:
+        return Fault(fault_id, kind, (str(spec["method"]).lower() if spec.get("method") else None), count, probability,
+                     int(spec.get("status", 500)), float(spec.get("delay", 1.0)), spec.get("body"))
 
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def list(self) -> list[dict]:
-        with self._lock:
-            return [f.describe() for f in self._faults]
-
-    def pick(self, method: str | None) -> Fault | None:
-        with self._lock:
-            for fault in list(self._faults):
-                if fault.method and fault.method != method:
-                    continue
-                if fault.count is not None:
-                    if fault.count <= 0:
-                        continue
-                    fault.count -= 1
-                elif fault.probability is not None and self._rng.random() >= fault.probability:
-                    continue
-                fault.fired += 1
-                if fault.count == 0:
-                    self._faults.remove(fault)
-                return fault
-            return None
+    def _matches(self, fault: Fault, method: str | None) -> bool:
+        return not fault.method or fault.method == method
 
 
 @dataclass
