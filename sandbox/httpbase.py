@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -74,3 +75,26 @@ class RestVerbs:
 
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")  # type: ignore[attr-defined]
+
+
+class BackgroundServing:
+    """start() serves ``self.httpd`` on a daemon thread, stop() shuts it down; serve_forever() in the caller's."""
+
+    httpd: QuietServer
+    thread_name = "sandbox"
+    _thread: threading.Thread | None = None
+
+    def start(self):  # -> Self
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

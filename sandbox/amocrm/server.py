@@ -9,13 +9,12 @@ real API is HTTPS, clients here are pointed at ``base_url``.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from sandbox.bitrix24.decode import parse_php_query
-from sandbox.httpbase import BaseHandler, QuietServer, RestVerbs
+from sandbox.httpbase import BackgroundServing, BaseHandler, QuietServer, RestVerbs
 
 from . import control
 from .account import Account
@@ -154,8 +153,9 @@ class Handler(RestVerbs, BaseHandler):
                 return exc.status, exc.payload
 
 
-class RunningServer:
+class RunningServer(BackgroundServing):
     """An account served on a background thread (used by the CLI and by :func:`testing.running_account`)."""
+    thread_name = "amocrm-sandbox"
 
     def __init__(self, account: Account, *, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
         self.account = account
@@ -164,22 +164,7 @@ class RunningServer:
         account.set_base_url(f"http://{host}:{self.port}")
         self.info = build_info(account)
         self.httpd.info = self.info
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> "RunningServer":
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="amocrm-sandbox", daemon=True)
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self.httpd.serve_forever(poll_interval=0.2)
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
 
 def build_info(account: Account) -> dict:

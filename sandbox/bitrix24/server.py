@@ -20,13 +20,12 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import threading
 import time
 from socketserver import _SocketWriter  # type: ignore[attr-defined]
 from typing import Any
 from urllib.parse import urlsplit
 
-from sandbox.httpbase import BaseHandler, QuietServer
+from sandbox.httpbase import BackgroundServing, BaseHandler, QuietServer
 
 from . import control
 from .decode import DecodeError, parse_body, parse_php_query
@@ -226,8 +225,9 @@ class Handler(BaseHandler):
         return portal.run_method(method, params, identity)
 
 
-class RunningServer:
+class RunningServer(BackgroundServing):
     """A portal served on a background thread (used by the CLI and by :func:`testing.running_portal`)."""
+    thread_name = "bitrix24-sandbox"
 
     def __init__(self, portal: Portal, *, host: str = "127.0.0.1", port: int = 0,
                  ssl_context: ssl.SSLContext | None = None, ca_file: str | None = None, verbose: bool = False):
@@ -239,22 +239,7 @@ class RunningServer:
         portal.tls = ssl_context is not None
         self.info = build_info(portal, ca_file)
         self.httpd.info = self.info
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> "RunningServer":
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="bitrix24-sandbox", daemon=True)
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self.httpd.serve_forever(poll_interval=0.2)
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
 
 def build_info(portal: Portal, ca_file: str | None) -> dict:
