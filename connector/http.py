@@ -27,7 +27,8 @@ and cost neither memory nor other clients' time:
 * A body not complete within ``body_timeout`` seconds: 408; request line and headers not complete within
   ``header_timeout`` seconds (a byte-by-byte sender or an idle half-request): 408 and the connection closed.
 * More than ``max_connections`` open connections: the newest is answered 503 and closed.
-* Request line plus headers over 16 KB: 400 from the parser.
+* A request head still incomplete past 16 KB: 400 from the parser (one that arrives whole in a single read,
+  at most 256 KB, is parsed).
 
 The event loop does no blocking work: ``ready()`` (which opens the state store) runs in a worker thread,
 ``crm_changed()`` and the metrics rendering only take short locks. Syncs run in the daemon's main thread.
@@ -245,7 +246,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         self.transport.write(raw_problem(400, "malformed HTTP request: the request line and headers must be valid "
-                                              "HTTP/1.1, at most 16 KB, and Content-Length a non-negative number"))
+                                              "HTTP/1.1, not too long, and Content-Length a non-negative number"))
         self.transport.close()
 
     def _arm_head_timer(self) -> None:
