@@ -99,7 +99,7 @@ async def read_body(request: Request, *, limit: int = MAX_BODY, timeout: float =
     chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
     if length is None and not chunked:
         raise BodyRefused(problem(411, "Content-Length required: send the form-encoded body with its length"))
-    if length is not None and not length.strip().isdigit():  # h11 refuses these first; kept as a guard
+    if length is not None and not re.fullmatch(r"[0-9]+", length.strip()):  # h11 refuses these first; a guard
         raise BodyRefused(problem(400, "Content-Length must be a non-negative decimal number"))
     if length is not None and int(length) > limit:
         raise BodyRefused(problem(413, f"body too large: at most {limit} bytes"))
