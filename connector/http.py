@@ -26,7 +26,8 @@ and cost neither memory nor other clients' time:
   passes the cap.
 * A body not complete within ``body_timeout`` seconds: 408; request line and headers not complete within
   ``header_timeout`` seconds (a byte-by-byte sender or an idle half-request): 408 and the connection closed.
-* More than ``max_connections`` open connections: the newest is answered 503 and closed.
+* More than ``max_connections`` open connections: the oldest one that is idle or still sending its head
+  makes way (503 if it sent part of a request); if every one is serving a request, the newcomer gets 503.
 * A request head still incomplete past 16 KB: 400 from the parser (one that arrives whole in a single read,
   at most 256 KB, is parsed).
 
@@ -226,14 +227,22 @@ class GuardedH11Protocol(H11Protocol):
     header_timeout = HEADER_TIMEOUT
     max_connections = MAX_CONNECTIONS
     _head_timer: asyncio.TimerHandle | None = None
+    opened_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.opened_at = self.loop.time()
         if len(self.connections) > self.max_connections:
-            log.warning("HTTP connection refused: %d connections are open", len(self.connections) - 1)
-            self.transport.write(raw_problem(503, "too many connections; try again shortly"))
-            self.transport.close()
-            return
+            # idle and half-sent requests make way for the newcomer, oldest first; busy ones never do
+            waiting = [c for c in self.connections if c is not self and isinstance(c, GuardedH11Protocol)
+                       and c.waiting_for_head() and not c.transport.is_closing()]
+            if waiting:
+                min(waiting, key=lambda c: c.opened_at).drop(503, "too many connections; this one waited longest")
+            else:
+                log.warning("HTTP connection refused: %d connections are busy", len(self.connections) - 1)
+                self.transport.write(raw_problem(503, "too many connections; try again shortly"))
+                self.transport.close()
+                return
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -259,18 +268,21 @@ class GuardedH11Protocol(H11Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def waiting_for_head(self) -> bool:
+        """No request is being served: the connection is idle or has part of a request head."""
+        return (self.cycle is None or self.cycle.response_complete) and self.conn.their_state in (h11.IDLE, h11.DONE)
+
+    def drop(self, status: int, error: str) -> None:
+        """Close a connection waiting for its head; a client that sent part of one is told why."""
+        if self.conn.trailing_data[0]:
+            self.transport.write(raw_problem(status, error))
+        self.transport.close()
+
     def _head_deadline(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
-            return
-        waiting_for_head = (self.cycle is None or self.cycle.response_complete) and \
-            self.conn.their_state in (h11.IDLE, h11.DONE)
-        if not waiting_for_head:
-            return  # a request is being served; its body has its own deadline in read_body
-        if self.conn.trailing_data[0]:  # part of a request arrived, not all of it
-            self.transport.write(raw_problem(408, f"the request line and headers did not arrive within "
-                                                  f"{self.header_timeout:g} seconds"))
-        self.transport.close()
+        if self.transport.is_closing() or not self.waiting_for_head():
+            return  # a request is being served: its body has its own deadline in read_body
+        self.drop(408, f"the request line and headers did not arrive within {self.header_timeout:g} seconds")
 
 
 def _bind(host: str, port: int) -> socket.socket:

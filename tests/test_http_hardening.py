@@ -277,17 +277,43 @@ def test_slow_heads_and_slow_bodies_are_answered_408(tmp_path):
         assert get(port, "/healthz") == (200, "ok\n")
 
 
-def test_connections_over_the_cap_get_503_and_the_service_recovers(tmp_path):
+def test_over_the_connection_cap_idle_half_requests_make_way_and_busy_ones_do_not(tmp_path):
     with served(tmp_path, max_connections=20) as owner:
         port = owner.server.port
-        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+        connections = owner.server.server.server_state.connections
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(15)]
+        for sock in idle[:5]:
+            sock.sendall(b"POST /webhooks/bitrix24 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Sl")  # half a head
+        # busy: heads complete, bodies pending; they are being served and never make way
+        busy = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(5)]
+        for sock in busy:
+            sock.sendall(b"POST /webhooks/bitrix24 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nevent=")
         try:
-            wait_for(lambda: len(owner.server.server.server_state.connections) >= 20, 10, "connections not seen")
+            wait_for(lambda: len(connections) >= 20, 10, "connections not seen")
+            # 10 newcomers that stay: each takes the place of the oldest connection waiting for its head
+            newcomers = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(10)]
+            assert get(port, "/healthz") == (200, "ok\n")
+            for sock in idle[:5]:  # the oldest had sent part of a head: they are told why
+                status, body = status_of(sock.recv(4096))
+                assert status == 503 and "too many connections" in json.loads(body)["error"]
+            for sock in idle[5:11]:  # silent idle ones are closed (the 11th for the /healthz call)
+                assert sock.recv(4096) == b""
+            assert not select.select(idle[11:] + newcomers + busy, [], [], 0.2)[0]  # the rest stay open
+            # 15 busy newcomers, one by one, push out the 14 idle ones left: then all 20 are serving requests
+            more = []
+            for n in range(15):
+                more.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                more[-1].sendall(b"POST /webhooks/bitrix24 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nevent=")
+                wait_for(lambda: sum(1 for c in connections if not c.waiting_for_head()) == 6 + n, 10, "not busy")
+            wait_for(lambda: len(connections) == 20, 10, "evicted connections still counted")
             extra, _ = stream(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"", total=0, seconds=10)
             status, body = status_of(extra)
-            assert status == 503 and json.loads(body)["error"].startswith("too many connections")
+            assert status == 503 and json.loads(body)["error"] == "too many connections; try again shortly"
+            for sock in busy + more:
+                sock.sendall(b"x" * 94)  # the rest of the body: served normally (an event without the token)
+                assert status_of(sock.recv(4096))[0] == 401
         finally:
-            for sock in held:
+            for sock in idle + busy + locals().get("newcomers", []) + locals().get("more", []):
                 sock.close()
         wait_for(lambda: get(port, "/healthz") == (200, "ok\n"), 10, "the service did not recover")
 
