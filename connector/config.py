@@ -293,9 +293,16 @@ class DaemonConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     debounce_seconds: float = Field(10, ge=0, description="a webhook triggers an incremental sync this long after the last one")
+    max_wait_seconds: float = Field(60, ge=0, description="webhooks that keep coming delay that sync at most this long")
     lock_seconds: float = Field(3600, gt=0, description="a crashed holder's sync lock expires after this long")
     bitrix24_application_token: SecretStr | None = Field(None, description="auth[application_token] of outbound webhooks")
     amocrm_webhook_secret: SecretStr | None = Field(None, description="the secret path part of the amoCRM webhook URL")
+
+    @model_validator(mode="after")
+    def _max_wait_covers_debounce(self) -> DaemonConfig:
+        if self.max_wait_seconds < self.debounce_seconds:
+            raise ValueError("max_wait_seconds must be at least debounce_seconds")
+        return self
 
 
 class Settings(BaseSettings):

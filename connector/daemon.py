@@ -7,7 +7,9 @@
   lapses after ``[daemon] lock_seconds``.
 * Webhooks (``POST /webhooks/bitrix24``, ``POST /webhooks/amocrm/<secret>``) mark the CRM as changed; an
   incremental sync starts once no webhook has arrived for ``debounce_seconds``, so a deal won in the CRM
-  moves its customer within seconds, not at the next scheduled run.
+  moves its customer within seconds, not at the next scheduled run; a steady stream of webhooks cannot
+  postpone it for ever: it starts at the latest ``max_wait_seconds`` after the first unsynced webhook.
+* HTTP (connector/http.py) is served by uvicorn in a background thread; syncs run in the main thread.
 * SIGTERM / SIGINT: the sync in flight stops at its next safe point (after the batch in flight; every
   stage is recorded, see pipeline.STOP), the run is recorded as interrupted and the process exits 0.
 """
@@ -40,6 +42,7 @@ class Daemon:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
         self.stop = threading.Event()
         self.changed_at: float | None = None  # last webhook
+        self.first_changed_at: float | None = None  # first webhook not yet covered by a sync
         self.changed_lock = threading.Lock()
         self.last_status: str | None = None
         self.server = ServiceServer(self, host=config.settings.daemon.host,
@@ -50,6 +53,8 @@ class Daemon:
     def crm_changed(self) -> None:
         with self.changed_lock:
             self.changed_at = time.monotonic()
+            if self.first_changed_at is None:
+                self.first_changed_at = self.changed_at
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -95,12 +100,19 @@ class Daemon:
             schedule.every(1).hours.do(self.sync, "schedule")
 
     def _maybe_webhook_sync(self) -> None:
+        settings = self.config.settings.daemon
         with self.changed_lock:
-            due = self.changed_at is not None and time.monotonic() - self.changed_at >= self.config.settings.daemon.debounce_seconds
-            if due:
-                self.changed_at = None
-        if due:
-            self.sync("webhook")
+            if self.changed_at is None or self.first_changed_at is None:
+                return
+            now = time.monotonic()
+            quiet = now - self.changed_at >= settings.debounce_seconds
+            waited = now - self.first_changed_at
+            if not quiet and waited < settings.max_wait_seconds:
+                return
+            self.changed_at = self.first_changed_at = None
+        if not quiet:
+            log.info("webhooks kept arriving for %.0f s: syncing now (max_wait_seconds)", waited)
+        self.sync("webhook")
 
     # -- one sync ----------------------------------------------------------------------------------
 

@@ -130,3 +130,10 @@ when = "monetary >= 100000"
 def test_rule_using_a_disabled_preset_is_an_error(ws):
     extra = '[segments]\npresets = ["lifecycle", "status"]\n[[segment]]\nname = "x"\nwhen = "cadence.lapsed"\n'
     assert "preset is not enabled" in error_of(ws, extra)
+
+
+def test_webhook_max_wait_defaults_to_60_s_and_cannot_be_shorter_than_the_debounce(ws):
+    assert load_with(ws).settings.daemon.max_wait_seconds == 60
+    assert load_with(ws, "[daemon]\ndebounce_seconds = 5\nmax_wait_seconds = 5\n").settings.daemon.max_wait_seconds == 5
+    assert "daemon: max_wait_seconds must be at least debounce_seconds" in error_of(
+        ws, "[daemon]\ndebounce_seconds = 10\nmax_wait_seconds = 5\n")

@@ -277,3 +277,27 @@ def test_amocrm_webhooks_need_the_secret_path_and_trigger_a_sync(tmp_path):
             wait_for(lambda: metric(port, "lifecycle_syncs_total", status="ok") >= 2, 60, "the webhook did not trigger a sync")
         lines = (tmp_path / "daemon.log").read_text(encoding="utf-8")
         assert "s3cr3t-path" not in lines and acct.info["access_token"] not in lines
+
+
+def test_a_steady_stream_of_webhooks_cannot_postpone_the_sync_past_max_wait(tmp_path):
+    with running_portal(generate=(30, 90), time_scale=50) as portal:
+        path = write_config(tmp_path, portal)  # hourly schedule: only webhooks trigger the second sync
+        path.write_text(path.read_text(encoding="utf-8").replace(
+            "debounce_seconds = 1\n", "debounce_seconds = 2\nmax_wait_seconds = 4\n"), encoding="utf-8")
+        port = free_port()
+        with daemon(path, port):
+            wait_for(lambda: metric(port, "lifecycle_syncs_total", status="ok") >= 1, 60, "no first sync")
+            sent: list[float] = []
+            deadline = time.monotonic() + 30
+            while metric(port, "lifecycle_syncs_total") < 2 and time.monotonic() < deadline:
+                assert post(port, "/webhooks/bitrix24", event("ONCRMDEALUPDATE", 1))[0] == 200
+                sent.append(time.monotonic())
+                time.sleep(0.5)
+            assert metric(port, "lifecycle_syncs_total") >= 2, "the webhook stream postponed the sync for 30 s"
+            gaps = [b - a for a, b in zip(sent, sent[1:])]
+            assert gaps and max(gaps) < 2, gaps  # never quiet for debounce_seconds: only max_wait could start it
+            assert sent[-1] - sent[0] >= 3.5  # not before max_wait (4 s after the first webhook, give or take a post)
+        records = [json.loads(line) for line in (tmp_path / "daemon.log").read_text(encoding="utf-8").splitlines()
+                   if line.startswith("{")]
+        assert any("max_wait_seconds" in r["msg"] for r in records)
+        assert any(r["msg"] == "sync (webhook) started" for r in records)
