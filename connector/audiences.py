@@ -141,9 +141,11 @@ def _sync_one(config: Any, store: Any, computation: Any, audience: Any, name: st
         if remote_id is not None:
             store.save_audience(key, audience.cabinet, remote_id=remote_id, status=None, detail={"taken_over": True})
     if remote_id is None:
-        if len(desired) < client.min_size:
-            result.message = (f"segment {audience.segment} has {len(desired)} matchable customers; {client.label} "
-                              f"needs {client.min_size}: not uploaded yet")
+        lines = len(_lines(_wanted(desired), desired))  # customers sharing an e-mail or phone are fewer records
+        if min(len(desired), lines) < client.min_size:
+            distinct = f" ({lines} distinct after shared e-mails and phones)" if lines < len(desired) else ""
+            result.message = (f"segment {audience.segment} has {len(desired)} matchable customers{distinct}; "
+                              f"{client.label} needs {client.min_size}: not uploaded yet")
             store.save_audience(key, audience.cabinet, remote_id=None, status="waiting", detail={"message": result.message})
             return
         remote_id = _create(store, key, audience, name, client, desired, result)
