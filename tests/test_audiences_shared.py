@@ -214,3 +214,29 @@ def test_a_lost_yandex_upload_answer_is_found_and_confirmed_not_orphaned(tmp_pat
         settle_all(config, ads)
         assert len(_yandex_segments(ads)) == 1
         assert cabinet_members(ads, "yandex", "Prospects yandex") == segment_hashes(config, "yandex", "status.prospect")
+
+
+def test_the_migration_derives_each_audiences_hashes_from_its_customer_rows(tmp_path):
+    from connector.store import StateStore
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = StateStore.open(url, "p1")
+    a, b = {"email": "e1" * 32, "phone": "p1" * 32}, {"email": "e1" * 32, "phone": "p2" * 32}
+    store.set_audience_members("yandex:s:A", {1: (a, "in"), 2: (b, "in"), 3: ({"phone": "p3" * 32}, "removing")})
+    store.set_audience_members("vk:s:B", {1: ({"email": "m5" * 16}, "adding")})
+    other = StateStore(store.engine, "p2")
+    other.set_audience_members("yandex:s:A", {9: ({"email": "e9" * 32}, "in")})
+    with store.engine.begin() as conn:  # the shape before the per-hash table
+        conn.execute(sa.text("DROP TABLE audience_hashes"))
+        conn.execute(sa.text("UPDATE meta SET value = '5' WHERE key = 'schema_version'"))
+    store.close()
+    store = StateStore.open(url, "p1")
+    try:
+        # one row per distinct hash, all unconfirmed: the next run re-sends what members need once
+        assert store.audience_hashes("yandex:s:A") == {("email", "e1" * 32): "adding", ("phone", "p1" * 32): "adding",
+                                                       ("phone", "p2" * 32): "adding", ("phone", "p3" * 32): "adding"}
+        assert store.audience_hashes("vk:s:B") == {("email", "m5" * 16): "adding"}
+        assert StateStore(store.engine, "p2").audience_hashes("yandex:s:A") == {("email", "e9" * 32): "adding"}
+        assert store.audience_members("yandex:s:A")[1] == (a, "in")  # the customer rows are kept as they were
+    finally:
+        store.close()
