@@ -7,14 +7,18 @@ For each ``[[audience]]`` (a segment and a cabinet) and each run:
 2. until the audience exists in the cabinet it is created only once it reaches the cabinet's minimum
    ("segment X has 37 matchable customers; Yandex Audience needs 100: not uploaded yet"); an audience of
    the same name found in the cabinet (a run killed after creating it) is taken over, not duplicated;
-3. afterwards only the difference travels: customers who entered (or whose identifiers changed) are added,
-   those who left are removed, with the identifiers that were sent for them.
+3. afterwards only the difference travels, **per hash**: a cabinet holds a set of hashes, and two customers
+   may share an e-mail or a phone. A hash is added when some member needs it and the cabinet is not known to
+   hold it; it is removed only when no current member needs it any more.
 
-The state store keeps, per audience, every customer the connector has put in the cabinet with the hashes
-it sent and a state: ``in``, or ``adding`` / ``removing`` while a request is in flight. The intent is
-committed before the request and the outcome after it, so a run killed mid-upload re-sends exactly the
-unconfirmed rows (all four cabinets treat a repeated add or remove as a no-op) and never loses one. A quota
-refusal stops that audience for this run; the rows wait for the next.
+The state store keeps, per audience, the hashes the cabinet holds (``audience_hashes``: ``in``, or
+``adding`` / ``removing`` while a request is in flight) and, for the record, every customer the connector
+has put in with the hashes sent for them (``audience_members``, same states). The intent is committed
+before each request and the outcome after it, so a run killed mid-upload re-sends exactly the unconfirmed
+hashes (all four cabinets treat a repeated add or remove as a no-op) and never loses one. Yandex creates a
+segment in two requests (upload, confirm); the uploaded segment's id is committed in between, so a run
+killed there confirms that segment next time rather than leaving an unnamed orphan. A quota refusal stops
+that audience for this run; the rows wait for the next.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class AudienceResult:
     message: str | None = None
     requests: int = 0
     created: bool = False
+    hashes_added: int = 0    # identifiers sent (a hash two customers share travels once)
+    hashes_removed: int = 0  # identifiers taken out: only those no member needs any more
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -98,27 +104,51 @@ def _desired(config: Any, store: Any, computation: Any, audience: Any, result: A
     return desired
 
 
+Hash = tuple[str, str]  # (kind, hash): ("email", "ab12...") or ("phone", "cd34...")
+
+
+def _wanted(desired: dict[int, dict[str, str]]) -> set[Hash]:
+    return {(kind, value) for idents in desired.values() for kind, value in idents.items()}
+
+
+def _lines(hashes: set[Hash], owners: dict[int, dict[str, str]]) -> list[dict[str, str]]:
+    """The hashes as upload lines: a customer's e-mail and phone stay on one line where both travel (the
+    cabinets match a line as one person); a hash no listed customer holds goes on a line of its own."""
+    left, lines = set(hashes), []
+    for cid in sorted(owners):
+        line = {kind: value for kind, value in owners[cid].items() if (kind, value) in left}
+        if line:
+            lines.append(line)
+            left -= set(line.items())
+    lines += [{kind: value} for kind, value in sorted(left)]
+    return lines
+
+
+def _line_hashes(lines: list[dict[str, str]]) -> list[Hash]:
+    return [(kind, value) for line in lines for kind, value in line.items()]
+
+
 def _sync_one(config: Any, store: Any, computation: Any, audience: Any, name: str, client: Any,
               result: AudienceResult) -> None:
     key = audience_key(audience, name)
     desired = _desired(config, store, computation, audience, result)
     record = store.audience(key)
     remote_id = record["remote_id"] if record else None
+    if remote_id is None and record and (record.get("detail") or {}).get("upload"):
+        remote_id = _resume_upload(store, key, audience, name, client, record["detail"]["upload"])
     if remote_id is None:
         remote_id = client.find(name)  # a run killed after creating it: take it over
         if remote_id is not None:
             store.save_audience(key, audience.cabinet, remote_id=remote_id, status=None, detail={"taken_over": True})
     if remote_id is None:
-        if len(desired) < client.min_size:
-            result.message = (f"segment {audience.segment} has {len(desired)} matchable customers; {client.label} "
-                              f"needs {client.min_size}: not uploaded yet")
+        lines = len(_lines(_wanted(desired), desired))  # customers sharing an e-mail or phone are fewer records
+        if min(len(desired), lines) < client.min_size:
+            distinct = f" ({lines} distinct after shared e-mails and phones)" if lines < len(desired) else ""
+            result.message = (f"segment {audience.segment} has {len(desired)} matchable customers{distinct}; "
+                              f"{client.label} needs {client.min_size}: not uploaded yet")
             store.save_audience(key, audience.cabinet, remote_id=None, status="waiting", detail={"message": result.message})
             return
-        store.set_audience_members(key, {cid: (h, "adding") for cid, h in desired.items()})
-        remote_id = client.create(name, list(desired.values()))
-        store.save_audience(key, audience.cabinet, remote_id=remote_id, status=None, detail={})
-        store.set_audience_members(key, {cid: (h, "in") for cid, h in desired.items()})
-        result.added, result.created = len(desired), True
+        remote_id = _create(store, key, audience, name, client, desired, result)
     else:
         _apply_difference(store, key, desired, client, remote_id, result)
     try:
@@ -132,44 +162,103 @@ def _sync_one(config: Any, store: Any, computation: Any, audience: Any, name: st
                         detail={"members": len(desired), "message": result.message})
 
 
+def _create(store: Any, key: str, audience: Any, name: str, client: Any, desired: dict[int, dict[str, str]],
+            result: AudienceResult) -> str:
+    wanted = _wanted(desired)
+    # a fresh audience holds exactly what is sent now: forget rows of an earlier attempt nobody needs
+    store.drop_audience_hashes(key, set(store.audience_hashes(key)) - wanted)
+    store.drop_audience_members(key, set(store.audience_members(key)) - desired.keys())
+    store.set_audience_members(key, {cid: (h, "adding") for cid, h in desired.items()})
+    store.set_audience_hashes(key, wanted, "adding")
+    lines = _lines(wanted, desired)
+    if hasattr(client, "upload"):
+        # Yandex: upload, then confirm (which names the segment). The intent, then the id, are committed
+        # before the next request, so a run killed in between finds the unnamed segment and finishes it.
+        store.save_audience(key, audience.cabinet, remote_id=None, status="uploading", detail={"upload": {"rows": len(lines)}})
+        segment_id = client.upload(lines)
+        store.save_audience(key, audience.cabinet, remote_id=None, status="uploaded",
+                            detail={"upload": {"rows": len(lines), "id": segment_id}})
+        client.confirm(segment_id, name)
+        remote_id = segment_id
+    else:
+        remote_id = client.create(name, lines)
+    store.save_audience(key, audience.cabinet, remote_id=remote_id, status=None, detail={})
+    store.set_audience_hashes(key, wanted, "in")
+    store.set_audience_members(key, {cid: (h, "in") for cid, h in desired.items()})
+    result.added, result.created = len(desired), True
+    result.hashes_added = len(wanted)
+    return remote_id
+
+
+def _resume_upload(store: Any, key: str, audience: Any, name: str, client: Any, upload: dict[str, Any]) -> str | None:
+    """A run was killed between uploading a segment's file and confirming it: confirm that segment now (its
+    file holds the hashes recorded as ``adding``) instead of leaving it unnamed and orphaned. If the upload's
+    answer was lost, the one unnamed unconfirmed segment with as many records is it."""
+    segment_id = upload.get("id") or (client.find_unconfirmed(int(upload.get("rows") or 0))
+                                      if hasattr(client, "find_unconfirmed") else None)
+    segment = client.segment(segment_id) if segment_id and hasattr(client, "segment") else None
+    if segment is None:  # never uploaded, or deleted since: start again
+        store.save_audience(key, audience.cabinet, remote_id=None, status=None, detail={})
+        return None
+    if segment.get("status") == "uploaded":
+        client.confirm(str(segment_id), name)
+    store.save_audience(key, audience.cabinet, remote_id=str(segment_id), status=None, detail={"resumed_upload": True})
+    store.set_audience_hashes(key, list(store.audience_hashes(key)), "in")
+    return str(segment_id)
+
+
 def _apply_difference(store: Any, key: str, desired: dict[int, dict[str, str]], client: Any, remote_id: str,
                       result: AudienceResult) -> None:
+    """Send only the difference, per hash: a hash is added while some member needs it and the cabinet is not
+    known to hold it, and removed only when no member needs it any more (two customers may share one)."""
     stored = store.audience_members(key)
-    changed = {cid for cid in desired.keys() ^ stored.keys()} | {
-        cid for cid in desired.keys() & stored.keys() if desired[cid] != stored[cid][0] or stored[cid][1] != "in"}
-    if changed and client.busy(remote_id):
-        result.deferred = len(changed)
-        result.message = (f"{client.label} is still processing the audience; {len(changed)} changes wait for the "
+    sent = store.audience_hashes(key)
+    wanted = _wanted(desired)
+    to_remove = set(sent) - wanted
+    to_add = {h for h in wanted if sent.get(h) != "in"}
+    entering = {cid for cid in desired if stored.get(cid) != (desired[cid], "in")}
+    leaving = set(stored) - desired.keys()
+    if (to_remove or to_add) and client.busy(remote_id):
+        result.deferred = len(entering | leaving) or len(to_remove | to_add)
+        result.message = (f"{client.label} is still processing the audience; {result.deferred} changes wait for the "
                           "next run")
         return
-    removals = {cid: idents for cid, (idents, state) in stored.items()
-                if cid not in desired or desired[cid] != idents or state == "removing"}
-    additions = {cid: h for cid, h in desired.items()
-                 if cid not in stored or stored[cid][0] != h or stored[cid][1] == "adding"}
-    for rows, kind in ((removals, "remove"), (additions, "add")):
-        if not rows:
+    # intent per customer (who is being put in or taken out); the cabinet's truth is kept per hash below
+    store.set_audience_members(key, {cid: (stored[cid][0], "removing") for cid in leaving if stored[cid][1] != "removing"})
+    store.set_audience_members(key, {cid: (desired[cid], "adding") for cid in entering})
+    done = {"remove": not to_remove, "add": not to_add}
+    phases = (("remove", to_remove, {cid: idents for cid, (idents, _) in stored.items()}), ("add", to_add, desired))
+    for kind, hashes, owners in phases:
+        if not hashes:
             continue
-        if (result.added or result.removed) and client.busy(remote_id):
+        lines = _lines(hashes, owners)
+        if (result.hashes_added or result.hashes_removed) and client.busy(remote_id):
             # e.g. Yandex reprocesses a segment after every modification and refuses the next meanwhile
-            result.deferred += len(rows)
-            result.message = f"{client.label} is processing the last change; {len(rows)} customers to {kind} wait for the next run"
+            result.deferred += len(lines)
+            result.message = f"{client.label} is processing the last change; {len(lines)} identifiers to {kind} wait for the next run"
             continue
-        if len(rows) < client.min_diff:
-            result.deferred += len(rows)
-            result.message = (f"{len(rows)} customers to {kind}; {client.label} takes at least {client.min_diff} "
+        if len(lines) < client.min_diff:
+            result.deferred += len(lines)
+            result.message = (f"{len(lines)} identifiers to {kind}; {client.label} takes at least {client.min_diff} "
                               "per change: kept for a later run")
             continue
-        ids = sorted(rows)
-        for start in range(0, len(ids), client.batch):
-            chunk = ids[start : start + client.batch]
-            members = [rows[cid] for cid in chunk]
+        for start in range(0, len(lines), client.batch):
+            chunk = lines[start : start + client.batch]
+            chunk_hashes = _line_hashes(chunk)
             if kind == "remove":
-                store.set_audience_members(key, {cid: (rows[cid], "removing") for cid in chunk})
-                client.remove(remote_id, members)
-                store.drop_audience_members(key, chunk)
-                result.removed += len(chunk)
+                store.set_audience_hashes(key, chunk_hashes, "removing")
+                client.remove(remote_id, chunk)
+                store.drop_audience_hashes(key, chunk_hashes)
+                result.hashes_removed += len(chunk_hashes)
             else:
-                store.set_audience_members(key, {cid: (rows[cid], "adding") for cid in chunk})
-                client.add(remote_id, members)
-                store.set_audience_members(key, {cid: (rows[cid], "in") for cid in chunk})
-                result.added += len(chunk)
+                store.set_audience_hashes(key, chunk_hashes, "adding")
+                client.add(remote_id, chunk)
+                store.set_audience_hashes(key, chunk_hashes, "in")
+                result.hashes_added += len(chunk_hashes)
+        done[kind] = True
+    if done["remove"] and leaving:
+        store.drop_audience_members(key, leaving)
+        result.removed += len(leaving)
+    if done["add"] and entering:
+        store.set_audience_members(key, {cid: (desired[cid], "in") for cid in entering})
+        result.added += len(entering)

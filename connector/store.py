@@ -177,6 +177,17 @@ audience_members = sa.Table(
     sa.Column("state", sa.String(8), nullable=False),
 )
 
+audience_hashes = sa.Table(
+    "audience_hashes",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("audience", sa.String(255), primary_key=True),
+    sa.Column("kind", sa.String(8), primary_key=True),    # email | phone
+    sa.Column("hash", sa.String(64), primary_key=True),   # as the cabinet takes it (SHA-256 / MD5 hex)
+    # in: the cabinet holds this hash; adding / removing: sent or about to be sent, not confirmed
+    sa.Column("state", sa.String(8), nullable=False),
+)
+
 locks = sa.Table(
     "locks",
     metadata,
@@ -212,7 +223,25 @@ def _migration_5(conn: Connection) -> None:
     metadata.create_all(conn, tables=[locks])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5]
+def _migration_audience_hashes(conn: Connection) -> None:
+    """What each cabinet holds, per hash (issue 11 item 3): cabinets hold *sets* of hashes, so two customers
+    sharing an e-mail or phone share one entry, and it may leave only when no member needs it any more.
+
+    Repair of stores written before: the set is derived from the per-customer rows, every hash marked
+    ``adding`` (unconfirmed). Hashes wrongly removed from a cabinet (one of two sharers left) are recorded as
+    ``in`` for the other customer, so they cannot be trusted: the first run after the upgrade re-sends every
+    hash its members need once (adds are idempotent in all four cabinets) and removes the ones nobody needs."""
+    metadata.create_all(conn, tables=[audience_hashes])
+    rows = conn.execute(sa.select(audience_members.c.portal, audience_members.c.audience,
+                                  audience_members.c.identifiers)).all()
+    seen = {(r.portal, r.audience, kind, value) for r in rows for kind, value in json.loads(r.identifiers).items() if value}
+    for part in _chunks(sorted(seen), 5000):
+        conn.execute(sa.insert(audience_hashes), [
+            {"portal": p, "audience": a, "kind": k, "hash": h, "state": "adding"} for p, a, k, h in part])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+                                                  _migration_audience_hashes]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK_KEY = 0x6C6966656379  # PostgreSQL advisory lock held while migrating ("lifecy")
 CHUNK = 20_000
@@ -750,6 +779,33 @@ class StateStore:
                 conn.execute(sa.delete(audience_members).where(
                     audience_members.c.portal == self.portal, audience_members.c.audience == key,
                     audience_members.c.customer_id.in_(list(part))))
+
+    def audience_hashes(self, key: str) -> dict[tuple[str, str], str]:
+        """(kind, hash) -> state for every hash recorded as sent to this audience's cabinet."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audience_hashes.c.kind, audience_hashes.c.hash, audience_hashes.c.state).where(
+                audience_hashes.c.portal == self.portal, audience_hashes.c.audience == key)).all()
+        return {(kind, value): state for kind, value, state in rows}
+
+    def set_audience_hashes(self, key: str, hashes: Iterable[tuple[str, str]], state: str) -> None:
+        """Record (kind, hash) pairs in one state, in one committed transaction."""
+        rows = [{"portal": self.portal, "audience": key, "kind": k, "hash": h, "state": state} for k, h in hashes]
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            for part in _chunks(rows, 5000):
+                self._upsert(conn, audience_hashes, list(part))
+
+    def drop_audience_hashes(self, key: str, hashes: Iterable[tuple[str, str]]) -> None:
+        by_kind: dict[str, list[str]] = {}
+        for kind, value in hashes:
+            by_kind.setdefault(kind, []).append(value)
+        with self.engine.begin() as conn:
+            for kind, values in by_kind.items():
+                for part in _chunks(sorted(set(values)), 500):
+                    conn.execute(sa.delete(audience_hashes).where(
+                        audience_hashes.c.portal == self.portal, audience_hashes.c.audience == key,
+                        audience_hashes.c.kind == kind, audience_hashes.c.hash.in_(list(part))))
 
     @staticmethod
     def _date_param(conn: Connection, value: date) -> Any:

@@ -121,12 +121,35 @@ class Yandex(Client):
                 return str(segment["id"])
         return None
 
-    def create(self, name: str, members: list[dict[str, str]]) -> str:
+    # Creating is two requests: upload_csv_file (takes only the file, answers the new segment's id in status
+    # "uploaded", unnamed) and confirm (names it). The sync remembers the id in between (see audiences.py),
+    # so a run killed after the upload confirms that segment next time instead of leaving it orphaned.
+    def upload(self, members: list[dict[str, str]]) -> str:
         body = self._call("POST", f"{self.base}/segments/upload_csv_file", "upload",
                           files={"file": ("segment.csv", io.BytesIO(self._file(members)), "text/csv")})
-        segment_id = str(((body or {}).get("segment") or {}).get("id"))
+        segment_id = ((body or {}).get("segment") or {}).get("id")
+        if segment_id is None:
+            raise AdsError("Yandex Audience: upload: the answer has no segment id")
+        return str(segment_id)
+
+    def confirm(self, segment_id: str, name: str) -> None:
         self._call("POST", f"{self.base}/segment/{segment_id}/confirm", "confirm", json={"segment": {
             "id": int(segment_id), "name": name, "hashed": True, "hashing_alg": "SHA256", "content_type": "crm"}})
+
+    def segment(self, segment_id: str) -> dict[str, Any] | None:
+        body = self._call("GET", f"{self.base}/segments", "list segments") or {}
+        return next((s for s in body.get("segments") or [] if str(s.get("id")) == str(segment_id)), None)
+
+    def find_unconfirmed(self, rows: int) -> str | None:
+        """The one unnamed segment still waiting for confirm with exactly ``rows`` records, if exactly one."""
+        body = self._call("GET", f"{self.base}/segments", "list segments") or {}
+        found = [s for s in body.get("segments") or []
+                 if s.get("status") == "uploaded" and not s.get("name") and s.get("item_quantity") == rows]
+        return str(found[0]["id"]) if len(found) == 1 else None
+
+    def create(self, name: str, members: list[dict[str, str]]) -> str:
+        segment_id = self.upload(members)
+        self.confirm(segment_id, name)
         return segment_id
 
     def _modify(self, remote_id: str, kind: str, members: list[dict[str, str]]) -> None:
