@@ -72,7 +72,8 @@ def make_source(config: LoadedConfig, store: StateStore | None = None) -> CrmSou
     crm = config.crm
     if crm.kind == "csv":
         assert crm.path is not None
-        return CsvSource(crm.path, timezone=crm.timezone, customer=crm.customer, delimiter=crm.delimiter)
+        return CsvSource(crm.path, timezone=crm.timezone, customer=crm.customer, delimiter=crm.delimiter,
+                         encoding=crm.encoding)
     if crm.kind == "bitrix24":
         from adapters.bitrix24 import Bitrix24Source
 
