@@ -39,10 +39,11 @@ def valid_id(value: Any, what: str = "id") -> int:
     return number
 
 
-def valid_amount(value: float, what: str = "amount") -> float:
-    """A finite amount within +-MAX_AMOUNT."""
+def valid_amount(value: float, what: str = "amount", raw: Any = None) -> float:
+    """A finite amount within +-MAX_AMOUNT (``raw``: the value as the source wrote it, for the message)."""
     if not math.isfinite(value) or abs(value) > MAX_AMOUNT:
-        raise BadValue(f"{what} {value!r} is out of range (a finite number up to {MAX_AMOUNT:.0e})")
+        shown = str(raw if raw is not None else value)[:40]
+        raise BadValue(f"{what} {shown!r} is out of range (a finite number up to {MAX_AMOUNT:.0e})")
     return value
 
 

@@ -117,7 +117,7 @@ def _amount(value: str, column: str) -> float:
     except ValueError:
         raise _BadValue(column, f"{value[:40]!r} is not a number") from None
     try:
-        return valid_amount(number, repr(value[:40]))
+        return valid_amount(number, "amount", value)
     except BadValue as bad:
         raise _BadValue(column, str(bad)) from None
 
