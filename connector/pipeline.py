@@ -145,6 +145,8 @@ def compute(
         customer=crm.customer,
         fields=engine.fields,
     )
+    for warning in stats.field_warnings:
+        log.warning("%s", warning)
     membership = engine.evaluate(features, frozen)
     names = engine.segment_names
     sums = membership.select(pl.col(names).sum()).row(0, named=True) if names else {}
@@ -220,6 +222,7 @@ class SyncResult:
             **self.mirror,
             "pull": "full" if self.full_pull else "incremental",
             "pull_requests": self.pull_requests,
+            **({"field_warnings": list(self.computation.stats.field_warnings)} if self.computation.stats.field_warnings else {}),
             **self.writeback,
         }
 

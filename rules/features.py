@@ -11,6 +11,9 @@ Semantics follow design.md, "Segment semantics":
 * ``days_to_birthday`` is 0 on the day; 29 February counts as 28 February in other years.
 * Customers created after ``as_of`` are left out unless they already have a purchase by then, so a
   backtest does not count people the CRM did not know yet.
+* A custom field's value that does not parse as its type (a number field holding "12 500 rub" or
+  "1e999", a yes/no field holding "maybe") is null; such values, and a source no customer has at all,
+  are counted in ``FeatureStats.field_warnings`` so the run can say so instead of nulling silently.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class FeatureStats:
     deals: int
     deals_without_customer: int
     deals_unknown_customer: int
+    field_warnings: tuple[str, ...] = ()  # custom fields whose values do not parse or whose source is absent
 
 
 def local_date(column: str, tz: str) -> pl.Expr:
@@ -85,10 +89,15 @@ def _days_to_birthday(as_of: date) -> pl.Expr:
     return (next_one - pl.lit(as_of)).dt.total_days()
 
 
+def _raw_field(field: CustomField) -> pl.Expr:
+    return pl.col("_fields").struct.field(field.source).str.strip_chars()
+
+
 def _custom_field(field: CustomField) -> pl.Expr:
-    raw = pl.col("_fields").struct.field(field.source).str.strip_chars()
+    raw = _raw_field(field)
     if field.type == "number":
-        value = raw.str.replace_all(" ", "").str.replace(",", ".").cast(pl.Float64, strict=False)
+        number = raw.str.replace_all(" ", "").str.replace(",", ".").cast(pl.Float64, strict=False)
+        value = pl.when(number.is_finite()).then(number).otherwise(pl.lit(None, pl.Float64))
     elif field.type == "bool":
         lowered = raw.str.to_lowercase()
         value = (
@@ -101,6 +110,33 @@ def _custom_field(field: CustomField) -> pl.Expr:
     else:
         value = pl.when(raw == "").then(pl.lit(None, pl.String)).otherwise(raw)
     return value.alias(field.name)
+
+
+TYPE_WORDS = {"number": "numbers", "bool": "yes/no values (true/false, yes/no, 1/0, да/нет)"}
+
+
+def _field_counts(fields: Mapping[str, CustomField]) -> list[pl.Expr]:
+    """Per custom field: how many customers have a value, and how many of those parse as its type."""
+    out = []
+    for f in fields.values():
+        raw = _raw_field(f)
+        out.append((raw.is_not_null() & (raw != "")).sum().alias(f"present:{f.name}"))
+        out.append(_custom_field(f).is_not_null().sum().alias(f"parsed:{f.name}"))
+    return out
+
+
+def field_warnings(fields: Mapping[str, CustomField], counts: dict[str, int], customers: int) -> tuple[str, ...]:
+    """One line per custom field that came out null where the config expected values (counts, no values)."""
+    out = []
+    for f in fields.values():
+        present, parsed = counts[f"present:{f.name}"], counts[f"parsed:{f.name}"]
+        if customers and not present:
+            out.append(f"[fields] {f.name}: none of {customers} customers has a value in {f.source!r}; "
+                       f"check the field's source (a CRM field id, CSV column or field name)")
+        elif f.type in TYPE_WORDS and parsed < present:
+            out.append(f"[fields] {f.name}: {present - parsed} of {present} values in {f.source!r} are not "
+                       f"{TYPE_WORDS[f.type]} and count as empty")
+    return tuple(out)
 
 
 def compute_features(
@@ -205,12 +241,14 @@ def compute_features(
         pl.col("customer_id").is_null().sum().alias("without"),
     )
     known_count = deals_known.select(pl.len().alias("known"))
-    features_df, counts_df, known_df = pl.collect_all([features, counts, known_count])
+    field_counts = base.select(pl.len().alias("customers"), *_field_counts(fields))
+    features_df, counts_df, known_df, fields_df = pl.collect_all([features, counts, known_count, field_counts])
     total, without = counts_df.row(0)
     stats = FeatureStats(
         customers=features_df.height,
         deals=int(total),
         deals_without_customer=int(without),
         deals_unknown_customer=int(total - without - known_df.item()),
+        field_warnings=field_warnings(fields, fields_df.row(0, named=True), int(fields_df.item(0, "customers"))),
     )
     return features_df, stats
