@@ -45,6 +45,7 @@ BUILTIN_FEATURES: dict[str, FeatureType] = {
 
 EPOCH = date(1900, 1, 1)
 DAY_SPAN = 1 << 20  # days since 1900 stay below this until the year 4770
+MAX_PACKED_ID = 1 << 42  # customer_id * DAY_SPAN + day fits an int64 below this (sources allow up to 2**63-1)
 
 TRUE_WORDS = ("1", "true", "yes", "y", "да", "t")
 FALSE_WORDS = ("0", "false", "no", "n", "нет", "f")
@@ -139,6 +140,19 @@ def field_warnings(fields: Mapping[str, CustomField], counts: dict[str, int], cu
     return tuple(out)
 
 
+def _distinct_days(won: pl.LazyFrame, day: pl.Expr, *, wide: bool) -> pl.LazyFrame:
+    """(customer_id, _day) of every distinct purchase day, sorted. Packed into one int64 key when the ids
+    allow (one-column unique and sort, the fast path); as two columns when an id is too large to pack."""
+    if wide:
+        return won.select("customer_id", day.alias("_day")).unique().sort("customer_id", "_day")
+    return (
+        won.select((pl.col("customer_id") * DAY_SPAN + day).alias("_key"))
+        .unique()
+        .sort("_key")
+        .select((pl.col("_key") // DAY_SPAN).alias("customer_id"), (pl.col("_key") % DAY_SPAN).alias("_day"))
+    )
+
+
 def compute_features(
     customers: pl.DataFrame,
     deals: pl.DataFrame,
@@ -180,10 +194,7 @@ def compute_features(
         pl.len().alias("purchases"), pl.col("amount").sum().alias("monetary")
     )
     purchase_days = (
-        won.select((pl.col("customer_id") * DAY_SPAN + day).alias("_key"))
-        .unique()
-        .sort("_key")
-        .select((pl.col("_key") // DAY_SPAN).alias("customer_id"), (pl.col("_key") % DAY_SPAN).alias("_day"))
+        _distinct_days(won, day, wide=bool(customers.height) and (customers.get_column("id").max() or 0) >= MAX_PACKED_ID)
         .with_columns(
             pl.when(pl.col("customer_id") == pl.col("customer_id").shift(1))
             .then(pl.col("_day") - pl.col("_day").shift(1))

@@ -214,3 +214,20 @@ def test_an_unknown_encoding_is_a_config_error(ws):
 
     with pytest.raises(ConfigError, match="not a known ASCII-compatible encoding"):
         load_config(path)
+
+
+def test_ids_up_to_the_int64_limit_get_correct_features(ws):
+    top = 2**63 - 1  # the largest id a source accepts; too large to pack with a day into one int64 key
+    ws.write_contacts([{"id": 1}, {"id": top}])
+    ws.write_deals([
+        {"id": 1, "contact_id": top, "status": "won", "amount": 10, "closed_at": "2026-01-01"},
+        {"id": 2, "contact_id": top, "status": "won", "amount": 10, "closed_at": "2026-01-11"},
+        {"id": 3, "contact_id": top, "status": "won", "amount": 10, "closed_at": "2026-01-11"},
+        {"id": 4, "contact_id": 1, "status": "won", "amount": 5, "closed_at": "2026-02-01"},
+    ])
+    result = sync(ws.config(), as_of=date(2026, 3, 1))
+    assert result.row_errors == []
+    rows = {r["id"]: r for r in result.computation.features.iter_rows(named=True)}
+    assert (rows[top]["purchases"], rows[top]["purchase_days"], rows[top]["median_gap"]) == (3, 2, 10.0)
+    assert (rows[top]["first_purchase_days"], rows[top]["recency_days"]) == (59, 49)
+    assert (rows[1]["purchases"], rows[1]["purchase_days"], rows[1]["recency_days"]) == (1, 1, 28)
