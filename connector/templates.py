@@ -135,7 +135,11 @@ def check_template(template: str, types: Mapping[str, FieldType], *, limit: int 
         if part.field is None:
             continue
         if part.field not in types:
-            raise TemplateError(f"unknown field {{{part.field}}}; use one of {', '.join(sorted(types))}")
+            import difflib
+
+            close = difflib.get_close_matches(part.field, list(types), n=1)
+            hint = f" (did you mean {{{close[0]}}}?)" if close else ""
+            raise TemplateError(f"unknown field {{{part.field}}}{hint}; use one of {', '.join(sorted(types))}")
         check_spec(part.field, types[part.field], part.spec, part.conversion)
     variants = max(len(v) for v in SAMPLES.values())
     for i in range(variants):

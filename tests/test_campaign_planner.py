@@ -162,6 +162,7 @@ def campaign_toml(title: str, attr: str = "title") -> str:
     ("Hi {name:,d}", "{name:,d}: not a format for string field 'name'"),
     ("Hi {purchases:s}", "{purchases:s}: not a number format"),
     ("Hi {name.__class__}", "{name.__class__}: only plain field names are allowed"),
+    ("Hi {last_purchse:%d.%m}", "unknown field {last_purchse} (did you mean {last_purchase}?)"),
     ("Hi {purchases:{width}}", "nested fields in a format spec are not supported"),
 ])
 def test_a_bad_template_is_a_config_error_naming_the_campaign_and_the_key(tmp_path, template, message):
