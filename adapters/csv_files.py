@@ -195,9 +195,11 @@ class CsvSource:
         return "utf-8"
 
     def _lines(self, path: Path, encoding: str, bad: dict[int, str]) -> Iterator[str]:
-        """Decoded physical lines; a line that does not decode is noted in ``bad`` (by line number)."""
+        """Decoded physical lines (ended by \\n, \\r\\n or a lone \\r, as text mode with ``newline=""`` splits
+        them); a line that does not decode is noted in ``bad`` (by line number)."""
         with path.open("rb") as handle:
-            for number, raw in enumerate(handle, 1):
+            pieces = (piece for chunk in handle for piece in chunk.splitlines(keepends=True))
+            for number, raw in enumerate(pieces, 1):
                 if number == 1 and raw.startswith(codecs.BOM_UTF8):
                     raw = raw[len(codecs.BOM_UTF8):]
                 try:

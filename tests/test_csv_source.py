@@ -80,6 +80,14 @@ def test_quoted_newlines_keep_line_numbers_right(ws):
     assert [(e.line, e.column) for e in pull.errors] == [(5, "id")]
 
 
+def test_old_mac_line_endings_are_lines(ws):
+    (ws.crm / "contacts.csv").write_bytes("id,name\r1,Иван\r2,\"a\rb\"\rx,y\r".encode())
+    (ws.crm / "deals.csv").write_bytes(b"id,status\r\n1,open\r\n")
+    pull = source(ws).pull()
+    assert [(c.id, c.name) for c in pull.customers] == [(1, "Иван"), (2, "a\rb")] and [d.id for d in pull.deals] == [1]
+    assert [(e.line, e.column) for e in pull.errors] == [(5, "id")]
+
+
 def test_excel_bom_and_semicolon_delimiter(ws):
     (ws.crm / "contacts.csv").write_text("\ufeffid;name\n1;Иван\n", encoding="utf-8")
     (ws.crm / "deals.csv").write_text("id;contact_id;status;closed_at\n1;1;won;2024-01-01\n", encoding="utf-8")
