@@ -1,6 +1,8 @@
 """CSV folder source (``[crm] kind = "csv"``).
 
-Files, all UTF-8 (an Excel BOM is fine), comma-separated unless ``delimiter`` says otherwise:
+Files in UTF-8 (an Excel BOM is fine) or, with ``encoding = "cp1251"`` (or detected: a file whose non-ASCII
+lines are none of them UTF-8 is read as Windows-1251, what Russian Excel saves as "CSV"), another
+ASCII-compatible encoding; comma-separated unless ``delimiter`` says otherwise:
 
 * ``contacts.csv``: ``id,name,phone,email,birthday,responsible_id,created_at``; any other column becomes
   a custom field under its header name.
@@ -9,27 +11,45 @@ Files, all UTF-8 (an Excel BOM is fine), comma-separated unless ``delimiter`` sa
 * ``companies.csv`` (optional; required for ``customer = "company"``): ``id,name,...`` with the same
   optional columns as contacts.
 
-Only ``id`` is a required column (plus ``status`` for deals). Ids are positive integers, as in Bitrix24
-and amoCRM. Dates are ISO 8601: ``2024-05-01``, ``2024-05-01T14:30:00`` (taken in the CRM time zone) or
-with an offset (``...+03:00``, ``...Z``).
+Only ``id`` is a required column (plus ``status`` for deals). Ids are positive integers up to 2**63-1, as
+in Bitrix24 and amoCRM. Dates are ISO 8601: ``2024-05-01``, ``2024-05-01T14:30:00`` (taken in the CRM
+time zone) or with an offset (``...+03:00``, ``...Z``), in the years 1900..2200. Amounts are finite and
+at most 1e15 (the bounds in adapters/base.py, shared with the CRM sources).
 
-A malformed row is reported with its file, line and column, skipped and counted; it never stops the
-run and never drops good rows. When the bad row's id is readable, the copy already in the mirror is
-kept, not deleted.
+A malformed row (a bad value, a byte that is not in the file's encoding, a field over the csv module's
+128 KB limit) is reported with its file, line and column, skipped and counted; it never stops the run
+and never drops good rows. When the bad row's id is readable, the copy already in the mirror is kept,
+not deleted.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import logging
+from collections.abc import Iterator
 from datetime import date, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from adapters.base import Customer, Deal, Entity, PullResult, RowError
+from adapters.base import (
+    BadValue,
+    Customer,
+    Deal,
+    Entity,
+    PullResult,
+    RowError,
+    valid_amount,
+    valid_date,
+    valid_id,
+    valid_timestamp,
+)
 
 CUSTOMER_COLUMNS = ("id", "name", "phone", "email", "birthday", "responsible_id", "created_at")
 DEAL_COLUMNS = ("id", "contact_id", "company_id", "status", "amount", "currency", "created_at", "closed_at")
 DEAL_STATUSES = ("won", "lost", "open")
+SAMPLE_BYTES = 1 << 20  # how much of a file "auto" looks at to tell UTF-8 from Windows-1251
+log = logging.getLogger("lifecycle.csv")
 
 
 class SourceError(Exception):
@@ -49,12 +69,9 @@ def _positive_int(value: str, column: str, *, required: bool) -> int | None:
             raise _BadValue(column, "is empty; a positive integer id is required")
         return None
     try:
-        number = int(value)
-    except ValueError:
-        raise _BadValue(column, f"{value!r} is not a positive integer id") from None
-    if number <= 0:
-        raise _BadValue(column, f"{value!r} is not a positive integer id")
-    return number
+        return valid_id(value, column)
+    except BadValue:
+        raise _BadValue(column, f"{value[:40]!r} is not a positive integer id (1 to 2**63-1)") from None
 
 
 def _date(value: str, column: str) -> date | None:
@@ -62,9 +79,13 @@ def _date(value: str, column: str) -> date | None:
     if not value:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
-        raise _BadValue(column, f"{value!r} is not a date (YYYY-MM-DD)") from None
+        raise _BadValue(column, f"{value[:40]!r} is not a date (YYYY-MM-DD)") from None
+    try:
+        return valid_date(day, repr(value))
+    except BadValue as bad:
+        raise _BadValue(column, str(bad)) from None
 
 
 def _timestamp(value: str, column: str, tz: ZoneInfo) -> int | None:
@@ -78,10 +99,13 @@ def _timestamp(value: str, column: str, tz: ZoneInfo) -> int | None:
         else:
             moment = datetime.fromisoformat(value)
     except ValueError:
-        raise _BadValue(column, f"{value!r} is not an ISO 8601 date or date-time") from None
+        raise _BadValue(column, f"{value[:40]!r} is not an ISO 8601 date or date-time in the years 1900..2200") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz)
-    return int(moment.timestamp())
+    try:
+        return valid_timestamp(int(moment.timestamp()), repr(value))
+    except (BadValue, OverflowError, ValueError):
+        raise _BadValue(column, f"{value[:40]!r} is outside the years 1900..2200") from None
 
 
 def _amount(value: str, column: str) -> float:
@@ -91,10 +115,11 @@ def _amount(value: str, column: str) -> float:
     try:
         number = float(value.replace(",", ".") if value.count(",") == 1 and "." not in value else value)
     except ValueError:
-        raise _BadValue(column, f"{value!r} is not a number") from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise _BadValue(column, f"{value!r} is not a finite number")
-    return number
+        raise _BadValue(column, f"{value[:40]!r} is not a number") from None
+    try:
+        return valid_amount(number, "amount", value)
+    except BadValue as bad:
+        raise _BadValue(column, str(bad)) from None
 
 
 def _text(value: str | None) -> str | None:
@@ -107,11 +132,13 @@ def _text(value: str | None) -> str | None:
 class CsvSource:
     """Reads a folder of CSV exports. Every pull is a full snapshot."""
 
-    def __init__(self, folder: Path, *, timezone: str, customer: Entity = "contact", delimiter: str = ","):
+    def __init__(self, folder: Path, *, timezone: str, customer: Entity = "contact", delimiter: str = ",",
+                 encoding: str = "auto"):
         self.folder = Path(folder)
         self.tz = ZoneInfo(timezone)
         self.customer = customer
         self.delimiter = delimiter
+        self.encoding = encoding
 
     def pull(self) -> PullResult:
         if not self.folder.is_dir():
@@ -144,33 +171,89 @@ class CsvSource:
 
     # -- reading ---------------------------------------------------------------------------------
 
+    def _encoding(self, path: Path) -> str:
+        """The configured encoding, or for "auto": UTF-8 unless no non-ASCII line of the file's start is
+        UTF-8 while some are not (then Windows-1251, what Russian Excel saves as "CSV")."""
+        if self.encoding != "auto":
+            return self.encoding
+        with path.open("rb") as handle:
+            sample = handle.read(SAMPLE_BYTES)
+        if len(sample) == SAMPLE_BYTES and b"\n" in sample:
+            sample = sample[: sample.rfind(b"\n")]  # no line cut in half
+        utf8 = other = 0
+        for line in sample.split(b"\n"):
+            if line.isascii():
+                continue
+            try:
+                line.decode("utf-8")
+                utf8 += 1
+            except UnicodeDecodeError:
+                other += 1
+        if other and not utf8:
+            log.info("%s is not UTF-8: read as Windows-1251 (set [crm] encoding to choose another)", path.name)
+            return "cp1251"
+        return "utf-8"
+
+    def _lines(self, path: Path, encoding: str, bad: dict[int, str]) -> Iterator[str]:
+        """Decoded physical lines (ended by \\n, \\r\\n or a lone \\r, as text mode with ``newline=""`` splits
+        them); a line that does not decode is noted in ``bad`` (by line number)."""
+        with path.open("rb") as handle:
+            pieces = (piece for chunk in handle for piece in chunk.splitlines(keepends=True))
+            for number, raw in enumerate(pieces, 1):
+                if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                try:
+                    yield raw.decode(encoding)
+                except UnicodeDecodeError as exc:
+                    hint = ('set [crm] encoding = "cp1251" if this is a Windows export, or save the file as UTF-8'
+                            if encoding.replace("_", "-").lower() in ("utf-8", "utf8") else "check the file's encoding")
+                    bad[number] = f"byte 0x{raw[exc.start]:02x} at position {exc.start + 1} is not {encoding} text ({hint})"
+                    yield raw.decode(encoding, errors="replace")
+
     def _rows(self, path: Path, required: tuple[str, ...], errors: list[RowError]):
         """Yield (line number, row dict) for each data row whose shape matches the header."""
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter=self.delimiter)
+        bad: dict[int, str] = {}
+        reader = csv.reader(self._lines(path, self._encoding(path), bad), delimiter=self.delimiter)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise SourceError(f"{path} is empty; it needs a header line starting with 'id'") from None
+        except csv.Error as exc:
+            raise SourceError(f"{path}:1: the header cannot be read: {exc}") from None
+        if 1 in bad:
+            raise SourceError(f"{path}:1: the header line is unreadable: {bad[1]}")
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise SourceError(
+                f"{path}: header lacks column(s) {', '.join(missing)}; found {', '.join(header) or 'nothing'}"
+            )
+        dupes = {h for h in header if header.count(h) > 1}
+        if dupes:
+            raise SourceError(f"{path}: header repeats column(s) {', '.join(sorted(dupes))}")
+        line = reader.line_num
+        while True:
             try:
-                header = [h.strip() for h in next(reader)]
+                row = next(reader)
             except StopIteration:
-                raise SourceError(f"{path} is empty; it needs a header line starting with 'id'") from None
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise SourceError(
-                    f"{path}: header lacks column(s) {', '.join(missing)}; found {', '.join(header) or 'nothing'}"
-                )
-            dupes = {h for h in header if header.count(h) > 1}
-            if dupes:
-                raise SourceError(f"{path}: header repeats column(s) {', '.join(sorted(dupes))}")
-            line = reader.line_num
-            for row in reader:
+                return
+            except csv.Error as exc:  # a field over csv.field_size_limit(); the reader goes on after it
                 start, line = line + 1, reader.line_num
-                if not row or all(not cell.strip() for cell in row):
-                    continue
-                if len(row) != len(header):
-                    errors.append(
-                        RowError(path.name, start, None, f"expected {len(header)} columns, found {len(row)}")
-                    )
-                    continue
-                yield start, dict(zip(header, row))
+                errors.append(RowError(path.name, start, None, f"{exc}: the row is skipped (a value over 128 KB)"))
+                continue
+            start, line = line + 1, reader.line_num
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            undecodable = [n for n in range(start, line + 1) if n in bad]
+            if undecodable:
+                n = undecodable[0]
+                errors.append(RowError(path.name, n, None, bad[n], _readable_id(row, header)))
+                continue
+            if len(row) != len(header):
+                errors.append(
+                    RowError(path.name, start, None, f"expected {len(header)} columns, found {len(row)}")
+                )
+                continue
+            yield start, dict(zip(header, row))
 
     def _read_customers(
         self, path: Path, entity: Entity, errors: list[RowError]
@@ -178,6 +261,7 @@ class CsvSource:
         out: list[Customer] = []
         seen: dict[int, int] = {}
         kept: set[tuple[Entity, int]] = set()
+        before = len(errors)
         for line, row in self._rows(path, ("id",), errors):
             record_id: int | None = None
             try:
@@ -204,12 +288,14 @@ class CsvSource:
                 continue
             seen[record_id] = line
             out.append(customer)
+        kept |= {(entity, e.record_id) for e in errors[before:] if e.record_id is not None}
         return out, kept
 
     def _read_deals(self, path: Path, errors: list[RowError]) -> tuple[list[Deal], set[int]]:
         out: list[Deal] = []
         seen: dict[int, int] = {}
         kept: set[int] = set()
+        before = len(errors)
         for line, row in self._rows(path, ("id", "status"), errors):
             record_id: int | None = None
             try:
@@ -241,4 +327,15 @@ class CsvSource:
                 continue
             seen[record_id] = line
             out.append(deal)
+        kept |= {e.record_id for e in errors[before:] if e.record_id is not None}
         return out, kept
+
+
+def _readable_id(row: list[str], header: list[str]) -> int | None:
+    """The id of a row skipped for its encoding, when that much of it is clean (its stored copy stays)."""
+    if "id" not in header or len(row) != len(header):
+        return None
+    try:
+        return valid_id(row[header.index("id")])
+    except BadValue:
+        return None

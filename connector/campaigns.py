@@ -15,31 +15,39 @@ on it (``.../deal`` and ``.../deal_task``), the task created once its deal exist
 from __future__ import annotations
 
 import hashlib
-import string
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
-CARD_FIELDS = ("id", "name", "phone", "email", "responsible_id", "birthday")
-EXTRA_FIELDS = ("campaign", "segment")
+from connector.templates import LIMITS, TemplateError, check_template, cut
+from connector.templates import render as render_template
+
 TRUE_WORDS = {"1", "y", "yes", "true", "да", "on"}
 
 
 # -- config checks ---------------------------------------------------------------------------------
 
-def template_names(template: str) -> list[str]:
-    try:
-        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise ValueError(f"bad template {template!r}: {exc} (write {{{{ and }}}} for literal braces)") from None
+CARD_TYPES = {"id": "number", "name": "string", "phone": "string", "email": "string", "responsible_id": "string",
+              "birthday": "date", "last_purchase": "date", "first_purchase": "date",
+              "campaign": "string", "segment": "string"}
+TEMPLATE_ATTRS = ("title", "description", "script", "task_title")
+
+
+def template_types(engine: Any) -> dict[str, str]:
+    """Every name a template may use, with its type: card fields, features, custom fields."""
+    from rules.features import BUILTIN_FEATURES
+
+    fields = getattr(engine, "fields", {}) or {}
+    return {**BUILTIN_FEATURES, **{name: f.type for name, f in fields.items()}, **CARD_TYPES}
 
 
 def check_campaigns(settings: Any, engine: Any) -> None:
-    """Config-time checks: names unique, segments known, templates use known fields. (Pipelines, stages
-    and users are checked against the CRM when a run starts: see the executors' ``resolve``.)"""
-    known_fields = set(CARD_FIELDS) | set(EXTRA_FIELDS) | set(engine.feature_names)
+    """Config-time checks: names unique, segments known, templates valid (fields, formats, braces: each is
+    rendered against a typed sample card). (Pipelines, stages and users are checked against the CRM when
+    a run starts: see the executors' ``resolve``.)"""
+    types = template_types(engine)
     seen: set[str] = set()
     for campaign in settings.campaign:
         where = f"[[campaign]] {campaign.name!r}"
@@ -56,16 +64,14 @@ def check_campaigns(settings: Any, engine: Any) -> None:
             raise ValueError(f"{where}: no on_enter or on_exit actions")
         for when, actions in (("on_enter", campaign.on_enter), ("on_exit", campaign.on_exit)):
             for i, action in enumerate(actions):
-                for attr in ("title", "description", "script", "task_title"):
+                for attr in TEMPLATE_ATTRS:
                     text = getattr(action, attr)
                     if not text:
                         continue
-                    for name in template_names(text):
-                        if name not in known_fields:
-                            raise ValueError(
-                                f"{where} {when}[{i}].{attr}: unknown field {{{name}}}; "
-                                f"use one of {', '.join(sorted(known_fields))}"
-                            )
+                    try:
+                        check_template(text, types, limit=LIMITS[attr])
+                    except TemplateError as exc:
+                        raise ValueError(f"{where} {when}[{i}].{attr}: {exc}") from None
     audiences = settings.audiences
     needs = {"yandex": ("yandex_token",), "vk": ("vk_client_id", "vk_client_secret"),
              "google": ("google_access_token",), "meta": ("meta_access_token",)}
@@ -79,11 +85,6 @@ def check_campaigns(settings: Any, engine: Any) -> None:
     dnc = settings.pressure.do_not_contact
     if dnc is not None and not dnc.strip():
         raise ValueError("[pressure] do_not_contact: give a field name or leave it out")
-
-
-class _Blank(dict):
-    def __missing__(self, key: str) -> str:  # a field the customer has no value for renders empty
-        return ""
 
 
 def pick(items: list[dict[str, Any]], wanted: str | None, id_key: str, name_key: str) -> dict[str, Any] | None:
@@ -114,8 +115,29 @@ def check_users(campaigns: Iterable[Any], existing: set[int], where: str) -> Non
                 raise ConfigError(f"[[campaign]] {campaign.name!r}: responsible users {missing} are not active users {where}")
 
 
-def render(template: str, values: dict[str, Any]) -> str:
-    return template.format_map(_Blank({k: ("" if v is None else v) for k, v in values.items()}))
+def render(template: str, values: dict[str, Any], attr: str = "description") -> str:
+    """The template for one customer, cut to the CRM's length for ``attr``; empty values render empty."""
+    return render_template(template, values, limit=LIMITS[attr])
+
+
+def template_values(values: dict[str, Any], as_of: date) -> dict[str, Any]:
+    """A card's values with the dates templates may format: birthday as a date, and the first and last
+    purchase dates (from ``first_purchase_days`` / ``recency_days`` before ``as_of``)."""
+    out = dict(values)
+    born = out.get("birthday")
+    if isinstance(born, str):
+        try:
+            out["birthday"] = date.fromisoformat(born[:10])
+        except ValueError:
+            out["birthday"] = None
+    for name, days in (("last_purchase", "recency_days"), ("first_purchase", "first_purchase_days")):
+        n = out.get(days)
+        if name not in out and isinstance(n, (int, float)) and not isinstance(n, bool) and n == n:
+            try:
+                out[name] = as_of - timedelta(days=int(n))
+            except OverflowError:
+                out[name] = None
+    return out
 
 
 # -- calendar --------------------------------------------------------------------------------------
@@ -242,7 +264,7 @@ def plan(
                 responsible = None
                 if reason is None:
                     responsible, reason = _assign(campaign, card, as_of, per_rep_day, rr)
-                values = {**card.values, "campaign": campaign.name, "segment": campaign.segment}
+                values = {**template_values(card.values, as_of), "campaign": campaign.name, "segment": campaign.segment}
                 for i, action in enumerate(actions):
                     base = f"{campaign.name}/{'on_' + event}.{i}.{action.action}/{cid}/{as_of.isoformat()}"
                     common = dict(campaign=campaign.name, customer_id=cid, entry_date=as_of, event=event,
@@ -250,15 +272,17 @@ def plan(
                     deadline = calendar.deadline(as_of, action.due_in_days, tz).isoformat()
                     if action.action == "call_task":
                         kind = "todo" if action.kind == "todo" else "call_task"
-                        payload = {"title": render(action.title, values), "description": render(action.description, values),
+                        payload = {"title": render(action.title, values, "title"),
+                                   "description": render(action.description, values, "description"),
                                    "deadline": deadline}
                         out.append(PlannedAction(key=base, action=kind, payload=payload, **common))
                     else:
-                        title = render(action.title, values)
+                        title = render(action.title, values, "title")
                         payload = {"title": title, "pipeline": action.pipeline, "stage": action.stage,
-                                   "script": render(action.script, values), "deadline": deadline}
+                                   "script": render(action.script, values, "script"), "deadline": deadline}
                         out.append(PlannedAction(key=base + "/deal", action="deal", payload=payload, **common))
-                        task_title = render(action.task_title, values) if action.task_title else f"Call: {title}"
+                        task_title = (render(action.task_title, values, "task_title") if action.task_title
+                                      else cut(f"Call: {title}", LIMITS["task_title"]))
                         task = {"title": task_title, "description": payload["script"], "deadline": deadline}
                         out.append(PlannedAction(key=base + "/deal_task", action="deal_task", payload=task,
                                                  parent_key=base + "/deal", **common))

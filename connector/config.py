@@ -50,6 +50,7 @@ class CrmConfig(_Section):
     timezone: str = "Europe/Moscow"
     customer: Literal["contact", "company"] = "contact"
     delimiter: str = Field(",", min_length=1, max_length=1)
+    encoding: str = Field("auto", description='csv: "auto" (UTF-8, or Windows-1251 when detected), "utf-8", "cp1251", ...')
     # Bitrix24: an inbound webhook, or a local/marketplace app's OAuth credentials.
     webhook_url: SecretStr | None = None
     client_endpoint: str | None = Field(None, description="OAuth: https://PORTAL/rest/")
@@ -70,6 +71,21 @@ class CrmConfig(_Section):
     burst: int = Field(50, ge=1, description="leaky-bucket size: 50 (250 on Enterprise)")
     overlap_minutes: float = Field(10, ge=0, description="incremental pulls re-read this much before the cursor")
     reconcile_hours: float = Field(24, ge=0, description="how often to list all ids to notice deletions")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        if value == "auto":
+            return value
+        try:
+            ascii_compatible = codecs.lookup(value) and "id,\n".encode(value) == b"id,\n"
+        except (LookupError, UnicodeError):
+            ascii_compatible = False
+        if not ascii_compatible:
+            raise ValueError(f"encoding {value!r} is not a known ASCII-compatible encoding; use 'auto', 'utf-8' or 'cp1251'")
+        return value
 
     @field_validator("timezone")
     @classmethod

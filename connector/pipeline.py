@@ -72,7 +72,8 @@ def make_source(config: LoadedConfig, store: StateStore | None = None) -> CrmSou
     crm = config.crm
     if crm.kind == "csv":
         assert crm.path is not None
-        return CsvSource(crm.path, timezone=crm.timezone, customer=crm.customer, delimiter=crm.delimiter)
+        return CsvSource(crm.path, timezone=crm.timezone, customer=crm.customer, delimiter=crm.delimiter,
+                         encoding=crm.encoding)
     if crm.kind == "bitrix24":
         from adapters.bitrix24 import Bitrix24Source
 
@@ -144,6 +145,8 @@ def compute(
         customer=crm.customer,
         fields=engine.fields,
     )
+    for warning in stats.field_warnings:
+        log.warning("%s", warning)
     membership = engine.evaluate(features, frozen)
     names = engine.segment_names
     sums = membership.select(pl.col(names).sum()).row(0, named=True) if names else {}
@@ -219,6 +222,7 @@ class SyncResult:
             **self.mirror,
             "pull": "full" if self.full_pull else "incremental",
             "pull_requests": self.pull_requests,
+            **({"field_warnings": list(self.computation.stats.field_warnings)} if self.computation.stats.field_warnings else {}),
             **self.writeback,
         }
 

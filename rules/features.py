@@ -11,6 +11,9 @@ Semantics follow design.md, "Segment semantics":
 * ``days_to_birthday`` is 0 on the day; 29 February counts as 28 February in other years.
 * Customers created after ``as_of`` are left out unless they already have a purchase by then, so a
   backtest does not count people the CRM did not know yet.
+* A custom field's value that does not parse as its type (a number field holding "12 500 rub" or
+  "1e999", a yes/no field holding "maybe") is null; such values, and a source no customer has at all,
+  are counted in ``FeatureStats.field_warnings`` so the run can say so instead of nulling silently.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ BUILTIN_FEATURES: dict[str, FeatureType] = {
 
 EPOCH = date(1900, 1, 1)
 DAY_SPAN = 1 << 20  # days since 1900 stay below this until the year 4770
+MAX_PACKED_ID = 1 << 42  # customer_id * DAY_SPAN + day fits an int64 below this (sources allow up to 2**63-1)
 
 TRUE_WORDS = ("1", "true", "yes", "y", "да", "t")
 FALSE_WORDS = ("0", "false", "no", "n", "нет", "f")
@@ -60,6 +64,7 @@ class FeatureStats:
     deals: int
     deals_without_customer: int
     deals_unknown_customer: int
+    field_warnings: tuple[str, ...] = ()  # custom fields whose values do not parse or whose source is absent
 
 
 def local_date(column: str, tz: str) -> pl.Expr:
@@ -85,10 +90,15 @@ def _days_to_birthday(as_of: date) -> pl.Expr:
     return (next_one - pl.lit(as_of)).dt.total_days()
 
 
+def _raw_field(field: CustomField) -> pl.Expr:
+    return pl.col("_fields").struct.field(field.source).str.strip_chars()
+
+
 def _custom_field(field: CustomField) -> pl.Expr:
-    raw = pl.col("_fields").struct.field(field.source).str.strip_chars()
+    raw = _raw_field(field)
     if field.type == "number":
-        value = raw.str.replace_all(" ", "").str.replace(",", ".").cast(pl.Float64, strict=False)
+        number = raw.str.replace_all(" ", "").str.replace(",", ".").cast(pl.Float64, strict=False)
+        value = pl.when(number.is_finite()).then(number).otherwise(pl.lit(None, pl.Float64))
     elif field.type == "bool":
         lowered = raw.str.to_lowercase()
         value = (
@@ -101,6 +111,46 @@ def _custom_field(field: CustomField) -> pl.Expr:
     else:
         value = pl.when(raw == "").then(pl.lit(None, pl.String)).otherwise(raw)
     return value.alias(field.name)
+
+
+TYPE_WORDS = {"number": "numbers", "bool": "yes/no values (true/false, yes/no, 1/0, да/нет)"}
+
+
+def _field_counts(fields: Mapping[str, CustomField]) -> list[pl.Expr]:
+    """Per custom field: how many customers have a value, and how many of those parse as its type."""
+    out = []
+    for f in fields.values():
+        raw = _raw_field(f)
+        out.append((raw.is_not_null() & (raw != "")).sum().alias(f"present:{f.name}"))
+        out.append(_custom_field(f).is_not_null().sum().alias(f"parsed:{f.name}"))
+    return out
+
+
+def field_warnings(fields: Mapping[str, CustomField], counts: dict[str, int], customers: int) -> tuple[str, ...]:
+    """One line per custom field that came out null where the config expected values (counts, no values)."""
+    out = []
+    for f in fields.values():
+        present, parsed = counts[f"present:{f.name}"], counts[f"parsed:{f.name}"]
+        if customers and not present:
+            out.append(f"[fields] {f.name}: none of {customers} customers has a value in {f.source!r}; "
+                       f"check the field's source (a CRM field id, CSV column or field name)")
+        elif f.type in TYPE_WORDS and parsed < present:
+            out.append(f"[fields] {f.name}: {present - parsed} of {present} values in {f.source!r} are not "
+                       f"{TYPE_WORDS[f.type]} and count as empty")
+    return tuple(out)
+
+
+def _distinct_days(won: pl.LazyFrame, day: pl.Expr, *, wide: bool) -> pl.LazyFrame:
+    """(customer_id, _day) of every distinct purchase day, sorted. Packed into one int64 key when the ids
+    allow (one-column unique and sort, the fast path); as two columns when an id is too large to pack."""
+    if wide:
+        return won.select("customer_id", day.alias("_day")).unique().sort("customer_id", "_day")
+    return (
+        won.select((pl.col("customer_id") * DAY_SPAN + day).alias("_key"))
+        .unique()
+        .sort("_key")
+        .select((pl.col("_key") // DAY_SPAN).alias("customer_id"), (pl.col("_key") % DAY_SPAN).alias("_day"))
+    )
 
 
 def compute_features(
@@ -144,10 +194,7 @@ def compute_features(
         pl.len().alias("purchases"), pl.col("amount").sum().alias("monetary")
     )
     purchase_days = (
-        won.select((pl.col("customer_id") * DAY_SPAN + day).alias("_key"))
-        .unique()
-        .sort("_key")
-        .select((pl.col("_key") // DAY_SPAN).alias("customer_id"), (pl.col("_key") % DAY_SPAN).alias("_day"))
+        _distinct_days(won, day, wide=bool(customers.height) and (customers.get_column("id").max() or 0) >= MAX_PACKED_ID)
         .with_columns(
             pl.when(pl.col("customer_id") == pl.col("customer_id").shift(1))
             .then(pl.col("_day") - pl.col("_day").shift(1))
@@ -205,12 +252,14 @@ def compute_features(
         pl.col("customer_id").is_null().sum().alias("without"),
     )
     known_count = deals_known.select(pl.len().alias("known"))
-    features_df, counts_df, known_df = pl.collect_all([features, counts, known_count])
+    field_counts = base.select(pl.len().alias("customers"), *_field_counts(fields))
+    features_df, counts_df, known_df, fields_df = pl.collect_all([features, counts, known_count, field_counts])
     total, without = counts_df.row(0)
     stats = FeatureStats(
         customers=features_df.height,
         deals=int(total),
         deals_without_customer=int(without),
         deals_unknown_customer=int(total - without - known_df.item()),
+        field_warnings=field_warnings(fields, fields_df.row(0, named=True), int(fields_df.item(0, "customers"))),
     )
     return features_df, stats

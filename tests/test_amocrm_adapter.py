@@ -333,3 +333,29 @@ def test_no_429_under_the_real_limit(tmp_path):
         counters = acct.counters()
         assert counters["http_status"].get("429", 0) == 0 and counters["too_many_requests"] == 0
         assert_mirror_equals_account(config, acct)
+
+
+def test_poisoned_records_are_reported_by_id_and_skipped_and_the_sync_goes_on(tmp_path, acct):
+    state = acct.state()
+    contacts = sorted(int(c["id"]) for c in state["contacts"])
+    leads = sorted(int(d["id"]) for d in state["leads"])
+    far = 94_670_000_000_000  # unix seconds in the year 3,000,000
+    acct.corrupt("contacts", contacts[3], created_at=far)
+    acct.corrupt("contacts", contacts[4], id=-7)
+    acct.corrupt("leads", leads[0], _embedded={"contacts": [{"id": 2**64, "is_main": True}]})  # above int64
+    acct.corrupt("leads", leads[1], price=float("inf"))  # what a JSON 1e999 parses to
+    acct.corrupt("leads", leads[2], price="1e999")
+    acct.corrupt("leads", leads[3], status_id=142, closed_at=far)
+    acct.corrupt("leads", leads[4], id=-5)
+    config = load_config(write_config(tmp_path, acct))
+    result = sync(config)
+    errors = sorted(((e.file, e.record_id, e.message) for e in result.row_errors), key=lambda e: (e[0], e[1] or 0))
+    assert [(f, i) for f, i, _ in errors] == [
+        ("contacts", None), ("contacts", contacts[3]), ("leads", None), *(("leads", d) for d in leads[:4])]
+    text = " | ".join(m for _, _, m in errors)
+    for shown in ("'-7'", "'-5'", str(far), str(2**64), "'inf'", "'1e999'", "1900..2200"):
+        assert shown in text, shown
+    assert result.summary()["rows_skipped"] == 7
+    cust, deal = mirror(config)
+    assert sorted(cust) == [c for c in contacts if c not in contacts[3:5]]  # every other record is mirrored
+    assert sorted(deal) == leads[5:]

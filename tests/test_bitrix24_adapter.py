@@ -258,3 +258,33 @@ def test_a_malformed_record_is_reported_and_its_stored_copy_kept(tmp_path, porta
     assert cust[4] == before_cust[4]  # the stored copy is kept as it was, not dropped or half-updated
     assert deal[deal_id] == before_deal[deal_id]
     assert cust[5]["name"].startswith("Fine")  # the good rows of the same pages still landed
+
+
+def test_poisoned_records_are_reported_by_id_and_skipped_and_the_sync_goes_on(tmp_path, portal):
+    # What a broken import or a hostile portal could serve: none of it may stop the run or reach the store.
+    deals = sorted(int(d["ID"]) for d in portal.state("deals")["deals"])
+    contacts = sorted(int(c["ID"]) for c in portal.state("contacts")["contacts"])
+    portal.corrupt("contact", 4, ID="abc")
+    portal.corrupt("contact", 6, BIRTHDATE="9999-01-01T00:00:00+03:00")
+    portal.corrupt("deal", deals[0], CONTACT_ID="99999999999999999999")  # above int64
+    portal.corrupt("deal", deals[1], OPPORTUNITY="1e999")
+    portal.corrupt("deal", deals[2], CLOSEDATE="3000000-01-01T00:00:00+03:00")
+    portal.corrupt("deal", deals[3], DATE_CREATE="2999-01-01T00:00:00+03:00")
+    portal.corrupt("deal", deals[4], ID="-5")
+    config = load_config(write_config(tmp_path, portal))
+    result = sync(config)
+    errors = sorted(((e.file, e.record_id, e.message) for e in result.row_errors), key=lambda e: (e[0], e[1] or 0))
+    assert [(f, i) for f, i, _ in errors] == [
+        ("crm.contact.list", None), ("crm.contact.list", 6),
+        ("crm.deal.list", None), *(("crm.deal.list", d) for d in deals[:4])]
+    text = " | ".join(m for _, _, m in errors)
+    for shown in ("'abc'", "9999-01-01", "'-5'", "99999999999999999999", "1e999", "3000000-01-01", "2999-01-01"):
+        assert shown in text, shown
+    assert result.summary()["rows_skipped"] == 7
+    cust, deal = mirror(config)
+    assert sorted(cust) == [c for c in contacts if c not in (4, 6)]  # every other record is mirrored
+    assert sorted(deal) == deals[5:]
+    next_second()
+    again = sync(config)  # incremental, with the id reconciliation that lists every ID (the "abc" too)
+    assert again.summary()["pull"] == "incremental"
+    assert sorted(mirror(config)[0]) == sorted(cust)

@@ -140,3 +140,75 @@ def test_campaigns_need_a_crm(tmp_path):
 
     with pytest.raises(ConfigError, match="needs a CRM"):
         sync(load_config(path))
+
+
+# -- templates: checked at load against a typed sample card, safe to render --------------------------
+
+def campaign_toml(title: str, attr: str = "title") -> str:
+    extra = f', description = "{title}"' if attr == "description" else ""
+    shown = "x" if attr == "description" else title
+    return (f'[[campaign]]\nname = "w"\nsegment = "status.former"\n'
+            f'on_enter = [{{ action = "call_task", title = "{shown}"{extra} }}]\n')
+
+
+@pytest.mark.parametrize("template, message", [
+    ("Hi {purchases:>100000000}", "'w' on_enter[0].title: {purchases:>100000000}: width 100000000 is too wide; at most 100"),
+    ("Hi {monetary:.100000000f}", "'w' on_enter[0].title: {monetary:.100000000f}: precision 100000000 is too large"),
+    ("Hi {name!z}", "'w' on_enter[0].title: {name!z}: unknown conversion !z; use !s, !r, !a or none"),
+    ("Hi {name", "'w' on_enter[0].title: expected '}' before end of string; write {{ and }} for literal braces"),
+    ("Hi name}", "'w' on_enter[0].title: Single '}' encountered"),
+    ("Hi {birthday:>12}", "{birthday:>12}: a date format needs strftime codes, e.g. {birthday:%d.%m.%Y}"),
+    ("Hi {birthday:%10Y}", "{birthday:%10Y}: %1 is not a supported date code"),
+    ("Hi {name:,d}", "{name:,d}: not a format for string field 'name'"),
+    ("Hi {purchases:s}", "{purchases:s}: not a number format"),
+    ("Hi {name.__class__}", "{name.__class__}: only plain field names are allowed"),
+    ("Hi {last_purchse:%d.%m}", "unknown field {last_purchse} (did you mean {last_purchase}?)"),
+    ("Hi {purchases:{width}}", "nested fields in a format spec are not supported"),
+])
+def test_a_bad_template_is_a_config_error_naming_the_campaign_and_the_key(tmp_path, template, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, campaign_toml(template)))
+    assert message in str(err.value)
+    assert str(err.value).count("\n") == 0  # one line
+
+
+def test_a_bad_description_template_names_the_description(tmp_path):
+    with pytest.raises(ConfigError, match=r"'w' on_enter\[0\]\.description: \{name!x\}"):
+        load_config(write(tmp_path, campaign_toml("Hi {name!x}", attr="description")))
+
+
+def test_date_formats_render_birthday_and_purchase_dates_and_empty_values_render_empty(tmp_path):
+    title = "{name!s:.10}: {birthday:%d.%m}, last {last_purchase:%d.%m.%Y}, first {first_purchase:%-d.%-m.%y}"
+    description = "{monetary:,.0f} RUB, {purchases:d} orders, gap {median_gap:.1f}, {has_phone}, {city:>3}"
+    body = campaign_toml(title) + '[fields]\ncity = { type = "string" }\n'
+    loaded = load_config(write(tmp_path, body))  # loads: every spec is valid against the typed sample card
+    action = loaded.settings.campaign[0].on_enter[0]
+    assert action.title == title
+    c = campaign(on_enter=(call(title=title, description=description),))
+    full = Card({"id": 1, "name": "Anna Karenina-Vronskaya", "birthday": date(1990, 5, 7), "recency_days": 3,
+                 "first_purchase_days": 400, "monetary": 1234567.4, "purchases": 12, "median_gap": 31.25,
+                 "has_phone": True, "city": "Tver"}, 7)
+    out = run([c], {"seg": [1]}, cards_={1: full})
+    assert out[0].payload["title"] == "Anna Karen: 07.05, last 20.11.2026, first 19.10.25"
+    assert out[0].payload["description"] == "1,234,567 RUB, 12 orders, gap 31.2, True, Tver"
+    empty = Card({"id": 2, "name": None, "birthday": None, "recency_days": None}, 7)
+    out = run([c], {"seg": [2]}, cards_={2: empty})
+    assert out[0].payload["title"] == ": , last , first "  # every missing value renders as an empty string
+    assert out[0].payload["description"] == " RUB,  orders, gap , , "
+
+
+def test_rendered_text_is_cut_to_the_crm_field_length_with_an_ellipsis():
+    deal = ActionConfig(action="deal", title="{name:>100}{name:>100}{name:>100}", pipeline="p", script="{name}" * 5000)
+    out = run([campaign(on_enter=(deal,))], {"seg": [1]}, cards_={1: Card({"id": 1, "name": "Bob"}, 7)})
+    title, script = out[0].payload["title"], out[0].payload["script"]
+    assert len(title) == 200 and title.endswith("…") and len(script) == 15000  # 15,000 fits in 20,000
+    assert len(out[1].payload["title"]) == 200 and out[1].payload["title"].startswith("Call: ")
+    long = ActionConfig(action="call_task", title="t", description="{name:>100}" * 300)
+    text = run([campaign(on_enter=(long,))], {"seg": [1]}, cards_={1: Card({"id": 1, "name": "Bob"}, 7)})[0].payload["description"]
+    assert len(text) == 20000 and text.endswith("…")
+
+
+def test_a_value_of_an_unexpected_type_is_written_as_text_not_a_crash():
+    c = campaign(on_enter=(call(title="{monetary:,.0f} / {birthday:%d.%m}"),))
+    odd = Card({"id": 1, "monetary": "12 500 rub", "birthday": "not a date"}, 7)
+    assert run([c], {"seg": [1]}, cards_={1: odd})[0].payload["title"] == "12 500 rub / "

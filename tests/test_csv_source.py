@@ -80,6 +80,14 @@ def test_quoted_newlines_keep_line_numbers_right(ws):
     assert [(e.line, e.column) for e in pull.errors] == [(5, "id")]
 
 
+def test_old_mac_line_endings_are_lines(ws):
+    (ws.crm / "contacts.csv").write_bytes("id,name\r1,Иван\r2,\"a\rb\"\rx,y\r".encode())
+    (ws.crm / "deals.csv").write_bytes(b"id,status\r\n1,open\r\n")
+    pull = source(ws).pull()
+    assert [(c.id, c.name) for c in pull.customers] == [(1, "Иван"), (2, "a\rb")] and [d.id for d in pull.deals] == [1]
+    assert [(e.line, e.column) for e in pull.errors] == [(5, "id")]
+
+
 def test_excel_bom_and_semicolon_delimiter(ws):
     (ws.crm / "contacts.csv").write_text("\ufeffid;name\n1;Иван\n", encoding="utf-8")
     (ws.crm / "deals.csv").write_text("id;contact_id;status;closed_at\n1;1;won;2024-01-01\n", encoding="utf-8")
@@ -135,3 +143,99 @@ def test_a_row_broken_later_keeps_its_stored_copy_and_deleted_rows_leave(ws):
     assert cust[1].name == "A2" and cust[2].name == "B"  # the stored copy of the broken row is kept
     assert deal[1].amount == 5
     assert result.summary()["rows_skipped"] == 2
+
+
+# -- poisoned records: each is reported by file and line, skipped, and the run goes on ----------------
+
+def test_out_of_range_values_are_skipped_by_file_and_line_and_the_sync_goes_on(ws):
+    big = "x" * 200_000
+    ws.write_contacts([{"id": 1, "name": "A"}, {"id": 2**63}, {"id": -4}, {"id": 5, "name": big},
+                       {"id": 6, "birthday": "1850-01-01"}, {"id": 7, "name": "B"}])
+    ws.write_deals([
+        {"id": 1, "contact_id": 1, "status": "won", "amount": "1e999", "closed_at": "2026-01-01"},
+        {"id": 2, "contact_id": 1, "status": "won", "amount": "10", "closed_at": "3000000-01-01"},
+        {"id": 3, "contact_id": 1, "status": "won", "amount": "10", "closed_at": "2999-01-01"},
+        {"id": 4, "contact_id": 99999999999999999999, "status": "open"},
+        {"id": 5, "contact_id": 7, "status": "won", "amount": "-1e16", "closed_at": "2026-01-01"},
+        {"id": 6, "contact_id": 7, "status": "won", "amount": "100", "closed_at": "2026-01-02"},
+    ])
+    config = ws.config()
+    result = sync(config)
+    got = [(e.file, e.line, e.column) for e in result.row_errors]
+    assert got == [
+        ("contacts.csv", 3, "id"), ("contacts.csv", 4, "id"), ("contacts.csv", 5, None), ("contacts.csv", 6, "birthday"),
+        ("deals.csv", 2, "amount"), ("deals.csv", 3, "closed_at"), ("deals.csv", 4, "closed_at"),
+        ("deals.csv", 5, "contact_id"), ("deals.csv", 6, "amount"),
+    ]
+    text = [str(e) for e in result.row_errors]
+    assert "'9223372036854775808' is not a positive integer id (1 to 2**63-1)" in text[0]
+    assert "field larger than field limit" in text[2] and "1850-01-01" in text[3]
+    assert "out of range" in text[4] and "1900..2200" in text[5] and "1900..2200" in text[6]
+    assert all(big not in t for t in text)  # no 200 KB value echoed
+    assert result.summary()["rows_skipped"] == 9
+    cust, deal = _mirror(config)
+    assert sorted(cust) == [1, 7] and sorted(deal) == [6]
+    assert result.computation.customers == 2
+
+
+def test_a_windows_1251_export_is_detected_and_read(ws):
+    (ws.crm / "contacts.csv").write_bytes("id,name\n1,Иван Петров\n2,Ёлка №2\n".encode("cp1251"))
+    (ws.crm / "deals.csv").write_bytes("id,contact_id,status,closed_at,amount\n1,1,won,2024-01-01,5\n".encode("cp1251"))
+    pull = source(ws).pull()
+    assert pull.errors == [] and [c.name for c in pull.customers] == ["Иван Петров", "Ёлка №2"]
+
+
+def test_encoding_cp1251_from_the_config_reads_the_file(ws):
+    (ws.crm / "contacts.csv").write_bytes("id,name,город\n1,Иван,Тверь\n".encode("cp1251"))
+    (ws.crm / "deals.csv").write_text("id,status\n", encoding="utf-8")
+    path = ws.write_config()
+    path.write_text(path.read_text(encoding="utf-8").replace('kind = "csv"', 'kind = "csv"\nencoding = "cp1251"'),
+                    encoding="utf-8")
+    from connector.config import load_config
+
+    config = load_config(path)
+    assert config.crm.encoding == "cp1251"
+    result = sync(config)
+    assert result.row_errors == []
+    cust, _ = _mirror(config)
+    assert cust[1].name == "Иван" and "Тверь" in cust[1].fields
+
+
+def test_one_stray_byte_in_a_utf8_file_skips_that_row_with_file_and_line(ws):
+    (ws.crm / "contacts.csv").write_bytes(
+        "id,name\n1,Анна\n".encode() + b"2,\xcf\xe5\xf2\xf0\n" + "3,Ольга\n".encode())
+    (ws.crm / "deals.csv").write_text("id,status\n", encoding="utf-8")
+    pull = source(ws).pull()
+    assert [c.name for c in pull.customers] == ["Анна", "Ольга"]
+    (err,) = pull.errors
+    assert (err.file, err.line, err.record_id) == ("contacts.csv", 3, 2)  # its stored copy is kept
+    assert str(err).startswith("contacts.csv:3: byte 0xcf at position 3 is not utf-8 text")
+    assert 'set [crm] encoding = "cp1251"' in str(err)
+    assert pull.kept_customer_ids == {("contact", 2)}
+
+
+def test_an_unknown_encoding_is_a_config_error(ws):
+    path = ws.write_config()
+    path.write_text(path.read_text(encoding="utf-8").replace('kind = "csv"', 'kind = "csv"\nencoding = "utf-16"'),
+                    encoding="utf-8")
+    from connector.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="not a known ASCII-compatible encoding"):
+        load_config(path)
+
+
+def test_ids_up_to_the_int64_limit_get_correct_features(ws):
+    top = 2**63 - 1  # the largest id a source accepts; too large to pack with a day into one int64 key
+    ws.write_contacts([{"id": 1}, {"id": top}])
+    ws.write_deals([
+        {"id": 1, "contact_id": top, "status": "won", "amount": 10, "closed_at": "2026-01-01"},
+        {"id": 2, "contact_id": top, "status": "won", "amount": 10, "closed_at": "2026-01-11"},
+        {"id": 3, "contact_id": top, "status": "won", "amount": 10, "closed_at": "2026-01-11"},
+        {"id": 4, "contact_id": 1, "status": "won", "amount": 5, "closed_at": "2026-02-01"},
+    ])
+    result = sync(ws.config(), as_of=date(2026, 3, 1))
+    assert result.row_errors == []
+    rows = {r["id"]: r for r in result.computation.features.iter_rows(named=True)}
+    assert (rows[top]["purchases"], rows[top]["purchase_days"], rows[top]["median_gap"]) == (3, 2, 10.0)
+    assert (rows[top]["first_purchase_days"], rows[top]["recency_days"]) == (59, 49)
+    assert (rows[1]["purchases"], rows[1]["purchase_days"], rows[1]["recency_days"]) == (1, 1, 28)

@@ -160,3 +160,40 @@ def test_sync_cli_reports_skipped_rows_and_failed_runs_are_recorded(ws):
     assert proc.returncode == 2 and "contacts.csv not found" in proc.stderr
     statuses = [r["status"] for r in table_rows(config, runs)]
     assert statuses == ["ok", "failed"]
+
+
+def test_custom_fields_that_do_not_parse_or_have_no_source_are_warned_about_with_counts(ws, caplog):
+    ws.write_contacts(
+        [{"id": 1, "points": "1 200,5", "vip": "да"}, {"id": 2, "points": "12 500 rub", "vip": "maybe"},
+         {"id": 3, "points": "1e999", "vip": "no"}, {"id": 4}],
+        extra_columns=["points", "vip"],
+    )
+    ws.write_deals([])
+    config = ws.config('[fields]\npoints = { type = "number" }\nvip = { type = "bool" }\n'
+                       'bonus = { type = "number", source = "Бонус" }\nnote = { type = "string" }\n')
+    with caplog.at_level("WARNING", logger="lifecycle.pipeline"):
+        result = sync(config, as_of=AS_OF)
+    warnings = result.summary()["field_warnings"]
+    assert warnings == [
+        "[fields] points: 2 of 3 values in 'points' are not numbers and count as empty",
+        "[fields] vip: 1 of 3 values in 'vip' are not yes/no values (true/false, yes/no, 1/0, да/нет) and count as empty",
+        "[fields] bonus: none of 4 customers has a value in 'Бонус'; check the field's source (a CRM field id, CSV column or field name)",
+        "[fields] note: none of 4 customers has a value in 'note'; check the field's source (a CRM field id, CSV column or field name)",
+    ]
+    assert [r.getMessage() for r in caplog.records if r.name == "lifecycle.pipeline" and r.levelname == "WARNING"] == warnings
+    values = dict(result.computation.features.select("id", "points").iter_rows())
+    assert values == {1: 1200.5, 2: None, 3: None, 4: None}  # 1e999 is not a number a customer can have
+    vip = dict(result.computation.features.select("id", "vip").iter_rows())
+    assert vip == {1: True, 2: None, 3: False, 4: None}
+    store = open_store(config)
+    with store.engine.connect() as conn:
+        stats = conn.execute(sa.select(runs.c.stats).order_by(runs.c.id.desc())).scalars().first()
+    store.close()
+    assert "2 of 3 values in 'points'" in str(stats)
+
+
+def test_custom_fields_that_parse_give_no_warning(ws):
+    ws.write_contacts([{"id": 1, "points": "5"}], extra_columns=["points"])
+    ws.write_deals([])
+    config = ws.config('[fields]\npoints = { type = "number" }\n')
+    assert "field_warnings" not in sync(config, as_of=AS_OF).summary()

@@ -8,6 +8,8 @@
 * Lead: status 142 = won, 143 = lost (the same ids in every pipeline), anything else open; ``price``;
   ``closed_at`` is the purchase date of a won lead; the contact is the one marked ``is_main`` (else the
   first); the company is the first linked one.
+* Ids (the record's, linked contacts' and companies'), prices and dates must lie within the bounds every
+  source shares (adapters/base.py); a record outside them raises MappingError and is reported and skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from adapters.base import Customer, Deal, Entity
+from adapters.base import BadValue, Customer, Deal, Entity, valid_amount, valid_date, valid_id, valid_timestamp
 
 WON, LOST = 142, 143
 TAGS_FIELD = "tags"
@@ -39,27 +41,49 @@ def _int(value: Any, what: str) -> int | None:
 
 
 def record_id(record: Any) -> int | None:
+    """The record's id when it is a valid id (1 .. 2**63-1), else None."""
     try:
-        return int(record["id"])
-    except (KeyError, TypeError, ValueError):
+        return valid_id(record["id"])
+    except (KeyError, TypeError, BadValue):
         return None
+
+
+def _id(value: Any, what: str) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return valid_id(value, what)
+    except BadValue as bad:
+        raise MappingError(str(bad)) from None
+
+
+def _stamp(value: Any, what: str) -> int | None:
+    number = _int(value, what)
+    if number is None:
+        return None
+    try:
+        return valid_timestamp(number, what)
+    except BadValue as bad:
+        raise MappingError(str(bad)) from None
 
 
 def birthday(value: Any, tz: ZoneInfo) -> date | None:
     if value in (None, ""):
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, tz).date()
     text = str(value).strip()
     try:
-        if text.isdigit():
-            return datetime.fromtimestamp(int(text), tz).date()
-        if len(text) >= 10 and text[2] == "." and text[5] == ".":  # 12.01.1980 (webhook style)
-            return date(int(text[6:10]), int(text[3:5]), int(text[:2]))
-        parsed = datetime.fromisoformat(text)
-        return (parsed.astimezone(tz) if parsed.tzinfo else parsed).date()
-    except (ValueError, OverflowError):
-        raise MappingError(f"birthday {value!r} is not a date") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            day = datetime.fromtimestamp(value, tz).date()
+        elif text.isdigit():
+            day = datetime.fromtimestamp(int(text), tz).date()
+        elif len(text) >= 10 and text[2] == "." and text[5] == ".":  # 12.01.1980 (webhook style)
+            day = date(int(text[6:10]), int(text[3:5]), int(text[:2]))
+        else:
+            parsed = datetime.fromisoformat(text)
+            day = (parsed.astimezone(tz) if parsed.tzinfo else parsed).date()
+        return valid_date(day, "birthday")
+    except (ValueError, OverflowError, OSError):
+        raise MappingError(f"birthday {text[:40]!r} is not a date in the years 1900..2200") from None
 
 
 def _values(field: dict[str, Any]) -> list[Any]:
@@ -75,7 +99,7 @@ def is_birthday_field(field: dict[str, Any], wanted: str | None) -> bool:
 def to_customer(record: dict[str, Any], entity: Entity, tz: ZoneInfo, birthday_field: str | None = None) -> Customer:
     cid = record_id(record)
     if cid is None:
-        raise MappingError(f"record without a numeric id: {str(record)[:80]}")
+        raise MappingError(f"id {str(record.get('id') if isinstance(record, dict) else None)[:40]!r} is not a positive integer id")
     name = record.get("name") or " ".join(p for p in (record.get("first_name"), record.get("last_name")) if p) or None
     phone = email = None
     born: date | None = None
@@ -111,7 +135,7 @@ def to_customer(record: dict[str, Any], entity: Entity, tz: ZoneInfo, birthday_f
         email=email or None,
         birthday=born,
         responsible_id=str(responsible) if responsible else None,
-        created_ts=_int(record.get("created_at"), "created_at"),
+        created_ts=_stamp(record.get("created_at"), "created_at"),
         fields=fields,
     )
 
@@ -124,27 +148,31 @@ def _linked(record: dict[str, Any], key: str) -> list[dict[str, Any]]:
 def to_deal(record: dict[str, Any]) -> Deal:
     lid = record_id(record)
     if lid is None:
-        raise MappingError(f"lead without a numeric id: {str(record)[:80]}")
+        raise MappingError(f"lead id {str(record.get('id') if isinstance(record, dict) else None)[:40]!r} is not a positive integer id")
     status_id = _int(record.get("status_id"), "status_id")
     status = "won" if status_id == WON else "lost" if status_id == LOST else "open"
     contacts = _linked(record, "contacts")
     main = next((c for c in contacts if c.get("is_main")), contacts[0] if contacts else None)
     companies = _linked(record, "companies")
-    price = record.get("price")
-    if price not in (None, "") and not isinstance(price, (int, float)):
+    raw_price = price = record.get("price")
+    if price not in (None, "") and (isinstance(price, bool) or not isinstance(price, (int, float))):
         try:
             price = float(price)
         except (TypeError, ValueError):
-            raise MappingError(f"price {price!r} is not a number") from None
+            raise MappingError(f"price {str(price)[:40]!r} is not a number") from None
+    try:
+        amount = valid_amount(float(price or 0), "price", raw_price)
+    except (BadValue, OverflowError) as bad:
+        raise MappingError(str(bad) if isinstance(bad, BadValue) else f"price {str(raw_price)[:40]!r} is out of range") from None
     return Deal(
         id=lid,
         status=status,  # type: ignore[arg-type]
-        contact_id=_int(main.get("id"), "contact id") if main else None,
-        company_id=_int(companies[0].get("id"), "company id") if companies else None,
-        amount=float(price or 0),
+        contact_id=_id(main.get("id"), "contact id") if main else None,
+        company_id=_id(companies[0].get("id"), "company id") if companies else None,
+        amount=amount,
         currency=None,
-        created_ts=_int(record.get("created_at"), "created_at"),
-        closed_ts=_int(record.get("closed_at"), "closed_at") if status != "open" else None,
+        created_ts=_stamp(record.get("created_at"), "created_at"),
+        closed_ts=_stamp(record.get("closed_at"), "closed_at") if status != "open" else None,
     )
 
 

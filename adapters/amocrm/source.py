@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from adapters.amocrm.client import AmoClient, AmoError, StaticToken
 from adapters.amocrm.mapping import MappingError, record_id, to_customer, to_deal
-from adapters.base import Customer, Deal, Entity, PullResult, RowError
+from adapters.base import BadValue, Customer, Deal, Entity, PullResult, RowError, valid_id
 
 PAGE = 250
 EVENTS_PAGE = 100  # the RU docs say 100 per page for events (Kommo's say 250): the lower one is safe
@@ -147,8 +147,8 @@ class AmoSource:
         for page in iter_list(client, "/api/v4/events", "events", params, limit=EVENTS_PAGE):
             for event in page:
                 try:
-                    entity_id = int(event.get("entity_id"))
-                except (TypeError, ValueError):
+                    entity_id = valid_id(event.get("entity_id"))
+                except BadValue:
                     continue
                 if event.get("type") == "lead_deleted":
                     leads.add(entity_id)

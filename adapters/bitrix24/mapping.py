@@ -7,6 +7,9 @@ purchase when ``STAGE_SEMANTIC_ID`` is ``S``, lost when ``F``; ``CONTACT_ID`` is
 Phones and e-mails are multifields (``[{"VALUE": "...", "TYPE_ID": "PHONE", ...}]``): the first is kept.
 User fields are kept under their FIELD_NAME (raw: option ids for enumerations, a JSON list when
 multiple) and, when the field has a label, under the label as display text (option values).
+Ids, amounts and dates must lie within the bounds every source shares (adapters/base.py): a record
+with ``ID "abc"``, a ``CONTACT_ID`` above 2**63-1, ``OPPORTUNITY "1e999"`` or a date in the year 9999
+raises MappingError, so the source reports and skips it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from adapters.base import Customer, Deal, Entity
+from adapters.base import BadValue, Customer, Deal, Entity, valid_amount, valid_date, valid_id, valid_timestamp
 
 CONTACT_SELECT = ["ID", "NAME", "LAST_NAME", "PHONE", "EMAIL", "BIRTHDATE", "ASSIGNED_BY_ID", "DATE_CREATE", "DATE_MODIFY", "UF_*"]
 COMPANY_SELECT = ["ID", "TITLE", "PHONE", "EMAIL", "ASSIGNED_BY_ID", "DATE_CREATE", "DATE_MODIFY", "UF_*"]
@@ -55,18 +58,18 @@ def timestamp(value: Any) -> int | None:
     if value in (None, "", "0000-00-00 00:00:00"):
         return None
     try:
-        return int(datetime.fromisoformat(str(value)).timestamp())
-    except ValueError:
-        raise MappingError(f"{value!r} is not an ISO date-time") from None
+        return valid_timestamp(int(datetime.fromisoformat(str(value)).timestamp()), repr(value))
+    except (ValueError, OverflowError):
+        raise MappingError(f"{str(value)[:40]!r} is not an ISO date-time in the years 1900..2200") from None
 
 
 def birthday(value: Any) -> date | None:
     if value in (None, ""):
         return None
     try:
-        return date.fromisoformat(str(value)[:10])
+        return valid_date(date.fromisoformat(str(value)[:10]), "BIRTHDATE")
     except ValueError:
-        raise MappingError(f"BIRTHDATE {value!r} is not a date") from None
+        raise MappingError(f"BIRTHDATE {str(value)[:40]!r} is not a date in the years 1900..2200") from None
 
 
 def _first_value(multi: Any) -> str | None:
@@ -94,9 +97,11 @@ def _user_fields(record: dict[str, Any], fields_map: dict[str, UserField]) -> di
 
 def to_customer(record: dict[str, Any], entity: Entity, fields_map: dict[str, UserField]) -> Customer:
     try:
-        cid = int(record["ID"])
-    except (KeyError, TypeError, ValueError):
-        raise MappingError(f"record without a numeric ID: {str(record)[:80]}") from None
+        cid = valid_id(record["ID"], "ID")
+    except KeyError:
+        raise MappingError("record without an ID") from None
+    except BadValue as bad:
+        raise MappingError(str(bad)) from None
     if entity == "contact":
         name = " ".join(p for p in (record.get("NAME"), record.get("LAST_NAME")) if p) or None
     else:
@@ -114,23 +119,23 @@ def to_customer(record: dict[str, Any], entity: Entity, fields_map: dict[str, Us
     )
 
 
-def _optional_id(value: Any) -> int | None:
+def _optional_id(value: Any, what: str) -> int | None:
     if value in (None, "", "0", 0):
         return None
-    return int(value)
+    return valid_id(value, what)
 
 
 def to_deal(record: dict[str, Any]) -> Deal:
     try:
         return Deal(
-            id=int(record["ID"]),
+            id=valid_id(record["ID"], "ID"),
             status=STATUS.get(str(record.get("STAGE_SEMANTIC_ID", "")), "open"),  # type: ignore[arg-type]
-            contact_id=_optional_id(record.get("CONTACT_ID")),
-            company_id=_optional_id(record.get("COMPANY_ID")),
-            amount=float(record.get("OPPORTUNITY") or 0),
+            contact_id=_optional_id(record.get("CONTACT_ID"), "CONTACT_ID"),
+            company_id=_optional_id(record.get("COMPANY_ID"), "COMPANY_ID"),
+            amount=valid_amount(float(record.get("OPPORTUNITY") or 0), "OPPORTUNITY", record.get("OPPORTUNITY")),
             currency=record.get("CURRENCY_ID") or None,
             created_ts=timestamp(record.get("DATE_CREATE")),
             closed_ts=timestamp(record.get("CLOSEDATE")),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MappingError(f"deal {record.get('ID')!r}: {exc}") from None
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise MappingError(f"deal {str(record.get('ID'))[:40]!r}: {exc}") from None

@@ -69,7 +69,7 @@ async def iter_pages(
         yield rows
     if len(rows) < PAGE:
         return
-    after_id = int(rows[-1]["ID"])
+    after_id = _last_id(rows, method)
     stalls = 0
     read, batches = len(rows), 0
     while True:
@@ -90,12 +90,12 @@ async def iter_pages(
                 elif not got_any:
                     raise BitrixError(f"Bitrix24 {method}: {code or 'error'}: {error.get('error_description', '') if isinstance(error, dict) else error}")
                 break  # resume after the last good page
-            ids = [int(r["ID"]) for r in rows]
+            ids = [i for i in map(_numeric_id, rows) if i is not None]  # a non-numeric ID is the mapper's to report
             if ids and ids[0] <= after_id:
                 raise BitrixError(f"Bitrix24 {method}: the >ID chain went backwards at ID {after_id}; stopping to avoid a loop")
             if rows:
                 yield rows
-                after_id = ids[-1]
+                after_id = ids[-1] if ids else after_id
                 read += len(rows)
                 got_any = True
             if len(rows) < PAGE:
@@ -106,3 +106,19 @@ async def iter_pages(
         stalls = 0 if got_any else stalls + 1
         if stalls > MAX_STALLS:
             raise BitrixError(f"Bitrix24 {method}: no progress after {stalls} batches")
+
+
+def _numeric_id(row: Any) -> int | None:
+    try:
+        return int(row["ID"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _last_id(rows: list[dict[str, Any]], method: str) -> int:
+    """The chain goes on after the page's last numeric ID (a corrupt ID is reported by the mapping)."""
+    for row in reversed(rows):
+        number = _numeric_id(row)
+        if number is not None:
+            return number
+    raise BitrixError(f"Bitrix24 {method}: a page without one numeric ID; cannot continue the >ID chain")

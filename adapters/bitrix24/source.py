@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from adapters.base import Customer, Deal, Entity, PullResult, RowError
+from adapters.base import BadValue, Customer, Deal, Entity, PullResult, RowError, valid_id
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.mapping import (
     COMPANY_SELECT,
@@ -156,8 +156,8 @@ class Bitrix24Source:
         if since is None or reconcile:
             result_cursors["reconciled_at"] = str(time.time())
         if reconcile:
-            listed_c = {int(r["ID"]) for r in pages[2]} | {c.id for c in customers}
-            listed_d = {int(r["ID"]) for r in pages[3]} | {d.id for d in deals}
+            listed_c = {i for r in pages[2] if (i := _row_id(r)) is not None} | {c.id for c in customers}
+            listed_d = {i for r in pages[3] if (i := _row_id(r)) is not None} | {d.id for d in deals}
             deleted_c = frozenset((self.entity, i) for i in self.store.customer_ids(self.entity) - listed_c)
             deleted_d = frozenset(self.store.deal_ids() - listed_d)
         bad_customers = {e.record_id for e in errors if e.record_id is not None and e.file != "crm.deal.list"}
@@ -193,9 +193,10 @@ class Bitrix24Source:
 
 
 def _row_id(row: dict[str, Any]) -> int | None:
+    """The row's ID when it is a valid id (1 .. 2**63-1), else None."""
     try:
-        return int(row.get("ID"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return valid_id(row.get("ID"), "ID")
+    except BadValue:
         return None
 
 
