@@ -1,6 +1,6 @@
 """Loading data into an account: the project's CSV format (``--import-csv``) or synthetic data (``--generate``).
 
-CSV ids are kept (adapters/csv_files.py reads the folder, so the rules are the connector's own).
+CSV ids are kept. sandbox/dataset.py reads the folder (the sandbox's own reader, not the connector's CsvSource).
 Contacts and companies: name -> ``name`` (contacts also ``first_name``/``last_name`` split at the first
 space: a choice); phone -> PHONE (enum WORK); email -> EMAIL (WORK); birthday -> the «День рождения»
 birthday field (unix seconds of midnight in the account time zone); responsible_id -> responsible_user_id
@@ -16,12 +16,11 @@ So the round trip is exact: a won lead's ``closed_at`` read back in the account 
 
 from __future__ import annotations
 
-import json
 from datetime import date, datetime
 from pathlib import Path
 from typing import Iterable
 
-from adapters.base import Customer, Deal
+from sandbox.dataset import SeedCustomer, SeedDeal, from_frames, read_folder
 
 from .account import Account
 from .model import ADMIN_USER_ID, FIRST_WORKING_STATUS, LOST, PIPELINE_ID, WON
@@ -36,7 +35,7 @@ def _user(account: Account, responsible: str | None) -> int:
     return account.store.ensure_user(user_id)
 
 
-def load(account: Account, customers: Iterable[Customer], deals: Iterable[Deal]) -> dict:
+def load(account: Account, customers: Iterable[SeedCustomer], deals: Iterable[SeedDeal]) -> dict:
     store = account.store
     fields = store.fields
     now = int(account.clock.real())
@@ -85,11 +84,12 @@ def load(account: Account, customers: Iterable[Customer], deals: Iterable[Deal])
 
 
 def import_csv(account: Account, folder: Path) -> tuple[dict, list[str]]:
-    """Load a CSV folder; returns (counts, row errors as text). Raises adapters.csv_files.SourceError."""
-    from adapters.csv_files import CsvSource
+    """Load a CSV folder (sandbox/dataset.py reads it); returns (counts, skipped rows as text).
 
-    pulled = CsvSource(Path(folder), timezone=str(account.tz)).pull()
-    return load(account, pulled.customers, pulled.deals), [str(e) for e in pulled.errors]
+    Raises :class:`sandbox.dataset.DatasetError` when the folder as a whole cannot be read.
+    """
+    data = read_folder(Path(folder), timezone=str(account.tz))
+    return load(account, data.customers, data.deals), data.problems
 
 
 def generate(account: Account, contacts: int, deals: int, *, today: date | None = None, seed: int = 7) -> dict:
@@ -98,16 +98,5 @@ def generate(account: Account, contacts: int, deals: int, *, today: date | None 
 
     today = today or datetime.now(account.tz).date()
     customers_df, deals_df = synth(contacts, deals, today=today, seed=seed, timezone=str(account.tz))
-    customers = (
-        Customer(id=int(r["id"]), name=r["name"], phone=r["phone"], email=r["email"], birthday=r["birthday"],
-                 responsible_id=r["responsible_id"], created_ts=int(r["created_ts"]),
-                 fields=json.loads(r["fields"]) if r["fields"] else {})
-        for r in customers_df.iter_rows(named=True)
-    )
-    deal_rows = (
-        Deal(id=int(r["id"]), status=r["status"], contact_id=r["contact_id"], company_id=r["company_id"],
-             amount=float(r["amount"]), currency=r["currency"], created_ts=int(r["created_ts"]),
-             closed_ts=None if r["closed_ts"] is None else int(r["closed_ts"]))
-        for r in deals_df.iter_rows(named=True)
-    )
+    customers, deal_rows = from_frames(customers_df, deals_df)
     return load(account, customers, deal_rows)

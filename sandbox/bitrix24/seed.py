@@ -1,6 +1,7 @@
 """Loading data into a portal: the project's CSV format (``--import-csv``) or synthetic data (``--generate``).
 
-CSV ids are kept. Mapping (issue text; field names from api-reference/crm/contacts/crm-contact-get.md and
+CSV ids are kept; sandbox/dataset.py reads the folder (the sandbox's own reader, not the connector's
+CsvSource). Mapping (issue text; field names from api-reference/crm/contacts/crm-contact-get.md and
 deals/crm-deal-get.md): name -> NAME (companies: TITLE); phone/email -> PHONE/EMAIL multifields (WORK);
 birthday -> BIRTHDATE; responsible_id -> ASSIGNED_BY_ID (a user is created for each); created_at ->
 DATE_CREATE (and DATE_MODIFY); every other column -> a string user field ``UF_CRM_<COLUMN>`` (label = the
@@ -12,13 +13,12 @@ contact_id -> CONTACT_ID/CONTACT_IDS; company_id -> COMPANY_ID; DATE_MODIFY = th
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
 
-from adapters.base import Customer, Deal
+from sandbox.dataset import SeedCustomer, SeedDeal, from_frames, read_folder
 
 from .portal import Portal
 from .store import UF_ENTITY
@@ -59,7 +59,7 @@ def _ensure_string_uf(portal: Portal, entity: str, column: str) -> str:
     return name
 
 
-def load(portal: Portal, customers: Iterable[Customer], deals: Iterable[Deal]) -> dict:
+def load(portal: Portal, customers: Iterable[SeedCustomer], deals: Iterable[SeedDeal]) -> dict:
     store = portal.store
     now = portal.clock.real()
     responsible_of: dict[int, int] = {}
@@ -117,11 +117,12 @@ def load(portal: Portal, customers: Iterable[Customer], deals: Iterable[Deal]) -
 
 
 def import_csv(portal: Portal, folder: Path) -> tuple[dict, list[str]]:
-    """Load a CSV folder; returns (counts, row errors as text). Raises adapters.csv_files.SourceError."""
-    from adapters.csv_files import CsvSource
+    """Load a CSV folder (sandbox/dataset.py reads it); returns (counts, skipped rows as text).
 
-    pulled = CsvSource(Path(folder), timezone=str(portal.tz)).pull()
-    return load(portal, pulled.customers, pulled.deals), [str(e) for e in pulled.errors]
+    Raises :class:`sandbox.dataset.DatasetError` when the folder as a whole cannot be read.
+    """
+    data = read_folder(Path(folder), timezone=str(portal.tz))
+    return load(portal, data.customers, data.deals), data.problems
 
 
 def generate(portal: Portal, contacts: int, deals: int, *, today: date | None = None, seed: int = 7) -> dict:
@@ -130,16 +131,5 @@ def generate(portal: Portal, contacts: int, deals: int, *, today: date | None = 
 
     today = today or datetime.now(portal.tz).date()
     customers_df, deals_df = synth(contacts, deals, today=today, seed=seed, timezone=str(portal.tz))
-    customers = (
-        Customer(id=int(r["id"]), name=r["name"], phone=r["phone"], email=r["email"], birthday=r["birthday"],
-                 responsible_id=r["responsible_id"], created_ts=int(r["created_ts"]),
-                 fields=json.loads(r["fields"]) if r["fields"] else {})
-        for r in customers_df.iter_rows(named=True)
-    )
-    deal_rows = (
-        Deal(id=int(r["id"]), status=r["status"], contact_id=r["contact_id"], company_id=r["company_id"],
-             amount=float(r["amount"]), currency=r["currency"], created_ts=int(r["created_ts"]),
-             closed_ts=None if r["closed_ts"] is None else int(r["closed_ts"]))
-        for r in deals_df.iter_rows(named=True)
-    )
+    customers, deal_rows = from_frames(customers_df, deals_df)
     return load(portal, customers, deal_rows)
