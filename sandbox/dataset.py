@@ -13,6 +13,11 @@ The format (README.md, "CSV format"), UTF-8 with or without a BOM, comma-separat
 * ``companies.csv`` (optional): ``id,name,...`` with the same optional columns.
 * ``deals.csv`` (required): ``id,contact_id,company_id,status,amount,currency,created_at,closed_at``;
   ``status`` is won / lost / open (any case); a won deal needs ``closed_at``.
+* ``deal_products.csv`` (optional): ``deal_id,product_id,product_name,quantity,price``, one line per
+  product row of a deal. ``deal_id`` must be a deal of deals.csv; ``product_id`` is a positive catalogue
+  id or empty (a row not from the catalogue: then ``product_name`` is required); ``quantity`` a number
+  > 0 (default 1); ``price`` the unit price (default 0). The catalogue is the distinct ``product_id``s,
+  each with the name and price of its first row.
 
 Only ``id`` (and ``status`` for deals) must be present. Ids are positive integers. Dates are ISO 8601
 (``2024-05-01``, ``2024-05-01T14:30:00`` in the CRM time zone, or with an offset). Amounts accept
@@ -65,10 +70,35 @@ class SeedDeal:
     closed_ts: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SeedProduct:
+    """A catalogue product; ``section`` and ``sku`` are known for generated products only."""
+
+    id: int
+    name: str
+    price: float = 0.0
+    section: str | None = None
+    sku: str | None = None
+    service: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SeedProductRow:
+    """One product row of a deal; ``product_id`` None = not from the catalogue."""
+
+    deal_id: int
+    product_id: int | None
+    product_name: str
+    quantity: float = 1.0
+    price: float = 0.0
+
+
 @dataclass
 class Dataset:
     customers: list[SeedCustomer] = field(default_factory=list)
     deals: list[SeedDeal] = field(default_factory=list)
+    products: list[SeedProduct] = field(default_factory=list)
+    product_rows: list[SeedProductRow] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # one line per skipped row
 
 
@@ -226,8 +256,34 @@ def _deals(path: Path, tz: ZoneInfo, problems: list[str]) -> list[SeedDeal]:
     return out
 
 
+def _product_rows(path: Path, deal_ids: set[int], problems: list[str]) -> tuple[list[SeedProduct], list[SeedProductRow]]:
+    products: dict[int, SeedProduct] = {}
+    rows: list[SeedProductRow] = []
+    for line, row in _records(path, ("deal_id",), problems):
+        try:
+            deal_id = _id(row["deal_id"], "deal_id", required=True)
+            assert deal_id is not None
+            if deal_id not in deal_ids:
+                raise _Bad("deal_id", f"deal {deal_id} is not in deals.csv (or its row was skipped)")
+            product_id = _id(row.get("product_id"), "product_id")
+            name = _clean(row.get("product_name"))
+            if product_id is None and not name:
+                raise _Bad("product_name", "is empty; a row without product_id needs a product_name")
+            quantity = _money(row.get("quantity"), "quantity") if _clean(row.get("quantity")) else 1.0
+            if quantity <= 0:
+                raise _Bad("quantity", f"{_clean(row.get('quantity'))!r} is not a quantity above 0")
+            price = _money(row.get("price"), "price")
+            if product_id is not None:
+                known = products.setdefault(product_id, SeedProduct(product_id, name or f"Product #{product_id}", price))
+                name = name or known.name
+            rows.append(SeedProductRow(deal_id, product_id, name, quantity, price))
+        except _Bad as bad:
+            problems.append(_problem(path.name, line, bad))
+    return sorted(products.values(), key=lambda p: p.id), rows
+
+
 def read_folder(folder: str | Path, *, timezone: str) -> Dataset:
-    """Read contacts.csv, companies.csv (if present) and deals.csv from ``folder``."""
+    """Read contacts.csv, companies.csv and deal_products.csv (if present) and deals.csv from ``folder``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"CSV folder {folder} does not exist; give the folder that holds contacts.csv")
@@ -240,6 +296,9 @@ def read_folder(folder: str | Path, *, timezone: str) -> Dataset:
     if (folder / "companies.csv").is_file():
         data.customers += _customers(folder / "companies.csv", "company", tz, data.problems)
     data.deals = _deals(folder / "deals.csv", tz, data.problems)
+    if (folder / "deal_products.csv").is_file():
+        data.products, data.product_rows = _product_rows(
+            folder / "deal_products.csv", {d.id for d in data.deals}, data.problems)
     return data
 
 
