@@ -100,3 +100,34 @@ def test_aioamocrm_pulls_within_the_rate_limit_and_adds_a_tag():
         assert counters["by_route"]["GET /api/v4/contacts"] == 3 and counters["by_route"]["GET /api/v4/leads"] == 3
         tags = limited.state("contacts")["contacts"][4]["_embedded"]["tags"]
         assert [t["name"] for t in tags] == ["birthday.soon"]
+
+
+def test_aioamocrm_reads_products_of_leads_catalogs_and_links():
+    """Products (wave2-crm-apis.md §1.2): ``with=catalog_elements`` on leads, the links route, the lists."""
+
+    async def run(info, lead_ids):
+        auth = aioamocrm.LongLivedToken(info["access_token"])
+        async with aioamocrm.AmoCRMClient(auth=auth, base_url=info["base_url"]) as amo:
+            leads = [lead async for lead in amo.leads.iterate(with_=["catalog_elements"], limit=250)]
+            links = {lid: await amo.leads.links(lid, filter={"to_catalog_id": 4521}) for lid in lead_ids}
+            catalogs = await amo.request("GET", "catalogs")
+            elements = await amo.request("GET", f"catalogs/{catalogs['_embedded']['catalogs'][0]['id']}/elements",
+                                         params={"filter": {"id": [101, 109]}})
+            bulk = await amo.request("GET", "leads/links", params={"filter": {"entity_id": lead_ids, "to_catalog_id": 4521}})
+            return leads, links, catalogs, elements, bulk
+
+    with running_account(generate=(80, 240), limits=False, today=date(2026, 6, 1)) as handle:
+        state = handle.state("catalog_elements")["catalog_elements"]
+        lead_ids = [int(k) for k in list(state)[:4]]
+        leads, links, catalogs, elements, bulk = asyncio.run(run(handle.info, lead_ids))
+    assert len(leads) == 240
+    embedded = {lead.id: lead.embedded.catalog_elements for lead in leads if lead.embedded.catalog_elements}
+    assert {str(k): v for k, v in embedded.items()} == state
+    assert all(lead.status_id == 142 for lead in leads if lead.id in embedded)
+    for lid in lead_ids:
+        assert [(x.to_entity_type, x.to_entity_id, x.metadata["quantity"]) for x in links[lid]] == [
+            ("catalog_elements", e["id"], e["metadata"]["quantity"]) for e in state[str(lid)]]
+    assert [(c["type"], c["name"]) for c in catalogs["_embedded"]["catalogs"]] == [("products", "Товары")]
+    assert [e["id"] for e in elements["_embedded"]["elements"]] == [101, 109]
+    assert {(x["entity_id"], x["to_entity_id"]) for x in bulk["_embedded"]["links"]} == {
+        (lid, e["id"]) for lid in lead_ids for e in state[str(lid)]}

@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from sandbox.bitrix24.decode import DecodeError, parse_body
 
+from .catalogs import bulk_links, catalog_routes, entity_links
 from .errors import ApiError
 from .model import PIPELINES, all_pipelines_json, pipeline_json
 from .store import ENTITY_TYPES, NOTE_TYPES
@@ -201,8 +202,14 @@ class Api:
             if n == 2:
                 return {"GET": lambda r: self.get_event(parts[1])}
             return None
+        if head == "catalogs":
+            return catalog_routes(self, parts)
         if head in ENTITY_TYPES:
             entity = head
+            if n == 2 and parts[1] == "links":
+                return {"GET": lambda r: bulk_links(self, r, entity)}
+            if n == 3 and parts[1].isdigit() and parts[2] == "links":
+                return {"GET": lambda r: entity_links(self, r, entity, int(parts[1]))}
             if n == 1:
                 return {"GET": lambda r: self.list_entities(r, entity), "POST": lambda r: self.write(r, entity, True),
                         "PATCH": lambda r: self.write(r, entity, False)}

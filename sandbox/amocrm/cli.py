@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port; see the first output line)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--import-csv", metavar="DIR", help="load contacts.csv, deals.csv [, companies.csv], keeping ids")
+    source.add_argument("--import-csv", metavar="DIR", help="load contacts.csv, deals.csv [, companies.csv, deal_products.csv], keeping ids")
     source.add_argument("--generate", metavar="CONTACTS:DEALS", type=_pair, help="generate a synthetic customer base")
     p.add_argument("--time-scale", type=_positive, default=1.0, help="run limits and token lifetimes X times faster")
     p.add_argument("--no-limits", action="store_true", help="switch off the 7 req/s limit (429) and the 403 block")

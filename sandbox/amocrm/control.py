@@ -43,8 +43,8 @@ def handle(account: "Account", info: dict, verb: str, path: str, query: str, bod
         return 200, info
     if route == "/state" and verb == "GET":
         entity = args.get("entity")
-        if entity is not None and entity not in ENTITY_TYPES:
-            return _bad(f"entity must be one of {', '.join(ENTITY_TYPES)}")
+        if entity is not None and entity not in (*ENTITY_TYPES, "catalog_elements"):
+            return _bad(f"entity must be one of {', '.join(ENTITY_TYPES)}, catalog_elements")
         with account.lock:
             return 200, account.store.state(entity)
     if route == "/counters":

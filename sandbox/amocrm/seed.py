@@ -1,6 +1,6 @@
 """Loading data into an account: the project's CSV format (``--import-csv``) or synthetic data (``--generate``).
 
-CSV ids are kept (adapters/csv_files.py reads the folder, so the rules are the connector's own).
+CSV ids are kept. sandbox/dataset.py reads the folder (the sandbox's own reader, not the connector's CsvSource).
 Contacts and companies: name -> ``name`` (contacts also ``first_name``/``last_name`` split at the first
 space: a choice); phone -> PHONE (enum WORK); email -> EMAIL (WORK); birthday -> the «День рождения»
 birthday field (unix seconds of midnight in the account time zone); responsible_id -> responsible_user_id
@@ -12,18 +12,24 @@ Deals -> leads in the main pipeline: won -> status 142, lost -> 143, both with `
 main contact (``is_main: true``); company_id -> the lead's company. A lead's responsible user is its
 contact's; ``updated_at`` is the later of created_at and closed_at; name ``Сделка #ID`` (choice).
 So the round trip is exact: a won lead's ``closed_at`` read back in the account time zone is the CSV date.
+Products (deal_products.csv, or sandbox/products.py for ``--generate``) become elements of the products
+list (element id = product id; name, SKU, PRICE = the catalogue price, or the first CSV price; GROUP = the
+section) linked to the lead with ``metadata`` quantity and catalog_id. amoCRM keeps one link per element
+and lead and no per-line price (leads-api.md), so two CSV rows of one product in one deal add up their
+quantities and a row price that differs from the element's PRICE is not kept; a row without product_id
+gets an element of its own name.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import date, datetime
 from pathlib import Path
 from typing import Iterable
 
-from adapters.base import Customer, Deal
+from sandbox.dataset import SeedCustomer, SeedDeal, SeedProduct, SeedProductRow, from_frames, read_folder
 
 from .account import Account
+from .catalogs import PRODUCTS_CATALOG_ID
 from .model import ADMIN_USER_ID, FIRST_WORKING_STATUS, LOST, PIPELINE_ID, WON
 from .store import birthday_ts
 
@@ -36,7 +42,7 @@ def _user(account: Account, responsible: str | None) -> int:
     return account.store.ensure_user(user_id)
 
 
-def load(account: Account, customers: Iterable[Customer], deals: Iterable[Deal]) -> dict:
+def load(account: Account, customers: Iterable[SeedCustomer], deals: Iterable[SeedDeal]) -> dict:
     store = account.store
     fields = store.fields
     now = int(account.clock.real())
@@ -85,11 +91,45 @@ def load(account: Account, customers: Iterable[Customer], deals: Iterable[Deal])
 
 
 def import_csv(account: Account, folder: Path) -> tuple[dict, list[str]]:
-    """Load a CSV folder; returns (counts, row errors as text). Raises adapters.csv_files.SourceError."""
-    from adapters.csv_files import CsvSource
+    """Load a CSV folder (sandbox/dataset.py reads it); returns (counts, skipped rows as text).
 
-    pulled = CsvSource(Path(folder), timezone=str(account.tz)).pull()
-    return load(account, pulled.customers, pulled.deals), [str(e) for e in pulled.errors]
+    Raises :class:`sandbox.dataset.DatasetError` when the folder as a whole cannot be read.
+    """
+    data = read_folder(Path(folder), timezone=str(account.tz))
+    counts = load(account, data.customers, data.deals)
+    load_products(account, data.products, data.product_rows)
+    return counts, data.problems
+
+
+def load_products(account: Account, products: Iterable[SeedProduct], rows: Iterable[SeedProductRow]) -> None:
+    store = account.store
+    catalogs = store.catalogs
+    now = int(account.clock.real())
+    with account.lock:
+        for product in products:
+            catalogs.add_element(product.id, product.name, price=product.price, sku=product.sku,
+                                 group=product.section, created_at=now)
+        elements = catalogs.elements[PRODUCTS_CATALOG_ID]
+        by_name: dict[str, int] = {}
+        for row in rows:
+            lead = store.rows["leads"].get(row.deal_id)
+            if lead is None:
+                continue
+            element_id = row.product_id
+            if element_id is None:
+                element_id = by_name.get(row.product_name)
+                if element_id is None:
+                    element_id = by_name[row.product_name] = catalogs.next_element_id()
+            if element_id not in elements:
+                catalogs.add_element(element_id, row.product_name, price=row.price, sku=None, group=None,
+                                     created_at=now)
+            links = lead.setdefault("catalog_elements", [])
+            link = next((x for x in links if x["id"] == element_id), None)
+            if link is None:
+                links.append({"id": element_id, "quantity": row.quantity, "catalog_id": PRODUCTS_CATALOG_ID})
+            else:
+                link["quantity"] += row.quantity
+        store.version += 1
 
 
 def generate(account: Account, contacts: int, deals: int, *, today: date | None = None, seed: int = 7) -> dict:
@@ -98,16 +138,10 @@ def generate(account: Account, contacts: int, deals: int, *, today: date | None 
 
     today = today or datetime.now(account.tz).date()
     customers_df, deals_df = synth(contacts, deals, today=today, seed=seed, timezone=str(account.tz))
-    customers = (
-        Customer(id=int(r["id"]), name=r["name"], phone=r["phone"], email=r["email"], birthday=r["birthday"],
-                 responsible_id=r["responsible_id"], created_ts=int(r["created_ts"]),
-                 fields=json.loads(r["fields"]) if r["fields"] else {})
-        for r in customers_df.iter_rows(named=True)
-    )
-    deal_rows = (
-        Deal(id=int(r["id"]), status=r["status"], contact_id=r["contact_id"], company_id=r["company_id"],
-             amount=float(r["amount"]), currency=r["currency"], created_ts=int(r["created_ts"]),
-             closed_ts=None if r["closed_ts"] is None else int(r["closed_ts"]))
-        for r in deals_df.iter_rows(named=True)
-    )
-    return load(account, customers, deal_rows)
+    from sandbox.products import CATALOGUE, generate_rows
+
+    customers, deal_iter = from_frames(customers_df, deals_df)
+    deal_rows = list(deal_iter)
+    counts = load(account, customers, deal_rows)
+    load_products(account, CATALOGUE, generate_rows(deal_rows, seed=seed))
+    return counts

@@ -32,6 +32,7 @@ from datetime import datetime, time as dtime, timezone
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
+from .catalogs import Catalogs
 from .errors import ValidationFailed
 from .model import (ADMIN_USER_ID, FIRST_WORKING_STATUS, LOST, PIPELINE_ID, PIPELINE_STATUS_IDS, PIPELINES, WON,
                     FieldRegistry, pipeline_of_status)
@@ -99,6 +100,7 @@ class Store:
         self.version = 0  # bumped on every write (list caches key on it)
         self._next = {"contacts": 1, "companies": 1, "leads": 1, "tag": 500001, "task": 1, "note": 1}
         self._event_seq = 0
+        self.catalogs = Catalogs(account_id, int(clock_real()))
         self.ensure_user(ADMIN_USER_ID, name="Администратор")
 
     # -- users -----------------------------------------------------------------------------------
@@ -235,6 +237,8 @@ class Store:
         if entity in ("contacts", "companies") and "leads" in with_:
             index = self.leads_of_contact if entity == "contacts" else self.leads_of_company
             embedded["leads"] = [{"id": lid, "_links": self.link("leads", lid)} for lid in sorted(index.get(rid, ()))]
+        if "catalog_elements" in with_:
+            embedded["catalog_elements"] = Catalogs.embedded(rec) if entity == "leads" else []
         if entity == "leads" and "loss_reason" in with_:
             embedded["loss_reason"] = []
         out["_embedded"] = embedded
@@ -670,6 +674,9 @@ class Store:
         from .model import all_pipelines_json
 
         out: dict[str, Any] = {}
+        if entity in (None, "catalog_elements"):  # the products linked to each lead
+            out["catalog_elements"] = {str(rid): Catalogs.embedded(r) for rid, r in sorted(self.rows["leads"].items())
+                                       if r.get("catalog_elements")}
         for t in ENTITY_TYPES:
             if entity in (None, t):
                 with_ = {"contacts"} if t == "leads" else {"leads"}

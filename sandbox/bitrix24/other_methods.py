@@ -121,7 +121,7 @@ def profile(call: Call) -> Result:
 
 @method("scope")
 def scope(call: Call) -> Result:
-    return Result(["crm", "task", "tasks", "user", "user_brief", "user_basic", "basic"])
+    return Result(["crm", "catalog", "task", "tasks", "user", "user_brief", "user_basic", "basic"])
 
 
 @method("server.time")

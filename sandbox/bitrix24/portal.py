@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from . import crm_methods, other_methods, products  # noqa: F401  (they register their methods; so do batch, userfields)
 from .auth import Auth, Identity
 from .batch import run_batch
 from .clock import Clock
@@ -27,8 +28,9 @@ from .errors import BATCH_NOT_ALLOWED, INTERNAL, METHOD_NOT_FOUND, OPERATION_LIM
 from .faults import Counters, Faults
 from .fields import fmt_date, fmt_datetime
 from .limits import BASE_COST, Limits
+from .products import render_row
 from .records import render_full
-from .registry import Call, Result, load_all
+from .registry import METHODS, Call, Result
 from .store import Store
 from .userfields import render_definition
 
@@ -48,7 +50,7 @@ class Portal:
         self.auth = Auth(self.clock)
         self.faults = Faults(seed)
         self.counters = Counters()
-        self.methods = load_all()
+        self.methods = METHODS
         self.base_url = ""  # set by the server once bound
         self.tls = False
         self.store.ensure_user(1, self.clock.real(), name="Admin")
@@ -135,6 +137,8 @@ class Portal:
         with self.lock:
             store = self.store
             out: dict[str, Any] = {}
+            if entity == "product_rows":
+                return {"product_rows": [render_row(r) for r in store.product_rows.rows.values()]}
             for name in ("contact", "company", "deal"):
                 if entity and entity not in (name, name + "s", "companies" if name == "company" else ""):
                     continue
@@ -155,6 +159,7 @@ class Portal:
             out["tasks"] = [_jsonable(t, self.tz) for t in store.tasks.rows.values()]
             out["activities"] = list(store.activities.rows.values())
             out["comments"] = list(store.comments.rows.values())
+            out["product_rows"] = [render_row(r) for r in store.product_rows.rows.values()]
             return out
 
     def counts(self) -> dict:

@@ -243,6 +243,9 @@ def create(store: Store, entity: str, fields: dict, *, user_id: int, now: float,
 
 def delete(store: Store, entity: str, record_id: int) -> None:
     store.tables[entity].delete(record_id)
+    if entity == "deal":  # a deal's product rows go with it
+        for row_id in store.rows_of_deal.pop(record_id, []):
+            store.product_rows.delete(row_id)
     if entity == "contact":
         for deal in store.tables["deal"].rows.values():
             if record_id in (deal.get("CONTACT_IDS") or []):

@@ -59,8 +59,3 @@ def method(*names: str, exact_params: bool = False):
             METHODS[name.lower()] = MethodSpec(name.lower(), handler, exact_params)
         return handler
     return register
-
-
-def load_all() -> dict[str, MethodSpec]:
-    from . import batch, crm_methods, other_methods, userfields  # noqa: F401  (registration side effects)
-    return METHODS

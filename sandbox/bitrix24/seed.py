@@ -1,6 +1,7 @@
 """Loading data into a portal: the project's CSV format (``--import-csv``) or synthetic data (``--generate``).
 
-CSV ids are kept. Mapping (issue text; field names from api-reference/crm/contacts/crm-contact-get.md and
+CSV ids are kept; sandbox/dataset.py reads the folder (the sandbox's own reader, not the connector's
+CsvSource). Mapping (issue text; field names from api-reference/crm/contacts/crm-contact-get.md and
 deals/crm-deal-get.md): name -> NAME (companies: TITLE); phone/email -> PHONE/EMAIL multifields (WORK);
 birthday -> BIRTHDATE; responsible_id -> ASSIGNED_BY_ID (a user is created for each); created_at ->
 DATE_CREATE (and DATE_MODIFY); every other column -> a string user field ``UF_CRM_<COLUMN>`` (label = the
@@ -8,19 +9,28 @@ column name). Deals: won -> STAGE_ID WON / STAGE_SEMANTIC_ID S, lost -> LOSE / F
 pipeline 0; closed_at -> CLOSEDATE (a date in the portal time zone; without it CLOSEDATE = created + 7
 days, the crm.deal.add default); amount -> OPPORTUNITY; currency -> CURRENCY_ID (RUB when empty);
 contact_id -> CONTACT_ID/CONTACT_IDS; company_id -> COMPANY_ID; DATE_MODIFY = the later of created/closed.
+Products (deal_products.csv, or sandbox/products.py for ``--generate``): catalogue products keep their ids
+(sections by name for generated ones), rows keep their order (sort 10, 20, ...); a deal whose rows do not
+add up to its amount gets IS_MANUAL_OPPORTUNITY "Y" (the amount stays). ``--generate`` also turns about
+one in six open deals of a contact with a past purchase into a recurring-deal template (IS_RECURRING "Y",
+the product rows of that contact's last won deal), which is what crm.deal.recurring.add leaves in the
+deal list (api-reference/crm/deals/recurring-deals/index.md); stage and dates stay those of the open deal
+(UNCONFIRMED: the docs do not say which stage a template has).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
 
-from adapters.base import Customer, Deal
+import numpy as np
+
+from sandbox.dataset import SeedCustomer, SeedDeal, SeedProduct, SeedProductRow, from_frames, read_folder
 
 from .portal import Portal
+from .products import add_product, add_row, add_section, deal_total
 from .store import UF_ENTITY
 
 STAGES = {"won": ("WON", "S", "Y"), "lost": ("LOSE", "F", "Y"), "open": ("NEW", "P", "N")}
@@ -59,7 +69,7 @@ def _ensure_string_uf(portal: Portal, entity: str, column: str) -> str:
     return name
 
 
-def load(portal: Portal, customers: Iterable[Customer], deals: Iterable[Deal]) -> dict:
+def load(portal: Portal, customers: Iterable[SeedCustomer], deals: Iterable[SeedDeal]) -> dict:
     store = portal.store
     now = portal.clock.real()
     responsible_of: dict[int, int] = {}
@@ -117,11 +127,61 @@ def load(portal: Portal, customers: Iterable[Customer], deals: Iterable[Deal]) -
 
 
 def import_csv(portal: Portal, folder: Path) -> tuple[dict, list[str]]:
-    """Load a CSV folder; returns (counts, row errors as text). Raises adapters.csv_files.SourceError."""
-    from adapters.csv_files import CsvSource
+    """Load a CSV folder (sandbox/dataset.py reads it); returns (counts, skipped rows as text).
 
-    pulled = CsvSource(Path(folder), timezone=str(portal.tz)).pull()
-    return load(portal, pulled.customers, pulled.deals), [str(e) for e in pulled.errors]
+    Raises :class:`sandbox.dataset.DatasetError` when the folder as a whole cannot be read.
+    """
+    data = read_folder(Path(folder), timezone=str(portal.tz))
+    counts = load(portal, data.customers, data.deals)
+    load_products(portal, data.products, data.product_rows)
+    return counts, data.problems
+
+
+def load_products(portal: Portal, products: Iterable[SeedProduct], rows: Iterable[SeedProductRow]) -> None:
+    store = portal.store
+    now = portal.clock.real()
+    with portal.lock:
+        sections: dict[str, int] = {}
+        for product in products:
+            section_id = None
+            if product.section:
+                section_id = sections.get(product.section) or add_section(store, product.section, now)
+                sections[product.section] = section_id
+            add_product(store, product.id, product.name, product.price, section_id=section_id, sku=product.sku,
+                        service=product.service, now=now)
+        for row in rows:
+            if row.deal_id in store.tables["deal"].rows:
+                add_row(store, row.deal_id, row.product_id, row.product_name, row.quantity, row.price)
+        for deal_id in store.rows_of_deal:
+            deal = store.tables["deal"].rows[deal_id]
+            if abs(deal_total(store, deal_id) - deal["OPPORTUNITY"]) >= 0.005:
+                deal["IS_MANUAL_OPPORTUNITY"] = "Y"
+
+
+def _recurring_templates(portal: Portal, seed: int) -> None:
+    """Mark about one in six open deals of a contact with a past won deal as a recurring-deal template."""
+    store = portal.store
+    rng = np.random.default_rng([seed, 23])
+    with portal.lock:
+        deals = store.tables["deal"].rows
+        last_won: dict[int, dict] = {}
+        for deal in deals.values():
+            contact = deal.get("CONTACT_ID")
+            if contact and deal["STAGE_SEMANTIC_ID"] == "S" and deal["ID"] in store.rows_of_deal:
+                best = last_won.get(contact)
+                if best is None or (deal["CLOSEDATE"], deal["ID"]) > (best["CLOSEDATE"], best["ID"]):
+                    last_won[contact] = deal
+        for deal_id in list(store.tables["deal"].ids):
+            deal = deals[deal_id]
+            source = last_won.get(deal.get("CONTACT_ID") or 0)
+            if deal["STAGE_SEMANTIC_ID"] != "P" or source is None or rng.random() >= 1 / 6:
+                continue
+            deal["IS_RECURRING"] = "Y"
+            for row_id in store.rows_of_deal[source["ID"]]:
+                row = store.product_rows.rows[row_id]
+                add_row(store, deal_id, row["productId"] or None, row["productName"], row["quantity"], row["price"])
+            if abs(deal_total(store, deal_id) - deal["OPPORTUNITY"]) >= 0.005:
+                deal["IS_MANUAL_OPPORTUNITY"] = "Y"
 
 
 def generate(portal: Portal, contacts: int, deals: int, *, today: date | None = None, seed: int = 7) -> dict:
@@ -130,16 +190,11 @@ def generate(portal: Portal, contacts: int, deals: int, *, today: date | None = 
 
     today = today or datetime.now(portal.tz).date()
     customers_df, deals_df = synth(contacts, deals, today=today, seed=seed, timezone=str(portal.tz))
-    customers = (
-        Customer(id=int(r["id"]), name=r["name"], phone=r["phone"], email=r["email"], birthday=r["birthday"],
-                 responsible_id=r["responsible_id"], created_ts=int(r["created_ts"]),
-                 fields=json.loads(r["fields"]) if r["fields"] else {})
-        for r in customers_df.iter_rows(named=True)
-    )
-    deal_rows = (
-        Deal(id=int(r["id"]), status=r["status"], contact_id=r["contact_id"], company_id=r["company_id"],
-             amount=float(r["amount"]), currency=r["currency"], created_ts=int(r["created_ts"]),
-             closed_ts=None if r["closed_ts"] is None else int(r["closed_ts"]))
-        for r in deals_df.iter_rows(named=True)
-    )
-    return load(portal, customers, deal_rows)
+    from sandbox.products import CATALOGUE, generate_rows
+
+    customers, deal_iter = from_frames(customers_df, deals_df)
+    deal_rows = list(deal_iter)
+    counts = load(portal, customers, deal_rows)
+    load_products(portal, CATALOGUE, generate_rows(deal_rows, seed=seed))
+    _recurring_templates(portal, seed)
+    return counts

@@ -130,6 +130,11 @@ class Store:
     tasks: Table = field(default_factory=Table)
     activities: Table = field(default_factory=Table)
     comments: Table = field(default_factory=Table)
+    # catalogue and deal product rows (sandbox/bitrix24/products.py)
+    products: Table = field(default_factory=Table)
+    sections: Table = field(default_factory=Table)
+    product_rows: Table = field(default_factory=Table)
+    rows_of_deal: dict[int, list[int]] = field(default_factory=dict)
     next_multifield_id: int = 1
     next_uf_id: int = 100
     next_enum_id: int = 1000
