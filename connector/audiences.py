@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from adapters.ads.cabinets import CLIENTS, AdsError, QuotaError
+from adapters.ads.cabinets import CLIENTS, AdsError, CredentialsError, QuotaError
 from adapters.ads.normalize import identifiers
 
 log = logging.getLogger("lifecycle.audiences")
@@ -47,9 +47,15 @@ class AudienceResult:
     message: str | None = None
     requests: int = 0
     created: bool = False
+    credentials_refused: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
+
+
+def all_refused_credentials(summaries: list[dict[str, Any]]) -> bool:
+    """Every audience of the run failed because its cabinet refused the credentials: the sync failed."""
+    return bool(summaries) and all(s.get("credentials_refused") for s in summaries)
 
 
 def audience_key(audience: Any, name: str) -> str:
@@ -68,6 +74,7 @@ def sync_audiences(config: Any, store: Any, computation: Any, *, clients: dict[s
             result.message = f"{exc}; the rest waits for the next run"
         except AdsError as exc:
             result.message = str(exc)
+            result.credentials_refused = isinstance(exc, CredentialsError)
             log.warning("audience %s: %s", name, exc)
         finally:
             result.requests = client.requests
