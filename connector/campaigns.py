@@ -60,7 +60,11 @@ def check_campaigns(settings: Any, engine: Any) -> None:
                     text = getattr(action, attr)
                     if not text:
                         continue
-                    for name in template_names(text):
+                    try:
+                        names = template_names(text)
+                    except ValueError as exc:
+                        raise ValueError(f"{where} {when}[{i}].{attr}: {exc}") from None
+                    for name in names:
                         if name not in known_fields:
                             raise ValueError(
                                 f"{where} {when}[{i}].{attr}: unknown field {{{name}}}; "

@@ -90,41 +90,35 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, logs) -> int:
     out = Console(soft_wrap=False, width=max(Console().width, 110))
-    try:
-        if args.command == "demo":
-            from connector.demo import run_demo
+    # errors end in main(): one redacted line
+    if args.command == "demo":
+        from connector.demo import run_demo
 
-            return run_demo(out, customers=args.customers, keep=args.keep)
-        if args.command == "sandbox":
-            if args.system == "ads":
-                from sandbox.ads.cli import main as ads_sandbox
+        return run_demo(out, customers=args.customers, keep=args.keep)
+    if args.command == "sandbox":
+        if args.system == "ads":
+            from sandbox.ads.cli import main as ads_sandbox
 
-                return ads_sandbox(args.args)
-            if args.system == "amocrm":
-                from sandbox.amocrm.cli import main as amocrm_sandbox
+            return ads_sandbox(args.args)
+        if args.system == "amocrm":
+            from sandbox.amocrm.cli import main as amocrm_sandbox
 
-                return amocrm_sandbox(args.args)
-            from sandbox.bitrix24.cli import main as bitrix24_sandbox
+            return amocrm_sandbox(args.args)
+        from sandbox.bitrix24.cli import main as bitrix24_sandbox
 
-            return bitrix24_sandbox(args.args)
-        config = load_config(args.config)
-        logs.register_secrets(logs.secrets_of(config.settings))
-        if args.command == "sync":
-            return _sync(config, args, out)
-        if args.command == "report":
-            return _report(config, args, out)
-        if args.command == "plan":
-            return _plan(config, args, out)
-        if args.command == "run":
-            from connector.daemon import Daemon
+        return bitrix24_sandbox(args.args)
+    config = load_config(args.config)
+    logs.register_secrets(logs.secrets_of(config.settings))
+    if args.command == "sync":
+        return _sync(config, args, out)
+    if args.command == "report":
+        return _report(config, args, out)
+    if args.command == "plan":
+        return _plan(config, args, out)
+    if args.command == "run":
+        from connector.daemon import Daemon
 
-            return Daemon(config, port=args.port).run()
-    except (ConfigError, SourceError) as exc:
-        print(f"error: {logs.redact(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
-    except (BitrixError, AmoError) as exc:
-        print(f"error: {logs.redact(str(exc))}", file=sys.stderr)
-        return 1
+        return Daemon(config, port=args.port).run()
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
 
 

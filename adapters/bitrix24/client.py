@@ -73,7 +73,10 @@ def unreachable(exc: BaseException, host: str | None, port: int | None, scheme: 
     text = str(exc).lower()
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return f"the TLS certificate at {where} is not trusted ({type(exc.certificate_error).__name__})"
-    if isinstance(exc, aiohttp.ClientSSLError) or "wrong version number" in text or "ssl" in text:
+    if isinstance(exc, aiohttp.ClientConnectorError) and (
+            isinstance(exc.os_error, ConnectionRefusedError) or "refused" in text):
+        return f"connection refused at {where}"
+    if isinstance(exc, aiohttp.ClientSSLError) or "wrong version number" in text:
         return (f"TLS handshake with {where} failed: the server may speak plain http, not {scheme} "
                 "(an http/https mix-up)")
     dns_error = getattr(aiohttp, "ClientConnectorDNSError", None)
@@ -82,8 +85,6 @@ def unreachable(exc: BaseException, host: str | None, port: int | None, scheme: 
     if isinstance(exc, aiohttp.ClientConnectorError):
         if "name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text:
             return f"the host {host} is not known (DNS)"
-        if "refused" in text:
-            return f"connection refused at {where}"
     return None
 
 
@@ -98,6 +99,12 @@ async def _speaks_tls(host: str | None, port: int | None) -> bool:
         return False
     writer.close()
     return True
+
+
+def https_required(description: str) -> bool:
+    """A plain-http request reached an https-only server (Bitrix24's "Https required.", nginx's page)."""
+    low = description.lower()
+    return "https required" in low or "plain http request was sent to https port" in low
 
 
 def classify(status: int, error: str) -> tuple[str, str]:
@@ -200,6 +207,9 @@ class Bitrix24Client:
             try:
                 answer = await self._bitrix.call(method, params or {}, raw=True)
             except BitrixHTTPError as exc:
+                if exc.status == 400 and https_required(exc.description):
+                    raise BitrixError(f"Bitrix24: {self.endpoint.split('/')[2]} speaks https, not http (an http/https "
+                                      "mix-up): check [crm] webhook_url (or client_endpoint)") from None
                 kind, message = classify(exc.status, exc.error)
                 if kind == "operating" and waits < MAX_OPERATING_WAITS:
                     waits += 1
