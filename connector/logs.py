@@ -97,11 +97,11 @@ def secrets_of(settings: Any) -> list[str]:
     out: list[str] = []
 
     def walk(model: Any) -> None:
-        for name in getattr(model, "model_fields", {}):
+        for name in getattr(type(model), "model_fields", {}):
             value = getattr(model, name)
             if hasattr(value, "get_secret_value"):
                 out.append(value.get_secret_value())
-            elif hasattr(value, "model_fields"):
+            elif hasattr(type(value), "model_fields"):
                 walk(value)
 
     walk(settings)
