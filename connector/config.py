@@ -102,6 +102,8 @@ class CrmConfig(_Section):
                 raise ValueError("webhook_url must look like https://PORTAL/rest/USER_ID/CODE/")
             if self.webhook_url is not None:
                 _check_url_port("webhook_url", self.webhook_url.get_secret_value())
+            if self.client_endpoint:
+                _check_url_port("client_endpoint", self.client_endpoint)
         if self.kind == "amocrm":
             if not self.base_url or not self.base_url.startswith(("http://", "https://")):
                 raise ValueError("kind = 'amocrm' needs base_url = 'https://SUBDOMAIN.amocrm.ru' (your account's address)")

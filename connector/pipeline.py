@@ -20,7 +20,7 @@ import polars as pl
 from adapters.base import CrmSource, RowError
 from adapters.csv_files import CsvSource
 from connector.config import ConfigError, LoadedConfig
-from connector.logs import bind, safe_error
+from connector.logs import bind, redact, safe_error
 from connector.store import StateStore
 from rules.engine import SegmentEngine
 from rules.features import FeatureStats, compute_features
@@ -373,7 +373,7 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         store.finish_run(run_id, status="ok", stats=result.summary())
         return result
     except Interrupted as exc:
-        store.finish_run(run_id, status="interrupted", stats={}, error=safe_error(exc))
+        store.finish_run(run_id, status="interrupted", stats={}, error=redact(str(exc)))
         raise
     except BaseException as exc:
         _record_failure(store, run_id, exc)

@@ -137,6 +137,12 @@ def amo_refused(e: Env) -> None:
     e.config('kind = "amocrm"\nbase_url = "http://127.0.0.1:9"')
 
 
+def amo_https_to_http(e: Env) -> None:
+    e.environ["LIFECYCLE_CRM__ACCESS_TOKEN"] = AMO_TOKEN_PLANTED
+    e.secrets.append(AMO_TOKEN_PLANTED)
+    e.config(f'kind = "amocrm"\nbase_url = "{e.account.base_url.replace("http://", "https://")}"')  # type: ignore[attr-defined]
+
+
 def state(url: str) -> Callable[[Env], None]:
     def setup(e: Env) -> None:
         e.bitrix(state=f'url = "{url}"')
@@ -247,7 +253,8 @@ def failed_run_says(fragment: str) -> Callable[[Env, str, str], None]:
 CASES = [
     # item 4: the webhook secret and personal data never leak
     Case("webhook-port-99999", webhook_port_99999, 2, "webhook_url: the port is not a number", subprocess=True),
-    Case("webhook-path-echoed", webhook_api_path, 1, "unknown path /api/***"),
+    Case("webhook-path-echoed", webhook_api_path, 1, "unknown path /api/***",
+         check=failed_run_says("unknown path /api/***")),
     Case("webhook-userinfo", webhook_userinfo_refused, 1, "connection refused at 127.0.0.1:9: check [crm] webhook_url",
          max_seconds=10),
     Case("debug-traceback-redacted", webhook_api_path, 1, "unknown path /api/***", argv=("-v", "sync"),
@@ -281,6 +288,7 @@ CASES = [
     Case("portal-https-to-http", webhook_https_to_http, 1, "http/https mix-up", max_seconds=10),
     Case("portal-http-to-https", webhook_http_to_https, 1, "http/https mix-up", max_seconds=10),
     Case("amocrm-refused", amo_refused, 1, "connection refused at 127.0.0.1:9: check [crm] base_url", max_seconds=10),
+    Case("amocrm-https-to-http", amo_https_to_http, 1, "http/https mix-up): check [crm] base_url", max_seconds=10),
     # item 7: every audience refused the credentials
     Case("audiences-credentials", audiences_refused, 1, "every audience failed"),
 ]
