@@ -143,6 +143,23 @@ def amo_https_to_http(e: Env) -> None:
     e.config(f'kind = "amocrm"\nbase_url = "{e.account.base_url.replace("http://", "https://")}"')  # type: ignore[attr-defined]
 
 
+def amo_record_without_id(e: Env) -> None:
+    """The account serves a contact whose id is not a number, carrying the planted name, phone, e-mail."""
+    acct = e.account
+    acct.corrupt("contacts", 2, id="x-2", name=f"{PLANTED['NAME']} {PLANTED['LAST_NAME']}", custom_fields_values=[  # type: ignore[attr-defined]
+        {"field_id": 1, "field_code": "PHONE", "values": [{"value": PLANTED["PHONE"]}]},
+        {"field_id": 2, "field_code": "EMAIL", "values": [{"value": PLANTED["EMAIL"]}]}])
+    e.environ["LIFECYCLE_CRM__ACCESS_TOKEN"] = acct.access_token  # type: ignore[attr-defined]
+    e.secrets.append(acct.access_token)  # type: ignore[attr-defined]
+    e.config(f'kind = "amocrm"\nbase_url = "{acct.base_url}"\nrequests_per_second = 500')  # type: ignore[attr-defined]
+
+
+def logged(fragment: str) -> Callable[[Env, str, str], None]:
+    def check(_e: Env, _out: str, err: str) -> None:
+        assert fragment in err, err
+    return check
+
+
 def state(url: str) -> Callable[[Env], None]:
     def setup(e: Env) -> None:
         e.bitrix(state=f'url = "{url}"')
@@ -289,6 +306,8 @@ CASES = [
     Case("portal-http-to-https", webhook_http_to_https, 1, "http/https mix-up", max_seconds=10),
     Case("amocrm-refused", amo_refused, 1, "connection refused at 127.0.0.1:9: check [crm] base_url", max_seconds=10),
     Case("amocrm-https-to-http", amo_https_to_http, 1, "http/https mix-up): check [crm] base_url", max_seconds=10),
+    Case("amocrm-record-without-id", amo_record_without_id, 0, "1 rows skipped",
+         check=logged("record without a numeric id (id = a str); its data is not logged")),
     # item 7: every audience refused the credentials
     Case("audiences-credentials", audiences_refused, 1, "every audience failed"),
 ]
