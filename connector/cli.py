@@ -64,61 +64,68 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Whatever fails ends as one redacted line ``error: ...`` on stderr (exit 2 for a
     configuration to fix, 1 for a failure at run time), never a raw traceback (``-v`` adds a redacted one)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    leading = argv[: next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))]  # before the command
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the one place every other failure becomes one line
+        from connector import logs
+
+        if "-v" in leading or "--debug" in leading:
+            import traceback
+
+            print(logs.redact("".join(traceback.format_exception(exc))).rstrip(), file=sys.stderr)
+        print(f"error: {logs.safe_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from connector import logs
 
     logs.setup()  # JSON lines unless stderr is a terminal; secrets redacted
     logs.register_env_secrets()
-    try:
-        return _main(args, logs)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except BaseException as exc:  # noqa: BLE001 - the one place every failure becomes one line
-        if isinstance(exc, SystemExit):
-            raise
-        code = EXIT_USAGE if isinstance(exc, (ConfigError, SourceError)) else 1
-        if args.debug:
-            import traceback
-
-            print(logs.redact("".join(traceback.format_exception(exc))).rstrip(), file=sys.stderr)
-        message = logs.redact(str(exc)) if isinstance(exc, (ConfigError, SourceError, BitrixError, AmoError)) \
-            else logs.safe_error(exc)
-        print(f"error: {message}", file=sys.stderr)
-        return code
-
-
-def _main(args: argparse.Namespace, logs) -> int:
     out = Console(soft_wrap=False, width=max(Console().width, 110))
-    # errors end in main(): one redacted line
-    if args.command == "demo":
-        from connector.demo import run_demo
+    try:
+        if args.command == "demo":
+            from connector.demo import run_demo
 
-        return run_demo(out, customers=args.customers, keep=args.keep)
-    if args.command == "sandbox":
-        if args.system == "ads":
-            from sandbox.ads.cli import main as ads_sandbox
+            return run_demo(out, customers=args.customers, keep=args.keep)
+        if args.command == "sandbox":
+            if args.system == "ads":
+                from sandbox.ads.cli import main as ads_sandbox
 
-            return ads_sandbox(args.args)
-        if args.system == "amocrm":
-            from sandbox.amocrm.cli import main as amocrm_sandbox
+                return ads_sandbox(args.args)
+            if args.system == "amocrm":
+                from sandbox.amocrm.cli import main as amocrm_sandbox
 
-            return amocrm_sandbox(args.args)
-        from sandbox.bitrix24.cli import main as bitrix24_sandbox
+                return amocrm_sandbox(args.args)
+            from sandbox.bitrix24.cli import main as bitrix24_sandbox
 
-        return bitrix24_sandbox(args.args)
-    config = load_config(args.config)
-    logs.register_secrets(logs.secrets_of(config.settings))
-    if args.command == "sync":
-        return _sync(config, args, out)
-    if args.command == "report":
-        return _report(config, args, out)
-    if args.command == "plan":
-        return _plan(config, args, out)
-    if args.command == "run":
-        from connector.daemon import Daemon
+            return bitrix24_sandbox(args.args)
+        config = load_config(args.config)
+        logs.register_secrets(logs.secrets_of(config.settings))
+        if args.command == "sync":
+            return _sync(config, args, out)
+        if args.command == "report":
+            return _report(config, args, out)
+        if args.command == "plan":
+            return _plan(config, args, out)
+        if args.command == "run":
+            from connector.daemon import Daemon
 
-        return Daemon(config, port=args.port).run()
+            return Daemon(config, port=args.port).run()
+    except (ConfigError, SourceError) as exc:
+        print(f"error: {logs.redact(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BitrixError, AmoError) as exc:
+        print(f"error: {logs.redact(str(exc))}", file=sys.stderr)
+        return 1
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -126,7 +133,6 @@ def _sync(config, args, out: Console) -> int:
     import json
 
     from connector.logs import redact
-
     from connector.pipeline import sync
 
     result = sync(config)
