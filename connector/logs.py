@@ -45,7 +45,7 @@ def forms_of(value: str) -> set[str]:
     JSON-escaped; for a URL also its userinfo and each path segment that is not a plain word."""
     forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote(value), urllib.parse.quote_plus(value),
              urllib.parse.unquote(value), value.replace("/", "\\/")}
-    forms |= {f.lower() for f in list(forms) if "%" in f}
+    forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), f) for f in list(forms) if "%" in f}
     if "://" in value:
         parts = urllib.parse.urlsplit(value)
         if parts.username:

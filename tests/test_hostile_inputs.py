@@ -439,8 +439,8 @@ def test_amocrm_record_without_a_numeric_id_is_reported_without_its_personal_dat
 
 def test_redact_masks_every_form_of_a_secret():
     logs._secrets.clear()
-    logs.register_secrets(["https://user:pa%20ss%2Fw@portal.example/rest/1/k3yC0de9x/", "tok/en+1=="])
-    text = logs.redact("k3yC0de9x pa%20ss%2Fw <pa ss/w> tok%2Fen%2B1%3D%3D tok/en+1== tok%2fen%2b1%3d%3d tok\\/en+1== "
+    logs.register_secrets(["https://user:pa%20ss%2Fw@portal.example/rest/1/k3yC0de9x/", "Tok/en+1=="])
+    text = logs.redact("k3yC0de9x pa%20ss%2Fw <pa ss/w> Tok%2Fen%2B1%3D%3D Tok/en+1== Tok%2fen%2b1%3d%3d Tok\\/en+1== "
                        "https://x:y@h/ [parameters: ('Zinaida', '+79155550123')]\n(Background on this error at: z)")
-    for leaked in ("k3yC0de9x", "pa%20ss", "pa ss", "tok%2F", "tok/en", "tok%2f", "tok\\/en", "x:y@", "Zinaida"):
+    for leaked in ("k3yC0de9x", "pa%20ss", "pa ss", "Tok%2F", "Tok/en", "Tok%2f", "Tok\\/en", "x:y@", "Zinaida"):
         assert leaked not in text, text
