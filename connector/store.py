@@ -811,6 +811,8 @@ def _checked_url(url: str) -> sa.URL:
             raise StateUrlError(
                 f"[state] url = {_safe_url(sa_url)!r} keeps state in memory, which is lost when the run ends "
                 "(membership history, cursors, the action ledger); use a file: sqlite:///lifecycle.db")
+        if database.startswith("file:"):  # an SQLite URI (?uri=true): SQLite itself reads the path
+            return sa_url
         path = Path(database)
         if path.is_dir():
             raise StateUrlError(f"[state] url points at the folder {database}; name a file in it, e.g. "
