@@ -29,7 +29,7 @@ from typing import Any
 
 import polars as pl
 
-from adapters.ads.cabinets import CLIENTS, AdsError, QuotaError
+from adapters.ads.cabinets import CLIENTS, AdsError, CredentialsError, QuotaError
 from adapters.ads.normalize import identifiers
 
 log = logging.getLogger("lifecycle.audiences")
@@ -53,9 +53,15 @@ class AudienceResult:
     created: bool = False
     hashes_added: int = 0    # identifiers sent (a hash two customers share travels once)
     hashes_removed: int = 0  # identifiers taken out: only those no member needs any more
+    credentials_refused: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
+
+
+def all_refused_credentials(summaries: list[dict[str, Any]]) -> bool:
+    """Every audience of the run failed because its cabinet refused the credentials: the sync failed."""
+    return bool(summaries) and all(s.get("credentials_refused") for s in summaries)
 
 
 def audience_key(audience: Any, name: str) -> str:
@@ -74,6 +80,7 @@ def sync_audiences(config: Any, store: Any, computation: Any, *, clients: dict[s
             result.message = f"{exc}; the rest waits for the next run"
         except AdsError as exc:
             result.message = str(exc)
+            result.credentials_refused = isinstance(exc, CredentialsError)
             log.warning("audience %s: %s", name, exc)
         finally:
             result.requests = client.requests

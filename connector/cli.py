@@ -26,6 +26,7 @@ def _as_of(value: str) -> date:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lifecycle", description="Lifecycle segments for existing CRMs.")
+    parser.add_argument("-v", "--debug", action="store_true", help="on an error also print its (redacted) traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> None:
@@ -61,10 +62,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. Whatever fails ends as one redacted line ``error: ...`` on stderr (exit 2 for a
+    configuration to fix, 1 for a failure at run time), never a raw traceback (``-v`` adds a redacted one)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    leading = argv[: next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))]  # before the command
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the one place every other failure becomes one line
+        from connector import logs
+
+        if "-v" in leading or "--debug" in leading:
+            import traceback
+
+            print(logs.redact("".join(traceback.format_exception(exc))).rstrip(), file=sys.stderr)
+        print(f"error: {logs.safe_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from connector import logs
 
     logs.setup()  # JSON lines unless stderr is a terminal; secrets redacted
+    logs.register_env_secrets()
     out = Console(soft_wrap=False, width=max(Console().width, 110))
     try:
         if args.command == "demo":
@@ -96,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return Daemon(config, port=args.port).run()
     except (ConfigError, SourceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {logs.redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (BitrixError, AmoError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {logs.redact(str(exc))}", file=sys.stderr)
         return 1
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
 
@@ -107,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
 def _sync(config, args, out: Console) -> int:
     import json
 
+    from connector.logs import redact
     from connector.pipeline import sync
 
     result = sync(config)
     summary = result.summary()
     if args.format == "json":
-        print(json.dumps(summary, ensure_ascii=False))
-        return 0
+        print(redact(json.dumps(summary, ensure_ascii=False)))
+        return _audiences_verdict(summary)
     out.print(
         f"sync run {result.run_id} on {summary['as_of']}: {summary['customers']} customers, {summary['deals']} deals, "
         f"{summary['rows_skipped']} rows skipped, {summary['deals_without_customer']} deals without a customer"
@@ -137,12 +163,26 @@ def _sync(config, args, out: Console) -> int:
     for a in summary.get("audiences", []):  # type: ignore[union-attr]
         line = (f"audience {a['name']!r} ({a['cabinet']}): {a['matchable']} matchable, +{a['added']} -{a['removed']}"
                 f", {a['unmatchable']} without a valid e-mail or phone, status {a['status'] or '-'}")
-        out.print(line + (f"; {a['message']}" if a["message"] else ""))
+        out.print(redact(line + (f"; {a['message']}" if a["message"] else "")), markup=False)
     names = sorted(set(summary["entered"]) | set(summary["left"]))  # type: ignore[arg-type]
     if not names:
         out.print("no customer entered or left a segment")
     for name in names:
         out.print(f"  {name}: +{summary['entered'].get(name, 0)} entered, -{summary['left'].get(name, 0)} left")  # type: ignore[union-attr]
+    return _audiences_verdict(summary)
+
+
+def _audiences_verdict(summary: dict) -> int:
+    """Exit 1 when every audience failed on credentials: the run did nothing the operator asked for."""
+    from connector.audiences import all_refused_credentials
+    from connector.logs import redact
+
+    audiences = summary.get("audiences") or []
+    if all_refused_credentials(audiences):
+        cabinets = ", ".join(sorted({a["cabinet"] for a in audiences}))
+        print(redact(f"error: every audience failed: the cabinet ({cabinets}) refused the credentials; "
+                     "check the tokens in [audiences]"), file=sys.stderr)
+        return 1
     return 0
 
 

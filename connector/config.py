@@ -25,7 +25,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "LIFECYCLE_"
 SECRET_KEYS = {"webhook_url", "client_secret", "refresh_token", "access_token", "authorization_code", "yandex_token",
@@ -116,9 +116,14 @@ class CrmConfig(_Section):
                 )
             if self.webhook_url is not None and not self.webhook_url.get_secret_value().startswith(("http://", "https://")):
                 raise ValueError("webhook_url must look like https://PORTAL/rest/USER_ID/CODE/")
+            if self.webhook_url is not None:
+                _check_url_port("webhook_url", self.webhook_url.get_secret_value())
+            if self.client_endpoint:
+                _check_url_port("client_endpoint", self.client_endpoint)
         if self.kind == "amocrm":
             if not self.base_url or not self.base_url.startswith(("http://", "https://")):
                 raise ValueError("kind = 'amocrm' needs base_url = 'https://SUBDOMAIN.amocrm.ru' (your account's address)")
+            _check_url_port("base_url", self.base_url)
             oauth = (self.client_id, self.client_secret, self.redirect_uri)
             if self.access_token is None and not all(oauth):
                 raise ValueError(
@@ -127,6 +132,20 @@ class CrmConfig(_Section):
                     "refresh_token for the first run"
                 )
         return self
+
+
+def _check_url_port(key: str, url: str) -> None:
+    """A URL the HTTP client would reject with a traceback (port 99999, no host): a clear error instead,
+    which never repeats the URL (a webhook URL is a secret)."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError:
+        raise ValueError(f"{key}: the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError(f"{key}: no host name; it must look like https://HOST/...")
 
 
 class StateConfig(_Section):
@@ -466,6 +485,71 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     return settings.model_copy(update=updates) if updates else settings
 
 
+def _register_raw_secrets(data: Any) -> None:
+    """Secrets in the file and the environment are masked from the start: an error about another key
+    (or a bad secret) can never print one."""
+    from connector import logs
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in SECRET_KEYS and isinstance(value, str):
+                    logs.register_secrets([value])
+                elif key == "url" and isinstance(value, str) and (m := re.match(r"^[^:]+://[^:/@]*:([^@]+)@", value)):
+                    logs.register_secrets([m.group(1)])
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(data)
+    logs.register_env_secrets()
+
+
+def _env_overrides() -> list[tuple[str, str, str]]:
+    """(variable, section, value) of every ``LIFECYCLE_<SECTION>[__KEY]`` variable."""
+    out = []
+    for key, value in os.environ.items():
+        if key.upper().startswith(ENV_PREFIX):
+            section = key[len(ENV_PREFIX):].split("__", 1)[0].lower()
+            out.append((key, section, value))
+    return out
+
+
+def _check_env_sections() -> None:
+    """``LIFECYCLE_STATEE__URL`` is a typo, not a variable to ignore: a nested variable must name a section."""
+    known = set(Settings.model_fields)
+    for key, section, _ in _env_overrides():
+        if "__" in key[len(ENV_PREFIX):] and section not in known:
+            import difflib
+
+            close = difflib.get_close_matches(section, sorted(known), n=1)
+            hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}__...?)" if close else ""
+            raise ConfigError(f"environment variable {key}: unknown section {section!r}{hint}; "
+                              f"known: {', '.join(sorted(known))}")
+
+
+def _describe_env_error(exc: SettingsError) -> str:
+    """pydantic-settings could not parse an environment value (malformed JSON): name the variable."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    section = match.group(1).lower() if match else ""
+    candidates = [(k, v) for k, s, v in _env_overrides() if s == section] or [(k, v) for k, _, v in _env_overrides()]
+    for key, value in candidates:
+        if value.lstrip()[:1] in ("{", "[", '"'):
+            import json
+
+            try:
+                json.loads(value)
+            except ValueError as err:
+                return (f"environment variable {key}: not valid JSON ({type(err).__name__} at position "
+                        f"{getattr(err, 'pos', '?')}); lists and tables are given as JSON, e.g. "
+                        f"{ENV_PREFIX}SCHEDULE__AT='[\"07:00\"]' or '{{\"key\": \"value\"}}'")
+    names = ", ".join(k for k, _ in candidates) or f"{ENV_PREFIX}{section.upper()}"
+    return (f"environment variable {names}: the value cannot be read for [{section}]; "
+            "lists and tables are given as JSON")
+
+
 def load_config(path: str | Path = "lifecycle.toml") -> LoadedConfig:
     """Read, validate and compile the configuration; raise ConfigError with a fix-it message."""
     path = Path(path)
@@ -479,10 +563,14 @@ def load_config(path: str | Path = "lifecycle.toml") -> LoadedConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    _register_raw_secrets(data)
+    _check_env_sections()
     try:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, data)) from None
+    except SettingsError as exc:
+        raise ConfigError(_describe_env_error(exc)) from None
     settings = _resolve_paths(settings, path.resolve().parent)
 
     from rules.engine import SegmentEngine  # late import: rules depend on config types only

@@ -20,7 +20,7 @@ import polars as pl
 from adapters.base import CrmSource, RowError
 from adapters.csv_files import CsvSource
 from connector.config import ConfigError, LoadedConfig
-from connector.logs import bind
+from connector.logs import bind, redact, safe_error
 from connector.store import StateStore
 from rules.engine import SegmentEngine
 from rules.features import FeatureStats, compute_features
@@ -377,12 +377,28 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         store.finish_run(run_id, status="ok", stats=result.summary())
         return result
     except Interrupted as exc:
-        store.finish_run(run_id, status="interrupted", stats={}, error=str(exc))
+        store.finish_run(run_id, status="interrupted", stats={}, error=redact(str(exc)))
         raise
     except BaseException as exc:
-        store.finish_run(run_id, status="failed", stats={}, error=f"{type(exc).__name__}: {exc}")
+        _record_failure(store, run_id, exc)
         raise
     finally:
         if sink is not None:
             sink.close()
         store.close()
+
+
+def _record_failure(store: StateStore, run_id: int, exc: BaseException) -> None:
+    """Mark the run failed with a redacted one-line error (no SQL, no customer data). When the store
+    itself is what failed (disk full, read-only), retry the small update once; if that fails too, the
+    run is finished from a fresh connection, so it never stays ``running``."""
+    error = safe_error(exc)
+    for attempt in range(2):
+        try:
+            store.finish_run(run_id, status="failed", stats={}, error=error)
+            return
+        except Exception as again:  # noqa: BLE001 - the original error is the one to raise
+            if attempt:
+                log.error("could not mark run %s failed: %s", run_id, safe_error(again))
+            else:
+                store.engine.dispose()

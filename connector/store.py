@@ -13,8 +13,10 @@ reached, and :meth:`StateStore.open` applies what is missing inside one transact
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -22,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from adapters.base import Customer, Deal, Entity, PullResult
+from connector.config import ConfigError
 
 metadata = sa.MetaData()
 
@@ -265,18 +268,34 @@ class StateStore:
 
     @classmethod
     def open(cls, url: str, portal: str) -> StateStore:
-        sa_url = sa.make_url(url)
+        """Open (and migrate) the store; a URL that cannot work is a :class:`StateUrlError` saying what
+        to fix in ``[state] url``, never a driver traceback."""
+        sa_url = _checked_url(url)
+        try:
+            store = cls._open(sa_url, portal)
+        except StateUrlError:
+            raise
+        except (sa.exc.SQLAlchemyError, OSError, ImportError, ValueError) as exc:
+            raise StateUrlError(_explain_open_error(sa_url, exc)) from None
+        return store
+
+    @classmethod
+    def _open(cls, sa_url: sa.URL, portal: str) -> StateStore:
         if sa_url.get_backend_name() == "sqlite":
             # No pooled connection may stay open: connectorx links its own copy of SQLite, and when its
             # read closes it would checkpoint and delete the WAL under a pysqlite connection still held
             # by the pool (writes made after that would be invisible to other processes until close).
-            engine = sa.create_engine(sa_url, poolclass=sa.pool.NullPool)
+            engine = sa.create_engine(sa_url, poolclass=sa.pool.NullPool, hide_parameters=True)
             sa.event.listen(engine, "connect", _sqlite_pragmas)
         else:
             # pre-ping: a daemon keeps its pool for days, across database restarts and failovers
-            engine = sa.create_engine(sa_url, pool_pre_ping=True)
+            engine = sa.create_engine(sa_url, pool_pre_ping=True, hide_parameters=True)
         store = cls(engine, portal)
-        store.migrate()
+        try:
+            store.migrate()
+        except BaseException:
+            engine.dispose()
+            raise
         return store
 
     def close(self) -> None:
@@ -821,6 +840,73 @@ class StateStore:
         return self.read_frame(
             query, {"run_id": pl.Int64, "segment": pl.String, "customer_id": pl.Int64, "event": pl.String}
         )
+
+
+class StateUrlError(ConfigError):
+    """``[state] url`` cannot be used; the message says what to fix (the configuration's fault: exit 2)."""
+
+
+def _safe_url(url: sa.URL | str) -> str:
+    if isinstance(url, sa.URL):
+        return url.render_as_string(hide_password=True)
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
+
+
+def _checked_url(url: str) -> sa.URL:
+    """Parse ``[state] url`` and refuse what cannot hold state, before any connection."""
+    try:
+        sa_url = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        raise StateUrlError(
+            f"[state] url = {_safe_url(url)!r} is not a database URL; use sqlite:///FILE.db or "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB") from None
+    backend = sa_url.get_backend_name()
+    if backend == "sqlite":
+        database = sa_url.database or ""
+        if database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in database:
+            raise StateUrlError(
+                f"[state] url = {_safe_url(sa_url)!r} keeps state in memory, which is lost when the run ends "
+                "(membership history, cursors, the action ledger); use a file: sqlite:///lifecycle.db")
+        if database.startswith("file:"):  # an SQLite URI (?uri=true): SQLite itself reads the path
+            return sa_url
+        path = Path(database)
+        if path.is_dir():
+            raise StateUrlError(f"[state] url points at the folder {database}; name a file in it, e.g. "
+                                f"sqlite:///{path / 'lifecycle.db'}")
+        if not path.parent.is_dir():
+            raise StateUrlError(f"[state] url: the folder {path.parent} does not exist; create it or point "
+                                "[state] url at an existing folder")
+    elif backend != "postgresql":
+        raise StateUrlError(f"[state] url = {_safe_url(sa_url)!r}: {backend!r} is not supported; use "
+                            "sqlite:///FILE.db or postgresql+psycopg://USER:PASSWORD@HOST/DB")
+    return sa_url
+
+
+def _explain_open_error(sa_url: sa.URL, exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    where = f"[state] url = {_safe_url(sa_url)!r}"
+    low = first.lower()
+    if sa_url.get_backend_name() == "sqlite":
+        if "not a database" in low or "malformed" in low or "file is encrypted" in low:
+            return f"{where}: the file is not an SQLite database; point [state] url at a new file or at the connector's database"
+        if "readonly" in low or "read-only" in low:
+            return f"{where}: the database file or its folder is read-only; make both writable"
+        if "disk is full" in low or "no space" in low:
+            return f"{where}: the disk is full; free space in the database's folder"
+        if "unable to open" in low:
+            return f"{where}: cannot open the file ({first}); check the path and its permissions"
+        return f"{where}: cannot use the database ({type(orig).__name__}: {first})"
+    if isinstance(exc, ImportError) or "no module named" in low:
+        return f"{where}: the PostgreSQL driver is missing; install psycopg (pip install 'psycopg[binary]')"
+    if "refused" in low or "could not connect" in low or "connection failed" in low or "timeout" in low:
+        host = f"{sa_url.host or 'localhost'}:{sa_url.port or 5432}"
+        return f"{where}: connection refused at {host}: check that PostgreSQL runs there and the host and port are right"
+    if "password authentication failed" in low or "authentication" in low:
+        return f"{where}: PostgreSQL refused the user or password; check them"
+    if "does not exist" in low:
+        return f"{where}: {first}; create it or fix the name"
+    return f"{where}: cannot use the database ({type(orig).__name__}: {first})"
 
 
 def _insert_tuples(conn: Connection, table: sa.Table, columns: Sequence[str], rows: Iterable[tuple]) -> None:

@@ -204,7 +204,10 @@ class _Compiler:
             kind_of = self.schema[text]
             return _Typed(kind_of, pl.col(text), f"{kind_of} '{text}'", line, column)
         if kind == "number":
-            value = float(text) if "." in text else int(text)
+            value = _number(text)
+            if value is None:
+                raise self.error(line, column, f"number {_short(text)} is too large",
+                                 "numbers in rules must lie within ±9223372036854775807")
             return _Typed("number", pl.lit(value), f"number {text}", line, column, text)
         if kind == "string":
             value = _ESCAPE.sub(lambda m: self.unescape(m, token), text[1:-1])
@@ -240,6 +243,25 @@ class _Compiler:
             raise self.error(*at, f"cannot order {left.type}s with '{op}'",
                              "only == and != apply to strings and bools")
         return _Typed("bool", _OPS[op](left.expr, right.expr), "condition", left.line, left.column)
+
+
+INT64_MAX = 2**63 - 1
+
+
+def _number(text: str) -> int | float | None:
+    """The literal's value, or None when it does not fit a 64-bit column (polars would overflow; Python
+    refuses to even convert integers of more than 4,300 digits)."""
+    whole = text.lstrip("-").split(".", 1)[0].lstrip("0")
+    if len(whole) > 19:
+        return None
+    if "." in text:
+        return float(text)
+    value = int(text)
+    return value if -INT64_MAX - 1 <= value <= INT64_MAX else None
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
 
 
 def _quote_hint(left: _Typed, right: _Typed) -> str:

@@ -34,6 +34,10 @@ class QuotaError(AdsError):
     """The cabinet refused for a quota or rate limit: try again later (the next run)."""
 
 
+class CredentialsError(AdsError):
+    """The cabinet refused the token or client credentials (HTTP 401 / 403)."""
+
+
 def _detail(response: requests.Response) -> str:
     try:
         body = response.json()
@@ -68,6 +72,9 @@ class Client:
             raise AdsError(f"{self.label}: {what}: connection failed ({type(exc).__name__})") from None
         if response.status_code == 429 or self._is_quota(response):
             raise QuotaError(f"{self.label}: {what}: refused by a quota or rate limit: {_detail(response)}")
+        if response.status_code in (401, 403):
+            raise CredentialsError(f"{self.label}: {what}: HTTP {response.status_code}: {_detail(response)}; "
+                                   f"check the {self.cabinet} credentials in [audiences]")
         if response.status_code >= 400:
             raise AdsError(f"{self.label}: {what}: HTTP {response.status_code}: {_detail(response)}")
         if not response.content:

@@ -239,6 +239,10 @@ class AmoClient:
                 self.limiter.release()
                 with self._lock:
                     self.requests += 1
+                    answered = bool(self.statuses)
+                message = None if answered else unreachable(exc, self.base_url)
+                if message:  # nothing ever answered: retrying a refused connection only hides the cause
+                    raise AmoError(f"amoCRM: {message}: check [crm] base_url") from None
                 # The exception text holds the URL (no secret in it for amoCRM, but keep messages short).
                 raise _Transient(AmoError(f"amoCRM {method} {path}: connection failed ({type(exc).__name__})")) from None
             self.limiter.release()
@@ -286,6 +290,26 @@ class AmoClient:
                     self.server_time = int(email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp())
                 except (TypeError, ValueError):
                     pass
+
+
+def unreachable(exc: requests.RequestException, base_url: str) -> str | None:
+    """What an operator should know when the first connection to the account fails; None if transient."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    where = f"{parts.hostname}:{port}"
+    text = str(exc).lower()
+    if isinstance(exc, requests.exceptions.SSLError):
+        if "certificate" in text:
+            return f"the TLS certificate at {where} is not trusted"
+        return f"TLS handshake with {where} failed: the server may speak plain http, not https (an http/https mix-up)"
+    if isinstance(exc, requests.ConnectionError):
+        if "name or service not known" in text or "nodename nor servname" in text or "failed to resolve" in text:
+            return f"the host {parts.hostname} is not known (DNS)"
+        if "refused" in text:
+            return f"connection refused at {where}"
+    return None  # a reset or a time-out: transient, retried
 
 
 def _body(response: requests.Response) -> Any:

@@ -40,6 +40,13 @@ def _int(value: Any, what: str) -> int | None:
         raise MappingError(f"{what} {value!r} is not a number") from None
 
 
+def _shape(record: Any) -> str:
+    """What the id looked like, without its value or the record's personal data: its type only."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not an object"
+    return "missing" if "id" not in record else f"a {type(record['id']).__name__}"
+
+
 def record_id(record: Any) -> int | None:
     """The record's id when it is a valid id (1 .. 2**63-1), else None."""
     try:
@@ -99,7 +106,7 @@ def is_birthday_field(field: dict[str, Any], wanted: str | None) -> bool:
 def to_customer(record: dict[str, Any], entity: Entity, tz: ZoneInfo, birthday_field: str | None = None) -> Customer:
     cid = record_id(record)
     if cid is None:
-        raise MappingError(f"id {str(record.get('id') if isinstance(record, dict) else None)[:40]!r} is not a positive integer id")
+        raise MappingError(f"record without a numeric id (id = {_shape(record)}); its data is not logged")
     name = record.get("name") or " ".join(p for p in (record.get("first_name"), record.get("last_name")) if p) or None
     phone = email = None
     born: date | None = None
@@ -148,7 +155,7 @@ def _linked(record: dict[str, Any], key: str) -> list[dict[str, Any]]:
 def to_deal(record: dict[str, Any]) -> Deal:
     lid = record_id(record)
     if lid is None:
-        raise MappingError(f"lead id {str(record.get('id') if isinstance(record, dict) else None)[:40]!r} is not a positive integer id")
+        raise MappingError(f"lead without a numeric id (id = {_shape(record)}); its data is not logged")
     status_id = _int(record.get("status_id"), "status_id")
     status = "won" if status_id == WON else "lost" if status_id == LOST else "open"
     contacts = _linked(record, "contacts")

@@ -10,7 +10,11 @@ What it does not do, covered here without forking it (research/bitrix24.md secti
   fast-bitrix24's own 5xx / 401 logic still sees what it expects;
 * 429 ``OPERATION_TIME_LIMIT`` is not retried: we wait until ``time.operating_reset_at`` (the last one the
   portal told us for that method, per docs settings/performance/limits.md) and try again;
-* per-command errors inside ``batch`` come back with HTTP 200 in ``result_error``: callers get them.
+* per-command errors inside ``batch`` come back with HTTP 200 in ``result_error``: callers get them;
+* a portal that cannot be reached at all (connection refused, unknown host, https to a plain-HTTP port
+  or the reverse) fails on the first request with what to check, instead of fast-bitrix24 retrying the
+  connection for 18 s and saying "All attempts to get data from server exhausted". Once the portal has
+  answered, a lost connection is retried as before.
 
 Errors never contain the webhook URL or a token: ``str()`` of every error here is written for the operator.
 """
@@ -63,6 +67,46 @@ ERRORS: dict[tuple[int, str], tuple[str, str]] = {
 }
 
 
+def unreachable(exc: BaseException, host: str | None, port: int | None, scheme: str) -> str | None:
+    """What an operator should know when the very first connection fails, or None for a transient error."""
+    where = f"{host}:{port}"
+    text = str(exc).lower()
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"the TLS certificate at {where} is not trusted ({type(exc.certificate_error).__name__})"
+    if isinstance(exc, aiohttp.ClientConnectorError) and (
+            isinstance(exc.os_error, ConnectionRefusedError) or "refused" in text):
+        return f"connection refused at {where}"
+    if isinstance(exc, aiohttp.ClientSSLError) or "wrong version number" in text:
+        return (f"TLS handshake with {where} failed: the server may speak plain http, not {scheme} "
+                "(an http/https mix-up)")
+    dns_error = getattr(aiohttp, "ClientConnectorDNSError", None)
+    if dns_error is not None and isinstance(exc, dns_error):
+        return f"the host {host} is not known (DNS)"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if "name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text:
+            return f"the host {host} is not known (DNS)"
+    return None
+
+
+async def _speaks_tls(host: str | None, port: int | None) -> bool:
+    """Whether host:port completes a TLS handshake (a plain-http request to it was just dropped)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), 5)
+    except (OSError, asyncio.TimeoutError, ssl.SSLError):
+        return False
+    writer.close()
+    return True
+
+
+def https_required(description: str) -> bool:
+    """A plain-http request reached an https-only server (Bitrix24's "Https required.", nginx's page)."""
+    low = description.lower()
+    return "https required" in low or "plain http request was sent to https port" in low
+
+
 def classify(status: int, error: str) -> tuple[str, str]:
     for (code_status, code), verdict in ERRORS.items():
         if status == code_status and error.lower() == code.lower():
@@ -98,6 +142,7 @@ class Bitrix24Client:
         self.operating_reset_at: dict[str, float] = {}
         self.server_time: str | None = None  # time.date_start of the first answer: the portal's clock
         self._operating_waits: dict[str, int] = {}
+        self._answered = False  # the portal answered at least once: connection errors are transient now
         self._session: aiohttp.ClientSession | None = None
         self._bitrix: BitrixAsync | None = None
 
@@ -125,11 +170,21 @@ class Bitrix24Client:
 
     async def _count(self, _session: Any, _ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
         self.requests += 1
+        self._answered = True
         self.statuses[params.response.status] += 1
 
-    async def _count_exception(self, *_args: Any) -> None:
+    async def _count_exception(self, _session: Any, _ctx: Any, params: aiohttp.TraceRequestExceptionParams) -> None:
         self.requests += 1
         self.statuses[0] += 1
+        if not self._answered:
+            url = params.url
+            message = unreachable(params.exception, url.host, url.port, url.scheme)
+            if message is None and url.scheme == "http" and isinstance(params.exception, aiohttp.ServerDisconnectedError) \
+                    and await _speaks_tls(url.host, url.port):
+                message = f"{url.host}:{url.port} speaks https, not http (an http/https mix-up)"
+            if message:
+                # raised inside the request: fast-bitrix24 retries only aiohttp's errors, so this ends the call
+                raise BitrixError(f"Bitrix24: {message}: check [crm] webhook_url (or client_endpoint)")
 
     @staticmethod
     async def _check(response: aiohttp.ClientResponse) -> None:
@@ -152,6 +207,9 @@ class Bitrix24Client:
             try:
                 answer = await self._bitrix.call(method, params or {}, raw=True)
             except BitrixHTTPError as exc:
+                if exc.status == 400 and https_required(exc.description):
+                    raise BitrixError(f"Bitrix24: {self.endpoint.split('/')[2]} speaks https, not http (an http/https "
+                                      "mix-up): check [crm] webhook_url (or client_endpoint)") from None
                 kind, message = classify(exc.status, exc.error)
                 if kind == "operating" and waits < MAX_OPERATING_WAITS:
                     waits += 1
