@@ -226,11 +226,11 @@ def test_amocrm_accounts_are_isolated():
         assert a4.api("GET", "/api/v4/contacts", token=a3.access_token)[0] == 401
         assert a4.api("GET", "/api/v4/contacts", token=a3.info["oauth_access_token"])[0] == 401
         assert a3.api("GET", "/api/v4/contacts", token=a3.info["oauth_access_token"])[0] == 200
-        status, _ = a4.request("POST", a4.base_url + "/oauth2/access_token", json.dumps(
+        status, body = a4.request("POST", a4.base_url + "/oauth2/access_token", json.dumps(
             {"client_id": a3.info["client_id"], "client_secret": a3.info["client_secret"],
              "redirect_uri": a3.info["redirect_uri"], "grant_type": "authorization_code",
              "code": a3.info["authorization_code"]}).encode(), {"Content-Type": "application/json"})
-        assert status == 401
+        assert status == 401 and body["title"] == "Некорректный клиент"
         status, tokens = a3.oauth(grant_type="authorization_code", code=a3.info["authorization_code"])
         assert status == 200 and a3.api("GET", "/api/v4/account", token=tokens["access_token"])[0] == 200
         assert a4.api("GET", "/api/v4/account", token=tokens["access_token"])[0] == 401
@@ -254,6 +254,24 @@ def test_amocrm_accounts_are_isolated():
         status, body = a1.request("GET", f"{sandbox.base_url}/a/9/api/v4/account")
         assert status == 404 and "/a/0 .. /a/4" in body["detail"]
         assert a1.request("GET", f"{sandbox.base_url}/api/v4/account")[0] == 404
+
+
+def test_bitrix24_portals_over_tls_share_the_ca_and_the_proxy():
+    with running_portals(2, generate=(10, 20), today=TODAY, tls=True) as sandbox:
+        assert sandbox.info["tls"] and sandbox.info["ca_file"] and sandbox.base_url.startswith("https://")
+        for index, portal in enumerate(sandbox.portals):
+            assert portal.info["ca_file"] == sandbox.info["ca_file"]
+            assert portal.info["https_proxy"] == sandbox.info["https_proxy"] == "http://" + sandbox.base_url.split("://")[1]
+            status, body = portal.call("crm.contact.list")
+            assert status == 200 and body["total"] == 10
+        plain = sandbox[1].info["webhook_url"].replace("https://", "http://")
+        status, body = sandbox[1].request("POST", plain + "crm.contact.list", b"{}", {"Content-Type": "application/json"})
+        assert status == 400 and body["error_description"] == "Https required."
+        info = sandbox[1].info
+        status, body = sandbox[1].request("POST", f"{sandbox.base_url}/oauth/token/", json.dumps(
+            {"grant_type": "refresh_token", "client_id": info["client_id"], "client_secret": info["client_secret"],
+             "refresh_token": info["refresh_token"]}).encode(), {"Content-Type": "application/json"})
+        assert status == 200 and body["client_endpoint"] == f"{sandbox[1].base_url}/rest/"
 
 
 # -- the product against portal 2 of a 3-portal sandbox ----------------------------------------------
