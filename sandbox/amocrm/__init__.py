@@ -6,6 +6,7 @@ Entry points: :func:`cli.main` (``lifecycle sandbox amocrm`` / ``python -m sandb
 
 from .account import Account
 from .cli import create_server, main
-from .testing import AccountHandle, account_fixture, running_account
+from .testing import AccountHandle, AccountsHandle, account_fixture, running_account, running_accounts
 
-__all__ = ["Account", "AccountHandle", "account_fixture", "create_server", "main", "running_account"]
+__all__ = ["Account", "AccountHandle", "AccountsHandle", "account_fixture", "create_server", "main", "running_account",
+           "running_accounts"]

@@ -3,7 +3,10 @@
 The first line on stdout is one JSON object (see README.md in this folder): ``base_url``, the long-lived
 ``access_token``, the OAuth app (``client_id``, ``client_secret``, ``redirect_uri``), a fresh
 ``authorization_code`` and a ``refresh_token``, ``control_url``, ``timezone``, ``time_scale``, ``limits``
-and ``counts``. Then the process serves until SIGINT/SIGTERM.
+and ``counts``. With ``--accounts N`` (N > 1) it is ``{"base_url", "control_url", "accounts": [<one such
+object per account, plus "index">]}``: account i lives under ``/a/{i}`` with its own tokens, OAuth app,
+account id, subdomain and data (``--generate`` seeds account i with ``--seed`` + i). Then the process
+serves until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,21 +26,35 @@ def create_server(*, host: str = "127.0.0.1", port: int = 0, import_csv: str | P
                   generate: tuple[int, int] | None = None, time_scale: float = 1.0, limits: bool = True,
                   timezone: str = "Europe/Moscow", today: date | None = None, seed: int = 7,
                   frozen_clock: bool = False, rate_limit: int | None = None, block_after: int | None = None,
-                  subdomain: str = "sandbox", verbose: bool = False) -> RunningServer:
-    """Build, seed and bind an account (not yet serving: call ``.start()`` or ``.serve_forever()``)."""
+                  subdomain: str = "sandbox", verbose: bool = False, accounts: int | None = None) -> RunningServer:
+    """Build, seed and bind an account (not yet serving: call ``.start()`` or ``.serve_forever()``).
+
+    ``accounts=N`` (N > 1) builds N independent accounts served by the one server under ``/a/0`` ..
+    ``/a/{N-1}``; account i has subdomain ``{subdomain}{i}``, account id 31415926 + i and is generated with
+    ``seed + i`` (``import_csv`` loads the same folder into each).
+    """
     from . import seed as seeding
 
     if import_csv and generate:
         raise ValueError("use either --import-csv or --generate, not both")
-    account = Account(timezone_name=timezone, time_scale=time_scale, limits=limits, seed=seed,
-                      frozen_clock=frozen_clock, rate_limit=rate_limit, block_after=block_after, subdomain=subdomain)
+    if accounts is not None and accounts < 1:
+        raise ValueError("--accounts must be at least 1")
+    multi = accounts is not None and accounts > 1
+    built: list[Account] = []
     notes: list[str] = []
-    if import_csv:
-        _, problems = seeding.import_csv(account, Path(import_csv))
-        notes += problems
-    elif generate:
-        seeding.generate(account, generate[0], generate[1], today=today, seed=seed)
-    server = RunningServer(account, host=host, port=port, verbose=verbose)
+    for index in range(accounts if multi else 1):
+        extra = {"subdomain": f"{subdomain}{index}", "account_id": 31415926 + index} if multi else {"subdomain": subdomain}
+        account = Account(timezone_name=timezone, time_scale=time_scale, limits=limits, seed=seed + index,
+                          frozen_clock=frozen_clock, rate_limit=rate_limit, block_after=block_after, **extra)
+        if import_csv:
+            _, problems = seeding.import_csv(account, Path(import_csv))
+            if index == 0:
+                notes += problems
+        elif generate:
+            seeding.generate(account, generate[0], generate[1], today=today, seed=seed + index)
+        built.append(account)
+    server = RunningServer(None if multi else built[0], host=host, port=port, verbose=verbose,
+                           accounts=built if multi else None)
     server.notes = notes  # type: ignore[attr-defined]
     return server
 
@@ -59,6 +76,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a whole number, e.g. 50") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lifecycle sandbox amocrm",
                                 description="Serve an emulated amoCRM account (API v4) on loopback.")
@@ -75,6 +102,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--today", type=date.fromisoformat, help="'today' for --generate (YYYY-MM-DD)")
     p.add_argument("--seed", type=int, default=7, help="random seed for --generate and probabilistic faults")
     p.add_argument("--subdomain", default="sandbox", help="account subdomain reported by /api/v4/account")
+    p.add_argument("--accounts", type=_count, default=1,
+                   help="serve N independent accounts from this one process, account i under /a/i (default 1)")
     p.add_argument("--verbose", action="store_true", help="log every HTTP request to stderr")
     return p
 
@@ -85,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         server = create_server(host=args.host, port=args.port, import_csv=args.import_csv, generate=args.generate,
                                time_scale=args.time_scale, limits=not args.no_limits, timezone=args.timezone,
                                today=args.today, seed=args.seed, rate_limit=args.rate_limit,
-                               block_after=args.block_after, subdomain=args.subdomain, verbose=args.verbose)
+                               block_after=args.block_after, subdomain=args.subdomain, verbose=args.verbose,
+                               accounts=args.accounts)
     except Exception as exc:  # bad CSV folder, bad time zone, port in use...
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,13 @@ Routes: ``/api/v4/...`` (Bearer token; api.py), ``POST /oauth2/access_token`` (a
 (control.py). Success answers are ``application/hal+json``, errors ``application/problem+json``, an empty
 result is 204 with no body (shared/research/amocrm.md §1, §2, §9). Plain HTTP on loopback only: the
 real API is HTTPS, clients here are pointed at ``base_url``.
+
+With ``--accounts N`` one server holds N independent accounts (an :class:`Account` each: data, tokens,
+OAuth app, limits, faults, counters, clock). An account is a subdomain in reality; here account ``i``
+(0-based) lives under the path prefix ``/a/{i}``: ``/a/{i}/api/v4/...``, ``/a/{i}/oauth2/access_token``,
+``/a/{i}/_sandbox/...``. Its ``base_url`` includes the prefix, so ``_links`` stay on that account. Tokens
+are signed per account, so another account's token gets 401 as a wrong token does on amoCRM.
+``/_sandbox/info`` at the root gives the first-line JSON.
 """
 
 from __future__ import annotations
@@ -27,12 +34,27 @@ HAL = "application/hal+json"
 PROBLEM = "application/problem+json"
 
 
+PREFIX = "/a/"
+
+
 class SandboxServer(QuietServer):
-    def __init__(self, address, account: Account, verbose: bool = False):
+    def __init__(self, address, account: Account, verbose: bool = False, accounts: list[Account] | None = None):
         self.account = account
+        self.accounts = accounts  # None: one account at the root; else account i under /a/{i}
         self.verbose = verbose
         self.info: dict = {}
+        self.infos: list[dict] = []
         super().__init__(address, Handler)
+
+    def route(self, path: str) -> tuple[Account | None, dict, str]:
+        """(account, its info, the path below its prefix); account None = no such account."""
+        if self.accounts is None:
+            return self.account, self.info, path
+        if path.startswith(PREFIX):
+            index, _, rest = path[len(PREFIX):].partition("/")
+            if index.isdigit() and str(int(index)) == index and int(index) < len(self.accounts):
+                return self.accounts[int(index)], self.infos[int(index)], "/" + rest
+        return None, self.info, path
 
 
 class Handler(RestVerbs, BaseHandler):
@@ -58,20 +80,26 @@ class Handler(RestVerbs, BaseHandler):
         self.wfile.write(data)
 
     def _dispatch(self, verb: str) -> None:
-        account = self.server.account
         url = urlsplit(self.path)
-        path = url.path
+        account, info, path = self.server.route(url.path)
         try:
             raw = self._read_body()
         except (OSError, ValueError):
             self.close_connection = True
+            return
+        if account is None:
+            if path.rstrip("/") == "/_sandbox/info" and verb == "GET":
+                self._send(200, self.server.info, "application/json")
+            else:
+                last = len(self.server.accounts or []) - 1
+                self._send(404, problem(404, f"No account at {path} (accounts are /a/0 .. /a/{last})"))
             return
         if path.startswith("/_sandbox"):
             try:
                 body = json.loads(raw.decode("utf-8")) if raw.strip() else {}
             except (UnicodeDecodeError, json.JSONDecodeError):
                 body = {}
-            status, payload = control.handle(account, self.server.info, verb, path, url.query, body)
+            status, payload = control.handle(account, info, verb, path, url.query, body)
             self._send(status, payload, "application/json")
             return
         with account.lock:
@@ -154,16 +182,32 @@ class Handler(RestVerbs, BaseHandler):
 
 
 class RunningServer(BackgroundServing):
-    """An account served on a background thread (used by the CLI and by :func:`testing.running_account`)."""
+    """An account served on a background thread (used by the CLI and by :func:`testing.running_account`).
+
+    With ``accounts`` (a list) the server holds them all, account i under ``/a/{i}``; ``self.account`` is
+    the first, ``self.infos[i]`` account i's first-line JSON and ``self.info`` the multi-account first line.
+    """
     thread_name = "amocrm-sandbox"
 
-    def __init__(self, account: Account, *, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
-        self.account = account
-        self.httpd = SandboxServer((host, port), account, verbose)
+    def __init__(self, account: Account | None, *, host: str = "127.0.0.1", port: int = 0, verbose: bool = False,
+                 accounts: list[Account] | None = None):
+        self.accounts = accounts
+        self.account = account if account is not None else (accounts or [None])[0]
+        self.httpd = SandboxServer((host, port), self.account, verbose, accounts)
         self.host, self.port = self.httpd.server_address[:2]
-        account.set_base_url(f"http://{host}:{self.port}")
-        self.info = build_info(account)
+        root = f"http://{host}:{self.port}"
+        if accounts is None:
+            self.account.set_base_url(root)
+            self.info = build_info(self.account)
+            self.infos = [self.info]
+        else:
+            self.infos = []
+            for index, each in enumerate(accounts):
+                each.set_base_url(f"{root}{PREFIX}{index}")
+                self.infos.append({"index": index, **build_info(each)})
+            self.info = {"base_url": root, "control_url": f"{root}/_sandbox/", "accounts": self.infos}
         self.httpd.info = self.info
+        self.httpd.infos = self.infos
 
 
 

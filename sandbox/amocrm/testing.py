@@ -11,6 +11,14 @@
 ``acct.unblock()``, ``acct.new_code()``, ``acct.limits(...)``. Control operations go through the
 ``/_sandbox`` HTTP routes, so they are what an out-of-process test would see. ``account_fixture(...)``
 makes a pytest fixture.
+
+Many accounts in one server (``--accounts N``):
+
+>>> with running_accounts(50, generate=(200, 600)) as sandbox:
+...     sandbox.accounts[3].api("GET", "/api/v4/contacts")   # account 3: its own URLs, tokens, data
+...     sandbox.info["accounts"][3]["access_token"]           # the CLI's first line
+
+Each ``sandbox.accounts[i]`` is an :class:`AccountHandle` of that account (control routes under ``/a/{i}``).
 """
 
 from __future__ import annotations
@@ -41,10 +49,11 @@ def _flatten(params: dict, prefix: str | None = None) -> list[tuple[str, str]]:
 
 
 class AccountHandle:
-    def __init__(self, server):
+    def __init__(self, server, index: int | None = None):
         self.server = server
-        self.account = server.account  # white-box access when a test really needs it
-        self.info: dict = server.info
+        self.index = index  # None: a single-account server; else account ``index`` of a multi-account one
+        self.account = server.account if index is None else server.accounts[index]  # white-box access
+        self.info: dict = server.info if index is None else server.infos[index]
         self.base_url: str = self.info["base_url"]
         self.access_token: str = self.info["access_token"]
 
@@ -164,6 +173,41 @@ def running_account(*, generate: tuple[int, int] | None = (200, 600), import_csv
     server.start()
     try:
         yield AccountHandle(server)
+    finally:
+        server.stop()
+
+
+class AccountsHandle:
+    """A multi-account server: ``accounts[i]`` is account i's :class:`AccountHandle`, ``info`` the first line."""
+
+    def __init__(self, server):
+        self.server = server
+        self.info: dict = server.info
+        self.base_url: str = self.info["base_url"]
+        self.accounts = [AccountHandle(server, index) for index in range(len(server.accounts))]
+
+    def __len__(self) -> int:
+        return len(self.accounts)
+
+    def __getitem__(self, index: int) -> AccountHandle:
+        return self.accounts[index]
+
+
+@contextmanager
+def running_accounts(count: int, **options: Any) -> Iterator[AccountsHandle]:
+    """Serve ``count`` (>= 2) independent accounts from one server; options as :func:`running_account`
+    (account i is generated with ``seed + i``)."""
+    from .cli import create_server
+
+    if count < 2:
+        raise ValueError("running_accounts needs at least 2 accounts; use running_account for one")
+    options.setdefault("generate", (200, 600))
+    if options.get("import_csv"):
+        options["generate"] = None
+    server = create_server(accounts=count, **options)
+    server.start()
+    try:
+        yield AccountsHandle(server)
     finally:
         server.stop()
 

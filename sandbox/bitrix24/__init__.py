@@ -6,6 +6,7 @@ Entry points: :func:`cli.main` (``lifecycle sandbox bitrix24`` / ``python -m san
 
 from .cli import create_server, main
 from .portal import Portal
-from .testing import PortalHandle, portal_fixture, running_portal
+from .testing import PortalHandle, PortalsHandle, portal_fixture, running_portal, running_portals
 
-__all__ = ["Portal", "PortalHandle", "create_server", "main", "portal_fixture", "running_portal"]
+__all__ = ["Portal", "PortalHandle", "PortalsHandle", "create_server", "main", "portal_fixture", "running_portal",
+           "running_portals"]

@@ -8,6 +8,14 @@ Routes (local-integrations/local-webhooks.md, settings/oauth/index.md, settings/
   ``oauth.bitrix.info`` through the CONNECT proxy);
 * ``/_sandbox/...`` — control routes (control.py).
 
+With ``--portals N`` one server holds N independent portals (:class:`Portal` each: data, credentials,
+limits, faults, counters, clock). A portal is a host in reality; here portal ``i`` (0-based) lives under
+the path prefix ``/p/{i}``: ``/p/{i}/rest/...``, ``/p/{i}/oauth/token/``, ``/p/{i}/_sandbox/...``. Its
+``base_url`` includes the prefix, so every URL it hands out (webhook, ``client_endpoint``, ``next`` links)
+stays on that portal. Credentials of one portal are unknown to the others (401 ``NO_AUTH_FOUND``, as a
+wrong token is on a real portal). The unprefixed ``/oauth/token/`` (the shared OAuth server, also behind
+the CONNECT proxy) finds the portal by ``client_id``; ``/_sandbox/info`` gives the first-line JSON.
+
 Bodies: JSON, x-www-form-urlencoded or multipart, plus the query string (decode.py). Method names are
 lower-cased. With TLS the socket's first byte tells TLS from plain HTTP on the same port: plain REST calls
 get 400 INVALID_REQUEST "Https required." like a cloud portal, while control routes and ``CONNECT`` (for
@@ -37,13 +45,36 @@ from .tlsutil import OAUTH_HOSTS
 _REASONS = {502: "Bad Gateway", 504: "Gateway Time-out", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
+PREFIX = "/p/"
+
+
 class SandboxServer(QuietServer):
-    def __init__(self, address, portal: Portal, ssl_context: ssl.SSLContext | None, verbose: bool = False):
+    def __init__(self, address, portal: Portal, ssl_context: ssl.SSLContext | None, verbose: bool = False,
+                 portals: list[Portal] | None = None):
         self.portal = portal
+        self.portals = portals  # None: one portal at the root; else portal i under /p/{i}
         self.ssl_context = ssl_context
         self.verbose = verbose
         self.info: dict = {}
+        self.infos: list[dict] = []
         super().__init__(address, Handler)
+
+    def route(self, path: str) -> tuple[Portal | None, dict, str]:
+        """(portal, its info, the path below its prefix); portal None = no such portal."""
+        if self.portals is None:
+            return self.portal, self.info, path
+        if path.startswith(PREFIX):
+            index, _, rest = path[len(PREFIX):].partition("/")
+            if index.isdigit() and str(int(index)) == index and int(index) < len(self.portals):
+                return self.portals[int(index)], self.infos[int(index)], "/" + rest
+        return None, self.info, path
+
+    def portal_for_client(self, client_id: object) -> Portal:
+        """The shared OAuth server (unprefixed ``/oauth/token/``) knows every portal's app by client id."""
+        for portal in self.portals or [self.portal]:
+            if portal.auth.client_id == client_id:
+                return portal
+        return (self.portals or [self.portal])[0]  # answers invalid_client
 
     def finish_request(self, request, client_address):
         if self.ssl_context is not None:
@@ -118,20 +149,23 @@ class Handler(BaseHandler):
         self.close_connection = False
 
     def _dispatch(self, verb: str) -> None:
-        portal = self.server.portal
         url = urlsplit(self.path)
-        path = url.path
+        portal, self.info, path = self.server.route(url.path)
         try:
             raw = self._read_body()
         except (OSError, ValueError):
             self.close_connection = True
             return
+        if portal is None:
+            self._multi_root(verb, path, url.query, raw)
+            return
+        self.portal = portal
         if path.startswith("/_sandbox"):
             try:
                 body = json.loads(raw.decode("utf-8")) if raw.strip() else {}
             except (UnicodeDecodeError, json.JSONDecodeError):
                 body = {}
-            status, payload = control.handle(portal, self.server.info, verb, path, url.query, body)
+            status, payload = control.handle(portal, self.info, verb, path, url.query, body)
             self._send(status, payload)
             return
         try:
@@ -151,8 +185,29 @@ class Handler(BaseHandler):
             return
         self._send(404, {"error": "NOT_FOUND", "error_description": f"unknown path {path}"})
 
+    def _multi_root(self, verb: str, path: str, query: str, raw: bytes) -> None:
+        """Paths outside every ``/p/{i}`` of a multi-portal server: the info and the shared OAuth server."""
+        if path.rstrip("/") == "/_sandbox/info" and verb == "GET":
+            self._send(200, self.server.info)
+            return
+        if path.rstrip("/") == "/oauth/token":
+            try:
+                params = parse_php_query(query)
+                params.update(parse_body(self.headers.get("Content-Type", ""), raw))
+            except DecodeError as exc:
+                self._send(400, {"error": "INVALID_REQUEST", "error_description": str(exc)})
+                return
+            portal = self.server.portal_for_client(params.get("client_id"))
+            with portal.lock:
+                portal.counters.oauth_requests += 1
+                status, payload = portal.auth.token_endpoint(params, portal.endpoints())
+            self._send(status, payload)
+            return
+        self._send(404, {"error": "NOT_FOUND", "error_description": f"no portal at {path} (portals are /p/0 .. "
+                                                                   f"/p/{len(self.server.portals or []) - 1})"})
+
     def _rest(self, path: str, params: dict) -> None:
-        portal = self.server.portal
+        portal = self.portal
         parts = [p for p in path[len("/rest/"):].split("/") if p]
         method = parts[-1] if parts else ""
         for suffix in (".json", ".xml"):
@@ -226,23 +281,44 @@ class Handler(BaseHandler):
 
 
 class RunningServer(BackgroundServing):
-    """A portal served on a background thread (used by the CLI and by :func:`testing.running_portal`)."""
+    """A portal served on a background thread (used by the CLI and by :func:`testing.running_portal`).
+
+    With ``portals`` (a list) the server holds them all, portal i under ``/p/{i}``; ``self.portal`` is the
+    first, ``self.infos[i]`` portal i's first-line JSON and ``self.info`` the multi-portal first line.
+    """
     thread_name = "bitrix24-sandbox"
 
-    def __init__(self, portal: Portal, *, host: str = "127.0.0.1", port: int = 0,
-                 ssl_context: ssl.SSLContext | None = None, ca_file: str | None = None, verbose: bool = False):
-        self.portal = portal
-        self.httpd = SandboxServer((host, port), portal, ssl_context, verbose)
+    def __init__(self, portal: Portal | None, *, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None, ca_file: str | None = None, verbose: bool = False,
+                 portals: list[Portal] | None = None):
+        self.portals = portals
+        self.portal = portal if portal is not None else (portals or [None])[0]
+        self.httpd = SandboxServer((host, port), self.portal, ssl_context, verbose, portals)
         self.host, self.port = self.httpd.server_address[:2]
         scheme = "https" if ssl_context else "http"
-        portal.base_url = f"{scheme}://{host}:{self.port}"
-        portal.tls = ssl_context is not None
-        self.info = build_info(portal, ca_file)
+        root = f"{scheme}://{host}:{self.port}"
+        if portals is None:
+            self.portal.base_url = root
+            self.portal.tls = ssl_context is not None
+            self.info = build_info(self.portal, ca_file)
+            self.infos = [self.info]
+        else:
+            self.infos = []
+            for index, each in enumerate(portals):
+                each.base_url = f"{root}{PREFIX}{index}"
+                each.tls = ssl_context is not None
+                self.infos.append({"index": index, **build_info(each, ca_file, proxy=f"http://{host}:{self.port}")})
+            self.info = {"base_url": root, "control_url": f"{root}/_sandbox/", "oauth_token_url": f"{root}/oauth/token/",
+                         "tls": ssl_context is not None, "portals": self.infos}
+            if ssl_context is not None:
+                self.info["ca_file"] = ca_file
+                self.info["https_proxy"] = f"http://{host}:{self.port}"
         self.httpd.info = self.info
+        self.httpd.infos = self.infos
 
 
 
-def build_info(portal: Portal, ca_file: str | None) -> dict:
+def build_info(portal: Portal, ca_file: str | None, proxy: str | None = None) -> dict:
     base = portal.base_url
     auth = portal.auth
     tokens = auth.initial
@@ -272,5 +348,5 @@ def build_info(portal: Portal, ca_file: str | None) -> dict:
     }
     if portal.tls:
         info["ca_file"] = ca_file
-        info["https_proxy"] = f"http://{info['domain']}"
+        info["https_proxy"] = proxy or f"http://{info['domain']}"
     return info

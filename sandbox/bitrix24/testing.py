@@ -10,6 +10,14 @@
 (a raw REST call: JSON, form or query encoding, webhook or OAuth). Control operations go through the
 ``/_sandbox`` HTTP routes, so they are what an out-of-process test would see. ``portal_fixture(...)``
 makes a pytest fixture.
+
+Many portals in one server (``--portals N``):
+
+>>> with running_portals(50, generate=(200, 600)) as sandbox:
+...     sandbox.portals[3].call("crm.contact.list")       # portal 3: its own URLs, credentials, data
+...     sandbox.info["portals"][3]["webhook_url"]          # the CLI's first line
+
+Each ``sandbox.portals[i]`` is a :class:`PortalHandle` of that portal (control routes under its ``/p/{i}``).
 """
 
 from __future__ import annotations
@@ -26,10 +34,11 @@ from .decode import http_build_query
 
 
 class PortalHandle:
-    def __init__(self, server):
+    def __init__(self, server, index: int | None = None):
         self.server = server
-        self.portal = server.portal  # white-box access when a test really needs it
-        self.info: dict = server.info
+        self.index = index  # None: a single-portal server; else portal ``index`` of a multi-portal one
+        self.portal = server.portal if index is None else server.portals[index]  # white-box access
+        self.info: dict = server.info if index is None else server.infos[index]
         self.webhook_url: str = self.info["webhook_url"]
         self.base_url: str = self.info["base_url"]
         self.ca_file: str | None = self.info.get("ca_file")
@@ -128,6 +137,40 @@ def running_portal(*, generate: tuple[int, int] | None = None, import_csv=None, 
     server.start()
     try:
         yield PortalHandle(server)
+    finally:
+        server.stop()
+        if getattr(server, "temp_dir", None):
+            shutil.rmtree(server.temp_dir, ignore_errors=True)
+
+
+class PortalsHandle:
+    """A multi-portal server: ``portals[i]`` is portal i's :class:`PortalHandle`, ``info`` the first line."""
+
+    def __init__(self, server):
+        self.server = server
+        self.info: dict = server.info
+        self.base_url: str = self.info["base_url"]
+        self.portals = [PortalHandle(server, index) for index in range(len(server.portals))]
+
+    def __len__(self) -> int:
+        return len(self.portals)
+
+    def __getitem__(self, index: int) -> PortalHandle:
+        return self.portals[index]
+
+
+@contextmanager
+def running_portals(count: int, **options: Any) -> Iterator[PortalsHandle]:
+    """Serve ``count`` (>= 2) independent portals from one server; options as :func:`running_portal`
+    (portal i is generated with ``seed + i``)."""
+    from .cli import create_server
+
+    if count < 2:
+        raise ValueError("running_portals needs at least 2 portals; use running_portal for one")
+    server = create_server(portals=count, **options)
+    server.start()
+    try:
+        yield PortalsHandle(server)
     finally:
         server.stop()
         if getattr(server, "temp_dir", None):
