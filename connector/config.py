@@ -27,10 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-ENV_PREFIX = "LIFECYCLE_"
-SECRET_KEYS = {"webhook_url", "client_secret", "refresh_token", "access_token", "authorization_code", "yandex_token",
-               "vk_client_secret", "google_access_token", "meta_access_token", "bitrix24_application_token",
-               "amocrm_webhook_secret"}  # never echoed in errors
+from connector.logs import ENV_PREFIX, SECRET_KEYS  # noqa: E402 - defined with the redaction that uses them
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 

@@ -72,12 +72,16 @@ def register_secrets(values: list[str | None]) -> None:
     _secrets.sort(key=len, reverse=True)
 
 
+ENV_PREFIX = "LIFECYCLE_"
+SECRET_KEYS = {"webhook_url", "client_secret", "refresh_token", "access_token", "authorization_code", "yandex_token",
+               "vk_client_secret", "google_access_token", "meta_access_token", "bitrix24_application_token",
+               "amocrm_webhook_secret"}  # config keys whose values are never echoed in errors
+
+
 def register_env_secrets(environ: dict[str, str] | None = None, names: set[str] | None = None) -> None:
     """Secrets given as ``LIFECYCLE_<SECTION>__<KEY>`` (and the state URL's password), registered even
     before the configuration validates, so an error about a bad value cannot echo a good secret."""
     import os
-
-    from connector.config import ENV_PREFIX, SECRET_KEYS
 
     wanted = names or SECRET_KEYS
     for key, value in (environ if environ is not None else os.environ).items():

@@ -124,8 +124,8 @@ def _id(cell: str | None, column: str, *, required: bool = False) -> int | None:
         if required:
             raise _Bad(column, "is empty; a positive integer id is required")
         return None
-    if not re.fullmatch(r"\+?[0-9]+", text) or int(text) < 1:
-        raise _Bad(column, f"{text!r} is not a positive integer id")
+    if not re.fullmatch(r"\+?[0-9]+", text) or not 1 <= int(text) < 2**63:
+        raise _Bad(column, f"{text[:40]!r} is not a positive integer id (1 to 2**63-1)")
     return int(text)
 
 
