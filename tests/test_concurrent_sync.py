@@ -215,3 +215,53 @@ def test_processes_starting_together_on_a_new_sqlite_file_migrate_it_once(tmp_pa
                 assert "Traceback" not in err and (code == 0 or (code == 3 and LOCKED in err)), err[-2000:]
                 codes[code] += 1
         assert codes[0] >= 3
+
+
+def test_a_second_daemon_with_a_short_lock_skips_while_the_first_one_syncs(tmp_path):
+    # lock_seconds = 2 and a sync of many seconds: only the renewals keep the second daemon out.
+    import sqlite3
+
+    crm = CRMS[0]
+    with crm.start(generate=GENERATE, seed=90) as handle:
+        folder = tmp_path / "d"
+        db = folder / "state.db"
+        path = write_config(folder, crm, handle, f"sqlite:///{db}", "d",
+                            extra='[schedule]\nevery = "1h"\n[daemon]\nhost = "127.0.0.1"\nlock_seconds = 2\n')
+        handle.faults(kind="slow_after", method="batch", probability=1.0, delay=0.3)
+
+        def ledger(sql: str) -> tuple:
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.2) as conn:
+                    return conn.execute(sql).fetchone() or ()
+            except sqlite3.Error:
+                return ()
+
+        ports = [free_port(), free_port()]
+        logs = [(folder / f"daemon{n}.log").open("w", encoding="utf-8") for n in range(2)]
+        procs: list[subprocess.Popen] = []
+        try:
+            procs.append(subprocess.Popen([sys.executable, "-m", "connector.cli", "run", "--config", str(path), "--port",
+                                           str(ports[0])], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=logs[0]))
+            wait_for(lambda: (ledger("SELECT COUNT(*) FROM actions WHERE status = 'done'") or (0,))[0] > 0, 120,
+                     "the first daemon never started its campaign actions")
+            time.sleep(2.5)  # the first lock's 2 s are over: only renewals can keep it
+            procs.append(subprocess.Popen([sys.executable, "-m", "connector.cli", "run", "--config", str(path), "--port",
+                                           str(ports[1])], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=logs[1]))
+            wait_for(lambda: metric(ports[1], "lifecycle_syncs_skipped_locked_total") + metric(ports[1], "lifecycle_syncs_total") >= 1,
+                     120, "the second daemon's first sync never ended")
+            # ~40 batches held 0.3 s each: the first sync still runs, many seconds after it took the lock
+            assert metric(ports[1], "lifecycle_syncs_skipped_locked_total") == 1
+            wait_for(lambda: metric(ports[0], "lifecycle_syncs_total", status="ok") >= 1, 180, "the first sync never ended")
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            codes = [proc.wait(timeout=60) for proc in procs]
+            for log in logs:
+                log.close()
+        handle.clear_faults()
+        assert codes == [0, 0]
+        assert ledger("SELECT COUNT(*) FROM runs") == (1,)  # the second daemon never started a run
+        texts = [(folder / f"daemon{n}.log").read_text(encoding="utf-8") for n in range(2)]
+        assert not [t for t in texts if "Traceback" in t or '"level": "error"' in t], texts
+        _, duplicated, missing, pending = tally(load_config(path), crm, handle)
+        assert (duplicated, missing, pending) == (0, 0, 0)
