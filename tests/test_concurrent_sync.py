@@ -153,10 +153,11 @@ def test_a_cli_sync_beside_the_daemon_creates_each_object_once(tmp_path):
                     code = daemon.wait(timeout=60)
             crm.clear(handle)
             text = log.read_text(encoding="utf-8")
+            if '"level": "error"' in text:  # a failed sync: the daemon logs it and goes on, so make it count
+                code = 1
             # the daemon counts as the process that found the lock held (3) when it skipped its sync
-            trials.add(crm.name, [3 if skipped else code, cli[0]], [LOCKED if skipped else text, cli[2]],
+            trials.add(crm.name, [3 if skipped else code, cli[0]], [LOCKED + text if skipped else text, cli[2]],
                        tally(load_config(path), crm, handle))
-            assert "Traceback" not in text and '"level": "error"' not in text, text[-3000:]
     trials.check()
 
 
