@@ -13,8 +13,10 @@ from adapters.amocrm.client import AmoError
 from adapters.bitrix24.client import BitrixError
 from adapters.csv_files import SourceError
 from connector.config import ConfigError, load_config
+from connector.synclock import LockLost, SyncLocked
 
 EXIT_USAGE = 2
+EXIT_LOCKED = 3  # another sync of the portal holds its lock
 
 
 def _as_of(value: str) -> date:
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("sync", help="pull into the mirror, compute today's membership, store who entered and left")
     with_config(sync)
     sync.add_argument("--format", choices=("table", "json"), default="table")
+    sync.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                      help="if another sync of this portal is running, wait up to SECONDS for it (default 0: exit 3)")
 
     run = sub.add_parser("run", help="daemon: sync on the schedule and on CRM webhooks; health, metrics")
     with_config(run)
@@ -126,6 +130,9 @@ def _main(argv: list[str] | None = None) -> int:
     except (BitrixError, AmoError) as exc:
         print(f"error: {logs.redact(str(exc))}", file=sys.stderr)
         return 1
+    except (SyncLocked, LockLost) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_LOCKED
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -135,7 +142,7 @@ def _sync(config, args, out: Console) -> int:
     from connector.logs import redact
     from connector.pipeline import sync
 
-    result = sync(config)
+    result = sync(config, wait=args.wait)
     summary = result.summary()
     if args.format == "json":
         print(redact(json.dumps(summary, ensure_ascii=False)))

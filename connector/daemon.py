@@ -2,9 +2,10 @@
 
 * Schedule: ``[schedule] every = "1h"`` or ``at = ["07:00", "13:00"]`` (the CRM time zone), through the
   ``schedule`` library; a first sync runs at start.
-* One sync of a portal at a time: a lock row in the state store (``locks``), taken before and released
-  after each sync, holds across processes and machines that share the store; a crashed holder's lock
-  lapses after ``[daemon] lock_seconds``.
+* One sync of a portal at a time: every sync holds the portal's lock row in the state store (``locks``,
+  taken inside pipeline.sync, see connector.synclock), across processes and machines that share the
+  store; it is renewed while the sync runs and a crashed holder's lock lapses after ``[daemon]
+  lock_seconds``. A sync that finds the lock held is skipped (logged and counted).
 * Webhooks (``POST /webhooks/bitrix24``, ``POST /webhooks/amocrm/<secret>``) mark the CRM as changed; an
   incremental sync starts once no webhook has arrived for ``debounce_seconds``, so a deal won in the CRM
   moves its customer within seconds, not at the next scheduled run; a steady stream of webhooks cannot
@@ -17,9 +18,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 from datetime import datetime
@@ -39,7 +38,6 @@ class Daemon:
     def __init__(self, config: Any, *, port: int | None = None):
         self.config = config
         self.metrics = Metrics(config.crm.name, config.crm.kind)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
         self.stop = threading.Event()
         self.changed_at: float | None = None  # last webhook
         self.first_changed_at: float | None = None  # first webhook not yet covered by a sync
@@ -117,19 +115,11 @@ class Daemon:
     # -- one sync ----------------------------------------------------------------------------------
 
     def sync(self, reason: str) -> str:
-        from connector.pipeline import Interrupted, open_store, sync
+        from connector.pipeline import Interrupted, sync
+        from connector.synclock import LockLost, SyncLocked
 
         if self.stop.is_set():
             return "stopped"
-        store = open_store(self.config)
-        try:
-            if not store.try_lock(self.holder, self.config.settings.daemon.lock_seconds):
-                holder = store.lock_holder()
-                log.info("sync (%s) skipped: %s holds the lock", reason, holder[0] if holder else "another process")
-                self.metrics.skipped.inc()
-                return "locked"
-        finally:
-            store.close()
         started = time.perf_counter()
         status = "ok"
         try:
@@ -139,20 +129,19 @@ class Daemon:
             self.metrics.sizes(result.computation.counts)
             log.info("sync (%s) done: %s customers, %s entered, %s left", reason, result.summary()["customers"],
                      sum(result.summary()["entered"].values()), sum(result.summary()["left"].values()))
-        except Interrupted:
+        except SyncLocked as exc:
+            log.info("sync (%s) skipped: %s holds the lock since %s", reason, exc.holder or "another process",
+                     exc.since)
+            self.metrics.skipped.inc()
+            return "locked"
+        except (Interrupted, LockLost) as exc:
             status = "interrupted"
-            log.info("sync (%s) interrupted at a safe point; the next run goes on from there", reason)
+            log.info("sync (%s) interrupted at a safe point (%s); the next run goes on from there", reason, exc)
         except Exception as exc:  # logged (redacted) and counted; the daemon keeps running
             status = "failed"
             log.error("sync (%s) failed: %s", reason, exc, exc_info=True)
-        finally:
-            self.metrics.finished(status, time.perf_counter() - started)
-            self.last_status = status
-            store = open_store(self.config)
-            try:
-                store.release_lock(self.holder)
-            finally:
-                store.close()
+        self.metrics.finished(status, time.perf_counter() - started)
+        self.last_status = status
         return status
 
     def ready(self) -> tuple[bool, str]:

@@ -2,13 +2,18 @@
 
 For every batch (at most ``[executor] batch_size`` actions, one CRM request):
 
-1. the ledger marks the batch ``sending`` and commits (the intent);
+1. the ledger claims the batch: rows still ``planned`` or ``failed`` become ``sending``, owned by this
+   sync's lock holder (``claimed_by``), in one committed statement (the intent); only the rows this
+   claim actually moved are sent, so a row another process claimed or settled is never sent twice;
 2. the sink creates the objects, each carrying a marker derived from its key (Bitrix24 deals:
    ``ORIGINATOR_ID``/``ORIGIN_ID``; tasks, to-dos and amoCRM objects: the marker in their text or name);
-3. the ledger marks each action ``done`` with the CRM id, or ``failed`` with the error, and commits.
+3. the ledger marks each action ``done`` with the CRM id, or ``failed`` with the error, and commits (only
+   rows still ``sending`` under this holder).
 
 A run killed between 1 and 3 leaves ``sending`` rows: the next run first asks the CRM for objects with
 their markers (:meth:`ActionSink.find`) and marks the ones found ``done``; only the others are sent again.
+The whole sync holds the portal's lock (connector.synclock), so a ``sending`` row owned by another holder
+than this sync's is from a run that died; rows of the live holder are never settled.
 Per-action errors (a deleted contact, a refused field) are retried in later passes and runs until
 ``[executor] max_attempts``; transport failures (the CRM unreachable, an account blocked) stop the run
 with the batch still ``sending``, to be settled the same way next time.
@@ -42,16 +47,22 @@ class ActionSink(Protocol):
 
 
 def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts: int = 5,
-            should_stop: Any = lambda: False) -> dict[str, int]:
+            should_stop: Any = lambda: False, holder: str | None = None) -> dict[str, int]:
+    """Apply the ledger's pending actions. ``holder``: this sync's lock holder (claims are fenced by the
+    lock); without one, a fresh owner id is used and claims are not fenced."""
+    from connector.synclock import new_holder
+
+    fenced = holder is not None
+    holder = holder or new_holder()
     summary = {"actions_created": 0, "actions_recovered": 0, "actions_failed": 0, "actions_waiting": 0}
     parents = _parents(store)
-    in_doubt = store.ledger(["sending"])
+    in_doubt = [r for r in store.ledger(["sending"]) if r.get("claimed_by") != holder]
     if in_doubt:
         found = {}
         for chunk in _batches(in_doubt, batch_size):
             found.update(sink.find(chunk, parents))
-        store.set_actions(list(found), "done", results=found)
-        store.set_actions([r["key"] for r in in_doubt if r["key"] not in found], "planned")
+        store.set_actions(list(found), "done", results=found, not_claimed_by=holder)
+        store.set_actions([r["key"] for r in in_doubt if r["key"] not in found], "planned", not_claimed_by=holder)
         summary["actions_recovered"] = len(found)
         log.info("settled %d actions of an interrupted run: %d found in the CRM", len(in_doubt), len(found))
         parents = _parents(store)
@@ -65,8 +76,11 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
             for chunk in _batches(ready, batch_size):
                 if should_stop():
                     break  # shutting down: the rest stays planned for the next run
+                claimed = store.claim_actions([r["key"] for r in chunk], holder, fenced=fenced)
+                chunk = [r for r in chunk if r["key"] in claimed]
+                if not chunk:
+                    continue
                 keys = [r["key"] for r in chunk]
-                store.set_actions(keys, "sending")
                 try:
                     results, errors = sink.create(chunk, parents)
                 except Exception as exc:  # the request's fate is unknown: ask the CRM what exists
@@ -76,9 +90,9 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
                         raise exc from None  # the batch stays "sending", settled by the next run
                     errors = {k: f"{type(exc).__name__}: {exc}" for k in keys if k not in results}
                     summary["actions_recovered"] += len(results)
-                store.set_actions(list(results), "done", results=results)
+                store.set_actions(list(results), "done", results=results, claimed_by=holder)
                 failed = {k: errors.get(k, "no answer for this action") for k in keys if k not in results}
-                store.set_actions(list(failed), "failed", errors=failed, count_attempt=True)
+                store.set_actions(list(failed), "failed", errors=failed, count_attempt=True, claimed_by=holder)
                 summary["actions_created"] += len(results)
                 for key, error in failed.items():
                     log.warning("action %s failed: %s", key, error)

@@ -22,6 +22,7 @@ from adapters.csv_files import CsvSource
 from connector.config import ConfigError, LoadedConfig
 from connector.logs import bind, redact, safe_error
 from connector.store import StateStore
+from connector.synclock import LockLost, SyncLease, SyncLocked  # noqa: F401 - SyncLocked: raised by sync()  # noqa: F401 - SyncLocked re-exported for callers
 from rules.engine import SegmentEngine
 from rules.features import FeatureStats, compute_features
 
@@ -322,18 +323,37 @@ def preview_plan(config: LoadedConfig) -> list[dict[str, object]]:
         store.close()
 
 
-def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource | None = None) -> SyncResult:
+def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource | None = None,
+         wait: float = 0) -> SyncResult:
     """One cycle: pull into the mirror, compute membership for today, store who entered and left together
-    with the campaign actions it owes them, write tags, then apply the actions."""
+    with the campaign actions it owes them, write tags, then apply the actions.
+
+    The whole cycle holds the portal's sync lock (connector.synclock), renewed while it runs: if another
+    process holds it, wait up to ``wait`` seconds, then raise :class:`SyncLocked` before anything is
+    written (no run record)."""
     as_of = as_of or today_in(config.crm.timezone)
     store = open_store(config)
-    run_id = store.start_run("sync", as_of)
-    with bind(run_id=run_id, portal=config.crm.name):
-        return _sync(config, store, run_id, as_of, source)
+    try:
+        lease = SyncLease(store, config.settings.daemon.lock_seconds)
+        lease.acquire(wait)
+        try:
+            run_id = store.start_run("sync", as_of)
+            with bind(run_id=run_id, portal=config.crm.name):
+                return _sync(config, store, run_id, as_of, source, lease)
+        finally:
+            lease.release()
+    finally:
+        store.close()
 
 
-def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, source: CrmSource | None) -> SyncResult:
+def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, source: CrmSource | None,
+          lease: SyncLease) -> SyncResult:
     sink = None
+
+    def checkpoint(stage: str) -> None:
+        _checkpoint(stage)
+        lease.check()
+
     try:
         sink = make_sink(config, store)
         if sink is not None:
@@ -347,7 +367,7 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         with bind(stage="pull"):
             log.info("pulled %d customers and %d deals (%s, %d requests)", len(pull.customers), len(pull.deals),
                      "full" if pull.snapshot else "incremental", pull.requests)
-        _checkpoint("the pull")
+        checkpoint("the pull")
         stored = store.membership_frame()
         computation = compute(store, config, as_of, stored)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
@@ -356,9 +376,9 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         with bind(stage="segments"):
             log.info("membership stored: %d entries, %d exits, %d campaign actions planned", entered.height, left.height,
                      sum(1 for p in planned if not p.skip_reason))
-        _checkpoint("storing membership")
+        checkpoint("storing membership")
         written = write_tags(config, store, computation)
-        _checkpoint("the write-back")
+        checkpoint("the write-back")
         if sink is not None:
             from connector.executor import execute
 
@@ -366,17 +386,18 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
             written = {**written, "actions_planned": sum(1 for p in planned if not p.skip_reason),
                        "actions_skipped": sum(1 for p in planned if p.skip_reason),
                        **execute(store, sink, batch_size=ex.batch_size, max_attempts=ex.max_attempts,
-                                 should_stop=STOP.is_set)}
-            _checkpoint("the campaign actions")
+                                 should_stop=lambda: STOP.is_set() or lease.lost.is_set(), holder=lease.holder)}
+            checkpoint("the campaign actions")
         if config.settings.audience:
             from connector.audiences import sync_audiences
 
+            lease.check()
             written = {**written, "audiences": [r.summary() for r in sync_audiences(config, store, computation)]}
         result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written,
                             full_pull=pull.snapshot)
         store.finish_run(run_id, status="ok", stats=result.summary())
         return result
-    except Interrupted as exc:
+    except (Interrupted, LockLost) as exc:
         store.finish_run(run_id, status="interrupted", stats={}, error=redact(str(exc)))
         raise
     except BaseException as exc:
@@ -385,7 +406,6 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
     finally:
         if sink is not None:
             sink.close()
-        store.close()
 
 
 def _record_failure(store: StateStore, run_id: int, exc: BaseException) -> None:

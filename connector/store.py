@@ -153,6 +153,9 @@ actions = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("planned_run", sa.Integer, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # the sync-lock holder that marked the row sending (migration 6): rows claimed by a holder other than
+    # the current one are left by a run that died; rows it claimed are in flight
+    sa.Column("claimed_by", sa.String(128)),
     sa.Index("ix_actions_portal_status", "portal", "status"),
     sa.Index("ix_actions_portal_customer", "portal", "customer_id"),
 )
@@ -195,8 +198,9 @@ locks = sa.Table(
     "locks",
     metadata,
     sa.Column("portal", sa.String(128), primary_key=True),
-    sa.Column("holder", sa.String(128), nullable=False),  # host:pid:start of the process holding it
+    sa.Column("holder", sa.String(128), nullable=False),  # host:pid:random of the sync holding it
     sa.Column("expires_at", sa.Float, nullable=False),    # epoch seconds; a crashed holder's lock lapses
+    sa.Column("locked_since", sa.Float),                   # epoch seconds the holder took it (migration 6)
 )
 
 V1_TABLES = ("meta", "runs", "customers", "deals", "segments", "membership", "membership_events")
@@ -226,6 +230,16 @@ def _migration_5(conn: Connection) -> None:
     metadata.create_all(conn, tables=[locks])
 
 
+def _migration_6(conn: Connection) -> None:
+    """When the holder took the sync lock (for "running since ..."), and which holder claimed each action
+    it is sending (the executor settles only the rows of dead runs)."""
+    for table, column in ((locks, locks.c.locked_since), (actions, actions.c.claimed_by)):
+        have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+        if column.name not in have:  # a store created at version 6 got it from the table definition
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+
+
 def _migration_audience_hashes(conn: Connection) -> None:
     """What each cabinet holds, per hash (issue 11 item 3): cabinets hold *sets* of hashes, so two customers
     sharing an e-mail or phone share one entry, and it may leave only when no member needs it any more.
@@ -244,7 +258,7 @@ def _migration_audience_hashes(conn: Connection) -> None:
 
 
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
-                                                  _migration_audience_hashes]
+                                                  _migration_6, _migration_audience_hashes]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK_KEY = 0x6C6966656379  # PostgreSQL advisory lock held while migrating ("lifecy")
 CHUNK = 20_000
@@ -305,10 +319,11 @@ class StateStore:
 
     def migrate(self) -> None:
         with self.engine.begin() as conn:
+            # Processes may start together on an empty database: one migrates, the others wait here (the
+            # lock ends with the transaction) and then find the work done.
             if conn.dialect.name == "postgresql":
-                # Workers of one deployment may start together on an empty database: one migrates, the
-                # others wait here (the lock ends with the transaction) and then find the work done.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            _write_lock(conn)  # SQLite: the database's write lock before the version is read
             version = 0
             if sa.inspect(conn).has_table("meta"):
                 row = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
@@ -709,12 +724,42 @@ class StateStore:
                           actions.c.responsible_id, actions.c.status, actions.c.action).where(actions.c.portal == self.portal)
             ).all()]
 
+    def claim_actions(self, keys: Sequence[str], holder: str, *, fenced: bool = True) -> set[str]:
+        """Mark the ``planned`` or ``failed`` actions among ``keys`` ``sending`` on behalf of ``holder``, in
+        one committed transaction (the intent record); return the keys it claimed. A key another process
+        claimed or settled meanwhile is not returned, so it is never sent twice. ``fenced``: claim only
+        while ``holder`` holds this portal's sync lock (not expired)."""
+        import time as _time
+
+        if not keys:
+            return set()
+        claimed: set[str] = set()
+        with self.engine.begin() as conn:
+            _write_lock(conn)
+            fence = [sa.exists().where(locks.c.portal == self.portal, locks.c.holder == holder,
+                                       locks.c.expires_at > _time.time())] if fenced else []
+            for part in _chunks(list(keys), 500):
+                claimed |= set(conn.execute(sa.update(actions).where(
+                    actions.c.portal == self.portal, actions.c.key.in_(list(part)),
+                    actions.c.status.in_(["planned", "failed"]), *fence,
+                ).values(status="sending", claimed_by=holder, updated_at=_now()).returning(actions.c.key)).scalars())
+        return claimed
+
     def set_actions(self, keys: Sequence[str], status: str, *, results: dict[str, Any] | None = None,
-                    errors: dict[str, str] | None = None, count_attempt: bool = False) -> None:
-        """Move actions to ``status`` in one committed transaction (the ledger's intent/outcome records)."""
+                    errors: dict[str, str] | None = None, count_attempt: bool = False,
+                    claimed_by: str | None = None, not_claimed_by: str | None = None) -> None:
+        """Move actions to ``status`` in one committed transaction (the ledger's intent/outcome records).
+
+        ``claimed_by``: only ``sending`` rows this holder claimed (a sync's outcomes); ``not_claimed_by``:
+        only ``sending`` rows some other holder claimed (settling what a dead run left)."""
         if not keys:
             return
         now = _now()
+        guard = []
+        if claimed_by is not None:
+            guard += [actions.c.status == "sending", actions.c.claimed_by == claimed_by]
+        if not_claimed_by is not None:
+            guard += [actions.c.status == "sending", actions.c.claimed_by.is_distinct_from(not_claimed_by)]
         with self.engine.begin() as conn:
             for key in keys:
                 values: dict[str, Any] = {"status": status, "updated_at": now}
@@ -725,30 +770,46 @@ class StateStore:
                     values["error"] = errors[key][:2000]
                 if count_attempt:
                     values["attempts"] = actions.c.attempts + 1
-                conn.execute(sa.update(actions).where(actions.c.portal == self.portal, actions.c.key == key).values(values))
+                conn.execute(sa.update(actions).where(actions.c.portal == self.portal, actions.c.key == key, *guard)
+                             .values(values))
 
     # -- the sync lock -----------------------------------------------------------------------------
 
-    def try_lock(self, holder: str, seconds: float) -> bool:
+    def try_lock(self, holder: str, seconds: float, *, replace: str | None = None) -> bool:
         """Take this portal's sync lock for ``seconds`` (or extend it if ``holder`` has it); False if
-        another holder has a lock that has not expired."""
+        another holder has a lock that has not expired. ``replace``: a holder known to be dead, whose
+        lock is taken over even before it expires."""
         import time as _time
 
-        now = _time.time()
         try:
             with self.engine.begin() as conn:
+                _write_lock(conn)
+                now = _time.time()
                 row = conn.execute(sa.select(locks.c.holder, locks.c.expires_at).where(locks.c.portal == self.portal)).first()
                 if row is None:
-                    conn.execute(sa.insert(locks).values(portal=self.portal, holder=holder, expires_at=now + seconds))
+                    conn.execute(sa.insert(locks).values(portal=self.portal, holder=holder, expires_at=now + seconds,
+                                                         locked_since=now))
                     return True
-                if row.holder != holder and row.expires_at > now:
+                if row.holder != holder and row.expires_at > now and row.holder != replace:
                     return False
+                values: dict[str, Any] = {"holder": holder, "expires_at": now + seconds}
+                if row.holder != holder:
+                    values["locked_since"] = now
                 done = conn.execute(sa.update(locks).where(
                     locks.c.portal == self.portal, locks.c.holder == row.holder, locks.c.expires_at == row.expires_at
-                ).values(holder=holder, expires_at=now + seconds))
+                ).values(values))
                 return done.rowcount == 1
         except sa.exc.IntegrityError:
             return False  # another process inserted it first
+
+    def renew_lock(self, holder: str, seconds: float) -> bool:
+        """Extend ``holder``'s lock to ``seconds`` from now; False if the lock is no longer its own."""
+        import time as _time
+
+        with self.engine.begin() as conn:
+            done = conn.execute(sa.update(locks).where(locks.c.portal == self.portal, locks.c.holder == holder)
+                                .values(expires_at=_time.time() + seconds))
+            return done.rowcount == 1
 
     def release_lock(self, holder: str) -> None:
         with self.engine.begin() as conn:
@@ -758,6 +819,13 @@ class StateStore:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(locks.c.holder, locks.c.expires_at).where(locks.c.portal == self.portal)).first()
         return (row.holder, row.expires_at) if row else None
+
+    def lock_info(self) -> dict[str, Any] | None:
+        """holder, expires_at and locked_since (epoch seconds) of this portal's lock, if a row exists."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(locks.c.holder, locks.c.expires_at, locks.c.locked_since)
+                               .where(locks.c.portal == self.portal)).mappings().first()
+        return dict(row) if row else None
 
     # -- ad audiences --------------------------------------------------------------------------------
 
@@ -931,9 +999,35 @@ def _connectorx_uri(url: sa.URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def _write_lock(conn: Connection) -> None:
+    """SQLite: take the database's write lock now, as the transaction's first statement (BEGIN IMMEDIATE),
+    so what this transaction reads cannot change before it writes; a second process waits for it (busy
+    timeout) instead of failing half-way. PostgreSQL transactions need nothing here.
+
+    pysqlite opens a transaction only before INSERT/UPDATE/DELETE, so an explicit BEGIN as the first
+    statement is the transaction SQLAlchemy then commits or rolls back."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+SQLITE_BUSY_SECONDS = 30
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    import sqlite3
+    import time
+
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")  # wait for another writer, not fail
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    while True:  # switching a new file to WAL needs the lock another process may hold while it migrates
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

@@ -48,3 +48,101 @@ def test_portals_share_a_database_without_seeing_each_other(tmp_path):
     assert len(a.last_runs()) == 1 and b.last_runs() == []
     a.close()
     b.close()
+
+
+def _ledger_with(store: StateStore, keys: list[str]) -> None:
+    import polars as pl
+
+    from connector.campaigns import PlannedAction
+
+    empty = pl.DataFrame(schema={"segment": pl.String, "customer_id": pl.Int64})
+    planned = [PlannedAction(key=k, campaign="c", action="call_task", customer_id=i, entry_date=date(2026, 1, 1),
+                             event="enter", responsible_id=None) for i, k in enumerate(keys)]
+    store.apply_membership(store.start_run("sync", date(2026, 1, 1)), date(2026, 1, 1), empty, empty, {}, planned)
+
+
+def test_a_store_at_version_5_gains_the_lock_start_and_the_claim_owner(tmp_path):
+    from connector.store import actions, locks
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = StateStore.open(url, "p")
+    with store.engine.begin() as conn:  # back to the schema version 5 left behind
+        conn.exec_driver_sql("ALTER TABLE locks DROP COLUMN locked_since")
+        conn.exec_driver_sql("ALTER TABLE actions DROP COLUMN claimed_by")
+        conn.execute(sa.update(meta_table).values(value="5"))
+    store.close()
+    store = StateStore.open(url, "p")
+    try:
+        have = {t: {c["name"] for c in sa.inspect(store.engine).get_columns(t)} for t in ("locks", "actions")}
+        assert "locked_since" in have["locks"] and "claimed_by" in have["actions"]
+        assert {c.name for c in locks.c} <= have["locks"] and {c.name for c in actions.c} <= have["actions"]
+        assert store.try_lock("h:1:a", 60) and store.lock_info()["locked_since"] is not None
+    finally:
+        store.close()
+    StateStore.open(url, "p").close()  # version 6 now: nothing to do, nothing fails
+
+
+def test_a_claim_takes_only_pending_rows_and_only_while_holding_the_lock(tmp_path):
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}", "p")
+    try:
+        _ledger_with(store, ["k1", "k2", "k3"])
+        assert store.claim_actions(["k1", "k2"], "a:1:x") == set()  # a does not hold the lock
+        assert store.try_lock("a:1:x", 60)
+        assert store.claim_actions(["k1", "k2"], "a:1:x") == {"k1", "k2"}
+        assert store.claim_actions(["k1", "k2", "k3"], "a:1:x") == {"k3"}  # k1, k2 are sending already
+        store.release_lock("a:1:x")
+        assert store.try_lock("b:2:y", 60)
+        store.set_actions(["k1"], "done", results={"k1": {"id": 1}}, claimed_by="b:2:y")  # not b's: untouched
+        assert {r["key"]: r["status"] for r in store.ledger()} == {"k1": "sending", "k2": "sending", "k3": "sending"}
+        store.set_actions(["k1", "k2"], "planned", not_claimed_by="b:2:y")  # a's rows: a dead run's, settled
+        assert store.claim_actions(["k1", "k2", "k3"], "b:2:y") == {"k1", "k2"}
+        assert {r["key"]: r["claimed_by"] for r in store.ledger()} == {"k1": "b:2:y", "k2": "b:2:y", "k3": "a:1:x"}
+    finally:
+        store.close()
+
+
+def test_a_lease_renews_its_lock_and_notices_when_it_is_taken_over(tmp_path):
+    import time
+
+    from connector.synclock import LockLost, SyncLease, SyncLocked
+
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}", "p")
+    lease = SyncLease(store, 0.6)
+    try:
+        lease.acquire()
+        with pytest.raises(SyncLocked, match=r"another sync of portal 'p' is running since .* \(holder [^:]+:\d+\)"):
+            SyncLease(store, 0.6).acquire(wait=0.2)
+        time.sleep(1.5)  # well past 0.6 s: only renewals keep it
+        assert store.lock_holder()[0] == lease.holder and not lease.lost.is_set()
+        assert store.try_lock("thief:1:z", 60, replace=lease.holder)
+        deadline = time.monotonic() + 10
+        while not lease.lost.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(LockLost):
+            lease.check()
+    finally:
+        lease.release()
+        store.close()
+
+
+def test_the_lock_of_a_killed_process_on_this_machine_is_taken_over_at_once(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from connector.synclock import SyncLease
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}", "p")
+    try:
+        assert store.try_lock(f"{socket.gethostname()}:{int(dead.stdout)}:abcd", 3600)
+        lease = SyncLease(store, 60)
+        lease.acquire()  # no wait: the holder's pid is gone
+        assert store.lock_holder()[0] == lease.holder
+        lease.release()
+        assert store.try_lock(f"{socket.gethostname()}:{os.getppid()}:abcd", 3600)  # alive: kept
+        with pytest.raises(Exception, match="another sync"):
+            SyncLease(store, 60).acquire()
+    finally:
+        store.close()
