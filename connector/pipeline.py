@@ -22,7 +22,7 @@ from adapters.csv_files import CsvSource
 from connector.config import ConfigError, LoadedConfig
 from connector.logs import bind, redact, safe_error
 from connector.store import StateStore
-from connector.synclock import LockLost, SyncLease, SyncLocked  # noqa: F401 - SyncLocked: raised by sync()  # noqa: F401 - SyncLocked re-exported for callers
+from connector.synclock import LockLost, SyncLease, SyncLocked  # noqa: F401 - SyncLocked: raised by sync()
 from rules.engine import SegmentEngine
 from rules.features import FeatureStats, compute_features
 
