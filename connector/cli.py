@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--members", action="store_true", help="also list the member ids of each segment")
     report.add_argument("--segment", metavar="NAME", help="only this segment (and list its members)")
+
+    from connector.model_cli import add_model_parser
+
+    add_model_parser(sub, with_config, _as_of)
     return parser
 
 
@@ -83,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             from sandbox.bitrix24.cli import main as bitrix24_sandbox
 
             return bitrix24_sandbox(args.args)
+        if args.command == "model":
+            from connector.model_cli import run_model
+
+            return run_model(args, out)
         config = load_config(args.config)
         logs.register_secrets(logs.secrets_of(config.settings))
         if args.command == "sync":
