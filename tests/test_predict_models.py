@@ -219,3 +219,17 @@ def test_fit_recovers_a_known_mbgnbd_process_and_beats_the_naive_forecast():
     assert abs(predicted.sum() / future.sum() - 1) < 0.05
     mae_model, mae_naive = np.abs(predicted - future).mean(), np.abs(naive - future).mean()
     assert mae_model < mae_naive
+
+
+def test_the_bench_runs_end_to_end_on_a_small_base():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_predictions", DATA.parents[2] / "bench" / "predictions.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.run(20_000, "mbgnbd", seed=3)
+    assert result["usable"] and result["converged"]
+    assert all(n == 0 for n in result["nulls"].values())
+    assert result["mae_model"] < result["mae_naive"]
+    for name, value in bench.TRUE.items():  # 20,000 customers: within 20 %
+        assert abs(result["params"][name] / value - 1) < 0.20

@@ -127,10 +127,30 @@ def _sigmoid_of_log(log_term: np.ndarray) -> np.ndarray:
 
 
 def compress(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Unique rows of the given equal-length columns and how many customers share each."""
-    stacked = np.column_stack([np.asarray(c, dtype=float) for c in columns])
-    unique, counts = np.unique(stacked, axis=0, return_counts=True)
-    return [unique[:, i].copy() for i in range(unique.shape[1])], counts.astype(float)
+    """Unique rows of the given equal-length columns and how many customers share each.
+
+    Whole non-negative numbers (days, counts) are packed into one int64 key and sorted once; anything
+    else goes through a lexicographic sort."""
+    cols = [np.asarray(c, dtype=float) for c in columns]
+    n = cols[0].size
+    if n == 0:
+        return [c.copy() for c in cols], np.zeros(0)
+    spans = [int(c.max()) + 1 if np.all(c >= 0) and np.all(c == np.floor(c)) else 0 for c in cols]
+    if all(spans) and math.prod(spans) < 2**62:
+        key = np.zeros(n, dtype=np.int64)
+        for c, span in zip(cols, spans):
+            key = key * span + c.astype(np.int64)
+        unique, first, counts = np.unique(key, return_index=True, return_counts=True)
+        return [c[first] for c in cols], counts.astype(float)
+    order = np.lexsort(cols[::-1])
+    sorted_cols = [c[order] for c in cols]
+    change = np.zeros(n, dtype=bool)
+    change[0] = True
+    for c in sorted_cols:
+        change[1:] |= c[1:] != c[:-1]
+    starts = np.flatnonzero(change)
+    counts = np.diff(np.append(starts, n)).astype(float)
+    return [c[starts] for c in sorted_cols], counts
 
 
 def check_counts(x, t_x, T) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -212,40 +232,185 @@ LL: dict[str, Callable[..., np.ndarray]] = {"bgnbd": ll_bgnbd, "mbgnbd": ll_mbgn
 # -- fitting -------------------------------------------------------------------------------------------
 
 
+def grad_bg_family(model: str, params, x, t_x, T) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row log-likelihood of BG/NBD or MBG/NBD and its gradient in (r, alpha, a, b) (digamma terms;
+    the two-term log-sum-exp splits into softmax weights)."""
+    r, alpha, a, b = params
+    shift = 1.0 if model == "mbgnbd" else 0.0
+    dig = special.digamma
+    la_T, la_tx = np.log(alpha + T), np.log(alpha + t_x)
+    first = -(r + x) * la_T
+    if shift:
+        bx = b + x
+        second = np.log(a) - np.log(bx) - (r + x) * la_tx
+    else:
+        repeat = x > 0
+        bx = np.where(repeat, b + x - 1, 1.0)
+        with np.errstate(divide="ignore"):
+            second = np.where(repeat, np.log(a) - np.log(bx) - (r + x) * la_tx, -np.inf)
+    total = np.logaddexp(first, second)
+    w2 = np.exp(second - total)  # weight of the "dropped out after the last purchase" term
+    w1 = 1.0 - w2
+    ll = (special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha) + special.gammaln(a + b)
+          + special.gammaln(b + x + shift) - special.gammaln(b) - special.gammaln(a + b + x + shift) + total)
+    d_ab, d_abx = dig(a + b), dig(a + b + x + shift)
+    grad = np.empty((4, x.size))
+    grad[0] = dig(r + x) - dig(r) + np.log(alpha) - w1 * la_T - w2 * la_tx
+    grad[1] = r / alpha - (r + x) * (w1 / (alpha + T) + w2 / (alpha + t_x))
+    grad[2] = d_ab - d_abx + w2 / a
+    grad[3] = d_ab + dig(b + x + shift) - dig(b) - d_abx - w2 / bx
+    return ll, grad
+
+
+def grad_gammagamma(params, x, m) -> tuple[np.ndarray, np.ndarray]:
+    p, q, gamma = params
+    px = p * x
+    log_den = np.log(gamma + x * m)
+    d_pxq = special.digamma(px + q)
+    ll = (special.gammaln(px + q) - special.gammaln(px) - special.gammaln(q) + q * np.log(gamma)
+          + px * np.log(x) + (px - 1) * np.log(m) - (px + q) * log_den)
+    grad = np.empty((3, x.size))
+    grad[0] = x * (d_pxq - special.digamma(px) + np.log(x) + np.log(m) - log_den)
+    grad[1] = d_pxq - special.digamma(q) + np.log(gamma) - log_den
+    grad[2] = q / gamma - (px + q) / (gamma + x * m)
+    return ll, grad
+
+
+def _sum_by_x(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique x values and the weight on each: terms that depend on the parameters and x only are
+    evaluated once per distinct x instead of once per row."""
+    ux, inverse = np.unique(x, return_inverse=True)
+    return ux, np.bincount(inverse, weights=w, minlength=ux.size)
+
+
+def bg_family_total(model: str, x, t_x, T, w) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    """Weighted total log-likelihood of BG/NBD or MBG/NBD and its gradient in (r, alpha, a, b), the same
+    sums as ``grad_bg_family`` but with the x-only terms (log-gammas, digammas) summed per distinct x."""
+    shift = 1.0 if model == "mbgnbd" else 0.0
+    ux, wx = _sum_by_x(x, w)
+    repeat = x > 0
+    wsum = float(w.sum())
+    gl, dig = special.gammaln, special.digamma
+
+    def total(params: np.ndarray) -> tuple[float, np.ndarray]:
+        r, alpha, a, b = params
+        la_T, la_tx = np.log(alpha + T), np.log(alpha + t_x)
+        rx = r + x
+        first = -rx * la_T
+        if shift:
+            bx = b + x
+            second = math.log(a) - np.log(bx) - rx * la_tx
+        else:
+            bx = np.where(repeat, b + x - 1, 1.0)
+            second = np.where(repeat, math.log(a) - np.log(bx) - rx * la_tx, -np.inf)
+        both = np.logaddexp(first, second)
+        w2 = np.exp(second - both) * w
+        w1 = w - w2
+        value = (float(wx @ (gl(r + ux) + gl(b + ux + shift) - gl(a + b + ux + shift)))
+                 + wsum * (-gl(r) + r * math.log(alpha) + gl(a + b) - gl(b)) + float((w * both).sum()))
+        d_abx = float(wx @ dig(a + b + ux + shift))
+        grad = np.array([
+            float(wx @ dig(r + ux)) + wsum * (-dig(r) + math.log(alpha)) - float((w1 * la_T).sum()) - float((w2 * la_tx).sum()),
+            wsum * r / alpha - float((rx * (w1 / (alpha + T) + w2 / (alpha + t_x))).sum()),
+            wsum * dig(a + b) - d_abx + float(w2.sum()) / a,
+            wsum * (dig(a + b) - dig(b)) + float(wx @ dig(b + ux + shift)) - d_abx - float((w2 / bx).sum()),
+        ])
+        return value, grad
+
+    return total
+
+
+def gammagamma_total(x, m, w) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    """Weighted total log-likelihood of Gamma-Gamma and its gradient in (p, q, gamma); x-only terms per distinct x."""
+    ux, wx = _sum_by_x(x, w)
+    wsum = float(w.sum())
+    xm = x * m
+    s_xlnm = float((w * x * np.log(m)).sum())
+    s_lnm = float((w * np.log(m)).sum())
+    lnux = np.log(ux)
+    gl, dig = special.gammaln, special.digamma
+
+    def total(params: np.ndarray) -> tuple[float, np.ndarray]:
+        p, q, gamma = params
+        pux = p * ux
+        log_den = np.log(gamma + xm)
+        px = p * x
+        value = (float(wx @ (gl(pux + q) - gl(pux) + pux * lnux)) + wsum * (-gl(q) + q * math.log(gamma))
+                 + p * s_xlnm - s_lnm - float((w * (px + q) * log_den).sum()))
+        grad = np.array([
+            float(wx @ (ux * (dig(pux + q) - dig(pux) + lnux))) + s_xlnm - float((w * x * log_den).sum()),
+            float(wx @ dig(pux + q)) + wsum * (-dig(q) + math.log(gamma)) - float((w * log_den).sum()),
+            wsum * q / gamma - float((w * (px + q) / (gamma + xm)).sum()),
+        ])
+        return value, grad
+
+    return total
+
+
+GRAD: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "bgnbd": lambda params, *c: grad_bg_family("bgnbd", params, *c),
+    "mbgnbd": lambda params, *c: grad_bg_family("mbgnbd", params, *c),
+    "gammagamma": grad_gammagamma,
+}  # Pareto/NBD: finite differences
+
+
 def _maximise(model: str, columns: list[np.ndarray], weights: np.ndarray, start: np.ndarray,
-              customers: int, span: float = 0.0) -> Fit:
+              customers: int, span: float = 0.0, check_se: bool = True) -> Fit:
     ll = LL[model]
     names = PARAM_NAMES[model]
     scale = float(weights.sum())
+    if model in ("bgnbd", "mbgnbd"):
+        summed: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = bg_family_total(model, *columns, weights)
+    elif model == "gammagamma":
+        summed = gammagamma_total(*columns, weights)
+    else:
+        summed = None  # Pareto/NBD: finite differences
+    analytic = summed
 
     def objective(theta: np.ndarray) -> float:
         with np.errstate(all="ignore"):
             value = -float((weights * ll(np.exp(theta), *columns)).sum()) / scale
         return value if math.isfinite(value) else 1e100
 
+    def with_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        params = np.exp(theta)
+        with np.errstate(all="ignore"):
+            total, grad = summed(params)  # type: ignore[misc]
+            value = -total / scale
+            g = -grad * params / scale
+        if not (math.isfinite(value) and np.all(np.isfinite(g))):
+            return 1e100, np.zeros_like(theta)
+        return value, g
+
+    def gradient(theta: np.ndarray) -> np.ndarray:
+        if analytic is not None:
+            return with_gradient(theta)[1]
+        return optimize.approx_fprime(theta, objective, 1e-7)
+
+    fun, jac = (with_gradient, True) if analytic is not None else (objective, None)
     bounds = [(-LOG_BOUND, LOG_BOUND)] * len(names)
-    res = optimize.minimize(objective, start, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": 2000, "ftol": 1e-14, "gtol": 1e-9, "maxcor": 20})
+    options = {"maxiter": 2000, "ftol": 1e-14, "gtol": 1e-9, "maxcor": 20}
+    res = optimize.minimize(fun, start, jac=jac, method="L-BFGS-B", bounds=bounds, options=options)
     iterations = int(res.nit)
     if not res.success or not math.isfinite(res.fun) or res.fun >= 1e99:
         # Nelder-Mead from where L-BFGS-B stopped, then one more L-BFGS-B polish.
         nm = optimize.minimize(objective, np.clip(res.x, -LOG_BOUND, LOG_BOUND), method="Nelder-Mead",
                                options={"maxiter": 4000, "xatol": 1e-9, "fatol": 1e-12})
-        res = optimize.minimize(objective, np.clip(nm.x, -LOG_BOUND, LOG_BOUND), method="L-BFGS-B", bounds=bounds,
-                                options={"maxiter": 2000, "ftol": 1e-14, "gtol": 1e-9, "maxcor": 20})
+        res = optimize.minimize(fun, np.clip(nm.x, -LOG_BOUND, LOG_BOUND), jac=jac, method="L-BFGS-B", bounds=bounds,
+                                options=options)
         iterations += int(nm.nit) + int(res.nit)
     theta = np.asarray(res.x, dtype=float)
-    loglik = -float(res.fun) * scale if res.fun < 1e99 else float("-inf")
-    # Converged: the optimiser says so, or the gradient (finite differences in log-parameters) is flat.
-    grad = optimize.approx_fprime(theta, objective, 1e-7)
-    flat = bool(np.all(np.abs(grad) < 1e-4))
+    value = objective(theta)  # the per-row formula, independent of the summed one used to search
+    loglik = -value * scale if value < 1e99 else float("-inf")
+    # Converged: the optimiser says so, or the gradient in log-parameters is flat.
+    flat = bool(np.all(np.abs(gradient(theta)) < 1e-4))
     converged = bool((res.success or flat) and math.isfinite(loglik))
     degenerate = tuple(n for n, v in zip(names, theta) if abs(v) >= LOG_BOUND - 1e-3)
     params = {n: float(math.exp(v)) for n, v in zip(names, theta)}
     if span and model in COUNT_MODELS and params["r"] / params["alpha"] * span < 1e-4 and not degenerate:
         degenerate = ("r", "alpha")  # the fitted purchase rate is practically zero over the observed span
-    if converged and not degenerate:
-        se = _log_standard_errors(objective, theta, scale)
+    if converged and not degenerate and check_se:
+        se = _log_standard_errors(gradient, theta, scale)
         degenerate = tuple(n for n, e in zip(names, se) if not (e <= MAX_LOG_SE))
     message = "" if converged else f"the optimiser did not converge: {res.message}"
     if degenerate:
@@ -256,26 +421,26 @@ def _maximise(model: str, columns: list[np.ndarray], weights: np.ndarray, start:
                rows=int(len(weights)), iterations=iterations, message=message, degenerate=degenerate)
 
 
-def _log_standard_errors(objective: Callable[[np.ndarray], float], theta: np.ndarray, scale: float) -> np.ndarray:
-    """Standard errors of the log-parameters from the observed information (central differences of the
-    mean negative log-likelihood, times the number of customers). NaN where it is not positive definite."""
-    k, h = len(theta), 1e-3
-    f0 = objective(theta)
+def _log_standard_errors(gradient: Callable[[np.ndarray], np.ndarray], theta: np.ndarray, scale: float) -> np.ndarray:
+    """Standard errors of the log-parameters from the observed information: central differences of the
+    gradient of the mean negative log-likelihood, times the number of customers. NaN where the information
+    is not positive definite."""
+    k, h = len(theta), 1e-4
     hess = np.empty((k, k))
-    step = np.eye(k) * h
     for i in range(k):
-        hess[i, i] = (objective(theta + step[i]) - 2 * f0 + objective(theta - step[i])) / h**2
-        for j in range(i):
-            hess[i, j] = hess[j, i] = (
-                objective(theta + step[i] + step[j]) - objective(theta + step[i] - step[j])
-                - objective(theta - step[i] + step[j]) + objective(theta - step[i] - step[j])
-            ) / (4 * h**2)
+        step = np.zeros(k)
+        step[i] = h
+        hess[:, i] = (gradient(theta + step) - gradient(theta - step)) / (2 * h)
+    hess = (hess + hess.T) / 2
+    if not np.all(np.isfinite(hess)):
+        return np.full(k, np.nan)
     try:
-        cov = np.linalg.inv(hess * scale)
+        if np.any(np.linalg.eigvalsh(hess) <= 0):
+            return np.full(k, np.nan)
+        var = np.diag(np.linalg.inv(hess * scale))
     except np.linalg.LinAlgError:
         return np.full(k, np.nan)
-    var = np.diag(cov)
-    if not np.all(np.isfinite(var)) or np.any(var <= 0) or np.any(np.linalg.eigvalsh(hess) <= 0):
+    if not np.all(np.isfinite(var)) or np.any(var <= 0):
         return np.full(k, np.nan)
     return np.sqrt(var)
 
@@ -313,26 +478,38 @@ def fit_counts(model: str, x, t_x, T, *, weights=None, subsample: int = 50_000,
     if len(w) > subsample:
         rng = np.random.default_rng(seed)
         pick = rng.choice(len(w), size=subsample, replace=False, p=w / w.sum())
-        warm = _maximise(model, [x[pick], t_x[pick], T[pick]], np.ones(subsample), start, subsample, span)
+        warm = _maximise(model, [x[pick], t_x[pick], T[pick]], np.ones(subsample), start, subsample, span,
+                         check_se=False)
         if warm.converged and not warm.degenerate:
             start = np.log([warm.params[n] for n in PARAM_NAMES[model]])
     return _maximise(model, [x, t_x, T], w, start, customers, span)
 
 
-def fit_gammagamma(x, m, *, weights=None) -> Fit:
-    """Gamma-Gamma fit on customers with x >= 1 transactions of average value m > 0."""
+def fit_gammagamma(x, m, *, weights=None, max_customers: int = 250_000, seed: int = 0) -> Fit:
+    """Gamma-Gamma fit on customers with x >= 1 transactions of average value m > 0.
+
+    Average values rarely repeat, so compression does little; beyond ``max_customers`` the fit uses a
+    random sample of that many customers (its ``customers`` says how many)."""
     x, m = np.asarray(x, dtype=float), np.asarray(m, dtype=float)
     keep = (x >= 1) & np.isfinite(m) & (m > 0)
     x, m = x[keep], m[keep]
     if x.size == 0:
         raise FitError("no customers with a positive average order value to fit the Gamma-Gamma model on")
+    if weights is None and x.size > max_customers:
+        pick = np.random.default_rng(seed).choice(x.size, size=max_customers, replace=False)
+        x, m = x[pick], m[pick]
     if weights is None:
         (x, m), w = compress(x, m)
     else:
         w = np.asarray(weights, dtype=float)[keep]
-    mean = float(np.dot(w, m) / w.sum())
-    start = np.log([1.0, 2.0, mean])
-    return _maximise("gammagamma", [x, m], w, start, int(round(w.sum())))
+    # Fit on values in units of their mean (better conditioned), then put gamma back in money units.
+    unit = float((w * m).sum() / w.sum())
+    fit = _maximise("gammagamma", [x, m / unit], w, np.log([1.0, 2.0, 1.0]), int(round(w.sum())))
+    params = dict(fit.params, gamma=fit.params["gamma"] * unit)
+    with np.errstate(all="ignore"):
+        loglik = float((w * ll_gammagamma((params["p"], params["q"], params["gamma"]), x, m)).sum())
+    return Fit(model=fit.model, params=params, loglik=loglik, converged=fit.converged, customers=fit.customers,
+               rows=fit.rows, iterations=fit.iterations, message=fit.message, degenerate=fit.degenerate)
 
 
 # -- predictions ---------------------------------------------------------------------------------------
