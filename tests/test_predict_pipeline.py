@@ -203,3 +203,32 @@ def test_backtest_compares_the_model_with_the_holdout_and_beats_the_naive_foreca
     assert "the model is better" in table and "naive (past rate)" in table
     late = ws.cli("model", "backtest", "--calibration-end", date.today().isoformat(), check=False)
     assert late.returncode == 2 and "holdout period ends after today" in late.stderr
+
+
+def test_a_campaign_on_a_p_alive_rule_creates_one_call_task_per_member_in_bitrix24(ws):
+    """Over HTTP against the Bitrix24 sandbox: the synthetic portal is imported, synced, and the campaign
+    on `p_alive < 0.3 and monetary > 50000` creates one task per member, its title showing P(alive)."""
+    from sandbox.bitrix24 import running_portal
+
+    synthetic_portal(ws, n=500)
+    with running_portal(import_csv=ws.crm, time_scale=50) as portal:
+        ws.write_config(RULE + """
+[[campaign]]
+name = "save"
+segment = "risky"
+responsible = [1]
+on_enter = [{ action = "call_task", title = "Call {name}: P(alive) {p_alive:.2f}, 90 days {exp_purchases_90d:.2f}" }]
+""", base=f'[crm]\nkind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n'
+            '[state]\nurl = "sqlite:///state.db"\n')
+        from connector.config import load_config
+
+        config = load_config(ws.config_path)
+        result = sync(config, as_of=AS_OF)
+        members = result.computation.members("risky")
+        assert members and result.summary()["actions_created"] == len(members)
+        feats = {r["id"]: r for r in result.computation.features.iter_rows(named=True)}
+        titles = sorted(t["TITLE"] for t in portal.state()["tasks"])
+        want = sorted(f"Call C{cid}: P(alive) {feats[cid]['p_alive']:.2f}, 90 days {feats[cid]['exp_purchases_90d']:.2f}"
+                      for cid in members)
+        assert titles == want
+        assert all(feats[cid]["p_alive"] < 0.3 and feats[cid]["monetary"] > 50000 for cid in members)
