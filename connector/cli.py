@@ -146,6 +146,11 @@ def _sync(config, args, out: Console) -> int:
         line = (f"audience {a['name']!r} ({a['cabinet']}): {a['matchable']} matchable, +{a['added']} -{a['removed']}"
                 f", {a['unmatchable']} without a valid e-mail or phone, status {a['status'] or '-'}")
         out.print(line + (f"; {a['message']}" if a["message"] else ""))
+    pred = summary.get("predictions")
+    if isinstance(pred, dict):
+        from connector.predictions import summary_line
+
+        out.print(summary_line(pred))
     names = sorted(set(summary["entered"]) | set(summary["left"]))  # type: ignore[arg-type]
     if not names:
         out.print("no customer entered or left a segment")

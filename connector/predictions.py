@@ -95,6 +95,20 @@ def add_predictions(store: StateStore, config: LoadedConfig, features: pl.DataFr
     return scored, out
 
 
+def summary_line(pred: dict[str, Any]) -> str:
+    """One line for `sync`: which model scored the customers, or why nobody was scored."""
+    if not pred.get("usable"):
+        users = pred.get("segments_using") or []
+        return (f"predictions unavailable: {pred.get('reason') or 'no usable model'}"
+                + (f"; segments using them select nobody: {', '.join(users)}" if users else ""))
+    counts = pred["counts"]
+    how = {"stored": "stored fit of", "fitted": "fitted now on", "memory": "fitted on"}.get(pred.get("origin", ""), "fit of")
+    alive = pred.get("p_alive") or {}
+    mean = f", mean P(alive) {alive['mean']:.2f}" if alive.get("mean") is not None else ""
+    return (f"predictions: {counts['model']} ({how} {pred['fitted_on']}), log-likelihood {counts['loglik']:.1f}"
+            f"{mean}")
+
+
 # -- the `model` commands --------------------------------------------------------------------------------
 
 

@@ -233,3 +233,19 @@ def test_the_bench_runs_end_to_end_on_a_small_base():
     assert result["mae_model"] < result["mae_naive"]
     for name, value in bench.TRUE.items():  # 20,000 customers: within 20 %
         assert abs(result["params"][name] / value - 1) < 0.20
+
+
+def test_pareto_expectation_and_p_buy_match_integration_and_simulation():
+    params = dict(r=0.553, alpha=10.578, s=0.606, beta=11.669)
+    x, t_x, T, t = 3.0, 20.0, 38.0, 26.0
+    alive = float(M.p_alive("pareto", params, x, t_x, T))
+    r, a, s, b = (mp.mpf(v) for v in params.values())
+    # E[X(t) | alive] = E[lambda] * integral_0^t E[exp(-mu u)] du (lambda ~ Gamma(r+x, alpha+T), mu ~ Gamma(s, beta+T))
+    want = alive * float((r + x) / (a + T) * mp.quad(lambda u: ((b + T) / (b + T + u)) ** s, [0, t]))
+    assert float(M.expected_purchases("pareto", params, t, x, t_x, T)) == pytest.approx(want, rel=1e-10)
+    # P(a purchase within h) = E[lambda / (lambda + mu) (1 - exp(-(lambda + mu) h))] * P(alive): by simulation
+    rng = np.random.default_rng(0)
+    lam = rng.gamma(0.553 + x, 1 / (10.578 + T), 400_000)
+    mu = rng.gamma(0.606, 1 / (11.669 + T), 400_000)
+    simulated = alive * float(np.mean(lam / (lam + mu) * -np.expm1(-(lam + mu) * t)))
+    assert float(M.p_buy_within("pareto", params, t, x, t_x, T)) == pytest.approx(simulated, abs=3e-3)

@@ -232,3 +232,19 @@ on_enter = [{ action = "call_task", title = "Call {name}: P(alive) {p_alive:.2f}
                       for cid in members)
         assert titles == want
         assert all(feats[cid]["p_alive"] < 0.3 and feats[cid]["monetary"] > 50000 for cid in members)
+
+
+def test_fits_are_stored_and_reused_on_postgresql(ws, postgres_url):
+    synthetic_portal(ws, n=300)
+    base = f'[crm]\nkind = "csv"\npath = "crm"\ntimezone = "Europe/Moscow"\n[state]\nurl = "{postgres_url}"\n'
+    ws.write_config(RULE, base=base)
+    from connector.config import load_config
+
+    config = load_config(ws.config_path)
+    first = sync(config, as_of=AS_OF)
+    again = sync(config, as_of=AS_OF)
+    assert first.summary()["predictions"]["origin"] == "fitted"
+    assert again.summary()["predictions"]["origin"] == "stored"
+    fits = rows(config, model_fits)
+    assert len(fits) == 1 and fits[0]["fitted_on"] == AS_OF and fits[0]["run_id"] == first.run_id
+    assert again.computation.members("risky") == first.computation.members("risky")
