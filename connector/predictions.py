@@ -23,6 +23,7 @@ from rules.features import compute_features
 from rules.predict.models import Fit, expected_purchases, fit_counts, fit_gammagamma
 from rules.predict.scoring import (
     PREDICTION_FEATURES, PortalModel, PredictionSettings, fit_portal, history, naive_forecast, score,
+    spend_per_purchase_day,
 )
 
 log = logging.getLogger("lifecycle.predictions")
@@ -146,8 +147,7 @@ def fit_command(config: LoadedConfig | None, model: str, summary_path: str | Non
     features = _mirror_features(config, as_of)
     buyer, x, t_x, T = history(features)
     if model == "gammagamma":
-        orders = features.select(pl.col("purchases").cast(pl.Float64), pl.col("avg_order").cast(pl.Float64).fill_null(0.0))
-        return fit_gammagamma(orders.get_column("purchases").to_numpy(), orders.get_column("avg_order").to_numpy())
+        return fit_gammagamma(*spend_per_purchase_day(features))
     keep = buyer & (T > 0)
     return fit_counts(model, x[keep], t_x[keep], T[keep])
 

@@ -7,7 +7,6 @@ from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
-import pytest
 import sqlalchemy as sa
 
 from connector.pipeline import compute, open_store, sync

@@ -4,5 +4,7 @@
 ``scoring`` turns a fit into feature columns in days; ``backtest`` compares predictions with what happened.
 """
 
-from rules.predict.models import COUNT_MODELS, MODELS, Fit, FitError  # noqa: F401
-from rules.predict.scoring import PREDICTION_FEATURES, PortalModel, PredictionSettings  # noqa: F401
+from rules.predict.models import COUNT_MODELS, MODELS, Fit, FitError
+from rules.predict.scoring import PREDICTION_FEATURES, PortalModel, PredictionSettings
+
+__all__ = ["COUNT_MODELS", "MODELS", "Fit", "FitError", "PREDICTION_FEATURES", "PortalModel", "PredictionSettings"]

@@ -25,7 +25,7 @@ corner (a parameter at the bound of the search box) is marked ``usable = False``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np

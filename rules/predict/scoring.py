@@ -12,15 +12,14 @@ Features (null where no usable model is available, and for prospects):
 * ``p_buy_30d``: probability of at least one purchase in the next 30 days;
 * ``next_purchase_median_days``: median days to the next purchase if the customer stays, null where
   ``p_alive`` is below ``[predictions] next_purchase_min_p_alive``;
-* ``exp_order_value``: expected average order (Gamma-Gamma), the customer's own average shrunk towards
-  the base's; null without a usable spend fit;
+* ``exp_order_value``: expected spend per purchase (Gamma-Gamma on the spend per purchase day), the
+  customer's own average shrunk towards the base's; null without a usable spend fit;
 * ``clv_365d``: expected revenue over 365 days, ``exp_order_value`` times expected purchases, month by
   month discounted at ``[predictions] annual_discount_rate``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -108,6 +107,16 @@ def history(features: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return buyer, x, t_x, T
 
 
+def spend_per_purchase_day(features: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(purchase days, average spend per purchase day): the Gamma-Gamma model's x and m, in the same unit
+    as the count model's purchases, so that value times expected purchases is revenue."""
+    cols = features.select(
+        pl.col("purchase_days").fill_null(0).cast(pl.Float64),
+        (pl.col("monetary").cast(pl.Float64) / pl.col("purchase_days").cast(pl.Float64)).fill_null(float("nan")),
+    )
+    return cols.to_series(0).to_numpy(), cols.to_series(1).fill_nan(float("nan")).to_numpy()
+
+
 def fit_portal(features: pl.DataFrame, as_of: date, settings: PredictionSettings) -> PortalModel:
     """Fit the count model (and Gamma-Gamma on order values) on the portal's customers as of ``as_of``."""
     if settings.model not in COUNT_MODELS:
@@ -125,12 +134,10 @@ def fit_portal(features: pl.DataFrame, as_of: date, settings: PredictionSettings
         return PortalModel(None, None, None, reason=f"the model could not be fitted: {exc}")
     reason = "" if counts.usable else f"the {counts.model} fit is not usable: {counts.message}"
     spend, spend_reason = None, ""
-    orders = features.select(pl.col("purchases").fill_null(0).cast(pl.Float64), pl.col("avg_order").cast(pl.Float64))
-    n = orders.get_column("purchases").to_numpy()
-    m = orders.get_column("avg_order").fill_null(float("nan")).to_numpy()
+    n, m = spend_per_purchase_day(features)
     ok = (n >= 1) & np.isfinite(m) & (m > 0)
     if int((ok & (n >= 2)).sum()) < settings.min_repeat_buyers:
-        spend_reason = "too few customers with two or more paid orders to fit the order-value model"
+        spend_reason = "too few customers with paid purchases on two or more days to fit the order-value model"
     else:
         try:
             spend = fit_gammagamma(n[ok], m[ok])
@@ -167,10 +174,7 @@ def score(features: pl.DataFrame, model: PortalModel | None, settings: Predictio
         clv = nan
         spend_ok = model.spend is not None and model.spend.usable and model.spend.params["q"] > 1
         if spend_ok:
-            orders = features.select(pl.col("purchases").fill_null(0).cast(pl.Float64),
-                                     pl.col("avg_order").cast(pl.Float64).fill_null(float("nan")))
-            value = expected_order_value(model.spend.params, orders.get_column("purchases").to_numpy(),
-                                         orders.get_column("avg_order").to_numpy())
+            value = expected_order_value(model.spend.params, *spend_per_purchase_day(features))
             clv = value * _discounted_purchases(name, params, x, t_x, T, settings.annual_discount_rate, exp365)
     columns = {
         "p_alive": alive, "exp_purchases_30d": exp30, "exp_purchases_90d": exp90, "exp_purchases_365d": exp365,
@@ -218,6 +222,3 @@ def naive_forecast(x: np.ndarray, T: np.ndarray, horizon: float) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(T > 0, x / T * horizon, 0.0)
 
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
