@@ -152,6 +152,11 @@ def test_pareto_high_frequency_is_finite_and_exact(x, t_x, T, params):
     assert np.isfinite(ll) and np.isfinite(alive)
     assert ll == pytest.approx(float(want_ll), rel=1e-9)
     assert alive == pytest.approx(float(want_alive), rel=1e-8, abs=1e-300)
+    # PR #90: the conditional expectation overflowed through exp(likelihood) for such customers
+    r, a, s, b = (mp.mpf(v) for v in params)
+    want_e = want_alive * (r + x) / (a + T) * (b + T) / (s - 1) * (1 - ((b + T) / (b + T + 39)) ** (s - 1))
+    e = float(M.expected_purchases("pareto", dict(zip(names, params)), 39, x, t_x, T))
+    assert np.isfinite(e) and e == pytest.approx(float(want_e), rel=1e-8, abs=1e-300)
 
 
 def test_expected_purchases_match_mpmath_across_customers(cdnow):
