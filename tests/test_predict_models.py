@@ -254,3 +254,37 @@ def test_pareto_expectation_and_p_buy_match_integration_and_simulation():
     mu = rng.gamma(0.606, 1 / (11.669 + T), 400_000)
     simulated = alive * float(np.mean(lam / (lam + mu) * -np.expm1(-(lam + mu) * t)))
     assert float(M.p_buy_within("pareto", params, t, x, t_x, T)) == pytest.approx(simulated, abs=3e-3)
+
+
+@pytest.mark.parametrize("model", ["mbgnbd", "bgnbd", "pareto"])
+def test_every_model_scores_every_buyer_with_sane_values(model):
+    import importlib.util
+    from datetime import date
+
+    import polars as pl
+
+    from rules.predict.scoring import PredictionSettings, fit_portal, score
+
+    spec = importlib.util.spec_from_file_location("bench_predictions", DATA.parents[2] / "bench" / "predictions.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    features, _ = bench.simulate(4000, seed=9)
+    settings = PredictionSettings(model=model)
+    fitted = fit_portal(features, date(2026, 11, 26), settings)
+    assert fitted.usable, fitted.reason
+    out = score(features, fitted, settings)
+    for col in ("p_alive", "exp_purchases_30d", "exp_purchases_90d", "exp_purchases_365d", "p_buy_30d",
+                "exp_order_value", "clv_365d"):
+        assert out[col].null_count() == 0, col
+    assert out.select(((pl.col("p_alive") >= 0) & (pl.col("p_alive") <= 1)).all()).item()
+    assert out.select(((pl.col("p_buy_30d") >= 0) & (pl.col("p_buy_30d") <= pl.col("p_alive"))).all()).item()
+    assert out.select((pl.col("exp_purchases_30d") <= pl.col("exp_purchases_90d")).all()).item()
+    assert out.select((pl.col("exp_purchases_90d") <= pl.col("exp_purchases_365d")).all()).item()
+    # next purchase: empty exactly below the P(alive) floor
+    low = out.filter(pl.col("p_alive") < settings.next_purchase_min_p_alive)
+    assert low["next_purchase_median_days"].null_count() == low.height
+    assert out.filter(pl.col("p_alive") >= settings.next_purchase_min_p_alive)["next_purchase_median_days"].null_count() == 0
+    # discounting lowers clv_365d by at most the full year's rate
+    discounted = score(features, fitted, PredictionSettings(model=model, annual_discount_rate=0.2))
+    ratio = (discounted["clv_365d"] / out["clv_365d"]).drop_nans().drop_nulls()
+    assert ratio.min() > 1 / 1.2 and ratio.max() < 1.0
