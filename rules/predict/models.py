@@ -195,14 +195,39 @@ def ll_mbgnbd(params, x, t_x, T) -> np.ndarray:
     return base + np.logaddexp(first, second)
 
 
+_PAIRS: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # (x, u, pairs, inverse), newest last
+
+
+def _distinct_pairs(x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (x, u) pairs as complex numbers and each row's index into them. A fit evaluates the
+    likelihood hundreds of times on the same arrays, so the last few answers are kept (by identity)."""
+    for cx, cu, pairs, inverse in _PAIRS:
+        if cx is x and cu is u:
+            return pairs, inverse
+    pairs, inverse = np.unique(x.ravel() + 1j * u.ravel(), return_inverse=True)
+    _PAIRS.append((x, u, pairs, inverse))
+    del _PAIRS[:-4]
+    return pairs, inverse
+
+
 def _pareto_log_a0(params, x, t_x, T) -> np.ndarray:
     """log A0 = log(F(t_x) - F(T)), F(u) = 2F1(r+s+x, q; r+s+x+1; |alpha-beta|/(max+u)) / (max+u)^(r+s+x)."""
     r, alpha, s, beta = params
-    big, q = (alpha, s + 1.0) if alpha >= beta else (beta, r + x)
-    rsx = r + s + x
+    big = alpha if alpha >= beta else beta
+
+    def log_f_direct(xs, u):
+        rsx_, q_ = r + s + xs, (s + 1.0 if alpha >= beta else r + xs)
+        return _log_hyp2f1_positive(rsx_, q_, rsx_ + 1.0, abs(alpha - beta) / (big + u)) - rsx_ * np.log(big + u)
 
     def log_f(u):
-        return _log_hyp2f1_positive(rsx, q, rsx + 1.0, abs(alpha - beta) / (big + u)) - rsx * np.log(big + u)
+        xs, u = np.asarray(x, dtype=float), np.asarray(u, dtype=float)
+        if xs.shape != u.shape:
+            xs, u = np.broadcast_arrays(xs, u)
+        if xs.size < 5000:
+            return log_f_direct(xs, u)
+        # 2F1 is the costly part and depends on (x, u) only: evaluate it once per distinct pair
+        pairs, inverse = _distinct_pairs(xs, u)
+        return log_f_direct(pairs.real, pairs.imag)[inverse].reshape(xs.shape)
 
     lf_tx, lf_T = log_f(t_x), log_f(T)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -576,11 +601,18 @@ def p_buy_within(model: str, params: dict[str, float], h: float, x, t_x, T, aliv
         # Given alive: lambda ~ Gamma(r+x, alpha+T), mu ~ Gamma(s, beta+T), independent. A purchase comes
         # first at u <= h with density E[lambda e^-lambda u] E[e^-mu u]; integrated by Gauss-Legendre.
         r, alpha, s, beta = (params[k] for k in PARAM_NAMES[model])
-        nodes, wts = np.polynomial.legendre.leggauss(48)
+        nodes, wts = np.polynomial.legendre.leggauss(24)
         u = (nodes + 1.0) * (h / 2.0)
-        rx, at, bt = (r + x)[..., None], (alpha + T)[..., None], (beta + T)[..., None]
-        dens = rx / at * np.exp((rx + 1) * (np.log(at) - np.log(at + u)) + s * (np.log(bt) - np.log(bt + u)))
-        return alive * np.clip(dens @ (wts * h / 2.0), 0.0, 1.0)
+        wts = wts * (h / 2.0)
+        x, T = np.broadcast_arrays(x, T)
+        flat_x, flat_T = x.ravel(), T.ravel()
+        out = np.empty(flat_x.shape)
+        for start in range(0, flat_x.size, 50_000):  # in blocks: rows x nodes stays small
+            part = slice(start, start + 50_000)
+            rx, at, bt = (r + flat_x[part])[:, None], (alpha + flat_T[part])[:, None], (beta + flat_T[part])[:, None]
+            dens = rx / at * np.exp((rx + 1) * (np.log(at) - np.log(at + u)) + s * (np.log(bt) - np.log(bt + u)))
+            out[part] = (dens * wts).sum(axis=1)
+        return alive * np.clip(out.reshape(x.shape), 0.0, 1.0)
     r, alpha = params["r"], params["alpha"]
     return alive * -np.expm1((r + x) * (np.log(alpha + T) - np.log(alpha + T + h)))
 
