@@ -72,7 +72,8 @@ def run_model(args: argparse.Namespace, out: Console) -> int:
 
 def _print_fit(fit: Fit, fmt: str, out: Console, unit: str) -> None:
     if fmt == "json":
-        print(json.dumps({"model": fit.model, "params": fit.params, "loglik": fit.loglik, "converged": fit.converged,
+        loglik = fit.loglik if fit.loglik == fit.loglik and abs(fit.loglik) != float("inf") else None
+        print(json.dumps({"model": fit.model, "params": fit.params, "loglik": loglik, "converged": fit.converged,
                           "usable": fit.usable, "customers": fit.customers, "message": fit.message}))
         return
     table = Table(title=f"{TITLES[fit.model]} fit")

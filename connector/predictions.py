@@ -64,7 +64,11 @@ def portal_model(store: StateStore, config: LoadedConfig, features: pl.DataFrame
         age = (as_of - stored["fitted_on"]).days
         if 0 <= age < config.settings.predictions.refit_days:
             return PortalModel.from_dict(stored["detail"]), "stored"
-    model = fit_portal(features, as_of, settings)
+    try:
+        model = fit_portal(features, as_of, settings)
+    except Exception as exc:  # noqa: BLE001 - a failed fit leaves the predictions empty; the run goes on
+        log.exception("the %s fit failed", settings.model)
+        model = PortalModel(None, None, None, reason=f"the model could not be fitted ({type(exc).__name__}: {exc})")
     if not refit:
         return model, "memory"
     loglik = model.counts.loglik if model.counts else None
@@ -181,7 +185,8 @@ class Backtest:
     def as_dict(self) -> dict[str, Any]:
         return {
             "calibration_end": self.calibration_end.isoformat(), "holdout_days": self.holdout_days,
-            "model": self.fit.model, "params": self.fit.params, "loglik": self.fit.loglik, "converged": self.fit.converged,
+            "model": self.fit.model, "params": self.fit.params, "loglik": self.fit.as_dict()["loglik"],
+            "converged": self.fit.converged,
             "usable": self.fit.usable, "customers": self.customers,
             "totals": {"actual": self.actual_total, "predicted": self.predicted_total, "naive": self.naive_total},
             "mae_per_customer": {"model": self.mae_model, "naive": self.mae_naive},

@@ -247,3 +247,30 @@ def test_fits_are_stored_and_reused_on_postgresql(ws, postgres_url):
     fits = rows(config, model_fits)
     assert len(fits) == 1 and fits[0]["fitted_on"] == AS_OF and fits[0]["run_id"] == first.run_id
     assert again.computation.members("risky") == first.computation.members("risky")
+
+
+def test_a_degenerate_fit_is_stored_as_unusable_reported_and_never_used(ws):
+    # 60 customers bought 100 and 70 days ago, 20 only 100 days ago: no spread of rates to estimate.
+    contacts, deals = [], []
+    for cid in range(1, 81):
+        contacts.append({"id": cid})
+        deals.append({"id": cid * 10, "contact_id": cid, "status": "won", "amount": 70000,
+                      "closed_at": (AS_OF - timedelta(days=100)).isoformat()})
+        if cid <= 60:
+            deals.append({"id": cid * 10 + 1, "contact_id": cid, "status": "won", "amount": 70000,
+                          "closed_at": (AS_OF - timedelta(days=70)).isoformat()})
+    ws.write_contacts(contacts)
+    ws.write_deals(deals)
+    config = ws.config(RULE)
+    result = sync(config, as_of=AS_OF)
+    pred = result.summary()["predictions"]
+    assert not pred["usable"] and "degenerate fit" in pred["reason"]
+    assert result.computation.counts["risky"] == 0
+    assert result.computation.features["p_alive"].null_count() == 80
+    fits = rows(config, model_fits)
+    assert len(fits) == 1 and not fits[0]["usable"]
+    table = " ".join(ws.cli("report", "--as-of", AS_OF.isoformat()).stdout.split())
+    assert "Predictions unavailable: the mbgnbd fit is not usable: degenerate fit" in table
+    proc = ws.cli("model", "fit", "--as-of", AS_OF.isoformat(), "--format", "json", check=False)
+    assert proc.returncode == 1 and "the fit is not usable: degenerate fit" in proc.stderr
+    assert json.loads(proc.stdout)["usable"] is False

@@ -69,7 +69,7 @@ class Fit:
         return {
             "model": self.model,
             "params": dict(self.params),
-            "loglik": self.loglik,
+            "loglik": self.loglik if math.isfinite(self.loglik) else None,
             "converged": self.converged,
             "usable": self.usable,
             "customers": self.customers,
@@ -82,7 +82,7 @@ class Fit:
     @classmethod
     def from_dict(cls, d: dict) -> Fit:
         return cls(model=str(d["model"]), params={k: float(v) for k, v in dict(d["params"]).items()},
-                   loglik=float(d["loglik"]), converged=bool(d["converged"]), customers=int(d.get("customers", 0)),
+                   loglik=float(d["loglik"]) if d.get("loglik") is not None else float("-inf"), converged=bool(d["converged"]), customers=int(d.get("customers", 0)),
                    rows=int(d.get("rows", 0)), iterations=int(d.get("iterations", 0)), message=str(d.get("message", "")),
                    degenerate=tuple(d.get("degenerate", ())))
 
