@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--members", action="store_true", help="also list the member ids of each segment")
     report.add_argument("--segment", metavar="NAME", help="only this segment (and list its members)")
+
+    from connector.model_cli import add_model_parser
+
+    add_model_parser(sub, with_config, _as_of)
     return parser
 
 
@@ -112,6 +116,10 @@ def _main(argv: list[str] | None = None) -> int:
             from sandbox.bitrix24.cli import main as bitrix24_sandbox
 
             return bitrix24_sandbox(args.args)
+        if args.command == "model":
+            from connector.model_cli import run_model
+
+            return run_model(args, out)
         config = load_config(args.config)
         logs.register_secrets(logs.secrets_of(config.settings))
         if args.command == "sync":
@@ -171,6 +179,11 @@ def _sync(config, args, out: Console) -> int:
         line = (f"audience {a['name']!r} ({a['cabinet']}): {a['matchable']} matchable, +{a['added']} -{a['removed']}"
                 f", {a['unmatchable']} without a valid e-mail or phone, status {a['status'] or '-'}")
         out.print(redact(line + (f"; {a['message']}" if a["message"] else "")), markup=False)
+    pred = summary.get("predictions")
+    if isinstance(pred, dict):
+        from connector.predictions import summary_line
+
+        out.print(summary_line(pred))
     names = sorted(set(summary["entered"]) | set(summary["left"]))  # type: ignore[arg-type]
     if not names:
         out.print("no customer entered or left a segment")

@@ -186,7 +186,15 @@ class BirthdayPreset(_Section):
     soon_days: int = Field(30, ge=0, le=366)
 
 
-PresetName = Literal["lifecycle", "status", "cadence", "birthday"]
+class PredictedPreset(_Section):
+    """``[segments.predicted]``: the prediction presets (enable with ``presets = [..., "predicted"]``)."""
+
+    at_risk_max_p_alive: float = Field(0.3, gt=0, lt=1, description="at_risk: P(alive) below this")
+    at_risk_min_monetary: float = Field(0, ge=0, description="at_risk: total bought at least this much")
+    due_min_p_buy_30d: float = Field(0.5, gt=0, lt=1, description="due: P(buys within 30 days) at least this")
+
+
+PresetName = Literal["lifecycle", "status", "cadence", "birthday", "predicted"]
 
 
 class SegmentsConfig(_Section):
@@ -194,6 +202,18 @@ class SegmentsConfig(_Section):
     lifecycle: LifecyclePreset = LifecyclePreset()
     cadence: CadencePreset = CadencePreset()
     birthday: BirthdayPreset = BirthdayPreset()
+    predicted: PredictedPreset = PredictedPreset()
+
+
+class PredictionsConfig(_Section):
+    """``[predictions]``: per-customer predictions (P(alive), expected purchases, value)."""
+
+    enabled: bool | None = Field(None, description="true/false; unset: on when a rule, preset or template uses them")
+    model: Literal["mbgnbd", "bgnbd", "pareto"] = "mbgnbd"
+    refit_days: int = Field(1, ge=1, description="refit the model at most this often (days); stored parameters between")
+    min_repeat_buyers: int = Field(50, ge=10, description="fewer customers with a repeat purchase: no predictions")
+    next_purchase_min_p_alive: float = Field(0.2, ge=0, le=1, description="next_purchase_median_days is null below this")
+    annual_discount_rate: float = Field(0.0, ge=0, lt=10, description="clv_365d discount rate per year (0.1 = 10 %)")
 
 
 class KpiConfig(_Section):
@@ -363,6 +383,7 @@ class Settings(BaseSettings):
     audiences: AudiencesConfig = AudiencesConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     daemon: DaemonConfig = DaemonConfig()
+    predictions: PredictionsConfig = PredictionsConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -44,6 +44,7 @@ class Computation:
     stats: FeatureStats
     frozen: frozenset[str] = frozenset()
     frozen_members: dict[str, pl.Series] = field(default_factory=dict)
+    predictions: dict[str, object] | None = None  # fit summary and P(alive) distribution; None: not wanted
 
     @property
     def active_share(self) -> float | None:
@@ -126,10 +127,12 @@ def open_store(config: LoadedConfig) -> StateStore:
 
 
 def compute(
-    store: StateStore, config: LoadedConfig, as_of: date, stored: pl.DataFrame | None = None
+    store: StateStore, config: LoadedConfig, as_of: date, stored: pl.DataFrame | None = None, *,
+    refit: bool = False, run_id: int | None = None,
 ) -> Computation:
     """Features and membership for ``as_of`` from the mirror; static segments already frozen keep
-    their stored members. ``stored`` is the stored membership if the caller already read it."""
+    their stored members. ``stored`` is the stored membership if the caller already read it.
+    ``refit``: a prediction model older than ``[predictions] refit_days`` is refitted and stored (sync)."""
     engine: SegmentEngine = config.rules
     crm = config.crm
     frozen_names = store.frozen_segments() & {c.name for c in engine.custom if c.static}
@@ -148,6 +151,9 @@ def compute(
     )
     for warning in stats.field_warnings:
         log.warning("%s", warning)
+    from connector.predictions import add_predictions
+
+    features, predictions = add_predictions(store, config, features, as_of, refit=refit, run_id=run_id)
     membership = engine.evaluate(features, frozen)
     names = engine.segment_names
     sums = membership.select(pl.col(names).sum()).row(0, named=True) if names else {}
@@ -169,6 +175,7 @@ def compute(
         stats=stats,
         frozen=frozenset(frozen),
         frozen_members=frozen,
+        predictions=predictions,
     )
 
 
@@ -225,6 +232,7 @@ class SyncResult:
             "pull_requests": self.pull_requests,
             **({"field_warnings": list(self.computation.stats.field_warnings)} if self.computation.stats.field_warnings else {}),
             **self.writeback,
+            **({"predictions": self.computation.predictions} if self.computation.predictions is not None else {}),
         }
 
 
@@ -369,7 +377,7 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
                      "full" if pull.snapshot else "incremental", pull.requests)
         checkpoint("the pull")
         stored = store.membership_frame()
-        computation = compute(store, config, as_of, stored)
+        computation = compute(store, config, as_of, stored, refit=True, run_id=run_id)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
         planned = plan_actions(config, store, computation, entered, left, as_of)
         store.apply_membership(run_id, as_of, entered, left, config.rules.definitions(), planned)

@@ -25,6 +25,8 @@ def as_dict(comp: Computation, *, segments: list[str], members: bool) -> dict[st
     }
     if members:
         out["members"] = {name: [str(i) for i in comp.members(name)] for name in segments}
+    if comp.predictions is not None:
+        out["predictions"] = comp.predictions
     return out
 
 
@@ -121,8 +123,45 @@ def render_table(
                 style="dim",
             )
         )
+    if comp.predictions is not None:
+        parts.extend(predictions_parts(comp, settings))
     console.print(Group(*parts))
     if members:
         for name in segments:
             ids = comp.members(name)
             console.print(f"[bold]{name}[/bold] ({len(ids)}): " + (", ".join(map(str, ids)) or "-"))
+
+
+def predictions_parts(comp: Computation, settings: Settings) -> list[Any]:
+    """The model's fit summary and the P(alive) distribution, or why there are no predictions."""
+    from rules.predict.models import TITLES
+
+    pred = comp.predictions or {}
+    users = pred.get("segments_using", [])
+    if not pred.get("usable"):
+        line = f"Predictions unavailable: {pred.get('reason') or 'no usable model'}"
+        if users:
+            line += f". Segments using them select nobody: {', '.join(users)}"
+        return [Text(line, style="yellow")]
+    counts = pred["counts"]
+    params = ", ".join(f"{k} {v:.4g}" for k, v in counts["params"].items())
+    origin = {"stored": "stored fit", "fitted": "fitted now", "memory": "fitted for this report"}.get(pred.get("origin", ""), "")
+    parts: list[Any] = [Text(
+        f"Predictions: {TITLES.get(counts['model'], counts['model'])} fitted on {pred['fitted_on']} ({origin}) on "
+        f"{counts['customers']} buyers, time in days: {params}; log-likelihood {counts['loglik']:.1f}, "
+        f"converged: {'yes' if counts['converged'] else 'no'}")]
+    spend = pred.get("spend")
+    if spend and spend.get("usable"):
+        parts.append(Text("Order value: Gamma-Gamma " + ", ".join(f"{k} {v:.4g}" for k, v in spend["params"].items())))
+    elif pred.get("spend_reason"):
+        parts.append(Text(f"Order value: no model ({pred['spend_reason']}); exp_order_value and clv_365d are empty",
+                          style="yellow"))
+    dist = pred.get("p_alive")
+    if dist and dist["customers"]:
+        table = Table(title=f"P(alive) of {dist['customers']} buyers (mean {dist['mean']:.2f}, median {dist['median']:.2f})")
+        for label in dist["histogram"]:
+            table.add_column(label, justify="right")
+        table.add_row(*(f"{n}  {_pct(n, dist['customers'])}" for n in dist["histogram"].values()))
+        parts.append(table)
+    return parts
+

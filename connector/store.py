@@ -203,6 +203,21 @@ locks = sa.Table(
     sa.Column("locked_since", sa.Float),                   # epoch seconds the holder took it (migration 6)
 )
 
+model_fits = sa.Table(
+    "model_fits",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("portal", sa.String(128), nullable=False),
+    sa.Column("run_id", sa.Integer),  # the sync run that fitted it (None: fitted from the command line)
+    sa.Column("model", sa.String(16), nullable=False),  # mbgnbd | bgnbd | pareto
+    sa.Column("fitted_on", sa.Date, nullable=False),  # the as-of date of the data it was fitted on
+    sa.Column("fitted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("usable", sa.Boolean, nullable=False),
+    sa.Column("loglik", sa.Float),
+    sa.Column("detail", sa.Text, nullable=False),  # JSON: parameters, convergence, spend fit, reason
+    sa.Index("ix_model_fits_portal", "portal", "id"),
+)
+
 V1_TABLES = ("meta", "runs", "customers", "deals", "segments", "membership", "membership_events")
 
 
@@ -257,8 +272,13 @@ def _migration_audience_hashes(conn: Connection) -> None:
             {"portal": p, "audience": a, "kind": k, "hash": h, "state": "adding"} for p, a, k, h in part])
 
 
+def _migration_model_fits(conn: Connection) -> None:
+    """Prediction model fits per portal: parameters and fit quality, refitted at most daily."""
+    metadata.create_all(conn, tables=[model_fits])
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
-                                                  _migration_6, _migration_audience_hashes]
+                                                  _migration_6, _migration_audience_hashes, _migration_model_fits]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK_KEY = 0x6C6966656379  # PostgreSQL advisory lock held while migrating ("lifecy")
 CHUNK = 20_000
@@ -337,6 +357,30 @@ class StateStore:
             if version < SCHEMA_VERSION:
                 conn.execute(sa.delete(meta_table).where(meta_table.c.key == "schema_version"))
                 conn.execute(sa.insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    # -- prediction model fits --------------------------------------------------------------------
+
+    def save_model_fit(self, model: str, fitted_on: date, detail: dict[str, Any], *, usable: bool,
+                       loglik: float | None, run_id: int | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(model_fits).values(
+                portal=self.portal, run_id=run_id, model=model, fitted_on=fitted_on, fitted_at=_now(), usable=usable,
+                loglik=loglik if loglik is not None and loglik == loglik and abs(loglik) != float("inf") else None,
+                detail=json.dumps(detail, default=str)))
+
+    def latest_model_fit(self, model: str | None = None) -> dict[str, Any] | None:
+        """The newest stored fit of this portal (of ``model`` if given): fitted_on, detail, ..."""
+        query = sa.select(model_fits).where(model_fits.c.portal == self.portal)
+        if model is not None:
+            query = query.where(model_fits.c.model == model)
+        with self.engine.connect() as conn:
+            row = conn.execute(query.order_by(model_fits.c.id.desc()).limit(1)).mappings().first()
+        if row is None:
+            return None
+        fitted_on = row["fitted_on"]
+        if isinstance(fitted_on, str):
+            fitted_on = date.fromisoformat(fitted_on)
+        return dict(row) | {"fitted_on": fitted_on, "detail": json.loads(row["detail"])}
 
     # -- runs ------------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import polars as pl
 from connector.config import Settings
 from rules.features import BUILTIN_FEATURES, CustomField
 from rules.language import CompiledRule, compile_rule
+from rules.predict.scoring import PREDICTION_FEATURES
 from rules.presets import all_preset_names, preset_segments
 
 
@@ -40,8 +41,19 @@ class SegmentEngine:
 
     @property
     def feature_names(self) -> list[str]:
-        """Built-in features and declared custom fields (the columns of the features frame)."""
-        return [*BUILTIN_FEATURES, *self.fields]
+        """Built-in features, predictions and declared custom fields (the columns of the features frame)."""
+        return [*BUILTIN_FEATURES, *PREDICTION_FEATURES, *self.fields]
+
+    def prediction_users(self) -> list[str]:
+        """Segments whose definition uses a prediction feature (directly, or through another segment)."""
+        direct = {c.name for c in self.custom if c.rule.references & PREDICTION_FEATURES.keys()}
+        direct |= {n for n in self.presets if n.startswith("predicted.")}
+        changed = True
+        while changed:
+            more = {c.name for c in self.custom if c.rule.references & direct} - direct
+            direct |= more
+            changed = bool(more)
+        return [n for n in self.segment_names if n in direct]
 
     def definitions(self) -> dict[str, tuple[bool, str]]:
         """Segment name -> (static, definition text), as recorded in the state store."""
@@ -55,7 +67,7 @@ class SegmentEngine:
             name: CustomField(name=name, type=f.type, source=f.source or name) for name, f in settings.fields.items()
         }
         for name in fields:
-            if name in BUILTIN_FEATURES:
+            if name in BUILTIN_FEATURES or name in PREDICTION_FEATURES:
                 raise ValueError(f"[fields] {name!r}: a built-in feature has this name; choose another")
         presets = preset_segments(settings.segments)
         reserved = set(all_preset_names())
@@ -65,10 +77,10 @@ class SegmentEngine:
                 raise ValueError(f"segment {rule.name!r}: this name belongs to a preset; choose another")
             if rule.name in seen:
                 raise ValueError(f"segment {rule.name!r} is defined twice")
-            if rule.name in BUILTIN_FEATURES or rule.name in fields:
+            if rule.name in BUILTIN_FEATURES or rule.name in PREDICTION_FEATURES or rule.name in fields:
                 raise ValueError(f"segment {rule.name!r}: a feature has this name; choose another")
             seen.add(rule.name)
-        schema: dict[str, str] = {**BUILTIN_FEATURES, **{n: f.type for n, f in fields.items()}}
+        schema: dict[str, str] = {**BUILTIN_FEATURES, **PREDICTION_FEATURES, **{n: f.type for n, f in fields.items()}}
         schema.update({name: "bool" for name in reserved})  # disabled presets get a clearer error below
         schema.update({rule.name: "bool" for rule in settings.segment})
         disabled = reserved - set(presets)
@@ -88,6 +100,9 @@ class SegmentEngine:
         ``frozen`` maps a static segment already frozen in the state store to its member ids.
         """
         frozen = frozen or {}
+        missing = [n for n in PREDICTION_FEATURES if n not in features.columns]
+        if missing:  # no model was asked for: a rule using a prediction sees nulls and selects nobody
+            features = features.with_columns(pl.lit(None, pl.Float64).alias(n) for n in missing)
         frame = features.with_columns(
             (pl.col("id").is_in(frozen[n].implode()) if n in frozen else e).alias(n) for n, e in self.presets.items()
         )

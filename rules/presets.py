@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import polars as pl
 
-from connector.config import BirthdayPreset, CadencePreset, LifecyclePreset, SegmentsConfig
+from connector.config import BirthdayPreset, CadencePreset, LifecyclePreset, PredictedPreset, SegmentsConfig
 
 ROWS = ("new", "promising", "regular")
 COLUMNS = ("active", "sleeping", "asleep")
@@ -70,11 +70,24 @@ def birthday(cfg: BirthdayPreset) -> dict[str, pl.Expr]:
     return {"birthday.soon": pl.col("days_to_birthday") <= cfg.soon_days}
 
 
+def predicted(cfg: PredictedPreset, lc: LifecyclePreset) -> dict[str, pl.Expr]:
+    """Off by default. ``at_risk``: repeat customers (the matrix's promising or regular rows) who bought at
+    least ``at_risk_min_monetary`` and whom the matrix still calls active or sleeping, but whose P(alive)
+    has dropped below ``at_risk_max_p_alive``. ``due``: likely to buy within 30 days. Without a usable
+    model the prediction columns are null and both select nobody."""
+    valuable = (purchases >= lc.purchase_bins[1]) & (pl.col("monetary") >= cfg.at_risk_min_monetary)
+    return {
+        "predicted.at_risk": valuable & (recency <= lc.recency_days[1]) & (pl.col("p_alive") < cfg.at_risk_max_p_alive),
+        "predicted.due": pl.col("p_buy_30d") >= cfg.due_min_p_buy_30d,
+    }
+
+
 PRESETS: dict[str, Callable[[SegmentsConfig], dict[str, pl.Expr]]] = {
     "lifecycle": lambda s: lifecycle(s.lifecycle),
     "status": lambda s: status(s.lifecycle),
     "cadence": lambda s: cadence(s.cadence),
     "birthday": lambda s: birthday(s.birthday),
+    "predicted": lambda s: predicted(s.predicted, s.lifecycle),
 }
 
 
