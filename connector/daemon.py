@@ -125,6 +125,7 @@ class Daemon:
             result = sync(self.config)
             self.metrics.observe(result.summary())
             self.metrics.sizes(result.computation.counts)
+            self.metrics.kpi(result.computation, self.config.settings.kpi.active_share_target)
             log.info("sync (%s) done: %s customers, %s entered, %s left", reason, result.summary()["customers"],
                      sum(result.summary()["entered"].values()), sum(result.summary()["left"].values()))
         except Interrupted:
@@ -135,6 +136,7 @@ class Daemon:
             log.error("sync (%s) failed: %s", reason, exc, exc_info=True)
         finally:
             self.metrics.finished(status, time.perf_counter() - started)
+            self.metrics.refresh_state(self.config)
             self.last_status = status
             store = open_store(self.config)
             try:

@@ -661,6 +661,13 @@ class StateStore:
                           actions.c.responsible_id, actions.c.status, actions.c.action).where(actions.c.portal == self.portal)
             ).all()]
 
+    def action_counts(self) -> dict[str, int]:
+        """Actions in the ledger by status (planned, sending, done, failed, skipped): for /metrics."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(actions.c.status, sa.func.count()).where(actions.c.portal == self.portal)
+                                .group_by(actions.c.status)).all()
+        return {status: int(n) for status, n in rows}
+
     def set_actions(self, keys: Sequence[str], status: str, *, results: dict[str, Any] | None = None,
                     errors: dict[str, str] | None = None, count_attempt: bool = False) -> None:
         """Move actions to ``status`` in one committed transaction (the ledger's intent/outcome records)."""
