@@ -8,7 +8,8 @@
 #   Arrow tables in memory; no file system or RPC is used); its three identical libarrow_python copies
 #   become one file and two links;
 # * phonenumbers' geocoding data (adapters/ads/normalize.py parses and formats numbers only);
-# * symbols in shared libraries (strip --strip-unneeded, when binutils is there).
+# * symbols in shared libraries (strip --strip-unneeded, when binutils is there), except the ones
+#   auditwheel bundled.
 set -eu
 venv=${1:?usage: slim-venv.sh VENV}
 py="$venv/bin/python"
@@ -34,7 +35,10 @@ if [ -d "$site/pyarrow" ]; then
 fi
 rm -rf "$site/phonenumbers/geodata"
 if command -v strip >/dev/null; then
-  find "$venv" -type f \( -name '*.so' -o -name '*.so.*' \) -exec strip --strip-unneeded {} + 2>/dev/null || true
+  # not the libraries auditwheel bundled in <package>.libs/: patchelf rewrote them, and strip would break
+  # their program headers ("ELF load command address/offset not page-aligned")
+  find "$venv" -type f \( -name '*.so' -o -name '*.so.*' \) -not -path '*.libs/*' \
+    -exec strip --strip-unneeded {} + 2>/dev/null || true
 fi
 # what is left must still import
 "$py" -c 'import polars, pyarrow, connectorx, sqlalchemy, psycopg, phonenumbers, pydantic, aiohttp, rich, lark'
