@@ -42,6 +42,8 @@ def expand_secret_files(environ: MutableMapping[str, str] | None = None) -> list
         target = name[: -len(SUFFIX)]
         if len(target) <= len(PREFIX):
             continue
+        if target.upper() == CONFIG_VAR:
+            raise EnvFileError(f"{name}: name the config file with {CONFIG_VAR}=PATH (there is no {name})")
         path = Path(env[name])
         try:
             text = path.read_text(encoding="utf-8")

@@ -128,3 +128,18 @@ def test_a_long_lived_token_reports_its_own_expiry():
         exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"]
         assert value(d.metrics, "lifecycle_token_expiry_timestamp_seconds", portal="shop", token="long_lived") == exp
         assert value(d.metrics, "lifecycle_token_expiry_timestamp_seconds", portal="shop", token="access") is None
+
+
+def test_audience_errors_count_the_last_sync_per_cabinet():
+    m = Metrics("shop", "bitrix24")
+    summary = {"customers": 5, "audiences": [
+        {"cabinet": "yandex", "requests": 2, "message": "Yandex Audience answered 500; the rest waits for the next run"},
+        {"cabinet": "yandex", "requests": 1, "message": None},
+        {"cabinet": "vk", "requests": 1, "message": None}]}
+    m.observe(summary)
+    assert value(m, "lifecycle_audience_errors", portal="shop", cabinet="yandex") == 1
+    assert value(m, "lifecycle_audience_errors", portal="shop", cabinet="vk") == 0
+    m.observe({"customers": 5, "audiences": [{"cabinet": "yandex", "requests": 1, "message": None}]})
+    assert value(m, "lifecycle_audience_errors", portal="shop", cabinet="yandex") == 0
+    assert value(m, "lifecycle_audience_errors", portal="shop", cabinet="vk") is None  # no longer configured
+    assert value(m, "lifecycle_api_errors_total", portal="shop", crm="yandex", kind="audience") == 1

@@ -205,6 +205,7 @@ def test_secrets_from_files(ws, clean_env, monkeypatch, tmp_path):
 @pytest.mark.parametrize("setup, expected", [
     (lambda d: {"LIFECYCLE_CRM__WEBHOOK_URL_FILE": str(d / "missing")}, r"LIFECYCLE_CRM__WEBHOOK_URL_FILE: file .*missing not found"),
     (lambda d: {"LIFECYCLE_CRM__WEBHOOK_URL_FILE": str(d)}, r"is a folder"),
+    (lambda d: {"LIFECYCLE_CONFIG_FILE": str(d / "secret")}, r"name the config file with LIFECYCLE_CONFIG=PATH"),
     (lambda d: {"LIFECYCLE_CRM__WEBHOOK_URL_FILE": str(d / "empty")}, r"empty"),
     (lambda d: {"LIFECYCLE_CRM__WEBHOOK_URL_FILE": str(d / "secret"), "LIFECYCLE_CRM__WEBHOOK_URL": "https://other/"},
      r"LIFECYCLE_CRM__WEBHOOK_URL_FILE and LIFECYCLE_CRM__WEBHOOK_URL are both set"),
