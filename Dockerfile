@@ -49,7 +49,12 @@ RUN (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
      && rm -rf /var/lib/apt/lists/*) >/dev/null 2>&1 || echo "binutils not installed: shared libraries stay unstripped"
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY --from=builder /src /src
+COPY pyproject.toml README.md constraints.txt ./
+COPY scripts/slim-venv.sh ./scripts/
+COPY connector ./connector
+COPY adapters ./adapters
+COPY rules ./rules
+COPY sandbox ./sandbox
 RUN if [ -f /etc/ssl/certs/ca-certificates.crt ]; then export PIP_CERT=/etc/ssl/certs/ca-certificates.crt; fi; \
     /opt/venv/bin/python -m pip install -q --no-compile -c constraints.txt '.[demo]' \
  && sh scripts/slim-venv.sh /opt/venv \
