@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", default="lifecycle.toml", help="TOML config file (default ./lifecycle.toml)")
+        p.add_argument("--config", default=None, help="TOML config file (default: $LIFECYCLE_CONFIG, else ./lifecycle.toml, "
+                       "else the LIFECYCLE_* environment alone)")
 
     demo = sub.add_parser("demo", help="run a full cycle on a generated sample base and print the result")
     demo.add_argument("--customers", type=int, default=3000, help="contacts in the sandbox portal (default 3000)")
@@ -101,6 +102,12 @@ def _main(argv: list[str] | None = None) -> int:
     out = Console(soft_wrap=False, width=max(Console().width, 110))
     try:
         if args.command == "demo":
+            import importlib.util
+
+            if importlib.util.find_spec("numpy") is None:
+                print("error: lifecycle demo needs the demo extra: pip install 'crm-lifecycle[demo]' "
+                      "(in a container: the Dockerfile's demo target)", file=sys.stderr)
+                return EXIT_USAGE
             from connector.demo import run_demo
 
             return run_demo(out, customers=args.customers, keep=args.keep)

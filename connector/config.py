@@ -568,15 +568,25 @@ def _describe_env_error(exc: SettingsError) -> str:
             "lists and tables are given as JSON")
 
 
-def load_config(path: str | Path = "lifecycle.toml") -> LoadedConfig:
-    """Read, validate and compile the configuration; raise ConfigError with a fix-it message."""
-    path = Path(path)
-    if not path.is_file():
+def load_config(path: str | Path | None = "lifecycle.toml") -> LoadedConfig:
+    """Read, validate and compile the configuration; raise ConfigError with a fix-it message.
+
+    ``path=None`` (no ``--config``): LIFECYCLE_CONFIG, ./lifecycle.toml, or the environment alone
+    (connector/envfiles.py); ``LIFECYCLE_..._FILE`` secrets are read first in every case."""
+    from connector.envfiles import ENV_ONLY, EnvFileError, config_source, expand_secret_files
+
+    try:
+        expand_secret_files()
+        source = config_source(path)
+    except EnvFileError as exc:
+        raise ConfigError(str(exc)) from None
+    path = ENV_ONLY if source is None else source
+    if source is not None and not path.is_file():
         raise ConfigError(
             f"config file {path} not found; copy config.example.toml to {path} and edit it, or pass --config FILE"
         )
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = {} if source is None else tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -589,7 +599,7 @@ def load_config(path: str | Path = "lifecycle.toml") -> LoadedConfig:
         raise ConfigError(_describe(exc, path, data)) from None
     except SettingsError as exc:
         raise ConfigError(_describe_env_error(exc)) from None
-    settings = _resolve_paths(settings, path.resolve().parent)
+    settings = _resolve_paths(settings, Path.cwd() if source is None else path.resolve().parent)
 
     from rules.engine import SegmentEngine  # late import: rules depend on config types only
     from rules.language import RuleError
@@ -607,4 +617,4 @@ def load_config(path: str | Path = "lifecycle.toml") -> LoadedConfig:
         check_campaigns(settings, engine)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return LoadedConfig(settings=settings, path=path.resolve(), rules=engine)
+    return LoadedConfig(settings=settings, path=path if source is None else path.resolve(), rules=engine)

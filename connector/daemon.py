@@ -127,6 +127,7 @@ class Daemon:
             result = sync(self.config)
             self.metrics.observe(result.summary())
             self.metrics.sizes(result.computation.counts)
+            self.metrics.kpi(result.computation, self.config.settings.kpi.active_share_target)
             log.info("sync (%s) done: %s customers, %s entered, %s left", reason, result.summary()["customers"],
                      sum(result.summary()["entered"].values()), sum(result.summary()["left"].values()))
         except SyncLocked as exc:
@@ -141,6 +142,7 @@ class Daemon:
             status = "failed"
             log.error("sync (%s) failed: %s", reason, exc, exc_info=True)
         self.metrics.finished(status, time.perf_counter() - started)
+        self.metrics.refresh_state(self.config)
         self.last_status = status
         return status
 

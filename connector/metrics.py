@@ -1,10 +1,28 @@
-"""Prometheus metrics of the daemon (``GET /metrics``), in their own registry."""
+"""Prometheus metrics of the daemon (``GET /metrics``), in their own registry.
+
+Besides the per-sync counters: after every sync the daemon sets the state gauges the alert rules in
+deploy/prometheus-alerts.yml read (:meth:`Metrics.kpi`, :meth:`Metrics.refresh_state`): customers,
+buyers, the active share and its target, segment sizes, the action ledger by status, audiences whose last
+sync failed, token expiry times and consecutive failed syncs. ``*_created`` series are switched off: they
+double the output and no rule reads them.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
+from datetime import datetime, timezone
 from typing import Any
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+prometheus_client.disable_created_metrics()
+log = logging.getLogger("lifecycle.metrics")
+# Lifetime of a refresh token from its last rotation (shared/research: amoCRM 3 months, Bitrix24 180 days).
+REFRESH_DAYS = {"amocrm": 90, "bitrix24": 180}
+LEDGER_STATUSES = ("pending", "failed", "done", "skipped")  # pending = planned + sending
 
 
 class Metrics:
@@ -31,6 +49,23 @@ class Metrics:
                                registry=self.registry)
         self.skipped = Counter("lifecycle_syncs_skipped_locked", "Syncs skipped: another process held the lock",
                                ["portal"], registry=self.registry).labels(**labels)
+        # state gauges (alerts)
+        self.buyers = Gauge("lifecycle_buyers", "Customers with at least one purchase", ["portal"], registry=self.registry)
+        self.active_share = Gauge("lifecycle_active_share", "Share of buyers who bought within the active window (0..1)",
+                                  ["portal"], registry=self.registry)
+        self.active_target = Gauge("lifecycle_active_share_target", "[kpi] active_share_target", ["portal"],
+                                   registry=self.registry)
+        self.ledger = Gauge("lifecycle_ledger_actions", "Campaign actions in the ledger by status (pending = planned "
+                            "or sending)", ["portal", "status"], registry=self.registry)
+        self.audience_errors = Gauge("lifecycle_audience_errors", "Audiences whose last sync ended with an error or "
+                                     "a deferral message", ["portal", "cabinet"], registry=self.registry)
+        self.token_expiry = Gauge("lifecycle_token_expiry_timestamp_seconds", "When a CRM token expires (access: "
+                                  "renewed by itself; refresh and long_lived: need a person before then)",
+                                  ["portal", "token"], registry=self.registry)
+        self.failed_in_row = Gauge("lifecycle_consecutive_failed_syncs", "Syncs that failed since the last good one",
+                                   ["portal"], registry=self.registry)
+        self.failed_in_row.labels(portal).set(0)
+        self._failed_in_row = 0
 
     def observe(self, summary: dict[str, Any]) -> None:
         p, c = self.portal, self.crm
@@ -48,6 +83,70 @@ class Metrics:
         self.actions.labels(p).inc(float(summary.get("actions_created") or 0))
         self.tags.labels(p).inc(float(summary.get("tags_updated") or 0))
         self.customers.labels(p).set(float(summary.get("customers") or 0))
+        if "audiences" in summary:
+            failing: dict[str, int] = {}
+            for audience in summary.get("audiences") or []:
+                failing[audience["cabinet"]] = failing.get(audience["cabinet"], 0) + (1 if audience.get("message") else 0)
+            self.audience_errors.clear()
+            for cabinet, n in failing.items():
+                self.audience_errors.labels(p, cabinet).set(n)
+
+    def kpi(self, computation: Any, target: float) -> None:
+        """Buyers, the active share and its target after a successful sync."""
+        self.buyers.labels(self.portal).set(float(computation.buyers))
+        self.active_target.labels(self.portal).set(float(target))
+        share = computation.active_share
+        if share is None:  # no buyers yet: no share (a 0 would read as "below target")
+            try:
+                self.active_share.remove(self.portal)
+            except KeyError:
+                pass
+        else:
+            self.active_share.labels(self.portal).set(float(share))
+
+    def refresh_state(self, config: Any) -> None:
+        """Gauges read from the state store after every sync, failed or not: the action ledger, token
+        expiry, consecutive failed syncs (the runs table, so a restart does not reset it). A store that
+        cannot be read leaves the gauges as they were, except the in-process failure count."""
+        from connector.pipeline import open_store
+
+        try:
+            store = open_store(config)
+            try:
+                counts = store.action_counts()
+                token = store.oauth_token()
+                runs = store.last_runs(200)
+            finally:
+                store.close()
+        except Exception as exc:  # the sync's own error is logged already; this is only metrics
+            log.warning("metrics: state store unreadable: %s", type(exc).__name__)
+            return
+        merged = {"pending": counts.get("planned", 0) + counts.get("sending", 0)}
+        for status in LEDGER_STATUSES[1:]:
+            merged[status] = counts.get(status, 0)
+        for status, n in merged.items():
+            self.ledger.labels(self.portal, status).set(n)
+        self._tokens(config, token)
+        finished = [r["status"] for r in runs if r["status"] in ("ok", "failed")]
+        stored_streak = next((i for i, status in enumerate(finished) if status == "ok"), len(finished))
+        self.failed_in_row.labels(self.portal).set(max(stored_streak, self._failed_in_row))
+
+    def _tokens(self, config: Any, token: dict[str, Any] | None) -> None:
+        p = self.portal
+        if token is not None:
+            if token.get("expires_at"):
+                self.token_expiry.labels(p, "access").set(float(token["expires_at"]))
+            days = REFRESH_DAYS.get(config.crm.kind)
+            updated = token.get("updated_at")
+            if days and isinstance(updated, datetime):
+                if updated.tzinfo is None:
+                    updated = updated.replace(tzinfo=timezone.utc)
+                self.token_expiry.labels(p, "refresh").set(updated.timestamp() + days * 86400)
+        long_lived = getattr(config.crm, "access_token", None)
+        if config.crm.kind == "amocrm" and long_lived is not None:
+            exp = jwt_expiry(long_lived.get_secret_value())
+            if exp is not None:
+                self.token_expiry.labels(p, "long_lived").set(float(exp))
 
     def sizes(self, counts: dict[str, int]) -> None:
         for segment, n in counts.items():
@@ -56,6 +155,11 @@ class Metrics:
     def finished(self, status: str, seconds: float) -> None:
         import time
 
+        if status == "failed":
+            self._failed_in_row += 1
+        elif status == "ok":
+            self._failed_in_row = 0
+        self.failed_in_row.labels(self.portal).set(self._failed_in_row)
         self.syncs.labels(self.portal, status).inc()
         self.duration.labels(self.portal).observe(seconds)
         self.last_sync.labels(self.portal, status).set(time.time())
@@ -64,3 +168,16 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def jwt_expiry(token: str) -> int | None:
+    """The ``exp`` claim of a JWT (amoCRM long-lived tokens are JWTs), unverified; None if not a JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+        return int(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+    except (ValueError, TypeError):
+        return None

@@ -789,6 +789,13 @@ class StateStore:
                 ).values(status="sending", claimed_by=holder, updated_at=_now()).returning(actions.c.key)).scalars())
         return claimed
 
+    def action_counts(self) -> dict[str, int]:
+        """Actions in the ledger by status (planned, sending, done, failed, skipped): for /metrics."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(actions.c.status, sa.func.count()).where(actions.c.portal == self.portal)
+                                .group_by(actions.c.status)).all()
+        return {status: int(n) for status, n in rows}
+
     def set_actions(self, keys: Sequence[str], status: str, *, results: dict[str, Any] | None = None,
                     errors: dict[str, str] | None = None, count_attempt: bool = False,
                     claimed_by: str | None = None, not_claimed_by: str | None = None) -> None:

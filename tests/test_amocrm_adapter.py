@@ -179,6 +179,20 @@ def test_tags_the_connector_did_not_set_are_never_removed(tmp_path, acct):
     assert_mirror_equals_account(config, acct)
 
 
+def test_first_oauth_run_with_a_campaign_exchanges_the_code_once_for_every_client(tmp_path):
+    # The campaign sink's client is made before the pull exchanges the single-use code; it must take the
+    # stored pair instead of offering the spent code again (amoCRM: "Authorization code has been revoked").
+    with running_account(generate=(60, 180), limits=False) as fresh:
+        campaign = ('[[campaign]]\nname = "winback"\nsegment = "status.former"\n'
+                    'on_enter = [{ action = "call_task", title = "Call {name}", due_in_days = 2 }]\n')
+        config = load_config(write_config(tmp_path, fresh, oauth=True, extra=campaign))
+        result = sync(config)
+        counters = fresh.counters()
+        assert counters["by_route"]["POST /oauth2/access_token"] == 1
+        assert result.summary()["actions_created"] > 0 and counters["by_route"]["POST /api/v4/tasks"] >= 1
+        assert counters["http_status"].get("400") is None
+
+
 def test_oauth_code_exchange_then_token_expiry_mid_run_rotates_and_persists(tmp_path, acct):
     config = load_config(write_config(tmp_path, acct, oauth=True))
     sync(config)

@@ -131,3 +131,52 @@ def test_aioamocrm_reads_products_of_leads_catalogs_and_links():
     assert [e["id"] for e in elements["_embedded"]["elements"]] == [101, 109]
     assert {(x["entity_id"], x["to_entity_id"]) for x in bulk["_embedded"]["links"]} == {
         (lid, e["id"]) for lid in lead_ids for e in state[str(lid)]}
+
+
+# -- issue 19 item 6: behaviours where aioamocrm used to disagree with the sandbox ------------------
+
+def test_aioamocrm_follows_every_lead_link_to_an_existing_contact(tmp_path):
+    # A deal whose contact is not in the imported base: amoCRM never links a lead to a missing contact,
+    # so every embedded main contact the client reads can be fetched (aioamocrm raises NotFoundError on 204).
+    (tmp_path / "contacts.csv").write_text("id,name\n10,Анна\n11,Борис\n", encoding="utf-8")
+    (tmp_path / "deals.csv").write_text(
+        "id,contact_id,company_id,status,amount,currency,created_at,closed_at\n"
+        "100,10,,won,100,RUB,2024-03-01,2024-03-02\n"
+        "101,77,,open,10,RUB,2024-04-01,\n"
+        "102,11,,open,10,RUB,2024-04-01,\n", encoding="utf-8")
+
+    async def run(info):
+        async with aioamocrm.AmoCRMClient(auth=aioamocrm.LongLivedToken(info["access_token"]),
+                                          base_url=info["base_url"]) as amo:
+            leads = [lead async for lead in amo.leads.iterate(with_=["contacts"])]
+            mains = {lead.id: [c.id for c in lead.embedded.contacts if c.is_main] for lead in leads}
+            fetched = [(await amo.contacts.get(cid)).id for ids in mains.values() for cid in ids]
+            with pytest.raises(aioamocrm.NotFoundError):
+                await amo.contacts.get(77)
+            return mains, fetched
+
+    with running_account(import_csv=tmp_path, limits=False) as imported:
+        mains, fetched = asyncio.run(run(imported.info))
+    assert mains == {100: [10], 101: [], 102: [11]}
+    assert sorted(fetched) == [10, 11]
+
+
+def test_aioamocrm_statuses_filter_is_a_stage_and_account_with_extras():
+    async def run(info):
+        async with aioamocrm.AmoCRMClient(auth=aioamocrm.LongLivedToken(info["access_token"]),
+                                          base_url=info["base_url"]) as amo:
+            created = await amo.leads.create([{"name": "won main", "pipeline_id": 7000001, "status_id": 142},
+                                              {"name": "won repeat", "pipeline_id": 7000002, "status_id": 142}])
+            repeat_won = [lead.id async for lead in amo.leads.iterate(
+                filter={"statuses": [{"pipeline_id": 7000002, "status_id": 142}]})]
+            main_won = [lead.id async for lead in amo.leads.iterate(
+                filter={"statuses": [{"pipeline_id": 7000001, "status_id": 142}]})]
+            account = await amo.account.get(with_=["amojo_rights", "entity_names"])
+            return [ref.id for ref in created], repeat_won, main_won, account
+
+    with running_account(generate=(5, 0), limits=False) as fresh:
+        (won_main, won_repeat), repeat_won, main_won, account = asyncio.run(run(fresh.info))
+    assert repeat_won == [won_repeat] and main_won == [won_main]
+    assert set(account.embedded["amojo_rights"]) == {"can_direct", "can_create_groups"}
+    names = account.model_extra["entity_names"]
+    assert names["leads"]["en"]["singular_form"]["default"] == "lead"

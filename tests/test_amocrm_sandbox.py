@@ -536,3 +536,68 @@ def test_tasks_by_entity_lead_search_and_contact_leads(amo):
     assert amo.api("GET", "/api/v4/leads", params={"query": "no-such-text-zz"})[0] == 204
     contact = ok(amo.api("GET", "/api/v4/contacts/11", params={"with": "leads"}))
     assert lead["id"] in [l["id"] for l in contact["_embedded"]["leads"]]
+
+
+# -- issue 19 item 6: where a client nobody here wrote disagreed ----------------------------------
+
+def test_import_drops_a_link_to_a_contact_or_company_not_in_the_base(tmp_path):
+    # In amoCRM a link always points to an existing entity: a lead never names a missing main contact.
+    (tmp_path / "contacts.csv").write_text("id,name\n10,Анна\n", encoding="utf-8")
+    (tmp_path / "companies.csv").write_text("id,name\n5,ООО Ромашка\n", encoding="utf-8")
+    (tmp_path / "deals.csv").write_text(
+        "id,contact_id,company_id,status,amount,currency,created_at,closed_at\n"
+        "100,10,5,won,100,RUB,2024-03-01,2024-03-02\n"
+        "101,77,6,open,10,RUB,2024-04-01,\n", encoding="utf-8")
+    with running_account(import_csv=tmp_path, limits=False) as acct:
+        assert acct.info["counts"] == {"contacts": 1, "companies": 1, "leads": 2}
+        leads = {x["id"]: x for x in ok(acct.api("GET", "/api/v4/leads", params={"with": "contacts"}))["_embedded"]["leads"]}
+        assert [c["id"] for c in leads[100]["_embedded"]["contacts"]] == [10]
+        assert leads[100]["_embedded"]["companies"][0]["id"] == 5
+        assert leads[101]["_embedded"]["contacts"] == [] and leads[101]["_embedded"]["companies"] == []
+        # every link the account hands out answers 200
+        for lead in leads.values():
+            for ref in lead["_embedded"]["contacts"] + lead["_embedded"]["companies"]:
+                path = ref["_links"]["self"]["href"][len(acct.base_url):]
+                assert acct.api("GET", path)[0] == 200, path
+        assert acct.api("GET", "/api/v4/contacts/77")[0] == 204
+        contact = ok(acct.api("GET", "/api/v4/contacts/10", params={"with": "leads"}))
+        assert [x["id"] for x in contact["_embedded"]["leads"]] == [100]
+        notes = acct.server.notes
+        assert any("deal 101" in n and "contact 77" in n for n in notes)
+        assert any("deal 101" in n and "company 6" in n for n in notes)
+
+
+def test_statuses_filter_is_a_pipeline_and_status_pair():
+    with running_account(generate=(5, 0), limits=False) as acct:
+        created = ok(acct.api("POST", "/api/v4/leads", json=[
+            {"name": "won main", "pipeline_id": 7000001, "status_id": 142},
+            {"name": "won repeat", "pipeline_id": 7000002, "status_id": 142},
+            {"name": "open repeat", "pipeline_id": 7000002, "status_id": 70000022}]))["_embedded"]["leads"]
+        won_main, won_repeat, open_repeat = (c["id"] for c in created)
+
+        def ids(*stages):
+            params = {"filter": {"statuses": {str(i): stage for i, stage in enumerate(stages)}}}
+            status, body = acct.api("GET", "/api/v4/leads", params=params)
+            return set() if status == 204 else {x["id"] for x in body["_embedded"]["leads"]}
+
+        assert ids({"pipeline_id": 7000002, "status_id": 142}) == {won_repeat}
+        assert ids({"pipeline_id": 7000001, "status_id": 142}) == {won_main}
+        assert ids({"pipeline_id": 7000001, "status_id": 70000022}) == set()  # not a stage of that pipeline
+        assert acct.api("GET", "/api/v4/leads", params={"filter": {"statuses": {"0": {
+            "pipeline_id": 7000001, "status_id": 70000022}}}})[0] == 204
+        assert ids({"pipeline_id": 7000002, "status_id": 142},
+                   {"pipeline_id": 7000002, "status_id": 70000022}) == {won_repeat, open_repeat}
+        assert ids({"status_id": 142}) == {won_main, won_repeat}  # no pipeline: that status in every pipeline
+
+
+def test_account_with_amojo_rights_entity_names_and_drive_url(amo):
+    plain = ok(amo.api("GET", "/api/v4/account"))
+    assert "entity_names" not in plain and "_embedded" not in plain
+    account = ok(amo.api("GET", "/api/v4/account", params={"with": "amojo_rights,entity_names,drive_url,version"}))
+    rights = account["_embedded"]["amojo_rights"]
+    assert set(rights) == {"can_direct", "can_create_groups"} and all(isinstance(v, bool) for v in rights.values())
+    names = account["entity_names"]
+    assert names["leads"]["ru"]["singular_form"]["default"] == "сделка"
+    assert names["leads"]["en"]["plural_form"]["default"] == "leads"
+    assert {"contacts", "companies"} <= set(names)
+    assert account["drive_url"].startswith("http") and isinstance(account["version"], int)

@@ -137,3 +137,106 @@ def test_webhook_max_wait_defaults_to_60_s_and_cannot_be_shorter_than_the_deboun
     assert load_with(ws, "[daemon]\ndebounce_seconds = 5\nmax_wait_seconds = 5\n").settings.daemon.max_wait_seconds == 5
     assert "daemon: max_wait_seconds must be at least debounce_seconds" in error_of(
         ws, "[daemon]\ndebounce_seconds = 10\nmax_wait_seconds = 5\n")
+
+
+# -- configuration from the environment alone, secrets from files (containers) ---------------------
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No LIFECYCLE_* variables from outside; whatever the loader sets is undone afterwards."""
+    import os
+
+    saved = dict(os.environ)
+    for key in list(os.environ):
+        if key.upper().startswith("LIFECYCLE_"):
+            monkeypatch.delenv(key)
+    yield os.environ
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_no_file_configuration_entirely_from_the_environment(ws, clean_env, monkeypatch):
+    ws.write_config("")  # the data folder; the config file itself is not read
+    monkeypatch.chdir(ws.root)
+    ws.config_path.unlink()
+    clean_env.update({"LIFECYCLE_CRM__KIND": "csv", "LIFECYCLE_CRM__PATH": "crm",
+                      "LIFECYCLE_STATE__URL": "sqlite:///env-state.db", "LIFECYCLE_KPI__ACTIVE_SHARE_TARGET": "0.4"})
+    config = load_config(None)
+    assert config.crm.kind == "csv" and config.crm.path == (ws.root / "crm").resolve()  # relative to the cwd
+    assert config.state_url == f"sqlite:///{(ws.root / 'env-state.db').resolve()}"
+    assert config.settings.kpi.active_share_target == 0.4 and "(environment)" in str(config.path)
+    # a bad value still names the variable
+    clean_env["LIFECYCLE_KPI__ACTIVE_SHARE_TARGET"] = "lots"
+    with pytest.raises(ConfigError, match=r"kpi.active_share_target \(from environment variable LIFECYCLE_KPI__ACTIVE_SHARE_TARGET\)"):
+        load_config(None)
+
+
+def test_without_config_file_or_kind_the_error_says_what_to_set(ws, clean_env, monkeypatch):
+    monkeypatch.chdir(ws.root)
+    clean_env["LIFECYCLE_STATE__URL"] = "sqlite:////data/lifecycle.db"  # the image sets this one; it is not enough
+    with pytest.raises(ConfigError) as info:
+        load_config(None)
+    message = str(info.value)
+    assert "\n" not in message and "LIFECYCLE_CRM__KIND" in message and "--config" in message
+
+
+def test_config_file_lookup_order(ws, clean_env, monkeypatch, tmp_path):
+    ws.write_config("")
+    monkeypatch.chdir(ws.root)  # ./lifecycle.toml exists here
+    clean_env["LIFECYCLE_CRM__KIND"] = "csv"  # a file, when there is one, is still read (the env overrides keys)
+    assert load_config(None).path == ws.config_path.resolve()
+    other = tmp_path / "elsewhere.toml"
+    clean_env["LIFECYCLE_CONFIG"] = str(other)
+    with pytest.raises(ConfigError, match="elsewhere.toml not found"):
+        load_config(None)
+    other.write_text(ws.config_path.read_text().replace('path = "crm"', f'path = "{ws.crm}"'), encoding="utf-8")
+    assert load_config(None).path == other.resolve()
+    assert load_config(ws.config_path).path == ws.config_path.resolve()  # --config wins
+
+
+def test_secrets_from_files(ws, clean_env, monkeypatch, tmp_path):
+    ws.write_config("")
+    secret = tmp_path / "kpi"
+    secret.write_text("0.45\n", encoding="utf-8")  # one trailing newline is dropped, as Docker secrets have
+    clean_env["LIFECYCLE_KPI__ACTIVE_SHARE_TARGET_FILE"] = str(secret)
+    token = tmp_path / "token"
+    token.write_text("app-token-from-a-secret", encoding="utf-8")
+    clean_env["LIFECYCLE_DAEMON__BITRIX24_APPLICATION_TOKEN_FILE"] = str(token)
+    config = load_config(ws.config_path)
+    assert config.settings.kpi.active_share_target == 0.45
+    assert config.settings.daemon.bitrix24_application_token.get_secret_value() == "app-token-from-a-secret"
+    assert "LIFECYCLE_KPI__ACTIVE_SHARE_TARGET_FILE" not in clean_env  # not read again as an unknown key
+    assert load_config(ws.config_path).settings.kpi.active_share_target == 0.45  # a second load in the process
+
+
+@pytest.mark.parametrize("setup, expected", [
+    (lambda d: {"LIFECYCLE_CRM__WEBHOOK_URL_FILE": str(d / "missing")}, r"LIFECYCLE_CRM__WEBHOOK_URL_FILE: file .*missing not found"),
+    (lambda d: {"LIFECYCLE_CRM__WEBHOOK_URL_FILE": str(d)}, r"is a folder"),
+    (lambda d: {"LIFECYCLE_CONFIG_FILE": str(d / "secret")}, r"name the config file with LIFECYCLE_CONFIG=PATH"),
+    (lambda d: {"LIFECYCLE_CRM__WEBHOOK_URL_FILE": str(d / "empty")}, r"empty"),
+    (lambda d: {"LIFECYCLE_CRM__WEBHOOK_URL_FILE": str(d / "secret"), "LIFECYCLE_CRM__WEBHOOK_URL": "https://other/"},
+     r"LIFECYCLE_CRM__WEBHOOK_URL_FILE and LIFECYCLE_CRM__WEBHOOK_URL are both set"),
+])
+def test_secret_file_errors_name_the_variable_and_never_the_secret(ws, clean_env, tmp_path, setup, expected):
+    ws.write_config("")
+    (tmp_path / "empty").write_text("\n", encoding="utf-8")
+    (tmp_path / "secret").write_text("https://portal.example/rest/1/s3cr3t-value/", encoding="utf-8")
+    clean_env.update(setup(tmp_path))
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(ws.config_path)
+    assert "s3cr3t-value" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_lifecycle_run_unconfigured_prints_one_line_and_exits_2(tmp_path, clean_env):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in clean_env.items() if not k.upper().startswith("LIFECYCLE_")}
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = str(root)
+    proc = subprocess.run([sys.executable, "-m", "connector.cli", "run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: no configuration") and "LIFECYCLE_CRM__KIND" in lines[0]

@@ -8,6 +8,10 @@ until the new pair is first used (the documented retry-after-a-network-error cas
 So: the new pair is written to the state store (``oauth_tokens``, its own committed transaction) before the
 new access token is used. A crash before that write leaves the old refresh token in the store, still valid
 because the new pair was never used; a crash after it leaves the new pair. Either way the next run goes on.
+
+Several clients of one account in a process (the pull, the write-back, the campaign actions) each hold an
+``AmoOAuth``; before renewing, one first looks at the store: another may already have exchanged the
+single-use authorization code or rotated the refresh token (using the stale one would revoke the pair).
 """
 
 from __future__ import annotations
@@ -51,9 +55,24 @@ class AmoOAuth(TokenSource):
         with self._lock:
             if self.access_token and self.access_token != rejected:
                 return self.access_token  # another thread already renewed it
-            return self._renew()
+            return self._renew(rejected)
 
-    def _renew(self) -> str:
+    def _adopt_stored(self, rejected: str | None) -> bool:
+        """Take a pair another client saved meanwhile; True when its access token can be used as is."""
+        saved = self.store.oauth_token()
+        if not saved:
+            return False
+        self.refresh_token = saved["refresh_token"]
+        self.authorization_code = None  # a pair exists: the code has been exchanged
+        stored_access, stored_expiry = saved["access_token"], int(saved["expires_at"] or 0)
+        if stored_access and stored_access not in (rejected, self.access_token) and stored_expiry > self.clock() + EARLY_SECONDS:
+            self.access_token, self.expires_at = stored_access, stored_expiry
+            return True
+        return False
+
+    def _renew(self, rejected: str | None = None) -> str:
+        if self._adopt_stored(rejected):
+            return self.access_token  # type: ignore[return-value]
         self.refreshes += 1
         if self.refreshes > MAX_REFRESHES_PER_RUN:
             raise AmoError("amoCRM keeps refusing fresh access tokens: check that the integration is enabled")

@@ -39,6 +39,26 @@ DEFAULT_LIMIT = 50
 EVENT_TYPES = ("lead_added", "lead_deleted", "lead_restored", "lead_status_changed", "contact_added",
                "contact_deleted", "contact_restored", "company_added", "company_deleted", "company_restored",
                "task_added", "task_completed", "entity_tag_added", "entity_tag_deleted", "common_note_added")
+# ``with=entity_names`` (the documented example: per entity, per language, singular and plural forms with a
+# default and, for Russian, the cases; ``gender``). Choice: leads, contacts and companies in ru and en.
+ENTITY_NAMES = {
+    "leads": {
+        "ru": {"gender": "f",
+               "singular_form": {"default": "сделка", "genitive": "сделки", "dative": "сделке",
+                                 "accusative": "сделку", "instrumental": "сделкой", "prepositional": "сделке"},
+               "plural_form": {"default": "сделки", "genitive": "сделок", "dative": "сделкам",
+                               "accusative": "сделки", "instrumental": "сделками", "prepositional": "сделках"}},
+        "en": {"gender": "f", "singular_form": {"default": "lead"}, "plural_form": {"default": "leads"}},
+    },
+    "contacts": {
+        "ru": {"gender": "m", "singular_form": {"default": "контакт"}, "plural_form": {"default": "контакты"}},
+        "en": {"gender": "m", "singular_form": {"default": "contact"}, "plural_form": {"default": "contacts"}},
+    },
+    "companies": {
+        "ru": {"gender": "f", "singular_form": {"default": "компания"}, "plural_form": {"default": "компании"}},
+        "en": {"gender": "f", "singular_form": {"default": "company"}, "plural_form": {"default": "companies"}},
+    },
+}
 TASK_TYPES = [{"id": 1, "name": "Связаться", "color": None, "icon_id": None, "code": "FOLLOW_UP"},
               {"id": 2, "name": "Встреча", "color": None, "icon_id": None, "code": "MEETING"}]
 
@@ -122,6 +142,22 @@ def _range(value: Any, name: str, *, scalar_from: bool = False) -> tuple[float, 
         return (exact, float("inf")) if scalar_from else (exact, exact)
     except (TypeError, ValueError):
         raise ApiError(400, f"filter[{name}] must be unix seconds or [from]/[to]") from None
+
+
+def _stages(value: Any) -> list[tuple[int | None, int]]:
+    """``filter[statuses][i][pipeline_id|status_id]`` -> [(pipeline or None, status)]: a stage is the pair
+    (142/143 exist in every pipeline, so status 142 of pipeline A is not status 142 of pipeline B)."""
+    stages = []
+    for st in _list(value):
+        if not isinstance(st, dict) or st.get("status_id") in (None, ""):
+            continue
+        try:
+            status = int(st["status_id"])
+            pipeline = int(st["pipeline_id"]) if st.get("pipeline_id") not in (None, "") else None
+        except (TypeError, ValueError):
+            raise ApiError(400, "filter[statuses] must be integers") from None
+        stages.append((pipeline, status))
+    return stages
 
 
 def _with(params: dict) -> set[str]:
@@ -281,12 +317,10 @@ class Api:
                 lo, hi = _range(value, name)
                 checks.append(lambda r, n=name, lo=lo, hi=hi: r.get(n) is not None and lo <= r[n] <= hi)
             elif name == "statuses" and entity == "leads":
-                wanted = set()
-                for st in _list(value):
-                    if isinstance(st, dict) and st.get("status_id") not in (None, ""):
-                        wanted.add(int(st["status_id"]))
-                if wanted:
-                    checks.append(lambda r, w=wanted: r["status_id"] in w)
+                stages = _stages(value)
+                if stages:
+                    checks.append(lambda r, w=stages: any(r["status_id"] == s and p in (None, r["pipeline_id"])
+                                                          for p, s in w))
         if query:
             needle = query.strip().lower()
             digits = re.sub(r"\D", "", needle)
@@ -450,7 +484,13 @@ class Api:
             out["uuid"] = acct.amojo_id
         if "version" in with_:
             out["version"] = 9
+        if "entity_names" in with_:
+            out["entity_names"] = ENTITY_NAMES
+        if "drive_url" in with_:
+            out["drive_url"] = f"{acct.base_url}/drive"
         embedded: dict[str, Any] = {}
+        if "amojo_rights" in with_:
+            embedded["amojo_rights"] = {"can_direct": False, "can_create_groups": False}
         if "task_types" in with_:
             embedded["task_types"] = TASK_TYPES
         if "users_groups" in with_:

@@ -9,7 +9,9 @@ updated_at; every other column -> a text custom field named after the column.
 Deals -> leads in the main pipeline: won -> status 142, lost -> 143, both with ``closed_at`` = the CSV
 ``closed_at`` to the second (a lost deal without it: created_at); open -> the first working status,
 ``closed_at`` null; amount -> ``price`` (rounded to an int: amoCRM prices are integers); contact_id -> the
-main contact (``is_main: true``); company_id -> the lead's company. A lead's responsible user is its
+main contact (``is_main: true``); company_id -> the lead's company. In amoCRM a link always points to an
+existing entity, so a contact_id / company_id that is not in the imported base is dropped (the lead is
+imported without that link, and a note says so) instead of pointing at nothing. A lead's responsible user is its
 contact's; ``updated_at`` is the later of created_at and closed_at; name ``Сделка #ID`` (choice).
 So the round trip is exact: a won lead's ``closed_at`` read back in the account time zone is the CSV date.
 Products (deal_products.csv, or sandbox/products.py for ``--generate``) become elements of the products
@@ -42,7 +44,10 @@ def _user(account: Account, responsible: str | None) -> int:
     return account.store.ensure_user(user_id)
 
 
-def load(account: Account, customers: Iterable[SeedCustomer], deals: Iterable[SeedDeal]) -> dict:
+def load(account: Account, customers: Iterable[SeedCustomer], deals: Iterable[SeedDeal],
+         notes: list[str] | None = None) -> dict:
+    """Insert customers then deals; a deal's link to a contact or company not in the base is dropped
+    (with a line in ``notes`` when given)."""
     store = account.store
     fields = store.fields
     now = int(account.clock.real())
@@ -78,14 +83,24 @@ def load(account: Account, customers: Iterable[SeedCustomer], deals: Iterable[Se
             created = int(deal.created_ts) if deal.created_ts is not None else now
             status = STATUS[deal.status]
             closed = None
+            contact_id = deal.contact_id or None
+            company_id = deal.company_id or None
+            if contact_id is not None and contact_id not in store.rows["contacts"]:
+                if notes is not None:
+                    notes.append(f"deal {deal.id}: contact {contact_id} is not in the base; imported without a contact")
+                contact_id = None
+            if company_id is not None and company_id not in store.rows["companies"]:
+                if notes is not None:
+                    notes.append(f"deal {deal.id}: company {company_id} is not in the base; imported without a company")
+                company_id = None
             if status in (WON, LOST):
                 closed = int(deal.closed_ts) if deal.closed_ts is not None else created
             rec = {"id": deal.id, "name": f"Сделка #{deal.id}", "price": int(round(deal.amount or 0)),
                    "status_id": status, "pipeline_id": PIPELINE_ID, "closed_at": closed, "created_at": created,
                    "updated_at": max(created, closed or created),
-                   "responsible_user_id": responsible_of.get(deal.contact_id or 0, ADMIN_USER_ID),
-                   "contacts": [(deal.contact_id, True)] if deal.contact_id else [],
-                   "company_id": deal.company_id or None}
+                   "responsible_user_id": responsible_of.get(contact_id or 0, ADMIN_USER_ID),
+                   "contacts": [(contact_id, True)] if contact_id else [],
+                   "company_id": company_id}
             store.insert("leads", rec)
     return account.counts()
 
@@ -96,9 +111,10 @@ def import_csv(account: Account, folder: Path) -> tuple[dict, list[str]]:
     Raises :class:`sandbox.dataset.DatasetError` when the folder as a whole cannot be read.
     """
     data = read_folder(Path(folder), timezone=str(account.tz))
-    counts = load(account, data.customers, data.deals)
+    notes = list(data.problems)
+    counts = load(account, data.customers, data.deals, notes)
     load_products(account, data.products, data.product_rows)
-    return counts, data.problems
+    return counts, notes
 
 
 def load_products(account: Account, products: Iterable[SeedProduct], rows: Iterable[SeedProductRow]) -> None:
