@@ -43,14 +43,17 @@ def wanted(config: LoadedConfig) -> bool:
         return enabled
     if config.rules.prediction_users():
         return True
-    from connector.campaigns import template_names
+    from connector.templates import TemplateError, template_names
 
     for campaign in config.settings.campaign:
         for action in (*campaign.on_enter, *campaign.on_exit):
             for attr in ("title", "description", "script", "task_title"):
                 text = getattr(action, attr, None)
-                if text and set(template_names(text)) & PREDICTION_FEATURES.keys():
-                    return True
+                try:
+                    if text and set(template_names(text)) & PREDICTION_FEATURES.keys():
+                        return True
+                except TemplateError:
+                    continue  # reported when the config loads
     return False
 
 

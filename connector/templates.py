@@ -92,6 +92,11 @@ def parse(template: str) -> tuple[Part, ...]:
     return tuple(out)
 
 
+def template_names(template: str) -> list[str]:
+    """The field names a template uses (a TemplateError when it cannot be parsed)."""
+    return [part.field for part in parse(template) if part.field]
+
+
 def check_spec(name: str, kind: FieldType, spec: str, conversion: str | None) -> None:
     """Raise TemplateError unless ``spec`` suits a field of this type (after ``conversion``)."""
     if not spec:
