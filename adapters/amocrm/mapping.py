@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 from datetime import date, datetime
 from typing import Any
@@ -44,7 +46,12 @@ def _shape(record: Any) -> str:
     """What the id looked like, without its value or the record's personal data: its type only."""
     if not isinstance(record, dict):
         return f"a {type(record).__name__}, not an object"
-    return "missing" if "id" not in record else f"a {type(record['id']).__name__}"
+    if "id" not in record:
+        return "missing"
+    value = record["id"]
+    if isinstance(value, (int, float)) or (isinstance(value, str) and re.fullmatch(r"[-+0-9.eE]{1,40}", value.strip())):
+        return repr(str(value).strip())  # a number out of range (-7, 2**64, 1e999) is no personal data
+    return f"a {type(value).__name__}"
 
 
 def record_id(record: Any) -> int | None:
