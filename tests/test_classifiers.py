@@ -142,3 +142,10 @@ def test_backoff_grows_exponentially_up_to_its_cap_with_jitter_taken_off():
     assert [backoff.delay(n, rand=lambda: 0.0) for n in range(8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
     assert backoff.delay(3, rand=lambda: 1.0) == 3.0  # 4 s less a quarter
     assert 3.0 <= backoff.delay(3) <= 4.0
+
+
+def test_bitrix24_a_batch_commands_error_is_read_by_the_same_table():
+    assert b24.classify_command({"error": "OPERATION_TIME_LIMIT", "error_description": "closed"}).outcome is Outcome.RATE_LIMITED
+    assert b24.classify_command({"error": "ACCESS_DENIED"}).outcome is Outcome.FAIL
+    assert b24.classify_command({"error": "ERROR_CORE"}).outcome is Outcome.FAIL
+    assert b24.classify_command("not a dict").outcome is Outcome.FAIL

@@ -127,12 +127,6 @@ async def _speaks_tls(host: str | None, port: int | None) -> bool:
     return True
 
 
-def https_required(description: str) -> bool:
-    """A plain-http request reached an https-only server (Bitrix24's "Https required.", nginx's page)."""
-    low = description.lower()
-    return "https required" in low or "plain http request was sent to https port" in low
-
-
 def classify(status: int, body: dict[str, Any] | str | None = None, *, where: str = "the portal") -> Decision:
     """What an HTTP answer means (``body``: the parsed JSON body, or just its ``error`` code)."""
     if isinstance(body, dict):
@@ -140,6 +134,17 @@ def classify(status: int, body: dict[str, Any] | str | None = None, *, where: st
     else:
         code, detail = str(body or ""), ""
     return decide(RULES, status, code, detail, where=where)
+
+
+def classify_command(error: Any) -> Decision:
+    """A command's error inside a ``batch`` (the request itself was HTTP 200; the error sits in
+    ``result_error``): the same table, matched by the code alone."""
+    code = str(error.get("error", "") or "") if isinstance(error, dict) else ""
+    detail = str(error.get("error_description", "") or "") if isinstance(error, dict) else str(error or "")
+    for rule in RULES:
+        if isinstance(rule.status, int) and rule.code != ".*" and rule.matches(rule.status, code, detail):
+            return decide([rule], rule.status, code, detail, where="the portal")
+    return decide((), 200, code, detail)
 
 
 class Bitrix24Client:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from adapters.bitrix24.client import Bitrix24Client, BitrixError
+from adapters.bitrix24.client import Bitrix24Client, BitrixError, classify_command
+from adapters.retry import Outcome
 
 PAGE = 50
 COMMANDS = 50
@@ -124,12 +125,12 @@ class IdChain:
             rows = results.get(key)
             if key in errors or not isinstance(rows, list):
                 error = errors.get(key) or {}
-                code = str(error.get("error", "")) if isinstance(error, dict) else ""
-                if code.upper() == "OPERATION_TIME_LIMIT":
+                decision = classify_command(error)
+                if decision.outcome is Outcome.RATE_LIMITED:  # OPERATION_TIME_LIMIT: the method is closed for now
                     self.blocked = True
                 elif not pages:
                     detail = error.get("error_description", "") if isinstance(error, dict) else error
-                    raise BitrixError(f"Bitrix24 {self.method}: {code or 'error'}: {detail}")
+                    raise BitrixError(f"Bitrix24 {self.method}: {decision.code or 'error'}: {detail}")
                 break  # resume after the last good page
             ids = [i for i in map(_numeric_id, rows) if i is not None]  # a non-numeric ID is the mapper's to report
             if ids and (ids[0] <= self.after_id or ids[-1] <= self.after_id):
