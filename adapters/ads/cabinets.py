@@ -19,11 +19,31 @@ from __future__ import annotations
 import io
 import json
 import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
 
+from adapters.retry import Backoff, CallPolicy, Outcome, Rule, decide
+
 TIMEOUT = 120
+
+# What a cabinet's answer means (a quota refusal is also recognised by each cabinet's body, ``_is_quota``).
+# Quotas are per minute to per day, so a rate or quota refusal is left for the next run, not retried here.
+RULES: list[Rule] = [
+    Rule(429, ".*", Outcome.RATE_LIMITED, "refused by a quota or rate limit", nothing_ran=True),
+    Rule(401, ".*", Outcome.FAIL, "HTTP {status}"),
+    Rule(403, ".*", Outcome.FAIL, "HTTP {status}"),
+    Rule(range(500, 600), ".*", Outcome.RETRY, "server error {status}"),
+]
+# Reads (GET) retry 5xx and lost connections within the run; writes are never resent here: a write whose
+# answer was lost or a 5xx may have landed, and the audience sync settles it on the next run (it re-reads
+# the cabinet and sends the difference).
+READ = CallPolicy("read", frozenset({Outcome.RETRY}), transport=True, only_if_nothing_ran=False,
+                  attempts={Outcome.RETRY: 4}, transport_attempts=4)
+WRITE = CallPolicy("write", frozenset(), transport=False, only_if_nothing_ran=True, attempts={})
+BACKOFF = Backoff(base=0.5, cap=8.0)
 
 
 class AdsError(Exception):
@@ -53,9 +73,12 @@ class Client:
     min_diff = 1
     batch = 10_000
 
-    def __init__(self, audience: Any, settings: Any):
+    def __init__(self, audience: Any, settings: Any, *, sleep: Callable[[float], None] = time.sleep,
+                 rand: Callable[[], float] = random.random):
         self.audience = audience
         self.settings = settings
+        self.sleep = sleep
+        self.rand = rand
         self.session = requests.Session()
         if settings.ca_file:
             self.session.verify = str(settings.ca_file)
@@ -65,18 +88,30 @@ class Client:
         self.session.close()
 
     def _call(self, method: str, url: str, what: str, **kw: Any) -> Any:
-        self.requests += 1
-        try:
-            response = self.session.request(method, url, timeout=TIMEOUT, **kw)
-        except requests.RequestException as exc:
-            raise AdsError(f"{self.label}: {what}: connection failed ({type(exc).__name__})") from None
-        if response.status_code == 429 or self._is_quota(response):
-            raise QuotaError(f"{self.label}: {what}: refused by a quota or rate limit: {_detail(response)}")
-        if response.status_code in (401, 403):
-            raise CredentialsError(f"{self.label}: {what}: HTTP {response.status_code}: {_detail(response)}; "
-                                   f"check the {self.cabinet} credentials in [audiences]")
-        if response.status_code >= 400:
-            raise AdsError(f"{self.label}: {what}: HTTP {response.status_code}: {_detail(response)}")
+        policy = READ if method == "GET" else WRITE
+        failures = 0
+        while True:
+            self.requests += 1
+            try:
+                response = self.session.request(method, url, timeout=TIMEOUT, **kw)
+            except requests.RequestException as exc:
+                failures += 1
+                if not policy.retries_transport(failures):
+                    raise AdsError(f"{self.label}: {what}: connection failed ({type(exc).__name__})") from None
+                self.sleep(BACKOFF.delay(failures - 1, rand=self.rand))
+                continue
+            if response.status_code < 400 and not self._is_quota(response):
+                break
+            decision = decide(RULES, response.status_code)
+            if decision.outcome is Outcome.RATE_LIMITED or self._is_quota(response):
+                raise QuotaError(f"{self.label}: {what}: refused by a quota or rate limit: {_detail(response)}")
+            if response.status_code in (401, 403):
+                raise CredentialsError(f"{self.label}: {what}: HTTP {response.status_code}: {_detail(response)}; "
+                                       f"check the {self.cabinet} credentials in [audiences]")
+            failures += decision.outcome is Outcome.RETRY
+            if not policy.retries(decision, failures):
+                raise AdsError(f"{self.label}: {what}: HTTP {response.status_code}: {_detail(response)}")
+            self.sleep(BACKOFF.delay(failures - 1, rand=self.rand))
         if not response.content:
             return None
         try:
@@ -111,8 +146,8 @@ class Client:
 class Yandex(Client):
     cabinet, label, min_size, batch = "yandex", "Yandex Audience", 100, 100_000
 
-    def __init__(self, audience: Any, settings: Any):
-        super().__init__(audience, settings)
+    def __init__(self, audience: Any, settings: Any, **kw: Any):
+        super().__init__(audience, settings, **kw)
         self.base = settings.yandex_url.rstrip("/") + "/v1/management"
         self.session.headers["Authorization"] = f"OAuth {settings.yandex_token.get_secret_value()}"
 
@@ -185,8 +220,8 @@ class Yandex(Client):
 class VK(Client):
     cabinet, label, min_size, min_diff, batch = "vk", "VK Ads", 2000, 25, 5_000_000
 
-    def __init__(self, audience: Any, settings: Any):
-        super().__init__(audience, settings)
+    def __init__(self, audience: Any, settings: Any, **kw: Any):
+        super().__init__(audience, settings, **kw)
         self.base = settings.vk_url.rstrip("/")
         self.kind = audience.id_type  # phones | emails
         self.key = "phone" if self.kind == "phones" else "email"
@@ -236,8 +271,8 @@ class VK(Client):
 class Google(Client):
     cabinet, label, min_size, batch = "google", "Google Data Manager", 100, 10_000
 
-    def __init__(self, audience: Any, settings: Any):
-        super().__init__(audience, settings)
+    def __init__(self, audience: Any, settings: Any, **kw: Any):
+        super().__init__(audience, settings, **kw)
         self.base = settings.google_url.rstrip("/") + "/v1"
         self.session.headers["Authorization"] = f"Bearer {settings.google_access_token.get_secret_value()}"
         self.last_request: str | None = None
@@ -290,8 +325,8 @@ class Google(Client):
 class Meta(Client):
     cabinet, label, min_size, batch = "meta", "Meta", 100, 10_000
 
-    def __init__(self, audience: Any, settings: Any):
-        super().__init__(audience, settings)
+    def __init__(self, audience: Any, settings: Any, **kw: Any):
+        super().__init__(audience, settings, **kw)
         self.base = f"{settings.meta_url.rstrip('/')}/{settings.meta_api_version}"
         self.session.params = {"access_token": settings.meta_access_token.get_secret_value()}  # type: ignore[assignment]
 

@@ -1,4 +1,4 @@
-"""amoCRM API v4 client: requests + tenacity, one shared rate limiter, tokens that rotate safely.
+"""amoCRM API v4 client: requests, one rule table and call loop, one shared rate limiter, tokens that rotate safely.
 
 Facts (shared/research/amocrm.md): 7 requests/second per integration; over it HTTP 429 with a body field
 ``retry_after`` (seconds, no header); repeated 429s get the account blocked with 403 on every request; 401
@@ -10,10 +10,13 @@ What this client does about them:
 * :class:`RateLimiter`, one per account in the process (:func:`shared_limiter`): a request takes one of N
   slots (N = ``requests_per_second``) and gives it back a second after its answer, so never more than N
   requests reach the account in any one second, whichever client or thread sends them.
-* 429: wait ``retry_after`` from the body (or 1 s), then retry; at most :data:`MAX_429` in a row, since
-  insisting is what gets an account blocked. 403: stop at once with a message (no retry makes it worse).
-* 5xx, 502/504 HTML pages and connection errors: retried with exponential back-off (tenacity), for reads
-  and for idempotent writes only (tag PATCHes with ``tags_to_add`` / ``tags_to_delete`` are idempotent).
+* :data:`RULES` says what an answer means, :data:`READ` / :data:`WRITE` whether it is tried again:
+* 429: every thread holds ``retry_after`` from the body (or 1 s), then retries; at most :data:`MAX_429` in a
+  row, since insisting is what gets an account blocked. 403: stop at once with a message (no retry makes
+  it worse). 402: the account is not paid, a clear error.
+* 5xx, 502/504 HTML pages and connection errors: retried with capped exponential back-off with jitter
+  (:data:`BACKOFF`, ``sleep`` and ``random`` injected), for reads and for idempotent writes only (tag
+  PATCHes with ``tags_to_add`` / ``tags_to_delete`` are idempotent).
 * 401: one token refresh (OAuth) and one retry; a long-lived token that is refused is a clear error.
 * Nothing secret reaches an exception or a log line: errors carry the method, the path and the
   problem+json ``detail`` only.
@@ -21,7 +24,9 @@ What this client does about them:
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
+import random
 import threading
 import time
 from collections import deque
@@ -29,11 +34,52 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from adapters.retry import Backoff, CallPolicy, Decision, Outcome, Rule, decide
 
 MAX_429 = 8
 BURST = 7
 MARGIN = 0.02  # seconds added to the one-second window (clock granularity)
+
+# What an answer means (adapters/retry.py); amoCRM's problem+json has no error codes worth matching, the
+# status decides. ``nothing_ran``: the account refused before running the request.
+RULES: list[Rule] = [
+    Rule(401, ".*", Outcome.REFRESH_AUTH, "amoCRM rejected the token (401): re-authorise the integration",
+         nothing_ran=True),
+    Rule(402, ".*", Outcome.FAIL, "the amoCRM account is not paid (402): renew the subscription"),
+    Rule(403, ".*", Outcome.STOP, "the account or this address is blocked (usually after too many 429 answers) or "
+         "the integration lacks access; stopping so as not to prolong the block"),
+    Rule(429, ".*", Outcome.RATE_LIMITED, "too many requests (429)", nothing_ran=True),
+    Rule(range(500, 600), ".*", Outcome.RETRY, "server error {status}"),
+]
+
+# Reads and idempotent writes (tag PATCHes) retry 5xx and lost connections; other writes only answers that
+# prove nothing ran (401 refreshed once, 429 held ``retry_after``).
+READ = CallPolicy(
+    "read", frozenset({Outcome.RETRY, Outcome.RATE_LIMITED, Outcome.REFRESH_AUTH}), transport=True,
+    only_if_nothing_ran=False, attempts={Outcome.RETRY: 5, Outcome.RATE_LIMITED: MAX_429 + 1, Outcome.REFRESH_AUTH: 2},
+    transport_attempts=5,
+)
+WRITE = CallPolicy(
+    "write", frozenset({Outcome.RATE_LIMITED, Outcome.REFRESH_AUTH}), transport=False, only_if_nothing_ran=True,
+    attempts={Outcome.RATE_LIMITED: MAX_429 + 1, Outcome.REFRESH_AUTH: 2},
+)
+BACKOFF = Backoff(base=0.5, cap=30.0)
+HOLD_MIN, HOLD_MAX, HOLD_DEFAULT = 0.05, 900.0, 1.0  # a 429's retry_after, clamped; 1 s when it gives none
+
+
+def classify(status: int, body: Any = None) -> Decision:
+    """What an amoCRM answer means; a 429's ``retry_after`` becomes the decision's hint."""
+    hint = None
+    if status == 429:
+        wait = body.get("retry_after") if isinstance(body, dict) else None
+        try:
+            hint = float(wait) if wait is not None else HOLD_DEFAULT
+        except (TypeError, ValueError):
+            hint = HOLD_DEFAULT
+        hint = min(max(hint, HOLD_MIN), HOLD_MAX)
+    detail = str(body.get("detail") or body.get("title") or "") if isinstance(body, dict) else ""
+    return decide(RULES, status, "", detail, hint)
 
 
 class AmoError(Exception):
@@ -41,7 +87,7 @@ class AmoError(Exception):
 
 
 class AmoHTTPError(AmoError):
-    def __init__(self, method: str, path: str, status: int, body: Any):
+    def __init__(self, method: str, path: str, status: int, body: Any, advice: str = ""):
         self.method, self.path, self.status = method, path, status
         self.body = body if isinstance(body, (dict, list)) else None
         detail = ""
@@ -56,15 +102,8 @@ class AmoHTTPError(AmoError):
             ]
             if problems:
                 detail += " (" + "; ".join(problems[:5]) + ")"
-        super().__init__(f"amoCRM answered HTTP {status} to {method} {path}" + (f": {detail}" if detail else ""))
-
-
-class _Transient(Exception):
-    """A failure worth retrying (5xx, reset); carries the last error for the final message."""
-
-    def __init__(self, error: Exception):
-        super().__init__(str(error))
-        self.error = error
+        super().__init__(f"amoCRM answered HTTP {status} to {method} {path}" + (f": {detail}" if detail else "")
+                         + (f"; {advice}" if advice else ""))
 
 
 class RateLimiter:
@@ -77,7 +116,10 @@ class RateLimiter:
     latency). ``hold()`` after a 429 stops everyone for ``retry_after``.
     """
 
-    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic,
+                 wait: Callable[[threading.Condition, float | None], object] | None = None):
+        """``clock`` and ``wait`` (``wait(condition, seconds)``, default ``condition.wait``) are the test seams:
+        a test moves a fake clock in ``wait`` and sees every hold exactly, without sleeping."""
         # Slots: the documented 7 per second; a higher rate (a faster test clock, a raised limit) keeps
         # bursts of 7 and shortens the window: 7 per 7 / rate seconds.
         self.size = max(1, min(int(rate), BURST))
@@ -87,22 +129,29 @@ class RateLimiter:
         self.resume_at = 0.0
         self.cond = threading.Condition()
         self.clock = clock
+        self.wait = wait or (lambda cond, seconds: cond.wait(seconds))
 
     def acquire(self) -> None:
         with self.cond:
             while True:
-                now = self.clock()
-                while self.done and self.done[0] + self.window <= now:
-                    self.done.popleft()
-                if now < self.resume_at:
-                    self.cond.wait(self.resume_at - now)
-                elif self.in_flight + len(self.done) < self.size:
+                hold = self.hold_for(self.clock())
+                if hold == 0:
                     self.in_flight += 1
                     return
-                elif self.done:
-                    self.cond.wait(self.done[0] + self.window - now)
-                else:
-                    self.cond.wait()  # every slot is in flight: wait for an answer
+                self.wait(self.cond, hold)  # None: every slot is in flight, wait for an answer
+
+    def hold_for(self, now: float) -> float | None:
+        """Seconds a request arriving at ``now`` must wait: 0 (a slot is free), the time until the oldest
+        answered slot frees or a 429 hold ends, or None when every slot is in flight (until a release)."""
+        while self.done and self.done[0] + self.window <= now:
+            self.done.popleft()
+        if now < self.resume_at:
+            return self.resume_at - now
+        if self.in_flight + len(self.done) < self.size:
+            return 0
+        if self.done:
+            return self.done[0] + self.window - now
+        return None
 
     def release(self) -> None:
         with self.cond:
@@ -156,7 +205,7 @@ class AmoClient:
 
     def __init__(self, base_url: str, tokens: TokenSource, *, requests_per_second: float = 7.0,
                  ca_file: str | None = None, timeout: float = 60.0, retries: int = 5,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, random: Callable[[], float] = random.random):
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
         self.limiter = shared_limiter(self.base_url, requests_per_second)
@@ -165,7 +214,10 @@ class AmoClient:
         self._sessions: list[requests.Session] = []
         self.timeout = timeout
         self.retries = retries
+        self.read_policy = READ if retries == READ.attempts[Outcome.RETRY] else dataclasses.replace(
+            READ, attempts={**READ.attempts, Outcome.RETRY: retries}, transport_attempts=retries)
         self.sleep = sleep
+        self.random = random
         self.requests = 0
         self.statuses: dict[int, int] = {}
         self.server_time: int | None = None  # unix seconds of the first answer's Date header
@@ -207,26 +259,10 @@ class AmoClient:
         return self.request("POST", path, json=body, idempotent=idempotent)
 
     def request(self, method: str, path: str, *, params: Any = None, json: Any = None, idempotent: bool = True) -> Any:
-        retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, _Transient) and idempotent),
-            stop=stop_after_attempt(self.retries if idempotent else 1),
-            wait=wait_exponential(multiplier=0.5, max=30),
-            sleep=self.sleep,
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return self._once(method, path, params, json)
-        except _Transient as exc:
-            raise exc.error from None
-        return None  # pragma: no cover - tenacity either returns or raises
-
-    # -- one HTTP exchange with 401/429 handling ---------------------------------------------------
-
-    def _once(self, method: str, path: str, params: Any, json: Any) -> Any:
-        refreshed = False
-        too_many = 0
+        """One call under :data:`READ` (reads and idempotent writes) or :data:`WRITE`: the one call loop."""
+        policy = self.read_policy if idempotent else WRITE
+        tries: dict[Outcome, int] = {}
+        transient = 0  # 5xx and lost connections count together, as one budget
         while True:
             token = self.tokens.token()
             self.limiter.acquire()
@@ -243,8 +279,12 @@ class AmoClient:
                 message = None if answered else unreachable(exc, self.base_url)
                 if message:  # nothing ever answered: retrying a refused connection only hides the cause
                     raise AmoError(f"amoCRM: {message}: check [crm] base_url") from None
-                # The exception text holds the URL (no secret in it for amoCRM, but keep messages short).
-                raise _Transient(AmoError(f"amoCRM {method} {path}: connection failed ({type(exc).__name__})")) from None
+                transient += 1
+                if not policy.retries_transport(transient):
+                    # The exception text holds the URL (no secret in it for amoCRM, but keep messages short).
+                    raise AmoError(f"amoCRM {method} {path}: connection failed ({type(exc).__name__})") from None
+                self.sleep(BACKOFF.delay(transient - 1, rand=self.random))
+                continue
             self.limiter.release()
             self._note(response)
             status = response.status_code
@@ -254,32 +294,32 @@ class AmoClient:
                 try:
                     return response.json()
                 except ValueError:
-                    raise _Transient(AmoError(f"amoCRM {method} {path}: answer is not JSON")) from None
+                    error: AmoError = AmoError(f"amoCRM {method} {path}: answer is not JSON")
+                    transient += 1
+                    if not policy.retries(Decision(Outcome.RETRY, "", status), transient):
+                        raise error from None
+                    self.sleep(BACKOFF.delay(transient - 1, rand=self.random))
+                    continue
             body = _body(response)
-            if status == 401 and not refreshed:
-                refreshed = True
+            decision = classify(status, body)
+            if decision.outcome is Outcome.RETRY:
+                transient += 1
+                count = transient
+            else:
+                count = tries[decision.outcome] = tries.get(decision.outcome, 0) + 1
+            if decision.outcome is Outcome.STOP:
+                raise AmoError(f"amoCRM answered {status} to {method} {path}: {decision.message}")
+            if not policy.retries(decision, count):
+                if decision.outcome is Outcome.REFRESH_AUTH and count == 1:
+                    self.tokens.refresh(token)  # a long-lived token cannot be refreshed: raises with what to do
+                advice = decision.message if decision.rule is not None and decision.outcome is Outcome.FAIL else ""
+                raise AmoHTTPError(method, path, status, body, advice)
+            if decision.outcome is Outcome.REFRESH_AUTH:
                 self.tokens.refresh(token)
-                continue
-            if status == 429:
-                too_many += 1
-                if too_many > MAX_429:
-                    raise AmoHTTPError(method, path, status, body)
-                wait = body.get("retry_after") if isinstance(body, dict) else None
-                try:
-                    seconds = float(wait) if wait is not None else 1.0
-                except (TypeError, ValueError):
-                    seconds = 1.0
-                self.limiter.hold(min(max(seconds, 0.05), 900.0))
-                continue
-            if status == 403:
-                raise AmoError(
-                    f"amoCRM answered 403 to {method} {path}: the account or this address is blocked (usually after "
-                    "too many 429 answers) or the integration lacks access; stopping so as not to prolong the block"
-                )
-            error = AmoHTTPError(method, path, status, body)
-            if status >= 500:
-                raise _Transient(error)
-            raise error
+            elif decision.outcome is Outcome.RATE_LIMITED:
+                self.limiter.hold(decision.hint or HOLD_DEFAULT)  # everyone waits, not just this thread
+            else:
+                self.sleep(BACKOFF.delay(count - 1, rand=self.random))
 
     def _note(self, response: requests.Response) -> None:
         with self._lock:

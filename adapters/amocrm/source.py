@@ -17,17 +17,15 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from adapters.amocrm.client import AmoClient, AmoError, StaticToken
 from adapters.amocrm.mapping import MappingError, record_id, to_customer, to_deal
+from adapters.amocrm.paging import iter_list
 from adapters.base import BadValue, Customer, Deal, Entity, PullResult, RowError, valid_id
 
-PAGE = 250
 EVENTS_PAGE = 100  # the RU docs say 100 per page for events (Kommo's say 250): the lower one is safe
-MAX_PAGES = 100_000
-PROGRESS_EVERY = 40  # a progress line every 40 pages (10,000 records)
 log = logging.getLogger("lifecycle.amocrm")
 
 
@@ -50,25 +48,6 @@ def make_client(config: Any, store: Any) -> AmoClient:
             ca_file=ca,
         )
     return AmoClient(crm.base_url, tokens, requests_per_second=crm.requests_per_second, ca_file=ca)
-
-
-def iter_list(client: AmoClient, path: str, key: str, params: dict[str, Any], limit: int = PAGE) -> Iterator[list[dict]]:
-    """Pages of ``_embedded[key]`` until 204 or a page with no ``next`` link."""
-    read = 0
-    for page in range(1, MAX_PAGES):
-        if page % PROGRESS_EVERY == 0:
-            log.info("%s: %d records read so far (page %d)", path, read, page)
-        body = client.get(path, {**params, "page": page, "limit": limit})
-        if body is None:
-            return
-        items = (body.get("_embedded") or {}).get(key) or [] if isinstance(body, dict) else []
-        if not isinstance(items, list):
-            raise AmoError(f"amoCRM GET {path}: _embedded.{key} is not a list")
-        read += len(items)
-        yield items
-        if not ((body.get("_links") or {}).get("next")) or not items:
-            return
-    raise AmoError(f"amoCRM GET {path}: more than {MAX_PAGES} pages")
 
 
 class AmoSource:

@@ -1,20 +1,24 @@
-"""Bitrix24 REST transport: fast-bitrix24 for throttling and retries, plus what it leaves out.
+"""Bitrix24 REST transport: one call loop, one table of what answers mean, two named policies.
 
-fast-bitrix24 (``BitrixAsync``) brings the leaky-bucket throttle (2 req/s, burst 50), retries of 5xx
-(incl. 503 ``QUERY_LIMIT_EXCEEDED``), connection resets and time-outs, and a token callback on 401.
-What it does not do, covered here without forking it (research/bitrix24.md section 8):
-
-* 4xx bodies are dropped (``raise_for_status=True`` keeps only the status): we hand it our own
-  ``aiohttp.ClientSession`` whose ``raise_for_status`` callback reads the JSON body first and raises
-  :class:`BitrixHTTPError`, a ``ClientResponseError`` carrying ``error`` / ``error_description``, so
-  fast-bitrix24's own 5xx / 401 logic still sees what it expects;
-* 429 ``OPERATION_TIME_LIMIT`` is not retried: we wait until ``time.operating_reset_at`` (the last one the
-  portal told us for that method, per docs settings/performance/limits.md) and try again;
+* :data:`RULES` reads the status *and* the body's ``error`` code (Bitrix24 hides its rate limit in a 503
+  ``QUERY_LIMIT_EXCEEDED`` body and its operating limit in a 429 ``OPERATION_TIME_LIMIT``; research/
+  bitrix24.md); :func:`classify` gives a :class:`~adapters.retry.Decision` with the operator's message.
+* :data:`READ` retries transport errors, 5xx and the rate limits, and refreshes an expired token once;
+  :data:`WRITE` (:meth:`Bitrix24Client.call_once`) retries only answers that prove nothing ran (503
+  QUERY_LIMIT_EXCEEDED, 429 OPERATION_TIME_LIMIT, 401 expired/invalid token); anything else is "outcome
+  unknown" and the caller settles it by looking the record up.
+* Every request, read or write, goes through fast-bitrix24's limiter of the portal (``srh.request_attempt``:
+  the leaky bucket of 2 req/s with a burst of 50, the per-method operating-time throttle, the concurrency
+  cap). fast-bitrix24's own retry loop is not used: the loop here decides.
+* 4xx bodies: our ``aiohttp.ClientSession`` has a ``raise_for_status`` callback that reads the JSON body
+  and raises :class:`BitrixHTTPError` with ``error`` / ``error_description``.
+* 429 ``OPERATION_TIME_LIMIT``: wait until ``time.operating_reset_at`` (the last one the portal told us for
+  that method, per docs settings/performance/limits.md), else a growing back-off; other waits take a
+  capped exponential back-off with jitter (:data:`BACKOFF`); ``sleep``, ``clock`` and ``random`` are injected.
 * per-command errors inside ``batch`` come back with HTTP 200 in ``result_error``: callers get them;
 * a portal that cannot be reached at all (connection refused, unknown host, https to a plain-HTTP port
-  or the reverse) fails on the first request with what to check, instead of fast-bitrix24 retrying the
-  connection for 18 s and saying "All attempts to get data from server exhausted". Once the portal has
-  answered, a lost connection is retried as before.
+  or the reverse) fails on the first request with what to check instead of being retried. Once the
+  portal has answered, a lost connection is retried (reads only).
 
 Errors never contain the webhook URL or a token: ``str()`` of every error here is written for the operator.
 """
@@ -27,12 +31,15 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from random import random
 from typing import Any
 
 import aiohttp
 from fast_bitrix24 import BitrixAsync
+from fast_bitrix24.srh import ServerError, TokenRejectedError
 
-MAX_OPERATING_WAITS = 5
+from adapters.retry import Backoff, CallPolicy, Decision, Outcome, Rule, decide
+
 
 
 class BitrixError(Exception):
@@ -54,17 +61,36 @@ class BitrixHTTPError(aiohttp.ClientResponseError):
         return f"Bitrix24 answered HTTP {self.status} {self.error or '(no code)'}: {self.description}"
 
 
-# What an HTTP error means for us: (status, error code) -> (kind, operator's message).
-ERRORS: dict[tuple[int, str], tuple[str, str]] = {
-    (401, "NO_AUTH_FOUND"): ("fail", "the portal rejected the webhook or token (401 NO_AUTH_FOUND): check webhook_url / re-install the app"),
-    (401, "expired_token"): ("refresh", "access token expired"),
-    (401, "invalid_token"): ("refresh", "access token invalid"),
-    (403, "insufficient_scope"): ("fail", "the webhook lacks a scope (403 insufficient_scope): give it crm, task and user"),
-    (403, "ACCESS_DENIED"): ("fail", "REST API access denied (403 ACCESS_DENIED): the plan or the user lacks rights"),
-    (403, "INVALID_CREDENTIALS"): ("fail", "the webhook's user lacks permissions (403 INVALID_CREDENTIALS)"),
-    (429, "OPERATION_TIME_LIMIT"): ("operating", "method blocked by the operating-time limit"),
-    (503, "QUERY_LIMIT_EXCEEDED"): ("rate", "too many requests"),
-}
+# What an answer means: the first matching row decides (adapters/retry.py). ``nothing_ran``: the portal
+# refused before running the request, so even a write may be sent again.
+RULES: list[Rule] = [
+    Rule(400, ".*", Outcome.FAIL, "{where} speaks https, not http (an http/https mix-up): check [crm] webhook_url "
+         "(or client_endpoint)", detail=r"https required|plain http request was sent to https port"),
+    Rule(401, "NO_AUTH_FOUND", Outcome.FAIL,
+         "the portal rejected the webhook or token (401 NO_AUTH_FOUND): check webhook_url / re-install the app"),
+    Rule(401, "expired_token", Outcome.REFRESH_AUTH, "access token expired", nothing_ran=True),
+    Rule(401, "invalid_token", Outcome.REFRESH_AUTH, "access token invalid", nothing_ran=True),
+    Rule(403, "insufficient_scope", Outcome.FAIL,
+         "the webhook lacks a scope (403 insufficient_scope): give it crm, task and user"),
+    Rule(403, "ACCESS_DENIED", Outcome.FAIL, "REST API access denied (403 ACCESS_DENIED): the plan or the user lacks rights"),
+    Rule(403, "INVALID_CREDENTIALS", Outcome.FAIL, "the webhook's user lacks permissions (403 INVALID_CREDENTIALS)"),
+    Rule(429, "OPERATION_TIME_LIMIT", Outcome.RATE_LIMITED, "method blocked by the operating-time limit", nothing_ran=True),
+    Rule(503, "QUERY_LIMIT_EXCEEDED", Outcome.RATE_LIMITED, "too many requests", nothing_ran=True),
+    Rule(range(500, 600), ".*", Outcome.RETRY, "server error {status}"),
+]
+
+# Reads retry transient failures; writes only answers that prove nothing ran (else: "outcome unknown", and
+# the caller settles it by looking the record up).
+READ = CallPolicy(
+    "read", frozenset({Outcome.RETRY, Outcome.RATE_LIMITED, Outcome.REFRESH_AUTH}), transport=True,
+    only_if_nothing_ran=False, attempts={Outcome.RETRY: 10, Outcome.RATE_LIMITED: 20, Outcome.REFRESH_AUTH: 2},
+    transport_attempts=10,
+)
+WRITE = CallPolicy(
+    "write", frozenset({Outcome.RATE_LIMITED, Outcome.REFRESH_AUTH}), transport=False,
+    only_if_nothing_ran=True, attempts={Outcome.RATE_LIMITED: 60, Outcome.REFRESH_AUTH: 2},
+)
+BACKOFF = Backoff(base=0.25, cap=5.0)
 
 
 def unreachable(exc: BaseException, host: str | None, port: int | None, scheme: str) -> str | None:
@@ -101,19 +127,24 @@ async def _speaks_tls(host: str | None, port: int | None) -> bool:
     return True
 
 
-def https_required(description: str) -> bool:
-    """A plain-http request reached an https-only server (Bitrix24's "Https required.", nginx's page)."""
-    low = description.lower()
-    return "https required" in low or "plain http request was sent to https port" in low
+def classify(status: int, body: dict[str, Any] | str | None = None, *, where: str = "the portal") -> Decision:
+    """What an HTTP answer means (``body``: the parsed JSON body, or just its ``error`` code)."""
+    if isinstance(body, dict):
+        code, detail = str(body.get("error", "") or ""), str(body.get("error_description", "") or "")
+    else:
+        code, detail = str(body or ""), ""
+    return decide(RULES, status, code, detail, where=where)
 
 
-def classify(status: int, error: str) -> tuple[str, str]:
-    for (code_status, code), verdict in ERRORS.items():
-        if status == code_status and error.lower() == code.lower():
-            return verdict
-    if status >= 500:
-        return ("retry", f"server error {status}")
-    return ("fail", f"HTTP {status} {error or '(no code)'}")
+def classify_command(error: Any) -> Decision:
+    """A command's error inside a ``batch`` (the request itself was HTTP 200; the error sits in
+    ``result_error``): the same table, matched by the code alone."""
+    code = str(error.get("error", "") or "") if isinstance(error, dict) else ""
+    detail = str(error.get("error_description", "") or "") if isinstance(error, dict) else str(error or "")
+    for rule in RULES:
+        if isinstance(rule.status, int) and rule.code != ".*" and rule.matches(rule.status, code, detail):
+            return decide([rule], rule.status, code, detail, where="the portal")
+    return decide((), 200, code, detail)
 
 
 class Bitrix24Client:
@@ -129,6 +160,7 @@ class Bitrix24Client:
         ca_file: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        random: Callable[[], float] = random,
     ):
         self.endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
         self.token_func = token_func
@@ -137,6 +169,7 @@ class Bitrix24Client:
         self.ssl_context = ssl.create_default_context(cafile=ca_file) if ca_file else None
         self.sleep = sleep
         self.clock = clock
+        self.random = random
         self.requests = 0
         self.statuses: Counter[int] = Counter()
         self.operating_reset_at: dict[str, float] = {}
@@ -200,26 +233,63 @@ class Bitrix24Client:
         raise BitrixHTTPError(response, body)
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One REST call; returns the whole answer (``result``, ``time``, ``total``, ...)."""
+        """One REST call under the :data:`READ` policy; returns the whole answer (``result``, ``time``, ...)."""
+        return await self._send(method, params or {}, READ)
+
+    async def _send(self, method: str, params: dict[str, Any], policy: CallPolicy) -> dict[str, Any]:
+        """The one call loop. Every request, read or write, passes fast-bitrix24's limiter of this portal
+        (``srh.request_attempt``: the leaky bucket, the per-method operating-time throttle, the concurrency
+        cap); what an answer means comes from :data:`RULES`, whether it is tried again from ``policy``."""
         assert self._bitrix is not None, "use 'async with Bitrix24Client(...)'"
-        waits = 0
+        srh = self._bitrix.srh
+        unknown = "; outcome unknown" if policy.only_if_nothing_ran else ""
+        tries: Counter[Outcome] = Counter()
+        transport = 0
         while True:
+            if self.token_func is not None and not srh.token:
+                await srh.ensure_new_token()
             try:
-                answer = await self._bitrix.call(method, params or {}, raw=True)
-            except BitrixHTTPError as exc:
-                if exc.status == 400 and https_required(exc.description):
-                    raise BitrixError(f"Bitrix24: {self.endpoint.split('/')[2]} speaks https, not http (an http/https "
-                                      "mix-up): check [crm] webhook_url (or client_endpoint)") from None
-                kind, message = classify(exc.status, exc.error)
-                if kind == "operating" and waits < MAX_OPERATING_WAITS:
-                    waits += 1
-                    await self._wait_operating(method, exc.body)
-                    continue
-                raise BitrixError(f"Bitrix24 {method}: {message} ({exc.description})") from None
-            except RuntimeError as exc:  # fast-bitrix24 gave up after its retries
-                raise BitrixError(f"Bitrix24 {method}: the portal kept failing; {exc}") from None
+                answer = await srh.request_attempt(method.strip().lower(), params)
+            except (ServerError, TokenRejectedError, BitrixHTTPError) as exc:
+                http = exc if isinstance(exc, BitrixHTTPError) else exc.__cause__
+                if not isinstance(http, BitrixHTTPError):
+                    raise BitrixError(f"Bitrix24 {method}: HTTP error without a body{unknown}") from None
+                decision = classify(http.status, http.body, where=self.endpoint.split("/")[2])
+                tries[decision.outcome] += 1
+                if decision.outcome is Outcome.REFRESH_AUTH and self.token_func is None or \
+                        not policy.retries(decision, tries[decision.outcome]):
+                    if decision.rule is RULES[0]:  # the http/https mix-up: the message is the whole story
+                        raise BitrixError(f"Bitrix24: {decision.message}") from None
+                    if decision.outcome is Outcome.RETRY and Outcome.RETRY in policy.retry:
+                        raise BitrixError(f"Bitrix24 {method}: the portal kept failing; {decision.message} "
+                                          f"({http.description})") from None
+                    raise BitrixError(f"Bitrix24 {method}: {decision.message} ({http.description}){unknown}") from None
+                await self._wait(method, decision, http.body, tries[decision.outcome])
+                continue
+            except (aiohttp.ClientResponseError, ValueError):  # a 2xx whose body is not JSON
+                raise BitrixError(f"Bitrix24 {method}: the answer is not a JSON object{unknown}") from None
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                transport += 1
+                if not policy.retries_transport(transport):
+                    if policy.transport:
+                        raise BitrixError(f"Bitrix24 {method}: the portal kept failing; "
+                                          f"{type(exc).__name__}") from None
+                    raise BitrixError(f"Bitrix24 {method}: {type(exc).__name__}{unknown}") from None
+                await self.sleep(BACKOFF.delay(transport - 1, rand=self.random))
+                continue
+            if not isinstance(answer, dict):
+                raise BitrixError(f"Bitrix24 {method}: the answer is not a JSON object{unknown}")
             self._note_time(method, answer.get("time"))
             return answer
+
+    async def _wait(self, method: str, decision: Decision, body: dict[str, Any], tries: int) -> None:
+        if decision.outcome is Outcome.REFRESH_AUTH:
+            assert self._bitrix is not None
+            await self._bitrix.srh.ensure_new_token()
+        elif decision.code.upper() == "OPERATION_TIME_LIMIT":
+            await self._wait_operating(method, body)
+        else:  # 503 QUERY_LIMIT_EXCEEDED or a 5xx: capped exponential back-off with jitter
+            await self.sleep(BACKOFF.delay(tries - 1, rand=self.random))
 
     async def _wait_operating(self, method: str, body: dict[str, Any]) -> None:
         """Sleep until the method's operating_reset_at; when no future reset time is known (a batch
@@ -265,45 +335,14 @@ class Bitrix24Client:
         return results, errors
 
     async def call_once(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """A write that must never be sent twice (campaign tasks and deals).
+        """A write that must never be sent twice (campaign tasks and deals): the :data:`WRITE` policy.
 
-        fast-bitrix24 resends a request after a 5xx, a reset or a timeout, which for a write whose first
-        copy did reach the portal makes a duplicate. Here only answers that prove the portal did not run
-        the request are retried (503 QUERY_LIMIT_EXCEEDED, 429 OPERATION_TIME_LIMIT, 401 expired token);
-        anything else raises :class:`BitrixError` and the caller settles the outcome by looking it up.
+        Only answers that prove the portal did not run the request are retried (503 QUERY_LIMIT_EXCEEDED,
+        429 OPERATION_TIME_LIMIT, 401 expired token); anything else raises :class:`BitrixError` ("outcome
+        unknown") and the caller settles the outcome by looking it up. It goes through the same limiter as
+        the reads.
         """
-        assert self._session is not None and self._bitrix is not None, "use 'async with Bitrix24Client(...)'"
-        srh = self._bitrix.srh
-        refreshed = False
-        for attempt in range(60):
-            if self.token_func is not None and not srh.token:
-                srh.token = await self.token_func()
-            body = dict(params)
-            if srh.token:
-                body["auth"] = srh.token
-            try:
-                async with self._session.post(self.endpoint + method, json=body) as response:
-                    answer = await response.json(content_type=None)
-            except BitrixHTTPError as exc:
-                kind, message = classify(exc.status, exc.error)
-                if kind == "rate":
-                    await self.sleep(min(2.0, 0.5 * (attempt + 1)))
-                    continue
-                if kind == "operating":
-                    await self._wait_operating(method, exc.body)
-                    continue
-                if kind == "refresh" and self.token_func is not None and not refreshed:
-                    refreshed = True
-                    srh.token = await self.token_func()
-                    continue
-                raise BitrixError(f"Bitrix24 {method}: {message} ({exc.description}); outcome unknown") from None
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise BitrixError(f"Bitrix24 {method}: {type(exc).__name__}; outcome unknown") from None
-            if not isinstance(answer, dict):
-                raise BitrixError(f"Bitrix24 {method}: the answer is not a JSON object; outcome unknown")
-            self._note_time(method, answer.get("time"))
-            return answer
-        raise BitrixError(f"Bitrix24 {method}: the portal kept refusing the request")
+        return await self._send(method, params, WRITE)
 
     async def batch_once(self, commands: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
         """:meth:`batch` through :meth:`call_once`: for writes."""

@@ -13,18 +13,19 @@ them. A page that failed ends the batch early and the next batch resumes from th
 from __future__ import annotations
 
 import logging
-
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from adapters.bitrix24.client import Bitrix24Client, BitrixError
+from adapters.bitrix24.client import Bitrix24Client, BitrixError, classify_command
+from adapters.retry import Outcome
 
 PAGE = 50
 COMMANDS = 50
-MAX_STALLS = 12
+MAX_STALLS = 12  # batches in a row that brought nothing (each after a wait with growing back-off)
 PROGRESS_EVERY = 10  # a progress line every 10 batch requests (25,000 records)
-log = logging.getLogger("lifecycle.bitrix24")  # batches in a row that brought nothing (each after a wait with growing back-off)
+log = logging.getLogger("lifecycle.bitrix24")
 
 
 def php_query(params: Mapping[str, Any]) -> str:
@@ -56,56 +57,114 @@ def chain_batch(method: str, select: list[str], filters: Mapping[str, Any], afte
     return commands
 
 
-async def iter_pages(
-    client: Bitrix24Client, method: str, select: list[str], filters: Mapping[str, Any] | None = None
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """Yield every page of ``method`` (rows ordered by ID) matching ``filters``."""
-    filters = dict(filters or {})
-    # The first page alone: an incremental pull with a handful of changes ends here in one request
-    # instead of a 50-command batch whose commands after the end would each re-run the query.
-    first = await client.call(method, {"order": {"ID": "ASC"}, "filter": filters, "select": select, "start": -1})
-    rows = first.get("result") or []
-    if rows:
-        yield rows
-    if len(rows) < PAGE:
-        return
-    after_id = _last_id(rows, method)
-    stalls = 0
-    read, batches = len(rows), 0
-    while True:
-        batches += 1
-        if batches % PROGRESS_EVERY == 0:
-            log.info("%s: %d records read so far (after ID %d)", method, read, after_id)
-        results, errors = await client.batch(chain_batch(method, select, filters, after_id))
-        finished = False
-        got_any = False
+@dataclass(frozen=True)
+class Request:
+    """What to send next: ``client.call(method, params)``, or for ``batch`` ``client.batch(params)``."""
+
+    method: str
+    params: dict[str, Any]
+    batch: bool = False
+
+
+class IdChain:
+    """The ``start=-1`` + ``>ID`` chain as a pure object: no I/O, so it is tested on hand-built answers.
+
+    ``next_request()`` says what to send (None: the list is complete); ``feed(answer)`` takes the answer
+    (the call's whole answer for the first page, ``(results, errors)`` of a batch after it) and returns
+    the pages to hand on. After a batch stopped by ``OPERATION_TIME_LIMIT`` ``blocked`` is set: wait for
+    the method to open again, then ask ``next_request()`` (it resumes after the last good ID). A page
+    that does not move the chain forward (an ID not above the previous page's last) raises
+    :class:`BitrixError` instead of looping, and so do more than :data:`MAX_STALLS` batches in a row
+    that brought nothing.
+    """
+
+    def __init__(self, method: str, select: list[str], filters: Mapping[str, Any] | None = None):
+        self.method = method
+        self.select = list(select)
+        self.filters = dict(filters or {})
+        self.after_id: int | None = None  # None: the first page has not been read
+        self.done = False
+        self.blocked = False
+        self.stalls = 0
+        self.batches = 0
+        self.read = 0
+
+    def next_request(self) -> Request | None:
+        if self.done:
+            return None
+        if self.after_id is None:
+            # The first page alone: an incremental pull with a handful of changes ends here in one request
+            # instead of a 50-command batch whose commands after the end would each re-run the query.
+            return Request(self.method, {"order": {"ID": "ASC"}, "filter": self.filters, "select": self.select, "start": -1})
+        self.batches += 1
+        return Request("batch", chain_batch(self.method, self.select, self.filters, self.after_id), batch=True)
+
+    def feed(self, answer: Any) -> list[list[dict[str, Any]]]:
+        self.blocked = False
+        if self.after_id is None:
+            return self._feed_first(answer if isinstance(answer, dict) else {})
+        results, errors = answer
+        return self._feed_batch(results or {}, errors or {})
+
+    def _feed_first(self, answer: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        rows = answer.get("result") or []
+        if not isinstance(rows, list):
+            raise BitrixError(f"Bitrix24 {self.method}: the answer's result is not a list")
+        self.read += len(rows)
+        if len(rows) < PAGE:
+            self.done = True
+        else:
+            self.after_id = _last_id(rows, self.method)
+        return [rows] if rows else []
+
+    def _feed_batch(self, results: Mapping[str, Any], errors: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
+        assert self.after_id is not None
+        pages: list[list[dict[str, Any]]] = []
         for k in range(COMMANDS):
             key = f"p{k}"
             rows = results.get(key)
             if key in errors or not isinstance(rows, list):
                 error = errors.get(key) or {}
-                code = str(error.get("error", "")) if isinstance(error, dict) else ""
-                if code.upper() == "OPERATION_TIME_LIMIT":
-                    await client.wait_for_operating(method)
-                elif not got_any:
-                    raise BitrixError(f"Bitrix24 {method}: {code or 'error'}: {error.get('error_description', '') if isinstance(error, dict) else error}")
+                decision = classify_command(error)
+                if decision.outcome is Outcome.RATE_LIMITED:  # OPERATION_TIME_LIMIT: the method is closed for now
+                    self.blocked = True
+                elif not pages:
+                    detail = error.get("error_description", "") if isinstance(error, dict) else error
+                    raise BitrixError(f"Bitrix24 {self.method}: {decision.code or 'error'}: {detail}")
                 break  # resume after the last good page
             ids = [i for i in map(_numeric_id, rows) if i is not None]  # a non-numeric ID is the mapper's to report
-            if ids and ids[0] <= after_id:
-                raise BitrixError(f"Bitrix24 {method}: the >ID chain went backwards at ID {after_id}; stopping to avoid a loop")
+            if ids and (ids[0] <= self.after_id or ids[-1] <= self.after_id):
+                raise BitrixError(f"Bitrix24 {self.method}: the >ID chain went backwards at ID {self.after_id}; "
+                                  "stopping to avoid a loop")
             if rows:
-                yield rows
-                after_id = ids[-1] if ids else after_id
-                read += len(rows)
-                got_any = True
+                pages.append(rows)
+                self.after_id = ids[-1] if ids else self.after_id
+                self.read += len(rows)
             if len(rows) < PAGE:
-                finished = True
-                break
-        if finished:
-            return
-        stalls = 0 if got_any else stalls + 1
-        if stalls > MAX_STALLS:
-            raise BitrixError(f"Bitrix24 {method}: no progress after {stalls} batches")
+                self.done = True
+                return pages
+        self.stalls = 0 if pages else self.stalls + 1
+        if self.stalls > MAX_STALLS:
+            raise BitrixError(f"Bitrix24 {self.method}: no progress after {self.stalls} batches")
+        return pages
+
+
+async def iter_pages(
+    client: Bitrix24Client, method: str, select: list[str], filters: Mapping[str, Any] | None = None
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Yield every page of ``method`` (rows ordered by ID) matching ``filters``: the I/O around :class:`IdChain`."""
+    chain = IdChain(method, select, filters)
+    while (request := chain.next_request()) is not None:
+        if request.batch:
+            if chain.batches % PROGRESS_EVERY == 0:
+                log.info("%s: %d records read so far (after ID %d)", method, chain.read, chain.after_id)
+            answer: Any = await client.batch(request.params)
+        else:
+            answer = await client.call(request.method, request.params)
+        for rows in chain.feed(answer):
+            yield rows
+        if chain.blocked:
+            await client.wait_for_operating(method)
 
 
 def _numeric_id(row: Any) -> int | None:
