@@ -28,6 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from connector.logs import ENV_PREFIX, SECRET_KEYS  # noqa: E402 - defined with the redaction that uses them
+from rules.engine import SegmentEngine
+from rules.features import CustomField
+from rules.language import FeatureType, RuleError
+from rules.settings import BirthdayPreset, CadencePreset, LifecyclePreset, PresetName, SegmentsConfig  # noqa: F401 - re-exported
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -149,59 +153,12 @@ class StateConfig(_Section):
     url: str = "sqlite:///lifecycle.db"
 
 
-class LifecyclePreset(_Section):
-    purchase_bins: tuple[int, int, int] = (1, 2, 4)
-    recency_days: tuple[int, int] = (60, 90)
-
-    @field_validator("purchase_bins")
-    @classmethod
-    def _bins_increase(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
-        if not (1 <= v[0] < v[1] < v[2]):
-            raise ValueError("purchase_bins must be three increasing counts starting at 1 or more, e.g. [1, 2, 4]")
-        return v
-
-    @field_validator("recency_days")
-    @classmethod
-    def _recency_increase(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if not (0 <= v[0] < v[1]):
-            raise ValueError("recency_days must be two increasing day counts, e.g. [60, 90]")
-        return v
-
-
-class CadencePreset(_Section):
-    frequent_max_gap: float = Field(30, gt=0)
-    periodic_max_gap: float = Field(180, gt=0)
-    lapse_factor: float = Field(2.0, gt=0)
-    min_purchase_days: int = Field(3, ge=2)
-    rare_first_purchase_days: int = Field(180, ge=0)
-
-    @model_validator(mode="after")
-    def _gaps_increase(self) -> CadencePreset:
-        if self.frequent_max_gap >= self.periodic_max_gap:
-            raise ValueError("frequent_max_gap must be smaller than periodic_max_gap")
-        return self
-
-
-class BirthdayPreset(_Section):
-    soon_days: int = Field(30, ge=0, le=366)
-
-
-PresetName = Literal["lifecycle", "status", "cadence", "birthday"]
-
-
-class SegmentsConfig(_Section):
-    presets: tuple[PresetName, ...] = ("lifecycle", "status", "cadence", "birthday")
-    lifecycle: LifecyclePreset = LifecyclePreset()
-    cadence: CadencePreset = CadencePreset()
-    birthday: BirthdayPreset = BirthdayPreset()
-
-
 class KpiConfig(_Section):
     active_share_target: float = Field(0.30, ge=0, le=1)
 
 
 class FieldConfig(_Section):
-    type: Literal["number", "string", "bool"] = "string"
+    type: FeatureType = "string"
     source: str | None = Field(None, description="CRM field id or CSV header; defaults to the field's name")
 
 
@@ -391,7 +348,7 @@ class LoadedConfig:
 
     settings: Settings
     path: Path
-    rules: Any  # rules.engine.SegmentEngine, built from the settings
+    rules: SegmentEngine  # compiled from the settings by compile_engine
 
     @property
     def crm(self) -> CrmConfig:
@@ -547,6 +504,12 @@ def _describe_env_error(exc: SettingsError) -> str:
             "lists and tables are given as JSON")
 
 
+def compile_engine(settings: Settings) -> SegmentEngine:
+    """The segment engine for these settings (presets, ``[fields]``, ``[[segment]]`` rules)."""
+    fields = {name: CustomField(name=name, type=f.type, source=f.source or name) for name, f in settings.fields.items()}
+    return SegmentEngine.compile(settings.segments, fields, settings.segment)
+
+
 def load_config(path: str | Path = "lifecycle.toml") -> LoadedConfig:
     """Read, validate and compile the configuration; raise ConfigError with a fix-it message."""
     path = Path(path)
@@ -570,11 +533,8 @@ def load_config(path: str | Path = "lifecycle.toml") -> LoadedConfig:
         raise ConfigError(_describe_env_error(exc)) from None
     settings = _resolve_paths(settings, path.resolve().parent)
 
-    from rules.engine import SegmentEngine  # late import: rules depend on config types only
-    from rules.language import RuleError
-
     try:
-        engine = SegmentEngine.from_settings(settings)
+        engine = compile_engine(settings)
     except (RuleError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for pattern in settings.writeback.tag_segments:
