@@ -45,7 +45,7 @@ class _Section(BaseModel):
 
 
 class CrmConfig(_Section):
-    kind: Literal["csv", "bitrix24", "amocrm"] = Field(description="Which CRM to read: csv, bitrix24 or amocrm")
+    kind: str = Field(description="Which CRM to read: a kit in adapters.KITS (csv, bitrix24, amocrm)")
     name: str = Field("default", description="Key of this CRM account in the state store")
     path: Path | None = Field(None, description="csv: folder with contacts.csv, deals.csv, companies.csv")
     timezone: str = "Europe/Moscow"
@@ -72,6 +72,15 @@ class CrmConfig(_Section):
     burst: int = Field(50, ge=1, description="leaky-bucket size: 50 (250 on Enterprise)")
     overlap_minutes: float = Field(10, ge=0, description="incremental pulls re-read this much before the cursor")
     reconcile_hours: float = Field(24, ge=0, description="how often to list all ids to notice deletions")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        from adapters import KITS
+
+        if value not in KITS:
+            raise ValueError(f"unknown CRM kind {value!r}; use one of: {', '.join(KITS)}")
+        return value
 
     @field_validator("encoding")
     @classmethod
