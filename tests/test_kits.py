@@ -77,3 +77,13 @@ def test_adapter_config_errors_become_config_errors_with_the_same_message():
     converted = as_config_error(err.value)
     assert isinstance(converted, ConfigError) and str(converted) == str(err.value)
     assert marker("k") == marker("k") != marker("k2") and marker("k").startswith("lc") and len(marker("k")) == 14
+
+
+def test_the_pipeline_has_no_crm_switch_and_names_no_crm_package():
+    """connector/pipeline.py finds the CRM through its kit: no `kind ==` switch, no import of a CRM package."""
+    from tests.conftest import ROOT
+
+    source = (ROOT / "connector" / "pipeline.py").read_text(encoding="utf-8")
+    assert "kind ==" not in source and "kind !=" not in source
+    for package in ("adapters.bitrix24", "adapters.amocrm", "adapters.csv_files"):
+        assert package not in source, package
