@@ -1,16 +1,34 @@
-"""The project's own records and the small protocol every CRM source implements.
+"""The whole contract of a CRM adapter: the records it produces, the ports it is given, the kit it exports.
 
-Adapters turn a CRM's JSON (or CSV rows) into these frozen dataclasses and never hand raw payloads
-upwards. Timestamps are UTC epoch seconds; a date-only value from the CRM is taken as midnight in the
-CRM's time zone, so converting back to that zone gives the same calendar date.
+Records. Adapters turn a CRM's JSON (or CSV rows) into the frozen dataclasses below (:class:`Customer`,
+:class:`Deal`, :class:`PullResult`) and never hand raw payloads upwards. Timestamps are UTC epoch seconds;
+a date-only value from the CRM is taken as midnight in the CRM's time zone, so converting back to that
+zone gives the same calendar date.
+
+A CRM package (``adapters/<crm>/``) exports one :class:`CrmKit` named ``KIT``:
+
+* ``settings``: its own frozen settings dataclass (the connector fills it from the configuration by field
+  name; the adapter never sees the connector's types);
+* ``make_source(settings, store) -> CrmSource``: pulls customers and deals;
+* ``make_tag_writer(settings, store) -> TagWriter`` (or None): writes the tagged segments onto the cards;
+* ``make_action_sink(settings, store) -> ActionSink`` (or None): creates call tasks and deals.
+
+``store`` is the state store seen through :class:`AdapterStore` (tokens, cursors, stored ids): adapters
+read it and persist rotated OAuth tokens there, but never write the mirror; a tag writer returns the
+mirror updates and the connector applies them. The contact/company switch is one record per adapter
+(``ENTITIES``). A bad configuration found by talking to the CRM raises :class:`AdapterConfigError`;
+the connector reports it like its own configuration errors. ``adapters/__init__.py`` lists the kits
+(``KITS``): adding a CRM is one new package and one line there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 DealStatus = Literal["won", "lost", "open"]
 
@@ -122,16 +140,152 @@ class PullResult:
 
 
 @dataclass
-class WritebackResult:
-    """What writing segments onto customer cards did."""
+class TagWriteResult:
+    """What writing segments onto customer cards did, and what the mirror must learn from it."""
 
     updated: int = 0
     requests: int = 0
     failed: dict[int, str] = field(default_factory=dict)  # customer id -> why
     options_created: list[str] = field(default_factory=list)
+    # customer id -> CRM field values now on the card, merged into the mirror by the connector
+    mirror_updates: dict[int, dict[str, str]] = field(default_factory=dict)
+
+
+WritebackResult = TagWriteResult  # the former name
+
+
+class AdapterConfigError(Exception):
+    """The configuration does not fit the CRM (no such pipeline, stage, user, field); the message says
+    which setting and what the CRM has. The connector turns it into its ConfigError."""
+
+
+# -- ports: what an adapter is given ---------------------------------------------------------------
+
+
+class TokenStore(Protocol):
+    """Where rotated OAuth tokens are kept (each save is committed at once)."""
+
+    def oauth_token(self) -> dict[str, Any] | None: ...
+
+    def save_oauth_token(self, access_token: str | None, refresh_token: str, expires_at: int | None) -> None: ...
+
+
+class AdapterStore(TokenStore, Protocol):
+    """The state store as adapters see it: tokens, the pull cursors and the ids in the mirror."""
+
+    def cursors(self) -> dict[str, str]: ...
+
+    def customer_ids(self, entity: Entity) -> set[int]: ...
+
+    def deal_ids(self) -> set[int]: ...
 
 
 class CrmSource(Protocol):
     """Reads customers and deals from one CRM account."""
 
     def pull(self) -> PullResult: ...
+
+
+class TagWriter(Protocol):
+    """Writes the tagged segments onto customer cards.
+
+    ``wanted``: customer id -> the tagged segments it is in now; ``labels``: every tagged segment (in
+    engine order) -> its label in the CRM; ``mirror``: customer id -> the CRM field values stored for it
+    (what the card holds now, as far as the mirror knows). Only cards whose value must change are written;
+    values the connector does not manage are left alone. The result's ``mirror_updates`` say what the
+    written cards hold now."""
+
+    def write(self, wanted: Mapping[int, Sequence[str]], labels: Mapping[str, str],
+              mirror: Mapping[int, Mapping[str, Any]]) -> TagWriteResult: ...
+
+
+class ActionSpec(Protocol):
+    """One campaign action as configured (``on_enter`` / ``on_exit`` items)."""
+
+    action: str  # call_task | deal
+    pipeline: str | None
+    stage: str | None
+
+
+class CampaignSpec(Protocol):
+    """One ``[[campaign]]`` as an action sink needs it."""
+
+    name: str
+    responsible: Any  # "owner" or a tuple of user ids
+    on_enter: Sequence[ActionSpec]
+    on_exit: Sequence[ActionSpec]
+
+
+class ActionSink(Protocol):
+    """Creates campaign actions (call tasks, to-dos, deals) in the CRM, each carrying its :func:`marker`.
+
+    Rows are ledger rows: ``key``, ``action`` (call_task | todo | deal | deal_task), ``customer_id``,
+    ``responsible_id``, ``payload`` (title, description, deadline, pipeline, stage, script) and
+    ``parent_key`` (a deal_task's deal)."""
+
+    requests: int
+
+    def resolve(self, campaigns: Sequence[CampaignSpec]) -> None:
+        """Check pipelines, stages and users against the CRM (AdapterConfigError naming the campaign)."""
+
+    def find(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Key -> result for the rows whose object already exists in the CRM (looked up by marker)."""
+
+    def create(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]
+               ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Create the objects; return (key -> result, key -> error) for every row."""
+
+    def close(self) -> None: ...
+
+
+# -- the kit: one per CRM ------------------------------------------------------------------------
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class CrmKit(Generic[S]):
+    """How to pull, write tags and run actions for one CRM, built from that CRM's settings."""
+
+    name: str
+    settings: type[S]  # a frozen dataclass; the connector fills it by field name
+    make_source: Callable[[S, AdapterStore], CrmSource]
+    make_tag_writer: Callable[[S, AdapterStore], TagWriter] | None = None
+    make_action_sink: Callable[[S, AdapterStore], ActionSink] | None = None
+    needs_store: bool = True  # False: the source reads files only (no tokens, no cursors)
+
+
+# -- helpers for action sinks ---------------------------------------------------------------------
+
+
+def marker(key: str) -> str:
+    """A short, unique, searchable tag of an action key, put on the object created in the CRM."""
+    return "lc" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def pick(items: list[dict[str, Any]], wanted: str | None, id_key: str, name_key: str) -> dict[str, Any] | None:
+    """The CRM item (pipeline, stage, status) a config names by id, or else by name (case-insensitive)."""
+    if wanted is None:
+        return None
+    for item in items:
+        if str(item.get(id_key)) == str(wanted):
+            return item
+    for item in items:
+        if str(item.get(name_key, "")).strip().casefold() == str(wanted).strip().casefold():
+            return item
+    return None
+
+
+def round_robin_users(campaigns: Iterable[CampaignSpec]) -> set[int]:
+    """Every user id a campaign's round-robin lists."""
+    return {u for c in campaigns if c.responsible != "owner" for u in c.responsible}
+
+
+def check_users(campaigns: Iterable[CampaignSpec], existing: set[int], where: str) -> None:
+    """AdapterConfigError naming the first campaign whose round-robin lists a user the CRM does not have."""
+    for campaign in campaigns:
+        if campaign.responsible != "owner":
+            missing = sorted(set(campaign.responsible) - existing)
+            if missing:
+                raise AdapterConfigError(
+                    f"[[campaign]] {campaign.name!r}: responsible users {missing} are not active users {where}")

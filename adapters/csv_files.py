@@ -28,12 +28,15 @@ import codecs
 import csv
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from adapters.base import (
+    AdapterStore,
     BadValue,
+    CrmKit,
     Customer,
     Deal,
     Entity,
@@ -129,8 +132,23 @@ def _text(value: str | None) -> str | None:
     return value or None
 
 
+@dataclass(frozen=True)
+class CsvSettings:
+    path: Path  # the folder holding contacts.csv and deals.csv (companies.csv)
+    timezone: str = "Europe/Moscow"
+    customer: Entity = "contact"
+    delimiter: str = ","
+    encoding: str = "auto"  # "auto" (UTF-8, or Windows-1251 when detected), "utf-8", "cp1251", ...
+
+
 class CsvSource:
     """Reads a folder of CSV exports. Every pull is a full snapshot."""
+
+    @classmethod
+    def from_settings(cls, settings: CsvSettings, store: AdapterStore | None = None) -> CsvSource:
+        """The kit's source: files only, so the store is not needed."""
+        return cls(settings.path, timezone=settings.timezone, customer=settings.customer,
+                   delimiter=settings.delimiter, encoding=settings.encoding)
 
     def __init__(self, folder: Path, *, timezone: str, customer: Entity = "contact", delimiter: str = ",",
                  encoding: str = "auto"):
@@ -339,3 +357,8 @@ def _readable_id(row: list[str], header: list[str]) -> int | None:
         return valid_id(row[header.index("id")])
     except BadValue:
         return None
+
+
+# CSV files can be read, not written: no tag writer, no action sink.
+KIT: CrmKit[CsvSettings] = CrmKit(name="csv", settings=CsvSettings, make_source=CsvSource.from_settings,
+                                  needs_store=False)

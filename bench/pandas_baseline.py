@@ -40,8 +40,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-TRUE_WORDS = ("1", "true", "yes", "y", "да", "t")
-FALSE_WORDS = ("0", "false", "no", "n", "нет", "f")
+# A copy of rules.features.TRUE_WORDS / FALSE_WORDS on purpose: this baseline reimplements the features
+# without importing the product; keep the two lists equal (tests/test_bench_baseline.py compares results).
+TRUE_WORDS = ("1", "true", "yes", "y", "да", "t", "on")
+FALSE_WORDS = ("0", "false", "no", "n", "нет", "f", "off")
 
 LIFECYCLE_ROWS = ("new", "promising", "regular")
 LIFECYCLE_COLUMNS = ("active", "sleeping", "asleep")

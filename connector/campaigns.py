@@ -14,17 +14,17 @@ on it (``.../deal`` and ``.../deal_task``), the task created once its deal exist
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
+from adapters.base import marker  # noqa: F401 - re-exported: PlannedAction.marker, the tests
 from connector.templates import LIMITS, TemplateError, check_template, cut
 from connector.templates import render as render_template
 
-TRUE_WORDS = {"1", "y", "yes", "true", "да", "on"}
+from rules.features import TRUE_WORDS  # noqa: E402 - the one list of true words
 
 
 # -- config checks ---------------------------------------------------------------------------------
@@ -86,34 +86,6 @@ def check_campaigns(settings: Any, engine: Any) -> None:
     dnc = settings.pressure.do_not_contact
     if dnc is not None and not dnc.strip():
         raise ValueError("[pressure] do_not_contact: give a field name or leave it out")
-
-
-def pick(items: list[dict[str, Any]], wanted: str | None, id_key: str, name_key: str) -> dict[str, Any] | None:
-    """The CRM item (pipeline, stage, status) a config names by id, or else by name (case-insensitive)."""
-    if wanted is None:
-        return None
-    for item in items:
-        if str(item.get(id_key)) == str(wanted):
-            return item
-    for item in items:
-        if str(item.get(name_key, "")).strip().casefold() == str(wanted).strip().casefold():
-            return item
-    return None
-
-
-def round_robin_users(campaigns: Iterable[Any]) -> set[int]:
-    return {u for c in campaigns if c.responsible != "owner" for u in c.responsible}
-
-
-def check_users(campaigns: Iterable[Any], existing: set[int], where: str) -> None:
-    """ConfigError naming the first campaign whose round-robin lists a user the CRM does not have."""
-    from connector.config import ConfigError
-
-    for campaign in campaigns:
-        if campaign.responsible != "owner":
-            missing = sorted(set(campaign.responsible) - existing)
-            if missing:
-                raise ConfigError(f"[[campaign]] {campaign.name!r}: responsible users {missing} are not active users {where}")
 
 
 def render(template: str, values: dict[str, Any], attr: str = "description") -> str:
@@ -190,11 +162,6 @@ class PlannedAction:
     @property
     def marker(self) -> str:
         return marker(self.key)
-
-
-def marker(key: str) -> str:
-    """A short, unique, searchable tag of an action key, put on the object created in the CRM."""
-    return "lc" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
 @dataclass

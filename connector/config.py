@@ -28,6 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from connector.logs import ENV_PREFIX, SECRET_KEYS  # noqa: E402 - defined with the redaction that uses them
+from rules.engine import SegmentEngine
+from rules.features import CustomField
+from rules.language import FeatureType, RuleError
+from rules.settings import BirthdayPreset, CadencePreset, LifecyclePreset, PredictedPreset, PresetName, SegmentsConfig  # noqa: F401 - re-exported
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -41,7 +45,7 @@ class _Section(BaseModel):
 
 
 class CrmConfig(_Section):
-    kind: Literal["csv", "bitrix24", "amocrm"] = Field(description="Which CRM to read: csv, bitrix24 or amocrm")
+    kind: str = Field(description="Which CRM to read: a kit in adapters.KITS (csv, bitrix24, amocrm)")
     name: str = Field("default", description="Key of this CRM account in the state store")
     path: Path | None = Field(None, description="csv: folder with contacts.csv, deals.csv, companies.csv")
     timezone: str = "Europe/Moscow"
@@ -68,6 +72,15 @@ class CrmConfig(_Section):
     burst: int = Field(50, ge=1, description="leaky-bucket size: 50 (250 on Enterprise)")
     overlap_minutes: float = Field(10, ge=0, description="incremental pulls re-read this much before the cursor")
     reconcile_hours: float = Field(24, ge=0, description="how often to list all ids to notice deletions")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        from adapters import KITS
+
+        if value not in KITS:
+            raise ValueError(f"unknown CRM kind {value!r}; use one of: {', '.join(KITS)}")
+        return value
 
     @field_validator("encoding")
     @classmethod
@@ -149,62 +162,6 @@ class StateConfig(_Section):
     url: str = "sqlite:///lifecycle.db"
 
 
-class LifecyclePreset(_Section):
-    purchase_bins: tuple[int, int, int] = (1, 2, 4)
-    recency_days: tuple[int, int] = (60, 90)
-
-    @field_validator("purchase_bins")
-    @classmethod
-    def _bins_increase(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
-        if not (1 <= v[0] < v[1] < v[2]):
-            raise ValueError("purchase_bins must be three increasing counts starting at 1 or more, e.g. [1, 2, 4]")
-        return v
-
-    @field_validator("recency_days")
-    @classmethod
-    def _recency_increase(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if not (0 <= v[0] < v[1]):
-            raise ValueError("recency_days must be two increasing day counts, e.g. [60, 90]")
-        return v
-
-
-class CadencePreset(_Section):
-    frequent_max_gap: float = Field(30, gt=0)
-    periodic_max_gap: float = Field(180, gt=0)
-    lapse_factor: float = Field(2.0, gt=0)
-    min_purchase_days: int = Field(3, ge=2)
-    rare_first_purchase_days: int = Field(180, ge=0)
-
-    @model_validator(mode="after")
-    def _gaps_increase(self) -> CadencePreset:
-        if self.frequent_max_gap >= self.periodic_max_gap:
-            raise ValueError("frequent_max_gap must be smaller than periodic_max_gap")
-        return self
-
-
-class BirthdayPreset(_Section):
-    soon_days: int = Field(30, ge=0, le=366)
-
-
-class PredictedPreset(_Section):
-    """``[segments.predicted]``: the prediction presets (enable with ``presets = [..., "predicted"]``)."""
-
-    at_risk_max_p_alive: float = Field(0.3, gt=0, lt=1, description="at_risk: P(alive) below this")
-    at_risk_min_monetary: float = Field(0, ge=0, description="at_risk: total bought at least this much")
-    due_min_p_buy_30d: float = Field(0.5, gt=0, lt=1, description="due: P(buys within 30 days) at least this")
-
-
-PresetName = Literal["lifecycle", "status", "cadence", "birthday", "predicted"]
-
-
-class SegmentsConfig(_Section):
-    presets: tuple[PresetName, ...] = ("lifecycle", "status", "cadence", "birthday")
-    lifecycle: LifecyclePreset = LifecyclePreset()
-    cadence: CadencePreset = CadencePreset()
-    birthday: BirthdayPreset = BirthdayPreset()
-    predicted: PredictedPreset = PredictedPreset()
-
-
 class PredictionsConfig(_Section):
     """``[predictions]``: per-customer predictions (P(alive), expected purchases, value)."""
 
@@ -221,7 +178,7 @@ class KpiConfig(_Section):
 
 
 class FieldConfig(_Section):
-    type: Literal["number", "string", "bool"] = "string"
+    type: FeatureType = "string"
     source: str | None = Field(None, description="CRM field id or CSV header; defaults to the field's name")
 
 
@@ -412,7 +369,7 @@ class LoadedConfig:
 
     settings: Settings
     path: Path
-    rules: Any  # rules.engine.SegmentEngine, built from the settings
+    rules: SegmentEngine  # compiled from the settings by compile_engine
 
     @property
     def crm(self) -> CrmConfig:
@@ -568,6 +525,12 @@ def _describe_env_error(exc: SettingsError) -> str:
             "lists and tables are given as JSON")
 
 
+def compile_engine(settings: Settings) -> SegmentEngine:
+    """The segment engine for these settings (presets, ``[fields]``, ``[[segment]]`` rules)."""
+    fields = {name: CustomField(name=name, type=f.type, source=f.source or name) for name, f in settings.fields.items()}
+    return SegmentEngine.compile(settings.segments, fields, settings.segment)
+
+
 def load_config(path: str | Path | None = "lifecycle.toml") -> LoadedConfig:
     """Read, validate and compile the configuration; raise ConfigError with a fix-it message.
 
@@ -601,11 +564,8 @@ def load_config(path: str | Path | None = "lifecycle.toml") -> LoadedConfig:
         raise ConfigError(_describe_env_error(exc)) from None
     settings = _resolve_paths(settings, Path.cwd() if source is None else path.resolve().parent)
 
-    from rules.engine import SegmentEngine  # late import: rules depend on config types only
-    from rules.language import RuleError
-
     try:
-        engine = SegmentEngine.from_settings(settings)
+        engine = compile_engine(settings)
     except (RuleError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for pattern in settings.writeback.tag_segments:

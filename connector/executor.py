@@ -22,28 +22,14 @@ with the batch still ``sending``, to be settled the same way next time.
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any
+
+from adapters.base import ActionSink
 
 log = logging.getLogger("lifecycle.executor")
 
 PHASES = (("deal", "call_task", "todo"), ("deal_task",))
 PASSES = 3
-
-
-class ActionSink(Protocol):
-    requests: int
-
-    def resolve(self, campaigns: Any) -> None:
-        """Check pipelines, stages and users against the CRM (ConfigError naming the campaign)."""
-
-    def find(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Key -> result for the rows whose object already exists in the CRM (looked up by marker)."""
-
-    def create(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]
-               ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-        """Create the objects; return (key -> result, key -> error) for every row."""
-
-    def close(self) -> None: ...
 
 
 def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts: int = 5,

@@ -8,7 +8,6 @@ each segment, inside a run record that says how it ended.
 from __future__ import annotations
 
 import json
-
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -17,9 +16,9 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from adapters.base import CrmSource, RowError
-from adapters.csv_files import CsvSource
+from adapters.base import ActionSink, AdapterConfigError, CrmSource, RowError
 from connector.config import ConfigError, LoadedConfig
+from connector.kits import adapter_settings, as_config_error, crm_kit
 from connector.logs import bind, redact, safe_error
 from connector.store import StateStore
 from connector.synclock import LockLost, SyncLease, SyncLocked  # noqa: F401 - SyncLocked: raised by sync()
@@ -71,47 +70,29 @@ def today_in(timezone: str) -> date:
 
 
 def make_source(config: LoadedConfig, store: StateStore | None = None) -> CrmSource:
-    crm = config.crm
-    if crm.kind == "csv":
-        assert crm.path is not None
-        return CsvSource(crm.path, timezone=crm.timezone, customer=crm.customer, delimiter=crm.delimiter,
-                         encoding=crm.encoding)
-    if crm.kind == "bitrix24":
-        from adapters.bitrix24 import Bitrix24Source
-
-        assert store is not None, "the Bitrix24 source keeps its cursors and tokens in the state store"
-        return Bitrix24Source(config, store)
-    if crm.kind == "amocrm":
-        from adapters.amocrm import AmoSource
-
-        assert store is not None, "the amoCRM source keeps its cursors and tokens in the state store"
-        return AmoSource(config, store)
-    raise ValueError(f"[crm] kind = {crm.kind!r} is not supported yet")
+    """The configured CRM's source (a CSV folder needs no store; a CRM keeps cursors and tokens there)."""
+    kit = crm_kit(config)
+    assert store is not None or not kit.needs_store, f"the {kit.name} source keeps its cursors and tokens in the state store"
+    return kit.make_source(adapter_settings(config, kit), store)  # type: ignore[arg-type]
 
 
 def write_tags(config: LoadedConfig, store: StateStore, computation: Computation) -> dict[str, object]:
-    """Write the tagged segments onto the customers in the CRM; return what happened."""
+    """Write the tagged segments onto the customers in the CRM, merge what was written into the mirror,
+    and return what happened."""
     tagged = config.tagged_segments()
-    if not tagged or config.crm.kind not in ("bitrix24", "amocrm"):
+    kit = crm_kit(config)
+    if not tagged or kit.make_tag_writer is None:
         return {}
     frame = computation.membership.select("id", *tagged)
     wanted = {
         row[0]: [name for name, flag in zip(tagged, row[1:]) if flag]
         for row in frame.filter(pl.any_horizontal(tagged)).iter_rows()
     }
-    mirror = dict(store.customers_frame(config.crm.customer).select("id", "fields").iter_rows())
-    if config.crm.kind == "bitrix24":
-        from adapters.bitrix24.writeback import Bitrix24TagWriter, current_tags
-
-        current = current_tags(mirror, config.settings.writeback.field)
-        result = Bitrix24TagWriter(config, store).write(wanted, current)
-    else:
-        from adapters.amocrm.mapping import card_tags
-        from adapters.amocrm.writeback import AmoTagWriter
-
-        labels = {cid: {config.label(s) for s in names} for cid, names in wanted.items()}
-        cards = {cid: tags for cid, text in mirror.items() if text and (tags := card_tags(json.loads(text)))}
-        result = AmoTagWriter(config, store).write(labels, cards, {config.label(s) for s in tagged})
+    mirror = {cid: json.loads(text) or {}
+              for cid, text in store.customers_frame(config.crm.customer).select("id", "fields").iter_rows() if text}
+    labels = {name: config.label(name) for name in tagged}
+    result = kit.make_tag_writer(adapter_settings(config, kit), store).write(wanted, labels, mirror)
+    store.update_customer_fields(config.crm.customer, result.mirror_updates)
     for cid, reason in sorted(result.failed.items())[:MAX_ROW_ERRORS_LOGGED]:
         log.warning("tag write-back failed for customer %s: %s", cid, reason)
     return {
@@ -248,20 +229,26 @@ def _checkpoint(stage: str) -> None:
         raise Interrupted(f"stopped after {stage}")
 
 
-def make_sink(config: LoadedConfig, store: StateStore):
+def make_sink(config: LoadedConfig, store: StateStore) -> ActionSink | None:
     """The CRM's campaign executor (call tasks, deals), or None when no campaign is configured."""
     if not config.settings.campaign:
         return None
-    if config.crm.kind == "bitrix24":
-        from adapters.bitrix24.actions import Bitrix24Actions
+    kit = crm_kit(config)
+    if kit.make_action_sink is None:
+        from adapters import KITS, kit as kit_named
 
-        return Bitrix24Actions(config, store)
-    if config.crm.kind == "amocrm":
-        from adapters.amocrm.actions import AmoActions
+        able = " or ".join(name for name in KITS if kit_named(name).make_action_sink is not None)
+        raise ConfigError(f"{config.path}: [[campaign]] needs a CRM to create tasks and deals in; [crm] kind = "
+                          f"{config.crm.kind!r} cannot (use {able})")
+    return kit.make_action_sink(adapter_settings(config, kit), store)
 
-        return AmoActions(config, store)
-    raise ConfigError(f"{config.path}: [[campaign]] needs a CRM to create tasks and deals in; [crm] kind = "
-                      f"{config.crm.kind!r} cannot (use bitrix24 or amocrm)")
+
+def resolve_sink(sink: ActionSink, config: LoadedConfig) -> None:
+    """Check the campaigns' pipelines, stages and users against the CRM; ConfigError naming the campaign."""
+    try:
+        sink.resolve(config.settings.campaign)
+    except AdapterConfigError as exc:
+        raise as_config_error(exc) from None
 
 
 def plan_actions(config: LoadedConfig, store: StateStore, computation: Computation, entered: pl.DataFrame,
@@ -311,7 +298,7 @@ def preview_plan(config: LoadedConfig) -> list[dict[str, object]]:
     try:
         sink = make_sink(config, store)
         if sink is not None:
-            sink.resolve(config.settings.campaign)
+            resolve_sink(sink, config)
         stored = store.membership_frame()
         computation = compute(store, config, as_of, stored)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
@@ -365,7 +352,7 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
     try:
         sink = make_sink(config, store)
         if sink is not None:
-            sink.resolve(config.settings.campaign)  # unknown pipelines, stages, users: stop before any change
+            resolve_sink(sink, config)  # unknown pipelines, stages, users: stop before any change
         pull = (source or make_source(config, store)).pull()
         for err in pull.errors[:MAX_ROW_ERRORS_LOGGED]:
             log.warning("skipped row: %s", err)

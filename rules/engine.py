@@ -1,6 +1,7 @@
 """The segment engine: presets plus custom rules, compiled once, evaluated over the feature frame.
 
-``SegmentEngine.from_settings`` type-checks every ``[[segment]]`` rule against the feature schema (built-in
+``SegmentEngine.compile`` (from explicit values: the preset thresholds, the custom fields, the rules)
+type-checks every ``[[segment]]`` rule against the feature schema (built-in
 features, declared custom fields, and every segment name) and orders custom segments so a rule may use
 another custom segment; a cycle is an error naming the segments in it. ``evaluate`` adds one boolean
 column per segment to the feature frame, all vectorised. Static segments that the state store has
@@ -9,16 +10,28 @@ already frozen are taken from the stored membership instead of being recomputed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import polars as pl
 
-from connector.config import Settings
 from rules.features import BUILTIN_FEATURES, CustomField
 from rules.language import CompiledRule, compile_rule
 from rules.predict.scoring import PREDICTION_FEATURES
 from rules.presets import all_preset_names, preset_segments
+from rules.settings import SegmentsConfig
+
+
+class SegmentRuleSpec(Protocol):
+    """One ``[[segment]]`` entry: its name, its rule text, and whether it freezes on first evaluation."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def when(self) -> str: ...
+    @property
+    def static(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -33,7 +46,6 @@ class SegmentEngine:
     presets: dict[str, pl.Expr]
     custom: tuple[CustomSegment, ...]  # in dependency order
     fields: dict[str, CustomField]
-    settings: Settings
 
     @property
     def segment_names(self) -> list[str]:
@@ -62,17 +74,18 @@ class SegmentEngine:
         return out
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SegmentEngine:
-        fields = {
-            name: CustomField(name=name, type=f.type, source=f.source or name) for name, f in settings.fields.items()
-        }
+    def compile(cls, segments: SegmentsConfig, fields: Mapping[str, CustomField],
+                rules: Sequence[SegmentRuleSpec] = ()) -> SegmentEngine:
+        """The engine for these preset thresholds, custom fields (name -> field) and custom rules;
+        ValueError (or RuleError) naming the segment or field at fault."""
+        fields = dict(fields)
         for name in fields:
             if name in BUILTIN_FEATURES or name in PREDICTION_FEATURES:
                 raise ValueError(f"[fields] {name!r}: a built-in feature has this name; choose another")
-        presets = preset_segments(settings.segments)
+        presets = preset_segments(segments)
         reserved = set(all_preset_names())
         seen: set[str] = set()
-        for rule in settings.segment:
+        for rule in rules:
             if rule.name in reserved:
                 raise ValueError(f"segment {rule.name!r}: this name belongs to a preset; choose another")
             if rule.name in seen:
@@ -82,17 +95,17 @@ class SegmentEngine:
             seen.add(rule.name)
         schema: dict[str, str] = {**BUILTIN_FEATURES, **PREDICTION_FEATURES, **{n: f.type for n, f in fields.items()}}
         schema.update({name: "bool" for name in reserved})  # disabled presets get a clearer error below
-        schema.update({rule.name: "bool" for rule in settings.segment})
+        schema.update({rule.name: "bool" for rule in rules})
         disabled = reserved - set(presets)
         compiled = {}
-        for rule in settings.segment:
+        for rule in rules:
             compiled[rule.name] = CustomSegment(rule.name, compile_rule(rule.when, schema, segment=rule.name), rule.static)
             off = sorted(compiled[rule.name].rule.references & disabled)
             if off:
                 raise ValueError(
                     f"segment {rule.name!r}: uses {', '.join(off)}, whose preset is not enabled in [segments] presets"
                 )
-        return cls(presets=presets, custom=_ordered(compiled), fields=fields, settings=settings)
+        return cls(presets=presets, custom=_ordered(compiled), fields=fields)
 
     def evaluate(self, features: pl.DataFrame, frozen: Mapping[str, pl.Series] | None = None) -> pl.DataFrame:
         """Return ``id`` plus one boolean column per segment.

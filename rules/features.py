@@ -25,7 +25,7 @@ from datetime import date
 
 import polars as pl
 
-FeatureType = str  # "number" | "string" | "bool"
+from rules.language import FeatureType  # the one definition: "number" | "string" | "bool"
 
 BUILTIN_FEATURES: dict[str, FeatureType] = {
     "purchases": "number",
@@ -47,8 +47,9 @@ EPOCH = date(1900, 1, 1)
 DAY_SPAN = 1 << 20  # days since 1900 stay below this until the year 4770
 MAX_PACKED_ID = 1 << 42  # customer_id * DAY_SPAN + day fits an int64 below this (sources allow up to 2**63-1)
 
-TRUE_WORDS = ("1", "true", "yes", "y", "да", "t")
-FALSE_WORDS = ("0", "false", "no", "n", "нет", "f")
+# The one list of words read as true (and false), for bool fields and for campaigns' do_not_contact.
+TRUE_WORDS = ("1", "true", "yes", "y", "да", "t", "on")
+FALSE_WORDS = ("0", "false", "no", "n", "нет", "f", "off")
 
 
 @dataclass(frozen=True)

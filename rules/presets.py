@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import polars as pl
 
-from connector.config import BirthdayPreset, CadencePreset, LifecyclePreset, PredictedPreset, SegmentsConfig
+from rules.settings import BirthdayPreset, CadencePreset, LifecyclePreset, PredictedPreset, SegmentsConfig
 
 ROWS = ("new", "promising", "regular")
 COLUMNS = ("active", "sleeping", "asleep")

@@ -14,23 +14,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from adapters.amocrm.client import AmoClient, AmoHTTPError
+from adapters.amocrm.settings import ENTITIES, AmoSettings
 from adapters.amocrm.source import iter_list, make_client
-from connector.campaigns import check_users, marker, pick, round_robin_users
+from adapters.base import AdapterConfigError, CampaignSpec, TokenStore, check_users, marker, pick, round_robin_users
 
 CALL = 1
 SYSTEM_STATUSES = {142, 143}
 
 
 class AmoActions:
-    def __init__(self, config: Any, store: Any):
-        self.config = config
-        self.entity = config.crm.customer
-        self.plural = "contacts" if self.entity == "contact" else "companies"
-        self.client: AmoClient = make_client(config, store)
+    def __init__(self, settings: AmoSettings, store: TokenStore):
+        self.kind = ENTITIES[settings.customer]
+        self.plural = self.kind.plural
+        self.client: AmoClient = make_client(settings, store)
         self.targets: dict[tuple[str, str | None], tuple[int, int]] = {}  # (pipeline, stage) -> (pipeline id, status id)
 
     @property
@@ -42,9 +43,7 @@ class AmoActions:
 
     # -- start-up checks -----------------------------------------------------------------------------
 
-    def resolve(self, campaigns: Any) -> None:
-        from connector.config import ConfigError
-
+    def resolve(self, campaigns: Sequence[CampaignSpec]) -> None:
         deals = [(c, a) for c in campaigns for a in (*c.on_enter, *c.on_exit) if a.action == "deal"]
         if deals:
             body = self.client.get("/api/v4/leads/pipelines") or {}
@@ -53,16 +52,16 @@ class AmoActions:
                 pipeline = pick(pipelines, action.pipeline, "id", "name")
                 if pipeline is None:
                     names = ", ".join(f"{p.get('name')} (id {p.get('id')})" for p in pipelines)
-                    raise ConfigError(f"[[campaign]] {campaign.name!r}: pipeline {action.pipeline!r} is not an amoCRM "
-                                      f"pipeline; pipelines: {names}")
+                    raise AdapterConfigError(f"[[campaign]] {campaign.name!r}: pipeline {action.pipeline!r} is not an "
+                                             f"amoCRM pipeline; pipelines: {names}")
                 statuses = [s for s in (pipeline.get("_embedded") or {}).get("statuses") or []
                             if int(s["id"]) not in SYSTEM_STATUSES and int(s.get("type") or 0) == 0]
                 if action.stage:
                     status = pick(statuses, action.stage, "id", "name")
                     if status is None:
                         names = ", ".join(f"{s.get('name')} (id {s.get('id')})" for s in statuses)
-                        raise ConfigError(f"[[campaign]] {campaign.name!r}: status {action.stage!r} is not a working "
-                                          f"status of pipeline {pipeline.get('name')!r}; statuses: {names}")
+                        raise AdapterConfigError(f"[[campaign]] {campaign.name!r}: status {action.stage!r} is not a "
+                                                 f"working status of pipeline {pipeline.get('name')!r}; statuses: {names}")
                 else:
                     status = min(statuses, key=lambda s: int(s.get("sort") or 0))
                 self.targets[(action.pipeline, action.stage)] = (int(pipeline["id"]), int(status["id"]))
@@ -126,8 +125,7 @@ class AmoActions:
             target = self.targets.get((p["pipeline"], p["stage"]))
             if target is None:
                 raise ValueError(f"pipeline {p['pipeline']!r} / status {p['stage']!r} not resolved")
-            link = {"id": int(row["customer_id"])}
-            embedded = {"contacts": [{**link, "is_main": True}]} if self.entity == "contact" else {"companies": [link]}
+            embedded = self.kind.lead_link(int(row["customer_id"]))
             return {"name": f"{p['title']} {tag}", "pipeline_id": target[0], "status_id": target[1],
                     "responsible_user_id": responsible, "_embedded": embedded}
         if row["action"] == "deal_task":

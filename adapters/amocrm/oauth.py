@@ -23,13 +23,14 @@ from typing import Any
 import requests
 
 from adapters.amocrm.client import AmoError, TokenSource
+from adapters.base import TokenStore
 
 EARLY_SECONDS = 300  # refresh this long before the access token's end rather than wait for a 401
 MAX_REFRESHES_PER_RUN = 5
 
 
 class AmoOAuth(TokenSource):
-    def __init__(self, store: Any, *, base_url: str, client_id: str, client_secret: str, redirect_uri: str,
+    def __init__(self, store: TokenStore, *, base_url: str, client_id: str, client_secret: str, redirect_uri: str,
                  refresh_token: str | None = None, authorization_code: str | None = None, ca_file: str | None = None,
                  clock: Any = time.time):
         self.store = store

@@ -23,46 +23,49 @@ from zoneinfo import ZoneInfo
 from adapters.amocrm.client import AmoClient, AmoError, StaticToken
 from adapters.amocrm.mapping import MappingError, record_id, to_customer, to_deal
 from adapters.amocrm.paging import iter_list
-from adapters.base import BadValue, Customer, Deal, Entity, PullResult, RowError, valid_id
+from adapters.amocrm.settings import ENTITIES, AmoSettings
+from adapters.base import AdapterStore, BadValue, Customer, Deal, Entity, PullResult, RowError, TokenStore, valid_id
 
 EVENTS_PAGE = 100  # the RU docs say 100 per page for events (Kommo's say 250): the lower one is safe
 log = logging.getLogger("lifecycle.amocrm")
 
 
-def make_client(config: Any, store: Any) -> AmoClient:
-    crm = config.crm
+def make_client(settings: AmoSettings, store: TokenStore) -> AmoClient:
+    crm = settings
     ca = str(crm.ca_file) if crm.ca_file else None
     if crm.access_token is not None:
-        tokens: Any = StaticToken(crm.access_token.get_secret_value())
+        tokens: Any = StaticToken(crm.access_token)
     else:
         from adapters.amocrm.oauth import AmoOAuth
 
+        assert crm.client_id and crm.client_secret and crm.redirect_uri, "OAuth needs client id, secret, redirect URI"
         tokens = AmoOAuth(
             store,
             base_url=crm.base_url,
             client_id=crm.client_id,
-            client_secret=crm.client_secret.get_secret_value(),
+            client_secret=crm.client_secret,
             redirect_uri=crm.redirect_uri,
-            refresh_token=crm.refresh_token.get_secret_value() if crm.refresh_token else None,
-            authorization_code=crm.authorization_code.get_secret_value() if crm.authorization_code else None,
+            refresh_token=crm.refresh_token,
+            authorization_code=crm.authorization_code,
             ca_file=ca,
         )
     return AmoClient(crm.base_url, tokens, requests_per_second=crm.requests_per_second, ca_file=ca)
 
 
 class AmoSource:
-    def __init__(self, config: Any, store: Any):
-        self.config = config
+    def __init__(self, settings: AmoSettings, store: AdapterStore):
+        self.settings = settings
         self.store = store
-        self.entity: Entity = config.crm.customer
-        self.plural = "contacts" if self.entity == "contact" else "companies"
-        self.tz = ZoneInfo(config.crm.timezone)
+        self.entity: Entity = settings.customer
+        self.kind = ENTITIES[settings.customer]
+        self.plural = self.kind.plural
+        self.tz = ZoneInfo(settings.timezone)
 
     def pull(self) -> PullResult:
-        crm = self.config.crm
+        crm = self.settings
         cursors = self.store.cursors()
         since = int(cursors["updated_since"]) if cursors.get("updated_since") else None
-        with make_client(self.config, self.store) as client:
+        with make_client(self.settings, self.store) as client:
             birthday_field = self._birthday_field(client)
             started = client.server_time or int(time.time())
             filters: dict[str, Any] = {"order[id]": "asc"}
@@ -98,8 +101,8 @@ class AmoSource:
 
     def _birthday_field(self, client: AmoClient) -> str | None:
         """The contact field holding birthdays: [crm] birthday_field, else the field of type birthday."""
-        wanted = self.config.crm.birthday_field
-        if self.entity != "contact":
+        wanted = self.settings.birthday_field
+        if not self.kind.has_birthday:
             return wanted
         fields = [f for page in iter_list(client, "/api/v4/contacts/custom_fields", "custom_fields", {}, limit=50) for f in page]
         if wanted:
@@ -119,7 +122,7 @@ class AmoSource:
         return rows
 
     def _deletions(self, client: AmoClient, since: int) -> tuple[set[int], set[int]]:
-        kind = "contact" if self.entity == "contact" else "company"
+        kind = self.kind.kind
         params = {"filter[type]": f"{kind}_deleted,lead_deleted", "filter[created_at][from]": since}
         customers: set[int] = set()
         leads: set[int] = set()

@@ -9,18 +9,21 @@
   harmless).
 * A batch refused as a whole (HTTP 400 validation errors) is retried one card at a time so a single bad
   record (deleted meanwhile, say) does not hold back the other 49; the failures are reported per card.
-* The mirror's copy of the card's tags is updated after each successful batch.
+* The tags now on the written cards come back as ``mirror_updates`` (the mirror's ``tags`` field, as
+  :func:`adapters.amocrm.mapping.card_tags` reads it) for the connector to merge into the mirror.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adapters.amocrm.client import AmoClient, AmoError, AmoHTTPError
-from adapters.amocrm.mapping import TAGS_FIELD
+from adapters.amocrm.mapping import TAGS_FIELD, card_tags
+from adapters.amocrm.settings import ENTITIES, AmoSettings
 from adapters.amocrm.source import make_client
-from adapters.base import WritebackResult
+from adapters.base import TagWriteResult, TokenStore
 
 BATCH = 50
 
@@ -40,18 +43,25 @@ def plan_tags(wanted: dict[int, set[str]], current: dict[int, set[str]], managed
 
 
 class AmoTagWriter:
-    def __init__(self, config: Any, store: Any):
-        self.config = config
+    def __init__(self, settings: AmoSettings, store: TokenStore):
+        self.settings = settings
         self.store = store
-        self.entity = config.crm.customer
-        self.path = "/api/v4/contacts" if self.entity == "contact" else "/api/v4/companies"
+        self.path = ENTITIES[settings.customer].path
 
-    def write(self, wanted: dict[int, set[str]], current: dict[int, set[str]], managed: set[str]) -> WritebackResult:
-        result = WritebackResult()
+    def write(self, wanted: Mapping[int, Sequence[str]], labels: Mapping[str, str],
+              mirror: Mapping[int, Mapping[str, Any]]) -> TagWriteResult:
+        """Tags are the segments' labels; the card's tags now are read from the mirror's ``tags`` field."""
+        want = {cid: {labels[s] for s in names} for cid, names in wanted.items()}
+        current = {cid: tags for cid, fields in mirror.items() if (tags := card_tags(dict(fields)))}
+        return self.write_labels(want, current, set(labels.values()))
+
+    def write_labels(self, wanted: dict[int, set[str]], current: dict[int, set[str]], managed: set[str]
+                     ) -> TagWriteResult:
+        result = TagWriteResult()
         changes = plan_tags(wanted, current, managed)
         if not changes:
             return result
-        with make_client(self.config, self.store) as client:
+        with make_client(self.settings, self.store) as client:
             ids = sorted(changes)
             for start in range(0, len(ids), BATCH):
                 chunk = ids[start : start + BATCH]
@@ -60,7 +70,7 @@ class AmoTagWriter:
         return result
 
     def _write_chunk(self, client: AmoClient, chunk: list[int], changes: dict[int, tuple[list[str], list[str]]],
-                     current: dict[int, set[str]], result: WritebackResult) -> None:
+                     current: dict[int, set[str]], result: TagWriteResult) -> None:
         body = [self._item(cid, changes[cid]) for cid in chunk]
         try:
             client.patch(self.path, body)
@@ -88,7 +98,7 @@ class AmoTagWriter:
             values[cid] = {TAGS_FIELD: json.dumps(sorted(tags), ensure_ascii=False)}
             result.failed.pop(cid, None)
         result.updated += len(done)
-        self.store.update_customer_fields(self.entity, values)
+        result.mirror_updates.update(values)
 
     @staticmethod
     def _item(cid: int, change: tuple[list[str], list[str]], single: bool = False) -> dict[str, Any]:

@@ -14,22 +14,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
-from adapters.bitrix24.client import Bitrix24Client, BitrixError
+from adapters.base import AdapterConfigError, CampaignSpec, TokenStore, check_users, marker, pick, round_robin_users
+from adapters.bitrix24.client import Bitrix24Client
 from adapters.bitrix24.paging import php_query
+from adapters.bitrix24.settings import ENTITIES, Bitrix24Settings
 from adapters.bitrix24.source import make_client
-from connector.campaigns import check_users, marker, pick, round_robin_users
 
 ORIGINATOR = "crm-lifecycle"
 
 
 class Bitrix24Actions:
-    def __init__(self, config: Any, store: Any):
-        self.config = config
-        self.entity = config.crm.customer
+    def __init__(self, settings: Bitrix24Settings, store: TokenStore):
+        self.kind = ENTITIES[settings.customer]
         self.loop = asyncio.new_event_loop()
-        self.client: Bitrix24Client = make_client(config, store)
+        self.client: Bitrix24Client = make_client(settings, store)
         self.loop.run_until_complete(self.client.__aenter__())
         self.targets: dict[tuple[str, str | None], tuple[int, str]] = {}  # (pipeline, stage) -> (category, stage id)
 
@@ -46,12 +47,10 @@ class Bitrix24Actions:
 
     # -- start-up checks -----------------------------------------------------------------------------
 
-    def resolve(self, campaigns: Any) -> None:
-        from connector.config import ConfigError
+    def resolve(self, campaigns: Sequence[CampaignSpec]) -> None:
+        self._run(self._resolve(campaigns, AdapterConfigError))
 
-        self._run(self._resolve(campaigns, ConfigError))
-
-    async def _resolve(self, campaigns: Any, error: type[Exception]) -> None:
+    async def _resolve(self, campaigns: Sequence[CampaignSpec], error: type[Exception]) -> None:
         deals = [(c, a) for c in campaigns for a in (*c.on_enter, *c.on_exit) if a.action == "deal"]
         if deals:
             answer = await self.client.call("crm.category.list", {"entityTypeId": 2})
@@ -118,7 +117,7 @@ class Bitrix24Actions:
     def _command(self, row: dict[str, Any], parents: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         p = row["payload"]
         cid = int(row["customer_id"])
-        owner = f"C_{cid}" if self.entity == "contact" else f"CO_{cid}"
+        owner = self.kind.binding(cid)
         tag = f"[{marker(row['key'])}]"
         deadline = p["deadline"][:19]
         if row["action"] == "call_task":
@@ -127,7 +126,7 @@ class Bitrix24Actions:
                 "DEADLINE": deadline, "UF_CRM_TASK": [owner]}}
         if row["action"] == "todo":
             return "crm.activity.todo.add", {
-                "ownerTypeId": 3 if self.entity == "contact" else 4, "ownerId": cid, "deadline": deadline,
+                "ownerTypeId": self.kind.owner_type_id, "ownerId": cid, "deadline": deadline,
                 "title": p["title"], "description": f"{p['description']}\n\n{tag}".strip(), "responsibleId": row["responsible_id"]}
         if row["action"] == "deal":
             category, stage = self.targets.get((p["pipeline"], p["stage"]), (None, None))
@@ -136,11 +135,8 @@ class Bitrix24Actions:
             fields: dict[str, Any] = {
                 "TITLE": p["title"], "CATEGORY_ID": category, "STAGE_ID": stage, "ASSIGNED_BY_ID": row["responsible_id"],
                 "COMMENTS": p["script"], "ORIGINATOR_ID": ORIGINATOR, "ORIGIN_ID": row["key"],
+                **self.kind.deal_link(cid),
             }
-            if self.entity == "contact":
-                fields["CONTACT_IDS"] = [cid]
-            else:
-                fields["COMPANY_ID"] = cid
             return "crm.deal.add", {"fields": fields}
         if row["action"] == "deal_task":
             deal = parents.get(row["parent_key"] or "", {}).get("id")
@@ -173,7 +169,7 @@ class Bitrix24Actions:
                         continue
                     bound = f"D_{deal}"
                 else:
-                    bound = f"C_{row['customer_id']}" if self.entity == "contact" else f"CO_{row['customer_id']}"
+                    bound = self.kind.binding(row["customer_id"])
                 tasks = await self._all("tasks.task.list", {"filter": {"UF_CRM_TASK": bound},
                                                            "select": ["ID", "DESCRIPTION"]}, lambda a: (a.get("result") or {}).get("tasks") or [])
                 for task in tasks:
@@ -181,7 +177,7 @@ class Bitrix24Actions:
                         found[row["key"]] = {"id": int(task.get("id") or task.get("ID"))}
                         break
             elif row["action"] == "todo":
-                owner_type = 3 if self.entity == "contact" else 4
+                owner_type = self.kind.owner_type_id
                 items = await self._all("crm.activity.list", {
                     "filter": {"OWNER_TYPE_ID": owner_type, "OWNER_ID": row["customer_id"]},
                     "select": ["ID", "DESCRIPTION"]}, lambda a: a.get("result") or [])

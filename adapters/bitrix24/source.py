@@ -21,19 +21,11 @@ from typing import Any
 
 import aiohttp
 
-from adapters.base import BadValue, Customer, Deal, Entity, PullResult, RowError, valid_id
+from adapters.base import AdapterStore, BadValue, Customer, Deal, Entity, PullResult, RowError, TokenStore, valid_id
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
-from adapters.bitrix24.mapping import (
-    COMPANY_SELECT,
-    CONTACT_SELECT,
-    DEAL_SELECT,
-    MappingError,
-    UserField,
-    to_customer,
-    to_deal,
-    user_field_map,
-)
+from adapters.bitrix24.mapping import DEAL_SELECT, MappingError, UserField, to_customer, to_deal, user_field_map
 from adapters.bitrix24.paging import iter_pages
+from adapters.bitrix24.settings import ENTITIES, Bitrix24Settings
 
 MAX_REFRESHES_PER_RUN = 5
 
@@ -41,7 +33,7 @@ MAX_REFRESHES_PER_RUN = 5
 class OAuthTokens:
     """Access/refresh tokens of a Bitrix24 app, rotated and persisted in the state store."""
 
-    def __init__(self, store: Any, *, token_url: str, client_id: str, client_secret: str, refresh_token: str | None,
+    def __init__(self, store: TokenStore, *, token_url: str, client_id: str, client_secret: str, refresh_token: str | None,
                  ssl_context: Any = None):
         self.store = store
         self.token_url = token_url
@@ -94,20 +86,20 @@ class OAuthTokens:
         return self.access_token
 
 
-def make_client(config: Any, store: Any) -> Bitrix24Client:
-    crm = config.crm
+def make_client(settings: Bitrix24Settings, store: TokenStore) -> Bitrix24Client:
+    crm = settings
     ca = str(crm.ca_file) if crm.ca_file else None
     if crm.webhook_url is not None:
-        return Bitrix24Client(crm.webhook_url.get_secret_value(), requests_per_second=crm.requests_per_second,
-                              burst=crm.burst, ca_file=ca)
+        return Bitrix24Client(crm.webhook_url, requests_per_second=crm.requests_per_second, burst=crm.burst, ca_file=ca)
     import ssl
 
+    assert crm.client_endpoint and crm.client_id and crm.client_secret, "OAuth needs endpoint, client id and secret"
     tokens = OAuthTokens(
         store,
         token_url=crm.oauth_token_url,
         client_id=crm.client_id,
-        client_secret=crm.client_secret.get_secret_value(),
-        refresh_token=crm.refresh_token.get_secret_value() if crm.refresh_token else None,
+        client_secret=crm.client_secret,
+        refresh_token=crm.refresh_token,
         ssl_context=ssl.create_default_context(cafile=ca) if ca else None,
     )
     return Bitrix24Client(crm.client_endpoint, token_func=tokens.__call__, requests_per_second=crm.requests_per_second,
@@ -119,27 +111,28 @@ def _shift(stamp: str, minutes: float) -> str:
 
 
 class Bitrix24Source:
-    def __init__(self, config: Any, store: Any):
-        self.config = config
+    def __init__(self, settings: Bitrix24Settings, store: AdapterStore):
+        self.settings = settings
         self.store = store
-        self.entity: Entity = config.crm.customer
-        self.field = config.settings.writeback.field
+        self.entity: Entity = settings.customer
+        self.kind = ENTITIES[settings.customer]
+        self.field = settings.tag_field
 
     def pull(self) -> PullResult:
         return asyncio.run(self._pull())
 
     async def _pull(self) -> PullResult:
-        crm = self.config.crm
+        crm = self.settings
         cursors = self.store.cursors()
         since = cursors.get("modified_since")
         reconciled = float(cursors.get("reconciled_at", "0"))
-        async with make_client(self.config, self.store) as client:
-            prefix = "crm.contact" if self.entity == "contact" else "crm.company"
+        async with make_client(self.settings, self.store) as client:
+            prefix = self.kind.prefix
             uf_answer = await client.call(f"{prefix}.userfield.list", {})
             fields_map = user_field_map(uf_answer.get("result") or [])
             started = client.server_time or datetime.now().astimezone().isoformat(timespec="seconds")
             filters = {} if since is None else {">=DATE_MODIFY": _shift(since, crm.overlap_minutes)}
-            select = (CONTACT_SELECT if self.entity == "contact" else COMPANY_SELECT) + [self.field]
+            select = [*self.kind.select, self.field]
             jobs = [
                 _collect(iter_pages(client, f"{prefix}.list", select, filters)),
                 _collect(iter_pages(client, "crm.deal.list", DEAL_SELECT, filters)),

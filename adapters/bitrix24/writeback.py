@@ -8,18 +8,21 @@
 * The value stored on a record is a list of option IDs. The connector owns only the options whose
   XML_ID is a tagged segment; any other value on the field (set by hand) is left as it is.
 * Only customers whose wanted value differs from the value in the mirror are updated, 50
-  ``crm.<entity>.update`` commands per batch; only the failed commands are retried.
+  ``crm.<entity>.update`` commands per batch; only the failed commands are retried. The values written
+  come back as ``mirror_updates`` for the connector to merge into the mirror.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from adapters.base import WritebackResult
+from adapters.base import TagWriteResult, TokenStore
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.paging import php_query
+from adapters.bitrix24.settings import ENTITIES, Bitrix24Settings
 from adapters.bitrix24.source import make_client, tag_ids
 
 RETRIES = 3
@@ -27,7 +30,7 @@ MAX_IDLE_WAITS = 3  # waits for the operating limit in a row that let nothing th
 
 
 def plan_tags(
-    wanted: dict[int, list[str]], current: dict[int, list[str]], options: dict[str, str]
+    wanted: Mapping[int, Sequence[str]], current: dict[int, list[str]], options: dict[str, str]
 ) -> dict[int, list[str]]:
     """Customer id -> the field's new list of option ids, for customers whose value must change.
 
@@ -46,20 +49,21 @@ def plan_tags(
 
 
 class Bitrix24TagWriter:
-    def __init__(self, config: Any, store: Any):
-        self.config = config
+    def __init__(self, settings: Bitrix24Settings, store: TokenStore):
+        self.settings = settings
         self.store = store
-        self.entity = config.crm.customer
-        self.prefix = "crm.contact" if self.entity == "contact" else "crm.company"
-        self.field = config.settings.writeback.field
+        self.prefix = ENTITIES[settings.customer].prefix
+        self.field = settings.tag_field
 
-    def write(self, wanted: dict[int, list[str]], current: dict[int, list[str]]) -> WritebackResult:
-        return asyncio.run(self._write(wanted, current))
+    def write(self, wanted: Mapping[int, Sequence[str]], labels: Mapping[str, str],
+              mirror: Mapping[int, Mapping[str, Any]]) -> TagWriteResult:
+        return asyncio.run(self._write(wanted, dict(labels), current_tags(mirror, self.field)))
 
-    async def _write(self, wanted: dict[int, list[str]], current: dict[int, list[str]]) -> WritebackResult:
-        result = WritebackResult()
-        async with make_client(self.config, self.store) as client:
-            options = await self._ensure_field(client, result)
+    async def _write(self, wanted: Mapping[int, Sequence[str]], labels: dict[str, str],
+                     current: dict[int, list[str]]) -> TagWriteResult:
+        result = TagWriteResult()
+        async with make_client(self.settings, self.store) as client:
+            options = await self._ensure_field(client, labels, result)
             changes = plan_tags(wanted, current, options)
             pending = dict(changes)
             attempts = idle_waits = 0
@@ -75,18 +79,18 @@ class Bitrix24TagWriter:
             result.requests = client.requests
         return result
 
-    async def _ensure_field(self, client: Bitrix24Client, result: WritebackResult) -> dict[str, str]:
-        segments = self.config.tagged_segments()
-        labels = {s: self.config.label(s) for s in segments}
+    async def _ensure_field(self, client: Bitrix24Client, labels: dict[str, str], result: TagWriteResult
+                            ) -> dict[str, str]:
+        segments = list(labels)
         found = await self._find_field(client)
         if found is None:
             fields = {
                 "FIELD_NAME": self.field.removeprefix("UF_CRM_"),
                 "USER_TYPE_ID": "enumeration",
                 "MULTIPLE": "Y",
-                "LABEL": self.config.settings.writeback.field_label,
-                "EDIT_FORM_LABEL": self.config.settings.writeback.field_label,
-                "LIST_COLUMN_LABEL": self.config.settings.writeback.field_label,
+                "LABEL": self.settings.tag_field_label,
+                "EDIT_FORM_LABEL": self.settings.tag_field_label,
+                "LIST_COLUMN_LABEL": self.settings.tag_field_label,
                 "SHOW_FILTER": "Y",
                 "LIST": [{"VALUE": labels[s], "XML_ID": s, "SORT": 10 * (i + 1)} for i, s in enumerate(segments)],
             }
@@ -122,7 +126,7 @@ class Bitrix24TagWriter:
         return None
 
     async def _update(
-        self, client: Bitrix24Client, pending: dict[int, list[str]], result: WritebackResult
+        self, client: Bitrix24Client, pending: dict[int, list[str]], result: TagWriteResult
     ) -> tuple[dict[int, list[str]], bool]:
         """Send the changes in batches of 50; return those that failed (to retry) and whether the
         operating-time limit stopped any (the rest of the run then waits for it to reopen)."""
@@ -151,7 +155,7 @@ class Bitrix24TagWriter:
                     done[cid] = {self.field: json.dumps(pending[cid])}
                     result.failed.pop(cid, None)
             result.updated += len(done)
-            self.store.update_customer_fields(self.entity, done)
+            result.mirror_updates.update(done)
             if blocked:  # everything after this batch would be refused as well
                 failed.update({cid: pending[cid] for cid in ids[start + 50 :]})
                 break
@@ -162,13 +166,11 @@ class Bitrix24TagWriter:
         return php_query({"id": cid, "fields": {self.field: values if values else ""}})
 
 
-def current_tags(customers_fields: dict[int, str | None], field_name: str) -> dict[int, list[str]]:
-    """Option ids per customer from the mirror's ``fields`` JSON (only customers that have any)."""
+def current_tags(customers_fields: Mapping[int, Mapping[str, Any]], field_name: str) -> dict[int, list[str]]:
+    """Option ids per customer from the mirror's field values (only customers that have any)."""
     out = {}
-    for cid, text in customers_fields.items():
-        if not text:
-            continue
-        ids = tag_ids((json.loads(text) or {}).get(field_name))
+    for cid, values in customers_fields.items():
+        ids = tag_ids(values.get(field_name))
         if ids:
             out[cid] = ids
     return out
