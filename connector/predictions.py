@@ -160,9 +160,7 @@ def fit_command(config: LoadedConfig | None, model: str, summary_path: str | Non
 
 
 def _mirror_features(config: LoadedConfig, as_of: date) -> pl.DataFrame:
-    from connector.pipeline import open_store
-
-    store = open_store(config)
+    store = StateStore.open(config.state_url, config.crm.name)
     try:
         crm = config.crm
         features, _ = compute_features(store.customers_frame(crm.customer), store.deals_frame(), as_of=as_of,

@@ -88,8 +88,9 @@ def test_bitrix24_the_order_of_the_field_alone_is_no_change():
 
 
 def test_bitrix24_current_values_are_read_from_the_mirror_and_empty_ones_skipped():
-    # the mirror keeps the field's value as the JSON text the mapping stored
-    fields = {1: json.dumps({"UF_CRM_LIFECYCLE": json.dumps([11, "99"])}), 2: None,
-              3: json.dumps({"UF_CRM_LIFECYCLE": "[]"}), 4: json.dumps({"OTHER": "[5]"}),
-              5: json.dumps({"UF_CRM_LIFECYCLE": "12"})}
+    # the pipeline hands over each customer's parsed mirror fields; the field's value is the JSON text
+    # the mapping stored
+    fields = {1: {"UF_CRM_LIFECYCLE": json.dumps([11, "99"])}, 2: {},
+              3: {"UF_CRM_LIFECYCLE": "[]"}, 4: {"OTHER": "[5]"},
+              5: {"UF_CRM_LIFECYCLE": "12"}}
     assert current_tags(fields, "UF_CRM_LIFECYCLE") == {1: ["11", "99"], 5: ["12"]}
