@@ -435,6 +435,7 @@ class _Compiler:
 
     def arithmetic(self, node: Tree) -> _Typed:
         children = node.children
+        self.check_date_typo(children)
         result = self.compile(children[0])
         for op_token, right_node in zip(children[1::2], children[2::2]):
             right = self.compile(right_node)
@@ -442,6 +443,22 @@ class _Compiler:
             text = " ".join(self.source[node.meta.start_pos:right_node.meta.end_pos].split())
             result = self.apply(result, op_token, right, text)
         return result
+
+    def check_date_typo(self, children: list) -> None:
+        """``2026-1-31`` (no spaces, one-digit month or day) is a date written wrong, not 2026 - 1 - 31."""
+        for i in range(0, len(children) - 4, 2):
+            parts = children[i:i + 5]
+            numbers, ops = parts[0::2], parts[1::2]
+            if not all(isinstance(n, Tree) and n.data == "number" for n in numbers):
+                continue
+            texts = [str(n.children[0]) for n in numbers]
+            tight = all(a.meta.end_pos == op.start_pos and op.end_pos == b.meta.start_pos
+                        for a, op, b in zip(numbers, ops, numbers[1:]))
+            if (tight and all(str(op) == "-" for op in ops) and re.fullmatch(r"\d{4}", texts[0])
+                    and all(re.fullmatch(r"\d{1,2}", t) for t in texts[1:])):
+                first = numbers[0].meta
+                raise self.error(first.line, first.column, f"invalid date {'-'.join(texts)}",
+                                 "dates are written YYYY-MM-DD, e.g. 2026-01-31")
 
     def apply(self, left: _Typed, op_token: Token, right: _Typed, text: str) -> _Typed:
         op, at = str(op_token), (op_token.line, op_token.column)
