@@ -75,7 +75,14 @@ import polars as pl
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from rules.products import PRODUCT_FUNCTIONS, SECTION_PREFIX, TODAY_COLUMN, ProductCall, ProductCatalogue
+from rules.products import (
+    KNOWN_COLUMN,
+    PRODUCT_FUNCTIONS,
+    SECTION_PREFIX,
+    TODAY_COLUMN,
+    ProductCall,
+    ProductCatalogue,
+)
 
 __all__ = ["FeatureType", "RuleError", "CompiledRule", "compile_rule", "product_warnings"]
 
@@ -201,7 +208,8 @@ def compile_rule(source: str, schema: Mapping[str, FeatureType], *, segment: str
     compiler.require_bool(result)
     products = tuple(compiler.products)
     warnings = tuple(_warnings(segment, products, catalogue)) if catalogue is not None else ()
-    return CompiledRule(source, result.expr.fill_null(False), frozenset(compiler.references),
+    expr = result.expr & pl.col(KNOWN_COLUMN) if products else result.expr  # no product rows: selects nobody
+    return CompiledRule(source, expr.fill_null(False), frozenset(compiler.references),
                         compiler.today, products, warnings)
 
 

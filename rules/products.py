@@ -20,8 +20,9 @@ Semantics:
 * ``bought`` is true when at least one such purchase exists, else false; ``times_bought`` counts the
   distinct deals containing P; ``spent_on`` sums ``price * quantity`` (a missing quantity counts as 1);
   ``days_since_bought`` is ``as_of`` minus the last purchase day, null when never bought.
-* Without product rows (none pulled yet) every product column is null, so a rule using a product
-  function selects nobody, whichever way it is negated: unknown is not "never bought".
+* Without product rows (none pulled yet) every product column is null and a rule using a product
+  function selects nobody, however it is written (``not bought(...)``, ``days_since_bought(...) == null``):
+  unknown is not "never bought". The compiler ANDs such a rule with ``__products_known``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import polars as pl
 from rules.features import local_date
 
 __all__ = [
-    "PRODUCT_FUNCTIONS", "SECTION_PREFIX", "TODAY_COLUMN", "ProductCall", "ProductCatalogue",
+    "PRODUCT_FUNCTIONS", "SECTION_PREFIX", "TODAY_COLUMN", "KNOWN_COLUMN", "ProductCall", "ProductCatalogue",
     "product_columns", "add_rule_inputs",
 ]
 
@@ -50,6 +51,7 @@ PRODUCT_FUNCTIONS: dict[str, tuple[str, bool]] = {
 }
 SECTION_PREFIX = "section:"
 TODAY_COLUMN = "__today"  # the `today` of a rule: as_of, added as a column before evaluation
+KNOWN_COLUMN = "__products_known"  # true when product rows were given: a product rule is false without them
 
 _FILL = {"bought": False, "times_bought": 0, "spent_on": 0.0}  # days_since_bought stays null
 _DTYPES = {"bought": pl.Boolean, "times_bought": pl.Int64, "spent_on": pl.Float64, "days_since_bought": pl.Int64}
@@ -110,11 +112,17 @@ class ProductCatalogue:
 
     @classmethod
     def from_rows(cls, rows: pl.DataFrame) -> ProductCatalogue:
+        """The distinct ids, names and sections of product rows; of names that differ only in case and
+        spaces, the most frequent spelling (spaces tidied) is kept."""
         def distinct(column: str) -> list[str]:
             if column not in rows.columns:
                 return []
-            values = rows.get_column(column).cast(pl.String).drop_nulls().unique().sort()
-            return [v for v in values.to_list() if v.strip()]
+            values = rows.get_column(column).cast(pl.String).drop_nulls().str.replace_all(r"\s+", " ").str.strip_chars()
+            counts = values.filter(values != "").value_counts(sort=True, name="n")
+            best: dict[str, str] = {}
+            for value, _n in counts.sort(["n", column], descending=[True, False]).iter_rows():
+                best.setdefault(normalise(value), value)
+            return sorted(best.values())
 
         return cls(frozenset(distinct("product_id")), tuple(distinct("product_name")), tuple(distinct("section")))
 
@@ -125,12 +133,12 @@ class ProductCatalogue:
 
     def near(self, call: ProductCall, n: int = 3) -> list[str]:
         """Up to ``n`` known names (or ``section:NAME``s) close to the call's product, best first."""
-        pool = [SECTION_PREFIX + s for s in self.sections] if call.is_section else [*self.names, *sorted(self.ids)]
+        pool = list(self.sections) if call.is_section else [*self.names, *sorted(self.ids)]
         by_norm: dict[str, str] = {}
         for item in pool:
             by_norm.setdefault(normalise(item), item)
-        wanted = normalise(SECTION_PREFIX + call.key if call.is_section else call.key)
-        return [by_norm[m] for m in difflib.get_close_matches(wanted, list(by_norm), n=n, cutoff=0.6)]
+        found = [by_norm[m] for m in difflib.get_close_matches(normalise(call.key), list(by_norm), n=n, cutoff=0.6)]
+        return [SECTION_PREFIX + f for f in found] if call.is_section else found
 
 
 def _match(call: ProductCall) -> pl.Expr:
@@ -207,6 +215,7 @@ def add_rule_inputs(
         out = out.with_columns(pl.lit(as_of, pl.Date).alias(TODAY_COLUMN))
     if not calls:
         return out
+    out = out.with_columns(pl.lit(products is not None).alias(KNOWN_COLUMN))
     if products is None:
         return out.with_columns(pl.lit(None, _DTYPES[c.function]).alias(c.name) for c in calls)
     assert as_of is not None
