@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 
 import numpy as np
 import polars as pl
@@ -803,3 +804,19 @@ def test_100k_rows_arithmetic_matches_numpy():
     expected = ~missing & (ratio_ok | np.isin(x - y, [0, 7]))
     np.testing.assert_array_equal(np.array(got), expected)
     assert 1_000 < expected.sum() < n - 1_000
+
+
+def test_readme_rule_language_examples_compile():
+    """Every example in the README's rule-language reference table parses and type-checks."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The rule language", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|") and not line.startswith(("|---", "| operator"))]
+    examples = [ex for row in rows for ex in re.findall(r"`([^`]+)`", row.rsplit("|", 2)[1])]
+    assert len(rows) >= 10 and len(examples) >= 15
+    schema = {**NUM_SCHEMA, "tier": "string", "city": "string", "a": "number", "b": "number", "c": "number",
+              "d": "number", "birthday": "date", "first_purchase": "date", "last_purchase": "date"}
+    for example in examples:
+        compiled = compile_rule(example, schema, segment="readme")
+        assert isinstance(compiled.expr, pl.Expr), example
