@@ -199,7 +199,7 @@ def test_product_features_of_large_frames_are_vectorised():
                             segment="s")
     frame = add_rule_inputs(features, compiled.today, compiled.products, as_of=AS_OF, products=rows, timezone=TZ)
     got = frame.select(compiled.expr).to_series()
-    # customer c has deals c + 10000 k (k = 0..4); product c % 7 + 3k % 7...; compute in plain Python
+    # row d: customer d % 10000, deal d, product d % 7, bought d % 100 days before as_of; five rows each, 2.0 apiece
     expected = []
     for c in range(10_000):
         deals = [c + 10_000 * k for k in range(5)]
