@@ -135,7 +135,7 @@ def compute(
     from connector.predictions import add_predictions
 
     features, predictions = add_predictions(store, config, features, as_of, refit=refit, run_id=run_id)
-    membership = engine.evaluate(features, frozen)
+    membership = engine.evaluate(features, frozen, as_of=as_of, timezone=crm.timezone)
     names = engine.segment_names
     sums = membership.select(pl.col(names).sum()).row(0, named=True) if names else {}
     counts = {n: int(sums[n]) for n in names}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Protocol
 
 import polars as pl
@@ -19,6 +20,7 @@ import polars as pl
 from rules.features import BUILTIN_FEATURES, CustomField
 from rules.language import CompiledRule, compile_rule
 from rules.predict.scoring import PREDICTION_FEATURES
+from rules.products import add_rule_inputs
 from rules.presets import all_preset_names, preset_segments
 from rules.settings import SegmentsConfig
 
@@ -107,12 +109,18 @@ class SegmentEngine:
                 )
         return cls(presets=presets, custom=_ordered(compiled), fields=fields)
 
-    def evaluate(self, features: pl.DataFrame, frozen: Mapping[str, pl.Series] | None = None) -> pl.DataFrame:
+    def evaluate(self, features: pl.DataFrame, frozen: Mapping[str, pl.Series] | None = None, *,
+                 as_of: date | None = None, products: pl.DataFrame | None = None, timezone: str = "UTC") -> pl.DataFrame:
         """Return ``id`` plus one boolean column per segment.
 
-        ``frozen`` maps a static segment already frozen in the state store to its member ids.
+        ``frozen`` maps a static segment already frozen in the state store to its member ids. ``as_of`` is
+        the rules' ``today``; ``products`` the product rows of won deals for product functions (None: not
+        pulled, product functions are unknown and select nobody); see rules.products.
         """
         frozen = frozen or {}
+        live = [seg.rule for seg in self.custom if seg.name not in frozen]
+        features = add_rule_inputs(features, any(r.today for r in live), [c for r in live for c in r.products],
+                                   as_of=as_of, products=products, timezone=timezone)
         missing = [n for n in PREDICTION_FEATURES if n not in features.columns]
         if missing:  # no model was asked for: a rule using a prediction sees nulls and selects nobody
             features = features.with_columns(pl.lit(None, pl.Float64).alias(n) for n in missing)

@@ -9,6 +9,8 @@ Semantics follow design.md, "Segment semantics":
 * ``median_gap`` is the median of day gaps between consecutive *distinct* purchase dates (two purchases
   on one day make one purchase day).
 * ``days_to_birthday`` is 0 on the day; 29 February counts as 28 February in other years.
+* ``birthday``, ``first_purchase`` and ``last_purchase`` are dates (the rule language's date type); the
+  purchase dates are ``as_of`` minus ``first_purchase_days`` / ``recency_days``, null for a prospect.
 * Customers created after ``as_of`` are left out unless they already have a purchase by then, so a
   backtest does not count people the CRM did not know yet.
 * A custom field's value that does not parse as its type (a number field holding "12 500 rub" or
@@ -25,7 +27,10 @@ from datetime import date
 
 import polars as pl
 
-from rules.language import FeatureType  # the one definition: "number" | "string" | "bool"
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: rules.language imports rules.products, which uses this module
+    from rules.language import FeatureType  # the one definition: "number" | "string" | "bool" | "date"
 
 BUILTIN_FEATURES: dict[str, FeatureType] = {
     "purchases": "number",
@@ -41,6 +46,9 @@ BUILTIN_FEATURES: dict[str, FeatureType] = {
     "has_phone": "bool",
     "has_email": "bool",
     "responsible_id": "string",
+    "birthday": "date",
+    "first_purchase": "date",
+    "last_purchase": "date",
 }
 
 EPOCH = date(1900, 1, 1)
@@ -75,6 +83,11 @@ def local_date(column: str, tz: str) -> pl.Expr:
 
 def _days_since(day: pl.Expr, as_of: date) -> pl.Expr:
     return (pl.lit(as_of) - day).dt.total_days()
+
+
+def _epoch_date(days: pl.Expr) -> pl.Expr:
+    """Days since EPOCH (1900-01-01) -> a date."""
+    return (days - (date(1970, 1, 1) - EPOCH).days).cast(pl.Int32).cast(pl.Date)
 
 
 def _days_to_birthday(as_of: date) -> pl.Expr:
@@ -245,6 +258,9 @@ def compute_features(
             (pl.col("phone").str.strip_chars().fill_null("") != "").alias("has_phone"),
             (pl.col("email").str.strip_chars().fill_null("") != "").alias("has_email"),
             "responsible_id",
+            pl.col("birthday").cast(pl.Date),
+            _epoch_date(pl.col("_first")).alias("first_purchase"),
+            _epoch_date(pl.col("_last")).alias("last_purchase"),
             *(_custom_field(f) for f in fields.values()),
         )
     )
