@@ -41,6 +41,21 @@ def test_migrations_record_the_version_and_refuse_a_newer_store(tmp_path):
         StateStore.open(url, "p")
 
 
+def test_the_alembic_revisions_build_exactly_the_declared_schema(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from connector.store import HEAD, metadata
+
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}", "p")
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [(HEAD,)]
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    finally:
+        store.close()
+
+
 def test_portals_share_a_database_without_seeing_each_other(tmp_path):
     url = f"sqlite:///{tmp_path / 'state.db'}"
     a, b = StateStore.open(url, "a"), StateStore.open(url, "b")

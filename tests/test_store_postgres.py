@@ -15,11 +15,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 
 from connector.campaigns import PlannedAction
 from connector.config import load_config
 from connector.pipeline import open_store, sync
-from connector.store import SCHEMA_VERSION, StateStore, membership, membership_events, meta_table, metadata, runs
+from connector.store import HEAD, SCHEMA_VERSION, StateStore, membership, membership_events, meta_table, metadata, runs
 from tests.conftest import ROOT
 
 AS_OF = date(2026, 11, 23)
@@ -30,7 +32,11 @@ def test_migrations_apply_and_record_the_version(postgres_url):
     try:
         assert store.engine.dialect.name == "postgresql"
         with store.engine.connect() as conn:
-            assert set(sa.inspect(conn).get_table_names()) == set(metadata.tables)
+            # the schema is Alembic's now: its version table besides the store's own, at the newest revision,
+            # and nothing differs from the tables the code declares
+            assert set(sa.inspect(conn).get_table_names()) == set(metadata.tables) | {"alembic_version"}
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [(HEAD,)]
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
             version = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
         assert version == str(SCHEMA_VERSION)
     finally:
