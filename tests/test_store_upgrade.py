@@ -221,3 +221,28 @@ def test_a_legacy_store_on_postgresql_upgrades_with_nothing_lost(postgres_url):
     finally:
         engine.dispose()
         source.dispose()
+
+
+def test_processes_opening_a_legacy_store_together_upgrade_it_once(legacy_copy):
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time, pathlib\n"
+        "from connector.store import StateStore\n"
+        "go = pathlib.Path(sys.argv[2])\n"
+        "while not go.exists(): time.sleep(0.001)\n"
+        "StateStore.open(sys.argv[1], 'default').close()\n"
+    )
+    go = legacy_copy.parent / "go"
+    root = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", script, f"sqlite:///{legacy_copy}", str(go)], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    time.sleep(1.5)  # the imports (a slower start only makes the opens less simultaneous, never wrong)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-1500:] for _, err in outs]
+    assert rows(legacy_copy, "alembic_version") == [(HEAD,)]
+    members = rows(legacy_copy, "audience_members", ["identifiers"])
+    assert len(rows(legacy_copy, "audience_hashes")) == len({h for (i,) in members for h in json.loads(i).items()})
