@@ -119,6 +119,22 @@ def _config(folder: Path, acct, ads, users: list[int]) -> Path:
     return path
 
 
+def _count_card_reads(monkeypatch) -> dict[str, int]:
+    from connector.store.frames import Frames
+    from connector.store.mirror import Mirror
+
+    reads: dict[str, int] = {}
+    for cls, name in ((Frames, "card_frame"), (Frames, "customers_frame"), (Mirror, "customer_cards")):
+        original = getattr(cls, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads[_name] = reads.get(_name, 0) + 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, counted)
+    return reads
+
+
 def test_an_upgraded_store_syncs_on_without_changing_membership_ledger_or_tokens(legacy_copy, monkeypatch):
     from connector.campaigns import marker
     from connector.pipeline import sync
@@ -135,7 +151,10 @@ def test_an_upgraded_store_syncs_on_without_changing_membership_ledger_or_tokens
         ads.advance(3600)  # Yandex has long finished processing the segment the legacy sync uploaded
         users = sorted(int(u["id"]) for u in acct.state()["users"])[:2]
         config = load_config(_config(legacy_copy.parent, acct, ads, users))
+        reads = _count_card_reads(monkeypatch)
         result = sync(config, as_of=AS_OF)
+        # one read of the customers' cards, shared by features, planning, tags and the audience
+        assert reads == {"card_frame": 1}, reads
         summary = result.summary()
         assert result.entered.height == 0 and result.left.height == 0, summary  # the same CRM: nobody moved
         assert (summary["actions_planned"], summary["actions_created"], summary["actions_recovered"]) == (0, 0, 0)
