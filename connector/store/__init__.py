@@ -15,6 +15,7 @@ composes the parts (``store.ledger_part`` ...); its methods delegate to them, so
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
