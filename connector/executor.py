@@ -22,7 +22,10 @@ with the batch still ``sending``, to be settled the same way next time.
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from connector.store.ledger import LedgerRow
 
 log = logging.getLogger("lifecycle.executor")
 
@@ -36,10 +39,10 @@ class ActionSink(Protocol):
     def resolve(self, campaigns: Any) -> None:
         """Check pipelines, stages and users against the CRM (ConfigError naming the campaign)."""
 
-    def find(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def find(self, rows: list[LedgerRow], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Key -> result for the rows whose object already exists in the CRM (looked up by marker)."""
 
-    def create(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]
+    def create(self, rows: list[LedgerRow], parents: dict[str, dict[str, Any]]
                ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """Create the objects; return (key -> result, key -> error) for every row."""
 
@@ -109,5 +112,5 @@ def _parents(store: Any) -> dict[str, dict[str, Any]]:
     return {r.key: r.result or {} for r in store.ledger(["done"]) if r.action == "deal"}
 
 
-def _batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+def _batches(rows: list[LedgerRow], size: int) -> list[list[LedgerRow]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]

@@ -162,3 +162,41 @@ def test_the_lock_of_a_killed_process_on_this_machine_is_taken_over_at_once(tmp_
             SyncLease(store, 60).acquire()
     finally:
         store.close()
+
+
+def test_the_ledger_gives_frozen_typed_rows_and_the_planners_history(tmp_path):
+    import dataclasses
+
+    import polars as pl
+
+    from connector.campaigns import PlannedAction
+    from connector.store import LedgerRow
+
+    day = date(2026, 1, 5)
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}", "p")
+    try:
+        empty = pl.DataFrame(schema={"segment": pl.String, "customer_id": pl.Int64})
+        common = dict(campaign="c", entry_date=day, event="enter")
+        planned = [PlannedAction(key="c/deal/1", action="deal", customer_id=1, responsible_id=7, payload={"title": "Т"}, **common),
+                   PlannedAction(key="c/deal_task/1", action="deal_task", customer_id=1, responsible_id=7,
+                                 parent_key="c/deal/1", **common),
+                   PlannedAction(key="c/call/2", action="call_task", customer_id=2, responsible_id=None,
+                                 skip_reason="do not contact", **common)]
+        store.apply_membership(store.start_run("sync", day), day, empty, empty, {}, planned)
+        store.set_actions(["c/deal/1"], "done", results={"c/deal/1": {"id": 55}}, count_attempt=True)
+        rows = {r.key: r for r in store.ledger()}
+        deal = rows["c/deal/1"]
+        assert isinstance(deal, LedgerRow) and deal.status == "done" and deal.result == {"id": 55}
+        assert deal.payload == {"title": "Т"} and deal.entry_date == day and deal.attempts == 1
+        assert deal.responsible_id == 7 and rows["c/deal_task/1"].parent_key == "c/deal/1"
+        assert rows["c/call/2"].status == "skipped" and rows["c/call/2"].skip_reason == "do not contact"
+        assert deal["key"] == deal.key and deal.get("claimed_by") is None  # mapping reads for the CRM sinks
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            deal.status = "planned"  # type: ignore[misc]
+        history = store.ledger_history()
+        assert history.keys == {"c/deal/1", "c/deal_task/1", "c/call/2"}  # every key: none planned twice
+        # a skip and a deal's own call task are no touches
+        assert history.touches == {1: [day]} and history.last_by_campaign == {("c", 1): day}
+        assert history.per_rep_day == {("c", 7, day): 1} and history.per_campaign == {"c": 1}
+    finally:
+        store.close()
