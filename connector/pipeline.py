@@ -302,10 +302,11 @@ def preview_plan(config: LoadedConfig) -> list[dict[str, object]]:
         if sink is not None:
             sink.resolve(config.settings.campaign)
         stored = store.membership_frame()
-        computation = compute(store, config, as_of, stored)
+        cards = store.customer_card_view(config.crm.customer)
+        computation = compute(store, config, as_of, stored, cards)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
         rows: list[dict[str, object]] = []
-        for p in plan_actions(config, store, computation, entered, left, as_of):
+        for p in plan_actions(config, store, computation, entered, left, as_of, cards):
             rows.append({"campaign": p.campaign, "action": p.action, "customer_id": p.customer_id, "key": p.key,
                          "skip_reason": p.skip_reason, "responsible_id": p.responsible_id, "origin": "new",
                          "title": str(p.payload.get("title", "")), "due": str(p.payload.get("deadline", ""))[:10]})
