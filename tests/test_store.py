@@ -200,3 +200,18 @@ def test_the_ledger_gives_frozen_typed_rows_and_the_planners_history(tmp_path):
         assert history.per_rep_day == {("c", 7, day): 1} and history.per_campaign == {"c": 1}
     finally:
         store.close()
+
+
+def test_revisions_are_one_numbered_line_matching_their_files():
+    """meta.schema_version is derived from the revision number (5 + N), so revisions must stay 0001, 0002, ...
+    in one line, each file named after its revision."""
+    from alembic.script import ScriptDirectory
+
+    from connector.store import migrate
+
+    script = ScriptDirectory(str(migrate.MIGRATIONS_DIR))
+    line = [s.revision for s in script.walk_revisions()][::-1]
+    assert line == migrate._revisions() == [f"{n:04d}" for n in range(1, len(line) + 1)]
+    assert script.get_heads() == [migrate.HEAD] and migrate.SCHEMA_VERSION == migrate.LEGACY_BASE + len(line)
+    for s in script.walk_revisions():
+        assert s.path.rsplit("/", 1)[-1].startswith(s.revision + "_")
