@@ -265,3 +265,21 @@ def test_processes_opening_a_legacy_store_together_upgrade_it_once(legacy_copy):
     assert rows(legacy_copy, "alembic_version") == [(HEAD,)]
     members = rows(legacy_copy, "audience_members", ["identifiers"])
     assert len(rows(legacy_copy, "audience_hashes")) == len({h for (i,) in members for h in json.loads(i).items()})
+
+
+def test_a_store_of_version_7_is_stamped_without_redoing_its_hashes(tmp_path):
+    """The main just before Alembic (version 7) already keeps per-hash states: they stay as they are."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = StateStore.open(url, "p")
+    store.set_audience_members("yandex:s:A", {1: ({"email": "e1" * 32}, "in")})
+    store.set_audience_hashes("yandex:s:A", [("email", "e1" * 32)], "in")
+    with store.engine.begin() as conn:  # what that main left: no Alembic table, version 7
+        conn.exec_driver_sql("DROP TABLE alembic_version")
+        conn.exec_driver_sql("UPDATE meta SET value = '7'")
+    store.close()
+    store = StateStore.open(url, "p")
+    try:
+        assert store.audience_hashes("yandex:s:A") == {("email", "e1" * 32): "in"}
+    finally:
+        store.close()
+    assert rows(tmp_path / "state.db", "alembic_version") == [(HEAD,)]
