@@ -109,10 +109,10 @@ def test_a_claim_takes_only_pending_rows_and_only_while_holding_the_lock(tmp_pat
         store.release_lock("a:1:x")
         assert store.try_lock("b:2:y", 60)
         store.set_actions(["k1"], "done", results={"k1": {"id": 1}}, claimed_by="b:2:y")  # not b's: untouched
-        assert {r["key"]: r["status"] for r in store.ledger()} == {"k1": "sending", "k2": "sending", "k3": "sending"}
+        assert {r.key: r.status for r in store.ledger()} == {"k1": "sending", "k2": "sending", "k3": "sending"}
         store.set_actions(["k1", "k2"], "planned", not_claimed_by="b:2:y")  # a's rows: a dead run's, settled
         assert store.claim_actions(["k1", "k2", "k3"], "b:2:y") == {"k1", "k2"}
-        assert {r["key"]: r["claimed_by"] for r in store.ledger()} == {"k1": "b:2:y", "k2": "b:2:y", "k3": "a:1:x"}
+        assert {r.key: r.claimed_by for r in store.ledger()} == {"k1": "b:2:y", "k2": "b:2:y", "k3": "a:1:x"}
     finally:
         store.close()
 
