@@ -68,14 +68,16 @@ def audience_key(audience: Any, name: str) -> str:
     return f"{audience.cabinet}:{audience.segment}:{name}"
 
 
-def sync_audiences(config: Any, store: Any, computation: Any, *, clients: dict[str, type] | None = None) -> list[AudienceResult]:
+def sync_audiences(config: Any, store: Any, computation: Any, *, clients: dict[str, type] | None = None,
+                   cards: Any = None) -> list[AudienceResult]:
+    """``cards``: the run's customer card view (connector.store.cards), if read already."""
     out = []
     for audience in config.settings.audience:
         name = audience.name or config.label(audience.segment)
         client = (clients or CLIENTS)[audience.cabinet](audience, config.settings.audiences)
         result = AudienceResult(audience.segment, audience.cabinet, name)
         try:
-            _sync_one(config, store, computation, audience, name, client, result)
+            _sync_one(config, store, computation, audience, name, client, result, cards)
         except QuotaError as exc:
             result.message = f"{exc}; the rest waits for the next run"
         except AdsError as exc:
@@ -89,9 +91,10 @@ def sync_audiences(config: Any, store: Any, computation: Any, *, clients: dict[s
     return out
 
 
-def _desired(config: Any, store: Any, computation: Any, audience: Any, result: AudienceResult) -> dict[int, dict[str, str]]:
+def _desired(config: Any, store: Any, computation: Any, audience: Any, result: AudienceResult,
+             view: Any = None) -> dict[int, dict[str, str]]:
     ids = computation.membership.filter(pl.col(audience.segment)).get_column("id").to_list()
-    cards = store.customer_cards(config.crm.customer, ids)
+    cards = store.customer_cards(config.crm.customer, ids) if view is None else view.cards(ids)
     region = config.settings.audiences.default_region
     wanted_key = {"phones": "phone", "emails": "email"}.get(audience.id_type) if audience.cabinet == "vk" else None
     desired: dict[int, dict[str, str]] = {}
@@ -136,9 +139,9 @@ def _line_hashes(lines: list[dict[str, str]]) -> list[Hash]:
 
 
 def _sync_one(config: Any, store: Any, computation: Any, audience: Any, name: str, client: Any,
-              result: AudienceResult) -> None:
+              result: AudienceResult, cards: Any = None) -> None:
     key = audience_key(audience, name)
-    desired = _desired(config, store, computation, audience, result)
+    desired = _desired(config, store, computation, audience, result, cards)
     record = store.audience(key)
     remote_id = record["remote_id"] if record else None
     if remote_id is None and record and (record.get("detail") or {}).get("upload"):

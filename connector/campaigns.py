@@ -17,12 +17,25 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 from zoneinfo import ZoneInfo
 
 from adapters.base import marker  # noqa: F401 - re-exported: PlannedAction.marker, the tests
 from connector.templates import LIMITS, TemplateError, check_template, cut
 from connector.templates import render as render_template
+
+if TYPE_CHECKING:
+    from connector.store.ledger import LedgerHistory
+
+
+def __getattr__(name: str) -> Any:
+    """``LedgerHistory`` lives with the ledger (connector.store.ledger), which builds it; still importable here."""
+    if name == "LedgerHistory":
+        from connector.store.ledger import LedgerHistory
+
+        return LedgerHistory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 from rules.features import TRUE_WORDS  # noqa: E402 - the one list of true words
 
@@ -164,15 +177,6 @@ class PlannedAction:
         return marker(self.key)
 
 
-@dataclass
-class LedgerHistory:
-    """What the ledger already holds, as the planner needs it (non-skipped actions only)."""
-
-    last_by_campaign: dict[tuple[str, int], date] = field(default_factory=dict)  # (campaign, customer) -> day
-    touches: dict[int, list[date]] = field(default_factory=dict)  # customer -> days of actions
-    per_rep_day: Counter = field(default_factory=Counter)  # (campaign, rep, day) -> actions
-    per_campaign: Counter = field(default_factory=Counter)  # campaign -> actions ever (round-robin position)
-    keys: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)

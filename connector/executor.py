@@ -22,9 +22,12 @@ with the batch still ``sending``, to be settled the same way next time.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.base import ActionSink
+
+if TYPE_CHECKING:
+    from connector.store.ledger import LedgerRow
 
 log = logging.getLogger("lifecycle.executor")
 
@@ -42,31 +45,31 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
     holder = holder or new_holder()
     summary = {"actions_created": 0, "actions_recovered": 0, "actions_failed": 0, "actions_waiting": 0}
     parents = _parents(store)
-    in_doubt = [r for r in store.ledger(["sending"]) if r.get("claimed_by") != holder]
+    in_doubt = [r for r in store.ledger(["sending"]) if r.claimed_by != holder]
     if in_doubt:
         found = {}
         for chunk in _batches(in_doubt, batch_size):
             found.update(sink.find(chunk, parents))
         store.set_actions(list(found), "done", results=found, not_claimed_by=holder)
-        store.set_actions([r["key"] for r in in_doubt if r["key"] not in found], "planned", not_claimed_by=holder)
+        store.set_actions([r.key for r in in_doubt if r.key not in found], "planned", not_claimed_by=holder)
         summary["actions_recovered"] = len(found)
         log.info("settled %d actions of an interrupted run: %d found in the CRM", len(in_doubt), len(found))
         parents = _parents(store)
     for phase in PHASES:
         for _ in range(PASSES):
             rows = [r for r in store.ledger(["planned", "failed"])
-                    if r["action"] in phase and r["attempts"] < max_attempts]
-            ready = [r for r in rows if r["parent_key"] is None or r["parent_key"] in parents]
+                    if r.action in phase and r.attempts < max_attempts]
+            ready = [r for r in rows if r.parent_key is None or r.parent_key in parents]
             if not ready:
                 break
             for chunk in _batches(ready, batch_size):
                 if should_stop():
                     break  # shutting down: the rest stays planned for the next run
-                claimed = store.claim_actions([r["key"] for r in chunk], holder, fenced=fenced)
-                chunk = [r for r in chunk if r["key"] in claimed]
+                claimed = store.claim_actions([r.key for r in chunk], holder, fenced=fenced)
+                chunk = [r for r in chunk if r.key in claimed]
                 if not chunk:
                     continue
-                keys = [r["key"] for r in chunk]
+                keys = [r.key for r in chunk]
                 try:
                     results, errors = sink.create(chunk, parents)
                 except Exception as exc:  # the request's fate is unknown: ask the CRM what exists
@@ -84,16 +87,16 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
                     log.warning("action %s failed: %s", key, error)
             parents = _parents(store)
     left = [r for r in store.ledger(["planned", "failed"])]
-    summary["actions_failed"] = sum(1 for r in left if r["status"] == "failed")
-    summary["actions_waiting"] = sum(1 for r in left if r["status"] == "planned")
+    summary["actions_failed"] = sum(1 for r in left if r.status == "failed")
+    summary["actions_waiting"] = sum(1 for r in left if r.status == "planned")
     summary["action_requests"] = sink.requests
     return summary
 
 
 def _parents(store: Any) -> dict[str, dict[str, Any]]:
     """Results of done deals, by key (a deal's call task needs the deal's id)."""
-    return {r["key"]: r["result"] or {} for r in store.ledger(["done"]) if r["action"] == "deal"}
+    return {r.key: r.result or {} for r in store.ledger(["done"]) if r.action == "deal"}
 
 
-def _batches(rows: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+def _batches(rows: list[LedgerRow], size: int) -> list[list[LedgerRow]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]

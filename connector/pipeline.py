@@ -20,7 +20,7 @@ from adapters.base import ActionSink, AdapterConfigError, CrmSource, RowError
 from connector.config import ConfigError, LoadedConfig
 from connector.kits import adapter_settings, as_config_error, crm_kit
 from connector.logs import bind, redact, safe_error
-from connector.store import StateStore
+from connector.store import CustomerCards, StateStore
 from connector.synclock import LockLost, SyncLease, SyncLocked  # noqa: F401 - SyncLocked: raised by sync()
 from rules.engine import SegmentEngine
 from rules.features import FeatureStats, compute_features
@@ -76,9 +76,10 @@ def make_source(config: LoadedConfig, store: StateStore | None = None) -> CrmSou
     return kit.make_source(adapter_settings(config, kit), store)  # type: ignore[arg-type]
 
 
-def write_tags(config: LoadedConfig, store: StateStore, computation: Computation) -> dict[str, object]:
+def write_tags(config: LoadedConfig, store: StateStore, computation: Computation,
+               cards: CustomerCards | None = None) -> dict[str, object]:
     """Write the tagged segments onto the customers in the CRM, merge what was written into the mirror,
-    and return what happened."""
+    and return what happened. ``cards``: the run's customer card view, if read already."""
     tagged = config.tagged_segments()
     kit = crm_kit(config)
     if not tagged or kit.make_tag_writer is None:
@@ -88,8 +89,8 @@ def write_tags(config: LoadedConfig, store: StateStore, computation: Computation
         row[0]: [name for name, flag in zip(tagged, row[1:]) if flag]
         for row in frame.filter(pl.any_horizontal(tagged)).iter_rows()
     }
-    mirror = {cid: json.loads(text) or {}
-              for cid, text in store.customers_frame(config.crm.customer).select("id", "fields").iter_rows() if text}
+    cards = store.customer_card_view(config.crm.customer) if cards is None else cards
+    mirror = {cid: json.loads(text) or {} for cid, text in cards.fields_text().items() if text}
     labels = {name: config.label(name) for name in tagged}
     result = kit.make_tag_writer(adapter_settings(config, kit), store).write(wanted, labels, mirror)
     store.update_customer_fields(config.crm.customer, result.mirror_updates)
@@ -108,12 +109,13 @@ def open_store(config: LoadedConfig) -> StateStore:
 
 
 def compute(
-    store: StateStore, config: LoadedConfig, as_of: date, stored: pl.DataFrame | None = None, *,
-    refit: bool = False, run_id: int | None = None,
+    store: StateStore, config: LoadedConfig, as_of: date, stored: pl.DataFrame | None = None,
+    cards: CustomerCards | None = None, *, refit: bool = False, run_id: int | None = None,
 ) -> Computation:
     """Features and membership for ``as_of`` from the mirror; static segments already frozen keep
-    their stored members. ``stored`` is the stored membership if the caller already read it.
-    ``refit``: a prediction model older than ``[predictions] refit_days`` is refitted and stored (sync)."""
+    their stored members. ``stored`` is the stored membership if the caller already read it; ``cards``
+    the run's customer card view. ``refit``: a prediction model older than ``[predictions] refit_days`` is
+    refitted and stored (sync)."""
     engine: SegmentEngine = config.rules
     crm = config.crm
     frozen_names = store.frozen_segments() & {c.name for c in engine.custom if c.static}
@@ -123,7 +125,7 @@ def compute(
         for name in frozen_names:
             frozen[name] = stored.filter(pl.col("segment") == name).get_column("customer_id")
     features, stats = compute_features(
-        store.customers_frame(crm.customer),
+        store.customers_frame(crm.customer) if cards is None else cards.features_frame(),
         store.deals_frame(),
         as_of=as_of,
         timezone=crm.timezone,
@@ -252,9 +254,10 @@ def resolve_sink(sink: ActionSink, config: LoadedConfig) -> None:
 
 
 def plan_actions(config: LoadedConfig, store: StateStore, computation: Computation, entered: pl.DataFrame,
-                 left: pl.DataFrame, as_of: date) -> list:
-    """The campaign actions owed to who entered and left today (and skips, with reasons)."""
-    from connector.campaigns import Card, LedgerHistory, WorkCalendar, group_members, is_true, plan
+                 left: pl.DataFrame, as_of: date, cards: CustomerCards | None = None) -> list:
+    """The campaign actions owed to who entered and left today (and skips, with reasons). ``cards``: the
+    run's customer card view, if read already."""
+    from connector.campaigns import Card, WorkCalendar, group_members, is_true, plan
 
     campaigns = config.settings.campaign
     if not campaigns:
@@ -263,29 +266,20 @@ def plan_actions(config: LoadedConfig, store: StateStore, computation: Computati
     entered_by = group_members(entered.filter(pl.col("segment").is_in(list(wanted))))
     left_by = group_members(left.filter(pl.col("segment").is_in(list(wanted))))
     ids = sorted({i for ids in (*entered_by.values(), *left_by.values()) for i in ids})
-    history = LedgerHistory()
-    for key, campaign, cid, day, rep, status, action in store.ledger_summary():
-        history.keys.add(key)
-        if status == "skipped" or action == "deal_task":
-            continue
-        day = date.fromisoformat(day) if isinstance(day, str) else day
-        history.last_by_campaign[(campaign, cid)] = max(day, history.last_by_campaign.get((campaign, cid), day))
-        history.touches.setdefault(cid, []).append(day)
-        history.per_campaign[campaign] += 1
-        if rep is not None:
-            history.per_rep_day[(campaign, int(rep), day)] += 1
+    history = store.ledger_history()
     dnc = config.settings.pressure.do_not_contact
     dnc_source = (config.settings.fields[dnc].source or dnc) if dnc and dnc in config.settings.fields else dnc
-    cards_raw = store.customer_cards(config.crm.customer, ids)
+    cards_raw = (store.customer_cards(config.crm.customer, ids) if cards is None else cards.cards(ids))
     features = {r["id"]: r for r in computation.features.filter(pl.col("id").is_in(ids)).iter_rows(named=True)}
-    cards = {}
+    planned_cards = {}
     for cid in ids:
         raw = cards_raw.get(cid, {})
         values = {**features.get(cid, {}), **{k: raw.get(k) for k in ("name", "phone", "email", "birthday")}, "id": cid}
         rep = raw.get("responsible_id")
-        cards[cid] = Card(values=values, responsible_id=int(rep) if rep and str(rep).isdigit() else None,
-                          do_not_contact=bool(dnc_source) and is_true((raw.get("fields") or {}).get(dnc_source)))
-    return plan(campaigns, entered_by, left_by, as_of, cards, history, WorkCalendar.from_settings(config.settings.calendar),
+        planned_cards[cid] = Card(values=values, responsible_id=int(rep) if rep and str(rep).isdigit() else None,
+                                  do_not_contact=bool(dnc_source) and is_true((raw.get("fields") or {}).get(dnc_source)))
+    return plan(campaigns, entered_by, left_by, as_of, planned_cards, history,
+                WorkCalendar.from_settings(config.settings.calendar),
                 config.settings.pressure, ZoneInfo(config.crm.timezone))
 
 
@@ -300,17 +294,18 @@ def preview_plan(config: LoadedConfig) -> list[dict[str, object]]:
         if sink is not None:
             resolve_sink(sink, config)
         stored = store.membership_frame()
-        computation = compute(store, config, as_of, stored)
+        cards = store.customer_card_view(config.crm.customer)
+        computation = compute(store, config, as_of, stored, cards)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
         rows: list[dict[str, object]] = []
-        for p in plan_actions(config, store, computation, entered, left, as_of):
+        for p in plan_actions(config, store, computation, entered, left, as_of, cards):
             rows.append({"campaign": p.campaign, "action": p.action, "customer_id": p.customer_id, "key": p.key,
                          "skip_reason": p.skip_reason, "responsible_id": p.responsible_id, "origin": "new",
                          "title": str(p.payload.get("title", "")), "due": str(p.payload.get("deadline", ""))[:10]})
         for r in store.ledger(["planned", "sending", "failed"]):
-            rows.append({"campaign": r["campaign"], "action": r["action"], "customer_id": r["customer_id"], "key": r["key"],
-                         "skip_reason": None, "responsible_id": r["responsible_id"], "origin": r["status"],
-                         "title": str(r["payload"].get("title", "")), "due": str(r["payload"].get("deadline", ""))[:10]})
+            rows.append({"campaign": r.campaign, "action": r.action, "customer_id": r.customer_id, "key": r.key,
+                         "skip_reason": None, "responsible_id": r.responsible_id, "origin": r.status,
+                         "title": str(r.payload.get("title", "")), "due": str(r.payload.get("deadline", ""))[:10]})
         return rows
     finally:
         if sink is not None:
@@ -364,15 +359,16 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
                      "full" if pull.snapshot else "incremental", pull.requests)
         checkpoint("the pull")
         stored = store.membership_frame()
-        computation = compute(store, config, as_of, stored, refit=True, run_id=run_id)
+        cards = store.customer_card_view(config.crm.customer)  # read once: features, plan, tags, audiences
+        computation = compute(store, config, as_of, stored, cards, refit=True, run_id=run_id)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
-        planned = plan_actions(config, store, computation, entered, left, as_of)
+        planned = plan_actions(config, store, computation, entered, left, as_of, cards)
         store.apply_membership(run_id, as_of, entered, left, config.rules.definitions(), planned)
         with bind(stage="segments"):
             log.info("membership stored: %d entries, %d exits, %d campaign actions planned", entered.height, left.height,
                      sum(1 for p in planned if not p.skip_reason))
         checkpoint("storing membership")
-        written = write_tags(config, store, computation)
+        written = write_tags(config, store, computation, cards)
         checkpoint("the write-back")
         if sink is not None:
             from connector.executor import execute
@@ -387,7 +383,7 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
             from connector.audiences import sync_audiences
 
             lease.check()
-            written = {**written, "audiences": [r.summary() for r in sync_audiences(config, store, computation)]}
+            written = {**written, "audiences": [r.summary() for r in sync_audiences(config, store, computation, cards=cards)]}
         result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written,
                             full_pull=pull.snapshot)
         store.finish_run(run_id, status="ok", stats=result.summary())

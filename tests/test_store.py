@@ -41,6 +41,21 @@ def test_migrations_record_the_version_and_refuse_a_newer_store(tmp_path):
         StateStore.open(url, "p")
 
 
+def test_the_alembic_revisions_build_exactly_the_declared_schema(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from connector.store import HEAD, metadata
+
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}", "p")
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [(HEAD,)]
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    finally:
+        store.close()
+
+
 def test_portals_share_a_database_without_seeing_each_other(tmp_path):
     url = f"sqlite:///{tmp_path / 'state.db'}"
     a, b = StateStore.open(url, "a"), StateStore.open(url, "b")
@@ -70,6 +85,7 @@ def test_a_store_at_version_5_gains_the_lock_start_and_the_claim_owner(tmp_path)
         conn.exec_driver_sql("ALTER TABLE locks DROP COLUMN locked_since")
         conn.exec_driver_sql("ALTER TABLE actions DROP COLUMN claimed_by")
         conn.execute(sa.update(meta_table).values(value="5"))
+        conn.exec_driver_sql("DROP TABLE alembic_version")  # stores of version 5 predate Alembic
     store.close()
     store = StateStore.open(url, "p")
     try:
@@ -93,10 +109,10 @@ def test_a_claim_takes_only_pending_rows_and_only_while_holding_the_lock(tmp_pat
         store.release_lock("a:1:x")
         assert store.try_lock("b:2:y", 60)
         store.set_actions(["k1"], "done", results={"k1": {"id": 1}}, claimed_by="b:2:y")  # not b's: untouched
-        assert {r["key"]: r["status"] for r in store.ledger()} == {"k1": "sending", "k2": "sending", "k3": "sending"}
+        assert {r.key: r.status for r in store.ledger()} == {"k1": "sending", "k2": "sending", "k3": "sending"}
         store.set_actions(["k1", "k2"], "planned", not_claimed_by="b:2:y")  # a's rows: a dead run's, settled
         assert store.claim_actions(["k1", "k2", "k3"], "b:2:y") == {"k1", "k2"}
-        assert {r["key"]: r["claimed_by"] for r in store.ledger()} == {"k1": "b:2:y", "k2": "b:2:y", "k3": "a:1:x"}
+        assert {r.key: r.claimed_by for r in store.ledger()} == {"k1": "b:2:y", "k2": "b:2:y", "k3": "a:1:x"}
     finally:
         store.close()
 
@@ -146,3 +162,56 @@ def test_the_lock_of_a_killed_process_on_this_machine_is_taken_over_at_once(tmp_
             SyncLease(store, 60).acquire()
     finally:
         store.close()
+
+
+def test_the_ledger_gives_frozen_typed_rows_and_the_planners_history(tmp_path):
+    import dataclasses
+
+    import polars as pl
+
+    from connector.campaigns import PlannedAction
+    from connector.store import LedgerRow
+
+    day = date(2026, 1, 5)
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}", "p")
+    try:
+        empty = pl.DataFrame(schema={"segment": pl.String, "customer_id": pl.Int64})
+        common = dict(campaign="c", entry_date=day, event="enter")
+        planned = [PlannedAction(key="c/deal/1", action="deal", customer_id=1, responsible_id=7, payload={"title": "Т"}, **common),
+                   PlannedAction(key="c/deal_task/1", action="deal_task", customer_id=1, responsible_id=7,
+                                 parent_key="c/deal/1", **common),
+                   PlannedAction(key="c/call/2", action="call_task", customer_id=2, responsible_id=None,
+                                 skip_reason="do not contact", **common)]
+        store.apply_membership(store.start_run("sync", day), day, empty, empty, {}, planned)
+        store.set_actions(["c/deal/1"], "done", results={"c/deal/1": {"id": 55}}, count_attempt=True)
+        rows = {r.key: r for r in store.ledger()}
+        deal = rows["c/deal/1"]
+        assert isinstance(deal, LedgerRow) and deal.status == "done" and deal.result == {"id": 55}
+        assert deal.payload == {"title": "Т"} and deal.entry_date == day and deal.attempts == 1
+        assert deal.responsible_id == 7 and rows["c/deal_task/1"].parent_key == "c/deal/1"
+        assert rows["c/call/2"].status == "skipped" and rows["c/call/2"].skip_reason == "do not contact"
+        assert deal["key"] == deal.key and deal.get("claimed_by") is None  # mapping reads for the CRM sinks
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            deal.status = "planned"  # type: ignore[misc]
+        history = store.ledger_history()
+        assert history.keys == {"c/deal/1", "c/deal_task/1", "c/call/2"}  # every key: none planned twice
+        # a skip and a deal's own call task are no touches
+        assert history.touches == {1: [day]} and history.last_by_campaign == {("c", 1): day}
+        assert history.per_rep_day == {("c", 7, day): 1} and history.per_campaign == {"c": 1}
+    finally:
+        store.close()
+
+
+def test_revisions_are_one_numbered_line_matching_their_files():
+    """meta.schema_version is derived from the revision number (5 + N), so revisions must stay 0001, 0002, ...
+    in one line, each file named after its revision."""
+    from alembic.script import ScriptDirectory
+
+    from connector.store import migrate
+
+    script = ScriptDirectory(str(migrate.MIGRATIONS_DIR))
+    line = [s.revision for s in script.walk_revisions()][::-1]
+    assert line == migrate._revisions() == [f"{n:04d}" for n in range(1, len(line) + 1)]
+    assert script.get_heads() == [migrate.HEAD] and migrate.SCHEMA_VERSION == migrate.LEGACY_BASE + len(line)
+    for s in script.walk_revisions():
+        assert s.path.rsplit("/", 1)[-1].startswith(s.revision + "_")

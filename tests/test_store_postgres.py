@@ -15,11 +15,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 
 from connector.campaigns import PlannedAction
 from connector.config import load_config
 from connector.pipeline import open_store, sync
-from connector.store import SCHEMA_VERSION, StateStore, membership, membership_events, meta_table, metadata, runs
+from connector.store import HEAD, SCHEMA_VERSION, StateStore, membership, membership_events, meta_table, metadata, runs
 from tests.conftest import ROOT
 
 AS_OF = date(2026, 11, 23)
@@ -30,7 +32,11 @@ def test_migrations_apply_and_record_the_version(postgres_url):
     try:
         assert store.engine.dialect.name == "postgresql"
         with store.engine.connect() as conn:
-            assert set(sa.inspect(conn).get_table_names()) == set(metadata.tables)
+            # the schema is Alembic's now: its version table besides the store's own, at the newest revision,
+            # and nothing differs from the tables the code declares
+            assert set(sa.inspect(conn).get_table_names()) == set(metadata.tables) | {"alembic_version"}
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [(HEAD,)]
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
             version = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
         assert version == str(SCHEMA_VERSION)
     finally:
@@ -165,26 +171,26 @@ def test_campaign_ledger_round_trips(postgres_url):
         # planning the same keys again (a re-run) adds nothing
         store.apply_membership(run_id, AS_OF, empty, empty, {"status.former": (False, "preset")}, planned)
         ledger = store.ledger()
-        assert [r["key"] for r in ledger] == sorted(p.key for p in planned)
-        by_key = {r["key"]: r for r in ledger}
+        assert [r.key for r in ledger] == sorted(p.key for p in planned)
+        by_key = {r.key: r for r in ledger}
         deal = by_key["winback:deal:1:2026-11-23"]
-        assert deal["status"] == "planned" and deal["entry_date"] == AS_OF and deal["attempts"] == 0
-        assert deal["payload"]["title"] == "Позвонить клиенту" and deal["result"] is None
-        assert by_key["winback:deal:2:2026-11-23"]["status"] == "skipped"
-        assert by_key["winback:deal:2:2026-11-23"]["skip_reason"] == "cooldown"
-        assert by_key["winback:deal_task:1:2026-11-23"]["parent_key"] == "winback:deal:1:2026-11-23"
+        assert deal.status == "planned" and deal.entry_date == AS_OF and deal.attempts == 0
+        assert deal.payload["title"] == "Позвонить клиенту" and deal.result is None
+        assert by_key["winback:deal:2:2026-11-23"].status == "skipped"
+        assert by_key["winback:deal:2:2026-11-23"].skip_reason == "cooldown"
+        assert by_key["winback:deal_task:1:2026-11-23"].parent_key == "winback:deal:1:2026-11-23"
 
         store.set_actions(["winback:deal:1:2026-11-23"], "sending", count_attempt=True)
         store.set_actions(["winback:deal_task:1:2026-11-23"], "failed", errors={"winback:deal_task:1:2026-11-23": "x" * 5000},
                           count_attempt=True)
-        assert [r["key"] for r in store.ledger(statuses=["sending"])] == ["winback:deal:1:2026-11-23"]
+        assert [r.key for r in store.ledger(statuses=["sending"])] == ["winback:deal:1:2026-11-23"]
         store.set_actions(["winback:deal:1:2026-11-23"], "done", results={"winback:deal:1:2026-11-23": {"id": 4242}},
                           count_attempt=True)
         done = store.ledger(statuses=["done"], customer_ids=[1])
-        assert len(done) == 1 and done[0]["result"] == {"id": 4242} and done[0]["attempts"] == 2
-        assert done[0]["error"] is None and done[0]["updated_at"].tzinfo is not None
+        assert len(done) == 1 and done[0].result == {"id": 4242} and done[0].attempts == 2
+        assert done[0].error is None and done[0].updated_at.tzinfo is not None
         failed = store.ledger(statuses=["failed"])[0]
-        assert len(failed["error"]) == 2000 and failed["attempts"] == 1
+        assert len(failed.error) == 2000 and failed.attempts == 1
         assert store.ledger(customer_ids=[3]) == []
         summary = {row[0]: row for row in store.ledger_summary()}
         assert summary["winback:deal:1:2026-11-23"] == ("winback:deal:1:2026-11-23", "winback", 1, AS_OF, 7, "done", "deal")

@@ -1,0 +1,107 @@
+"""Bulk reads for the segment engine: connectorx straight into Arrow/polars (SQLite and PostgreSQL), because
+pulling millions of rows through Python tuples costs seconds per million."""
+
+from __future__ import annotations
+
+import polars as pl
+import sqlalchemy as sa
+
+from adapters.base import Entity
+from connector.store.base import Part
+from connector.store.cards import CARD_SCHEMA
+from connector.store.schema import customers, deals, membership, membership_events
+
+
+def connectorx_uri(url: sa.URL) -> str:
+    if url.get_backend_name() == "sqlite":
+        return f"sqlite://{url.database}"
+    # postgresql+psycopg://... -> postgresql://...
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class Frames(Part):
+    """Polars frames of the mirror and of membership."""
+
+    def read_frame(self, query: sa.Select, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        """Run a SELECT and return a polars frame, vectorised where the database allows."""
+        url = self.engine.url
+        sql = str(query.compile(self.engine, compile_kwargs={"literal_binds": True}))
+        frame: pl.DataFrame | None = None
+        if url.get_backend_name() in ("sqlite", "postgresql") and url.database not in (None, "", ":memory:"):
+            frame = pl.read_database_uri(sql, connectorx_uri(url), engine="connectorx")
+        if frame is None or frame.width != len(schema):
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            frame = pl.DataFrame(rows, schema=list(schema), orient="row", infer_schema_length=None)
+        if frame.height == 0:
+            return pl.DataFrame(schema=schema)
+        frame.columns = list(schema)
+        return frame.cast(schema)  # type: ignore[arg-type]
+
+    def customers_frame(self, entity: Entity) -> pl.DataFrame:
+        query = sa.select(
+            customers.c.id,
+            customers.c.phone,
+            customers.c.email,
+            customers.c.birthday,
+            customers.c.responsible_id,
+            customers.c.created_ts,
+            customers.c.fields,
+        ).where(customers.c.portal == self.portal, customers.c.entity == entity)
+        frame = self.read_frame(
+            query,
+            {
+                "id": pl.Int64,
+                "phone": pl.String,
+                "email": pl.String,
+                "birthday": pl.String,
+                "responsible_id": pl.String,
+                "created_ts": pl.Int64,
+                "fields": pl.String,
+            },
+        )
+        return frame.with_columns(pl.col("birthday").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))
+
+    def deals_frame(self) -> pl.DataFrame:
+        query = sa.select(
+            deals.c.id,
+            deals.c.contact_id,
+            deals.c.company_id,
+            deals.c.status,
+            deals.c.amount,
+            deals.c.created_ts,
+            deals.c.closed_ts,
+        ).where(deals.c.portal == self.portal)
+        return self.read_frame(
+            query,
+            {
+                "id": pl.Int64,
+                "contact_id": pl.Int64,
+                "company_id": pl.Int64,
+                "status": pl.String,
+                "amount": pl.Float64,
+                "created_ts": pl.Int64,
+                "closed_ts": pl.Int64,
+            },
+        )
+
+    def membership_frame(self) -> pl.DataFrame:
+        query = sa.select(membership.c.segment, membership.c.customer_id).where(membership.c.portal == self.portal)
+        return self.read_frame(query, {"segment": pl.String, "customer_id": pl.Int64})
+
+    def membership_events_frame(self, run_id: int | None = None) -> pl.DataFrame:
+        query = sa.select(
+            membership_events.c.run_id, membership_events.c.segment, membership_events.c.customer_id, membership_events.c.event
+        ).where(membership_events.c.portal == self.portal)
+        if run_id is not None:
+            query = query.where(membership_events.c.run_id == run_id)
+        return self.read_frame(
+            query, {"run_id": pl.Int64, "segment": pl.String, "customer_id": pl.Int64, "event": pl.String}
+        )
+
+    def card_frame(self, entity: Entity) -> pl.DataFrame:
+        """Every customer's card (connector.store.cards): the feature columns and the name."""
+        query = sa.select(*(customers.c[name] for name in CARD_SCHEMA)).where(
+            customers.c.portal == self.portal, customers.c.entity == entity)
+        frame = self.read_frame(query, dict(CARD_SCHEMA))
+        return frame.with_columns(pl.col("birthday").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))

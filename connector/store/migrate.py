@@ -1,0 +1,95 @@
+"""Schema upgrades through Alembic, run by the store itself when it opens.
+
+Revisions live in ``connector/store/migrations/versions`` (package data), numbered ``0001``, ``0002``, ...
+in one line. :func:`upgrade` runs them on the caller's connection, inside one transaction that first takes
+the database's migration lock (PostgreSQL: an advisory lock; SQLite: ``BEGIN IMMEDIATE`` with the busy
+timeout), so processes starting together on a new or old store wait for the one that upgrades it and then
+find the work done.
+
+Stores written before Alembic are recognised by ``meta.schema_version`` (1..7) without an
+``alembic_version`` table: the legacy steps they lack up to version 6 run (connector.store.legacy), the
+store is stamped with the revision of the same schema (6 -> 0001, 7 -> 0002), then upgraded to head.
+
+``meta.schema_version`` is still written (5 + the revision number), so a program from before Alembic
+refuses a store newer than it with its own clear message; this program refuses a store whose revision
+or version it does not know.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from connector.store import legacy
+from connector.store.base import write_lock
+from connector.store.schema import meta_table
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK_KEY = 0x6C6966656379  # PostgreSQL advisory lock held while migrating ("lifecy")
+LEGACY_BASE = 5  # revision N has the schema of legacy version 5 + N
+_REVISION_FILE = re.compile(r"^(\d{4})_\w+\.py$")
+
+
+def _revisions() -> list[str]:
+    return sorted(m.group(1) for p in (MIGRATIONS_DIR / "versions").iterdir() if (m := _REVISION_FILE.match(p.name)))
+
+
+HEAD = _revisions()[-1]
+SCHEMA_VERSION = LEGACY_BASE + int(HEAD)  # what meta.schema_version says of a store at head
+
+
+class NewerStoreError(RuntimeError):
+    """The store was upgraded by a newer crm-lifecycle than this one."""
+
+
+def alembic_config(conn: Connection):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = conn
+    return config
+
+
+def current_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(conn: Connection) -> None:
+    """Bring the store on ``conn`` to the newest revision, in the caller's transaction (begun, nothing
+    executed yet): fresh, legacy or already Alembic-managed."""
+    from alembic import command
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Running upgrade ..." is not the user's business
+    # Processes may start together on an empty database: one migrates, the others wait here (the lock ends
+    # with the transaction) and then find the work done.
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    write_lock(conn)  # SQLite: the database's write lock before anything is read
+    tables = set(sa.inspect(conn).get_table_names())
+    version = 0
+    if "meta" in tables:
+        row = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
+        version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise NewerStoreError(f"state store schema is version {version}, newer than this program ({SCHEMA_VERSION}); "
+                              "upgrade crm-lifecycle")
+    revision = current_revision(conn) if "alembic_version" in tables else None
+    if revision is not None and revision not in _revisions():
+        raise NewerStoreError(f"state store schema is at revision {revision}, unknown to this program (newest: {HEAD}); "
+                              "upgrade crm-lifecycle")
+    config = alembic_config(conn)
+    if revision is None and version:  # written before Alembic
+        command.stamp(config, legacy.bring_to_v6(conn, version))
+        revision = current_revision(conn)
+    if revision != HEAD:
+        command.upgrade(config, "head")
+    if version != SCHEMA_VERSION:
+        conn.execute(sa.delete(meta_table).where(meta_table.c.key == "schema_version"))
+        conn.execute(sa.insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
