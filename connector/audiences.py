@@ -68,8 +68,12 @@ def audience_key(audience: Any, name: str) -> str:
     return f"{audience.cabinet}:{audience.segment}:{name}"
 
 
-def sync_audiences(config: Any, store: Any, computation: Any, *, clients: dict[str, type] | None = None) -> list[AudienceResult]:
+def sync_audiences(config: Any, store: Any, computation: Any, *, clients: dict[str, type] | None = None,
+                   progress: Any = None) -> list[AudienceResult]:
+    from adapters.progress import or_none
+
     out = []
+    stage = or_none(progress).stage("audiences", len(config.settings.audience))
     for audience in config.settings.audience:
         name = audience.name or config.label(audience.segment)
         client = (clients or CLIENTS)[audience.cabinet](audience, config.settings.audiences)
@@ -86,6 +90,8 @@ def sync_audiences(config: Any, store: Any, computation: Any, *, clients: dict[s
             result.requests = client.requests
             client.close()
         out.append(result)
+        stage.advance(1)
+    stage.done()
     return out
 
 

@@ -89,7 +89,8 @@ def make_source(config: LoadedConfig, store: StateStore | None = None) -> CrmSou
     raise ValueError(f"[crm] kind = {crm.kind!r} is not supported yet")
 
 
-def write_tags(config: LoadedConfig, store: StateStore, computation: Computation) -> dict[str, object]:
+def write_tags(config: LoadedConfig, store: StateStore, computation: Computation, progress: object = None
+               ) -> dict[str, object]:
     """Write the tagged segments onto the customers in the CRM; return what happened."""
     tagged = config.tagged_segments()
     if not tagged or config.crm.kind not in ("bitrix24", "amocrm"):
@@ -104,14 +105,14 @@ def write_tags(config: LoadedConfig, store: StateStore, computation: Computation
         from adapters.bitrix24.writeback import Bitrix24TagWriter, current_tags
 
         current = current_tags(mirror, config.settings.writeback.field)
-        result = Bitrix24TagWriter(config, store).write(wanted, current)
+        result = Bitrix24TagWriter(config, store).write(wanted, current, progress=progress)
     else:
         from adapters.amocrm.mapping import card_tags
         from adapters.amocrm.writeback import AmoTagWriter
 
         labels = {cid: {config.label(s) for s in names} for cid, names in wanted.items()}
         cards = {cid: tags for cid, text in mirror.items() if text and (tags := card_tags(json.loads(text)))}
-        result = AmoTagWriter(config, store).write(labels, cards, {config.label(s) for s in tagged})
+        result = AmoTagWriter(config, store).write(labels, cards, {config.label(s) for s in tagged}, progress=progress)
     for cid, reason in sorted(result.failed.items())[:MAX_ROW_ERRORS_LOGGED]:
         log.warning("tag write-back failed for customer %s: %s", cid, reason)
     return {
@@ -332,7 +333,7 @@ def preview_plan(config: LoadedConfig) -> list[dict[str, object]]:
 
 
 def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource | None = None,
-         wait: float = 0) -> SyncResult:
+         wait: float = 0, progress: object = None) -> SyncResult:
     """One cycle: pull into the mirror, compute membership for today, store who entered and left together
     with the campaign actions it owes them, write tags, then apply the actions.
 
@@ -347,7 +348,7 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
         try:
             run_id = store.start_run("sync", as_of)
             with bind(run_id=run_id, portal=config.crm.name):
-                return _sync(config, store, run_id, as_of, source, lease)
+                return _sync(config, store, run_id, as_of, source, lease, progress)
         finally:
             lease.release()
     finally:
@@ -355,7 +356,7 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
 
 
 def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, source: CrmSource | None,
-          lease: SyncLease) -> SyncResult:
+          lease: SyncLease, progress: object = None) -> SyncResult:
     sink = None
 
     def checkpoint(stage: str) -> None:
@@ -366,7 +367,7 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         sink = make_sink(config, store)
         if sink is not None:
             sink.resolve(config.settings.campaign)  # unknown pipelines, stages, users: stop before any change
-        pull = (source or make_source(config, store)).pull()
+        pull = _pull(source or make_source(config, store), progress)
         for err in pull.errors[:MAX_ROW_ERRORS_LOGGED]:
             log.warning("skipped row: %s", err)
         if len(pull.errors) > MAX_ROW_ERRORS_LOGGED:
@@ -385,7 +386,7 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
             log.info("membership stored: %d entries, %d exits, %d campaign actions planned", entered.height, left.height,
                      sum(1 for p in planned if not p.skip_reason))
         checkpoint("storing membership")
-        written = write_tags(config, store, computation)
+        written = write_tags(config, store, computation, progress)
         checkpoint("the write-back")
         if sink is not None:
             from connector.executor import execute
@@ -394,13 +395,14 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
             written = {**written, "actions_planned": sum(1 for p in planned if not p.skip_reason),
                        "actions_skipped": sum(1 for p in planned if p.skip_reason),
                        **execute(store, sink, batch_size=ex.batch_size, max_attempts=ex.max_attempts,
-                                 should_stop=lambda: STOP.is_set() or lease.lost.is_set(), holder=lease.holder)}
+                                 should_stop=lambda: STOP.is_set() or lease.lost.is_set(), holder=lease.holder,
+                                 progress=progress)}
             checkpoint("the campaign actions")
         if config.settings.audience:
             from connector.audiences import sync_audiences
 
             lease.check()
-            written = {**written, "audiences": [r.summary() for r in sync_audiences(config, store, computation)]}
+            written = {**written, "audiences": [r.summary() for r in sync_audiences(config, store, computation, progress=progress)]}
         result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written,
                             full_pull=pull.snapshot)
         store.finish_run(run_id, status="ok", stats=result.summary())
@@ -414,6 +416,15 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
     finally:
         if sink is not None:
             sink.close()
+
+
+def _pull(source: CrmSource, progress: object):
+    """``source.pull``, with the progress reporter when the source takes one (the CSV source does not)."""
+    import inspect
+
+    if progress is not None and "progress" in inspect.signature(source.pull).parameters:
+        return source.pull(progress=progress)  # type: ignore[call-arg]
+    return source.pull()
 
 
 def _record_failure(store: StateStore, run_id: int, exc: BaseException) -> None:

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from adapters.amocrm.client import AmoClient, AmoError, StaticToken
 from adapters.amocrm.mapping import MappingError, record_id, to_customer, to_deal
+from adapters.progress import or_none
 from adapters.base import BadValue, Customer, Deal, Entity, PullResult, RowError, valid_id
 
 PAGE = 250
@@ -79,7 +80,8 @@ class AmoSource:
         self.plural = "contacts" if self.entity == "contact" else "companies"
         self.tz = ZoneInfo(config.crm.timezone)
 
-    def pull(self) -> PullResult:
+    def pull(self, progress: Any = None) -> PullResult:
+        progress = or_none(progress)
         crm = self.config.crm
         cursors = self.store.cursors()
         since = int(cursors["updated_since"]) if cursors.get("updated_since") else None
@@ -90,8 +92,10 @@ class AmoSource:
             if since is not None:
                 filters["filter[updated_at][from]"] = since - int(crm.overlap_minutes * 60)
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="amocrm-pull") as pool:
-                customers_job = pool.submit(self._collect, client, f"/api/v4/{self.plural}", self.plural, filters)
-                leads_job = pool.submit(self._collect, client, "/api/v4/leads", "leads", {**filters, "with": "contacts"})
+                customers_job = pool.submit(self._collect, client, f"/api/v4/{self.plural}", self.plural, filters,
+                                            progress.stage(f"pull {self.plural}"))
+                leads_job = pool.submit(self._collect, client, "/api/v4/leads", "leads", {**filters, "with": "contacts"},
+                                        progress.stage("pull leads"))
                 customer_rows, lead_rows = customers_job.result(), leads_job.result()
             deleted_c: set[int] = set()
             deleted_l: set[int] = set()
@@ -133,10 +137,14 @@ class AmoSource:
         return str(born[0]["id"]) if born else None
 
     @staticmethod
-    def _collect(client: AmoClient, path: str, key: str, params: dict[str, Any]) -> list[dict]:
+    def _collect(client: AmoClient, path: str, key: str, params: dict[str, Any], stage: Any = None) -> list[dict]:
         rows: list[dict] = []
         for page in iter_list(client, path, key, params):
             rows.extend(page)
+            if stage is not None:
+                stage.advance(len(page))
+        if stage is not None:
+            stage.done()
         return rows
 
     def _deletions(self, client: AmoClient, since: int) -> tuple[set[int], set[int]]:

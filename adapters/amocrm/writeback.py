@@ -21,6 +21,7 @@ from adapters.amocrm.client import AmoClient, AmoError, AmoHTTPError
 from adapters.amocrm.mapping import TAGS_FIELD
 from adapters.amocrm.source import make_client
 from adapters.base import WritebackResult
+from adapters.progress import or_none
 
 BATCH = 50
 
@@ -46,9 +47,11 @@ class AmoTagWriter:
         self.entity = config.crm.customer
         self.path = "/api/v4/contacts" if self.entity == "contact" else "/api/v4/companies"
 
-    def write(self, wanted: dict[int, set[str]], current: dict[int, set[str]], managed: set[str]) -> WritebackResult:
+    def write(self, wanted: dict[int, set[str]], current: dict[int, set[str]], managed: set[str],
+              progress: Any = None) -> WritebackResult:
         result = WritebackResult()
         changes = plan_tags(wanted, current, managed)
+        stage = or_none(progress).stage("write-back", len(changes))
         if not changes:
             return result
         with make_client(self.config, self.store) as client:
@@ -56,6 +59,7 @@ class AmoTagWriter:
             for start in range(0, len(ids), BATCH):
                 chunk = ids[start : start + BATCH]
                 self._write_chunk(client, chunk, changes, current, result)
+                stage.advance(len(chunk))
             result.requests = client.requests
         return result
 

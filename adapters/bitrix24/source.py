@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from adapters.progress import or_none
 from adapters.base import BadValue, Customer, Deal, Entity, PullResult, RowError, valid_id
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.mapping import (
@@ -125,10 +126,11 @@ class Bitrix24Source:
         self.entity: Entity = config.crm.customer
         self.field = config.settings.writeback.field
 
-    def pull(self) -> PullResult:
-        return asyncio.run(self._pull())
+    def pull(self, progress: Any = None) -> PullResult:
+        return asyncio.run(self._pull(or_none(progress)))
 
-    async def _pull(self) -> PullResult:
+    async def _pull(self, progress: Any = None) -> PullResult:
+        progress = or_none(progress)
         crm = self.config.crm
         cursors = self.store.cursors()
         since = cursors.get("modified_since")
@@ -141,8 +143,8 @@ class Bitrix24Source:
             filters = {} if since is None else {">=DATE_MODIFY": _shift(since, crm.overlap_minutes)}
             select = (CONTACT_SELECT if self.entity == "contact" else COMPANY_SELECT) + [self.field]
             jobs = [
-                _collect(iter_pages(client, f"{prefix}.list", select, filters)),
-                _collect(iter_pages(client, "crm.deal.list", DEAL_SELECT, filters)),
+                _collect(iter_pages(client, f"{prefix}.list", select, filters), progress.stage(f"pull {self.entity}s")),
+                _collect(iter_pages(client, "crm.deal.list", DEAL_SELECT, filters), progress.stage("pull deals")),
             ]
             reconcile = since is not None and time.time() - reconciled >= crm.reconcile_hours * 3600
             if reconcile:
@@ -200,10 +202,14 @@ def _row_id(row: dict[str, Any]) -> int | None:
         return None
 
 
-async def _collect(pages: Any) -> list[dict[str, Any]]:
+async def _collect(pages: Any, stage: Any = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     async for page in pages:
         rows.extend(page)
+        if stage is not None:
+            stage.advance(len(page))
+    if stage is not None:
+        stage.done()
     return rows
 
 

@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from adapters.base import WritebackResult
+from adapters.progress import NO_PROGRESS, or_none
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.paging import php_query
 from adapters.bitrix24.source import make_client, tag_ids
@@ -52,8 +53,11 @@ class Bitrix24TagWriter:
         self.entity = config.crm.customer
         self.prefix = "crm.contact" if self.entity == "contact" else "crm.company"
         self.field = config.settings.writeback.field
+        self.progress = NO_PROGRESS
+        self.stage = NO_PROGRESS.stage("write-back")
 
-    def write(self, wanted: dict[int, list[str]], current: dict[int, list[str]]) -> WritebackResult:
+    def write(self, wanted: dict[int, list[str]], current: dict[int, list[str]], progress: Any = None) -> WritebackResult:
+        self.progress = or_none(progress)
         return asyncio.run(self._write(wanted, current))
 
     async def _write(self, wanted: dict[int, list[str]], current: dict[int, list[str]]) -> WritebackResult:
@@ -61,6 +65,7 @@ class Bitrix24TagWriter:
         async with make_client(self.config, self.store) as client:
             options = await self._ensure_field(client, result)
             changes = plan_tags(wanted, current, options)
+            self.stage = self.progress.stage("write-back", len(changes))
             pending = dict(changes)
             attempts = idle_waits = 0
             while pending and attempts < RETRIES and idle_waits <= MAX_IDLE_WAITS:
@@ -151,6 +156,7 @@ class Bitrix24TagWriter:
                     done[cid] = {self.field: json.dumps(pending[cid])}
                     result.failed.pop(cid, None)
             result.updated += len(done)
+            self.stage.advance(len(done))
             self.store.update_customer_fields(self.entity, done)
             if blocked:  # everything after this batch would be refused as well
                 failed.update({cid: pending[cid] for cid in ids[start + 50 :]})
