@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--format", choices=("table", "json"), default="table")
     members = sub.add_parser("members", help="members of a segment: names, phones, e-mails, responsible, key features")
     with_config(members)
-    members.add_argument("segment", metavar="SEGMENT", help="segment name, e.g. lifecycle.active_loyal")
+    members.add_argument("segment", metavar="SEGMENT", help="segment name, e.g. lifecycle.regular_active")
     members.add_argument("--format", choices=("table", "csv", "json"), default="table")
     return finish_parser(parser)
 

@@ -40,7 +40,7 @@ HELP: dict[str, tuple[str, str]] = {
              "of campaign actions.", "lifecycle runs --failed --limit 5"),
     "members": ("The members of one segment as stored by the last sync: name, phone, e-mail, responsible "
                 "(user id) and key features. Personal data: mind where you send it.",
-                "lifecycle members lifecycle.active_loyal --format csv > loyal.csv"),
+                "lifecycle members lifecycle.regular_active --format csv > regular.csv"),
     "model": ("Fit or backtest the prediction model (P(alive), expected purchases).", "lifecycle model fit"),
     "model fit": ("Fit the prediction model on the portal's mirror (or a summary file) and print its parameters.",
                   "lifecycle model fit --format json"),

@@ -113,10 +113,18 @@ class RichProgress:
         return _RichStage(self.bars, name, total)
 
     def __enter__(self) -> RichProgress:
+        import sys
+
         self.bars.__enter__()
+        # Log lines go above the bars: point our log handler at the stream rich redirected while it runs.
+        self.restore = [(h, h.setStream(sys.stderr)) for h in logging.getLogger().handlers
+                        if h.get_name() == "lifecycle" and isinstance(h, logging.StreamHandler)]
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        for handler, stream in self.restore:
+            if stream is not None:
+                handler.setStream(stream)
         self.bars.__exit__(*exc)
 
 
