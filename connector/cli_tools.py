@@ -293,13 +293,14 @@ def runs_command(config: LoadedConfig, out: Any, *, failed: bool, limit: int, fm
     record_errors = [{"run": r["planned_run"], "campaign": r["campaign"], "action": r["action"],
                       "customer_id": r["customer_id"], "attempts": r["attempts"], "error": redact(r["error"] or "")}
                      for r in errors]
+    skipped = [{"run": r["id"], **e} for r in runs for e in r["stats"].get("record_errors") or []]
     if fmt == "json":
         print(json.dumps({"runs": [{"id": r["id"], "kind": r["kind"], "as_of": str(r["as_of"] or ""),
                                     "started_at": str(r["started_at"]), "finished_at": str(r["finished_at"] or ""),
                                     "status": r["status"], "error": redact(r["error"] or ""),
                                     "stats": {k: r["stats"].get(k) for k in RUN_STATS if k in r["stats"]}}
                                    for r in runs],
-                          "record_errors": record_errors}, ensure_ascii=False, default=str))
+                          "record_errors": record_errors, "skipped_records": skipped}, ensure_ascii=False, default=str))
         return 0
     from rich.table import Table
     from rich.text import Text
@@ -314,6 +315,13 @@ def runs_command(config: LoadedConfig, out: Any, *, failed: bool, limit: int, fm
             counts = ", ".join(f"{k} {r['stats'][k]}" for k in RUN_STATS if k in r["stats"])
             table.add_row(*map(Text, (str(r["id"]), r["kind"], str(r["as_of"] or ""), str(r["started_at"])[:19],
                                       r["status"], counts, redact(r["error"] or ""))))
+        out.print(table)
+    if skipped:
+        table = Table(title="Per-record errors: records the pull skipped (the first 50 of each run)")
+        for col in ("run", "record", "id", "error"):
+            table.add_column(col, overflow="fold")
+        for e in skipped:
+            table.add_row(*map(Text, (str(e["run"]), e["record"], str(e["record_id"] or ""), e["error"])))
         out.print(table)
     if record_errors:
         table = Table(title="Per-record errors: campaign actions that failed (retried in later runs)")

@@ -405,7 +405,7 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
             written = {**written, "audiences": [r.summary() for r in sync_audiences(config, store, computation, progress=progress)]}
         result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written,
                             full_pull=pull.snapshot)
-        store.finish_run(run_id, status="ok", stats=result.summary())
+        store.finish_run(run_id, status="ok", stats={**result.summary(), **_record_errors(pull.errors)})
         return result
     except (Interrupted, LockLost) as exc:
         store.finish_run(run_id, status="interrupted", stats={}, error=redact(str(exc)))
@@ -416,6 +416,14 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
     finally:
         if sink is not None:
             sink.close()
+
+
+def _record_errors(errors: list[RowError]) -> dict[str, object]:
+    """The run record's sample of skipped records (``lifecycle runs``): where and why, redacted, as logged."""
+    if not errors:
+        return {}
+    return {"record_errors": [{"stage": "pull", "record": f"{e.file}:{e.line}", "record_id": e.record_id,
+                               "error": redact(str(e.message))} for e in errors[:MAX_ROW_ERRORS_LOGGED]]}
 
 
 def _pull(source: CrmSource, progress: object):

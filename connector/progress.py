@@ -117,14 +117,22 @@ class RichProgress:
 
         self.bars.__enter__()
         # Log lines go above the bars: point our log handler at the stream rich redirected while it runs.
-        self.restore = [(h, h.setStream(sys.stderr)) for h in logging.getLogger().handlers
-                        if h.get_name() == "lifecycle" and isinstance(h, logging.StreamHandler)]
+        from rich.file_proxy import FileProxy
+
+        self.restore = []
+        if isinstance(sys.stderr, FileProxy):
+            for handler in logging.getLogger().handlers:
+                if handler.get_name() == "lifecycle" and isinstance(handler, logging.StreamHandler):
+                    try:
+                        self.restore.append((handler, handler.setStream(sys.stderr)))
+                    except ValueError:  # its old stream is closed already: leave that handler alone
+                        pass
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for handler, stream in self.restore:
             if stream is not None:
-                handler.setStream(stream)
+                handler.setStream(stream)  # type: ignore[attr-defined]
         self.bars.__exit__(*exc)
 
 

@@ -272,21 +272,27 @@ def test_members_of_an_unknown_segment_is_one_line_exit_2(ws, capsys):
     assert len(err) == 1 and "did you mean 'status.former'" in err[0]
 
 
-def test_runs_lists_history_and_failed_runs(ws, capsys):
+def test_runs_lists_history_failed_runs_and_skipped_records(ws, capsys):
     config = _csv_workspace(ws)
+    with (ws.crm / "deals.csv").open("a", encoding="utf-8") as fh:
+        fh.write("13,2,,won,lots,,2024-05-01,2024-05-02\n")
     assert main(["-q", "sync", "--config", config]) == 0
     (ws.crm / "deals.csv").write_text("id,contact_id\nnot-a-file-we-can-use", encoding="utf-8")
     (ws.crm / "deals.csv").unlink()
     assert main(["-q", "sync", "--config", config]) != 0
     capsys.readouterr()
     assert main(["runs", "--format", "json", "--config", config]) == 0
-    runs = json.loads(capsys.readouterr().out)["runs"]
+    answer = json.loads(capsys.readouterr().out)
+    runs = answer["runs"]
     assert [r["status"] for r in runs] == ["failed", "ok"]
+    assert [(e["run"], e["record"]) for e in answer["skipped_records"]] == [(runs[1]["id"], "deals.csv:5")]
+    assert "lots" in answer["skipped_records"][0]["error"]
     assert runs[1]["stats"]["customers"] == 3 and "deals.csv" in runs[0]["error"]
     assert main(["runs", "--failed", "--format", "json", "--config", config]) == 0
     assert [r["status"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["failed"]
     assert main(["runs", "--config", config]) == 0
-    assert "Runs (newest first)" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "Runs (newest first)" in table and "records the pull skipped" in table and "deals.csv:5" in table
 
 
 # -- sandbox --print-env ----------------------------------------------------------------------------
