@@ -330,3 +330,19 @@ def test_sandbox_print_env_serves_and_its_exports_make_a_working_config(tmp_path
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_bitrix24_sandbox_webhook_with_chosen_scopes_refuses_other_methods():
+    with running_portal(generate=(3, 3)) as portal:
+        scoped = portal.add_webhook(["crm"])
+        status, body = portal.call("scope", base=scoped)
+        assert status == 200 and body["result"] == ["basic", "crm"]
+        status, body = portal.call("tasks.task.list", base=scoped)
+        assert status == 401 and body["error"] == "insufficient_scope"
+        assert portal.call("user.get", base=scoped)[1]["error"] == "insufficient_scope"
+        status, body = portal.call("batch", {"cmd": {"a": "crm.contact.list?select[0]=ID", "b": "tasks.task.list"}},
+                                   base=scoped)
+        assert status == 200 and body["result"]["result_error"]["b"]["error"] == "insufficient_scope"
+        assert body["result"]["result"]["a"]  # the crm command ran
+        assert portal.call("tasks.task.list")[0] == 200  # the portal's own webhook keeps every scope
+        assert "task" in portal.call("scope")[1]["result"]
