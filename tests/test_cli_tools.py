@@ -346,3 +346,23 @@ def test_bitrix24_sandbox_webhook_with_chosen_scopes_refuses_other_methods():
         assert body["result"]["result"]["a"]  # the crm command ran
         assert portal.call("tasks.task.list")[0] == 200  # the portal's own webhook keeps every scope
         assert "task" in portal.call("scope")[1]["result"]
+
+
+def test_runs_lists_the_per_record_errors_of_failed_campaign_actions(tmp_path, capsys):
+    with running_portal(generate=(30, 45), time_scale=50) as portal:
+        config = write(tmp_path, f'kind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n',
+                       '[[campaign]]\nname = "winback"\nsegment = "status.former"\n'
+                       'on_enter = [{ action = "call_task", title = "Call {name}" }]\n[executor]\nmax_attempts = 1\n')
+        # every batch (the task creation; a pull of fewer than 50 records needs none) answers without results
+        portal.faults(kind="status", method="batch", status=200,
+                      body={"result": {"result": {}, "result_error": {}, "result_total": {}, "result_next": {}}})
+        assert main(["-q", "sync", "--format", "json", "--config", config]) == 0
+        failed = json.loads(capsys.readouterr().out)["actions_failed"]
+        assert failed > 0
+        assert main(["runs", "--format", "json", "--config", config]) == 0
+        errors = json.loads(capsys.readouterr().out)["record_errors"]
+        assert len(errors) == failed
+        assert {(e["campaign"], e["action"], e["attempts"]) for e in errors} == {("winback", "call_task", 1)}
+        assert all(e["error"] and isinstance(e["customer_id"], int) for e in errors)
+        assert main(["runs", "--config", config]) == 0
+        assert "campaign actions that failed" in capsys.readouterr().out
