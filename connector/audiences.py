@@ -69,9 +69,12 @@ def audience_key(audience: Any, name: str) -> str:
 
 
 def sync_audiences(config: Any, store: Any, computation: Any, *, clients: dict[str, type] | None = None,
-                   cards: Any = None) -> list[AudienceResult]:
+                   cards: Any = None, progress: Any = None) -> list[AudienceResult]:
     """``cards``: the run's customer card view (connector.store.cards), if read already."""
+    from adapters.progress import or_none
+
     out = []
+    stage = or_none(progress).stage("audiences", len(config.settings.audience))
     for audience in config.settings.audience:
         name = audience.name or config.label(audience.segment)
         client = (clients or CLIENTS)[audience.cabinet](audience, config.settings.audiences)
@@ -88,6 +91,8 @@ def sync_audiences(config: Any, store: Any, computation: Any, *, clients: dict[s
             result.requests = client.requests
             client.close()
         out.append(result)
+        stage.advance(1)
+    stage.done()
     return out
 
 

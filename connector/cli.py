@@ -28,7 +28,10 @@ def _as_of(value: str) -> date:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lifecycle", description="Lifecycle segments for existing CRMs.")
-    parser.add_argument("-v", "--debug", action="store_true", help="on an error also print its (redacted) traceback")
+    from connector.cli_help import add_global_options, finish_parser
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> None:
@@ -41,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = sub.add_parser("sandbox", help="serve an emulator on loopback for manual trials (never a live system)")
     sandbox.add_argument("system", choices=("bitrix24", "amocrm", "ads"), help="which emulator")
-    sandbox.add_argument("args", nargs=argparse.REMAINDER, help="its options, e.g. --port 8024 --generate 2000:6000")
+    sandbox.add_argument("args", nargs=argparse.REMAINDER, help="its options, e.g. --port 8024 --generate 2000:6000; "
+                         "--print-env: print export lines for its credentials")
 
     sync = sub.add_parser("sync", help="pull into the mirror, compute today's membership, store who entered and left")
     with_config(sync)
@@ -67,14 +71,52 @@ def build_parser() -> argparse.ArgumentParser:
     from connector.model_cli import add_model_parser
 
     add_model_parser(sub, with_config, _as_of)
-    return parser
+
+    init = sub.add_parser("init", help="write a commented starter config (asks for the CRM kind and URL)")
+    init.add_argument("--kind", choices=("bitrix24", "amocrm", "csv"), help="which CRM")
+    init.add_argument("--url", help="bitrix24: the inbound webhook URL (a secret); amocrm: the account address; "
+                      "csv: the folder")
+    init.add_argument("--token", help="amocrm: the long-lived token (a secret; better typed at the prompt)")
+    init.add_argument("-o", "--output", default="lifecycle.toml", help="file to write (default lifecycle.toml)")
+    init.add_argument("--force", action="store_true", help="overwrite the file if it exists")
+    check = sub.add_parser("check", help="check config, CRM access and scopes, pipelines, users, cabinets; no write")
+    with_config(check)
+    config_cmd = sub.add_parser("config", help="show the effective settings and where each came from")
+    config_sub = config_cmd.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="effective settings with their source (file, env, default)")
+    with_config(show)
+    show.add_argument("--format", choices=("table", "json"), default="table")
+    runs = sub.add_parser("runs", help="history of runs with per-record errors")
+    with_config(runs)
+    runs.add_argument("--failed", action="store_true", help="only runs that failed")
+    runs.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+    runs.add_argument("--format", choices=("table", "json"), default="table")
+    members = sub.add_parser("members", help="members of a segment: names, phones, e-mails, responsible, key features")
+    with_config(members)
+    members.add_argument("segment", metavar="SEGMENT", help="segment name, e.g. lifecycle.regular_active")
+    members.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    return finish_parser(parser)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crm-lifecycle")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
+        return "unknown"
+
+
+def _verbose_flag(argv: list[str]) -> bool:
+    """-v/--verbose/--debug given to lifecycle itself (not to the sandbox's own options)."""
+    cut = argv.index("sandbox") if "sandbox" in argv else len(argv)
+    return any(a in ("-v", "--verbose", "--debug") for a in argv[:cut])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Whatever fails ends as one redacted line ``error: ...`` on stderr (exit 2 for a
     configuration to fix, 1 for a failure at run time), never a raw traceback (``-v`` adds a redacted one)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    leading = argv[: next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))]  # before the command
     try:
         return _main(argv)
     except KeyboardInterrupt:
@@ -85,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - the one place every other failure becomes one line
         from connector import logs
 
-        if "-v" in leading or "--debug" in leading:
+        if _verbose_flag(argv):
             import traceback
 
             print(logs.redact("".join(traceback.format_exception(exc))).rstrip(), file=sys.stderr)
@@ -97,7 +139,8 @@ def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from connector import logs
 
-    logs.setup()  # JSON lines unless stderr is a terminal; secrets redacted
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logs.setup(None if args.log_format is None else args.log_format == "json", level)  # secrets redacted
     logs.register_env_secrets()
     out = Console(soft_wrap=False, width=max(Console().width, 110))
     try:
@@ -111,7 +154,15 @@ def _main(argv: list[str] | None = None) -> int:
             from connector.demo import run_demo
 
             return run_demo(out, customers=args.customers, keep=args.keep)
+        if args.command == "init":
+            from connector.cli_tools import init_command
+
+            return init_command(args, out)
         if args.command == "sandbox":
+            if "--print-env" in args.args:
+                from connector.cli_tools import serve_sandbox_printing_env
+
+                return serve_sandbox_printing_env(args.system, [a for a in args.args if a != "--print-env"])
             if args.system == "ads":
                 from sandbox.ads.cli import main as ads_sandbox
 
@@ -135,6 +186,16 @@ def _main(argv: list[str] | None = None) -> int:
             return _report(config, args, out)
         if args.command == "plan":
             return _plan(config, args, out)
+        if args.command in ("check", "config", "runs", "members"):
+            from connector import cli_tools
+
+            if args.command == "check":
+                return cli_tools.check_command(config, out)
+            if args.command == "config":
+                return cli_tools.config_show(config, out, args.format)
+            if args.command == "runs":
+                return cli_tools.runs_command(config, out, failed=args.failed, limit=args.limit, fmt=args.format)
+            return cli_tools.members_command(config, out, args.segment, args.format)
         if args.command == "run":
             from connector.daemon import Daemon
 
@@ -157,7 +218,10 @@ def _sync(config, args, out: Console) -> int:
     from connector.logs import redact
     from connector.pipeline import sync
 
-    result = sync(config, wait=args.wait)
+    from connector.progress import for_output
+
+    with for_output(Console(stderr=True), quiet=args.quiet) as progress:
+        result = sync(config, wait=args.wait, progress=progress)
     summary = result.summary()
     if args.format == "json":
         print(redact(json.dumps(summary, ensure_ascii=False)))

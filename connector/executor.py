@@ -36,9 +36,10 @@ PASSES = 3
 
 
 def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts: int = 5,
-            should_stop: Any = lambda: False, holder: str | None = None) -> dict[str, int]:
+            should_stop: Any = lambda: False, holder: str | None = None, progress: Any = None) -> dict[str, int]:
     """Apply the ledger's pending actions. ``holder``: this sync's lock holder (claims are fenced by the
     lock); without one, a fresh owner id is used and claims are not fenced."""
+    from adapters.progress import or_none
     from connector.synclock import new_holder
 
     fenced = holder is not None
@@ -55,6 +56,8 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
         summary["actions_recovered"] = len(found)
         log.info("settled %d actions of an interrupted run: %d found in the CRM", len(in_doubt), len(found))
         parents = _parents(store)
+    stage = or_none(progress).stage("campaign actions", sum(
+        1 for r in store.ledger(["planned", "failed"]) if r["attempts"] < max_attempts))
     for phase in PHASES:
         for _ in range(PASSES):
             rows = [r for r in store.ledger(["planned", "failed"])
@@ -83,9 +86,11 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
                 failed = {k: errors.get(k, "no answer for this action") for k in keys if k not in results}
                 store.set_actions(list(failed), "failed", errors=failed, count_attempt=True, claimed_by=holder)
                 summary["actions_created"] += len(results)
+                stage.advance(len(keys))
                 for key, error in failed.items():
                     log.warning("action %s failed: %s", key, error)
             parents = _parents(store)
+    stage.done()
     left = [r for r in store.ledger(["planned", "failed"])]
     summary["actions_failed"] = sum(1 for r in left if r.status == "failed")
     summary["actions_waiting"] = sum(1 for r in left if r.status == "planned")

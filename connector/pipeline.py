@@ -77,7 +77,7 @@ def make_source(config: LoadedConfig, store: StateStore | None = None) -> CrmSou
 
 
 def write_tags(config: LoadedConfig, store: StateStore, computation: Computation,
-               cards: CustomerCards | None = None) -> dict[str, object]:
+               cards: CustomerCards | None = None, progress: object = None) -> dict[str, object]:
     """Write the tagged segments onto the customers in the CRM, merge what was written into the mirror,
     and return what happened. ``cards``: the run's customer card view, if read already."""
     tagged = config.tagged_segments()
@@ -92,7 +92,7 @@ def write_tags(config: LoadedConfig, store: StateStore, computation: Computation
     cards = store.customer_card_view(config.crm.customer) if cards is None else cards
     mirror = {cid: json.loads(text) or {} for cid, text in cards.fields_text().items() if text}
     labels = {name: config.label(name) for name in tagged}
-    result = kit.make_tag_writer(adapter_settings(config, kit), store).write(wanted, labels, mirror)
+    result = kit.make_tag_writer(adapter_settings(config, kit), store).write(wanted, labels, mirror, progress=progress)
     store.update_customer_fields(config.crm.customer, result.mirror_updates)
     for cid, reason in sorted(result.failed.items())[:MAX_ROW_ERRORS_LOGGED]:
         log.warning("tag write-back failed for customer %s: %s", cid, reason)
@@ -314,7 +314,7 @@ def preview_plan(config: LoadedConfig) -> list[dict[str, object]]:
 
 
 def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource | None = None,
-         wait: float = 0) -> SyncResult:
+         wait: float = 0, progress: object = None) -> SyncResult:
     """One cycle: pull into the mirror, compute membership for today, store who entered and left together
     with the campaign actions it owes them, write tags, then apply the actions.
 
@@ -329,7 +329,7 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
         try:
             run_id = store.start_run("sync", as_of)
             with bind(run_id=run_id, portal=config.crm.name):
-                return _sync(config, store, run_id, as_of, source, lease)
+                return _sync(config, store, run_id, as_of, source, lease, progress)
         finally:
             lease.release()
     finally:
@@ -337,7 +337,7 @@ def sync(config: LoadedConfig, *, as_of: date | None = None, source: CrmSource |
 
 
 def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, source: CrmSource | None,
-          lease: SyncLease) -> SyncResult:
+          lease: SyncLease, progress: object = None) -> SyncResult:
     sink = None
 
     def checkpoint(stage: str) -> None:
@@ -348,7 +348,7 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         sink = make_sink(config, store)
         if sink is not None:
             resolve_sink(sink, config)  # unknown pipelines, stages, users: stop before any change
-        pull = (source or make_source(config, store)).pull()
+        pull = _pull(source or make_source(config, store), progress)
         for err in pull.errors[:MAX_ROW_ERRORS_LOGGED]:
             log.warning("skipped row: %s", err)
         if len(pull.errors) > MAX_ROW_ERRORS_LOGGED:
@@ -368,7 +368,7 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
             log.info("membership stored: %d entries, %d exits, %d campaign actions planned", entered.height, left.height,
                      sum(1 for p in planned if not p.skip_reason))
         checkpoint("storing membership")
-        written = write_tags(config, store, computation, cards)
+        written = write_tags(config, store, computation, cards, progress)
         checkpoint("the write-back")
         if sink is not None:
             from connector.executor import execute
@@ -377,16 +377,17 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
             written = {**written, "actions_planned": sum(1 for p in planned if not p.skip_reason),
                        "actions_skipped": sum(1 for p in planned if p.skip_reason),
                        **execute(store, sink, batch_size=ex.batch_size, max_attempts=ex.max_attempts,
-                                 should_stop=lambda: STOP.is_set() or lease.lost.is_set(), holder=lease.holder)}
+                                 should_stop=lambda: STOP.is_set() or lease.lost.is_set(), holder=lease.holder,
+                                 progress=progress)}
             checkpoint("the campaign actions")
         if config.settings.audience:
             from connector.audiences import sync_audiences
 
             lease.check()
-            written = {**written, "audiences": [r.summary() for r in sync_audiences(config, store, computation, cards=cards)]}
+            written = {**written, "audiences": [r.summary() for r in sync_audiences(config, store, computation, cards=cards, progress=progress)]}
         result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written,
                             full_pull=pull.snapshot)
-        store.finish_run(run_id, status="ok", stats=result.summary())
+        store.finish_run(run_id, status="ok", stats={**result.summary(), **_record_errors(pull.errors)})
         return result
     except (Interrupted, LockLost) as exc:
         store.finish_run(run_id, status="interrupted", stats={}, error=redact(str(exc)))
@@ -397,6 +398,23 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
     finally:
         if sink is not None:
             sink.close()
+
+
+def _record_errors(errors: list[RowError]) -> dict[str, object]:
+    """The run record's sample of skipped records (``lifecycle runs``): where and why, redacted, as logged."""
+    if not errors:
+        return {}
+    return {"record_errors": [{"stage": "pull", "record": f"{e.file}:{e.line}", "record_id": e.record_id,
+                               "error": redact(str(e.message))} for e in errors[:MAX_ROW_ERRORS_LOGGED]]}
+
+
+def _pull(source: CrmSource, progress: object):
+    """``source.pull``, with the progress reporter when the source takes one (the CSV source does not)."""
+    import inspect
+
+    if progress is not None and "progress" in inspect.signature(source.pull).parameters:
+        return source.pull(progress=progress)  # type: ignore[call-arg]
+    return source.pull()
 
 
 def _record_failure(store: StateStore, run_id: int, exc: BaseException) -> None:

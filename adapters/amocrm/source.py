@@ -25,6 +25,7 @@ from adapters.amocrm.mapping import MappingError, record_id, to_customer, to_dea
 from adapters.amocrm.paging import iter_list
 from adapters.amocrm.settings import ENTITIES, AmoSettings
 from adapters.base import AdapterStore, BadValue, Customer, Deal, Entity, PullResult, RowError, TokenStore, valid_id
+from adapters.progress import or_none
 
 EVENTS_PAGE = 100  # the RU docs say 100 per page for events (Kommo's say 250): the lower one is safe
 log = logging.getLogger("lifecycle.amocrm")
@@ -61,7 +62,8 @@ class AmoSource:
         self.plural = self.kind.plural
         self.tz = ZoneInfo(settings.timezone)
 
-    def pull(self) -> PullResult:
+    def pull(self, progress: Any = None) -> PullResult:
+        progress = or_none(progress)
         crm = self.settings
         cursors = self.store.cursors()
         since = int(cursors["updated_since"]) if cursors.get("updated_since") else None
@@ -72,8 +74,10 @@ class AmoSource:
             if since is not None:
                 filters["filter[updated_at][from]"] = since - int(crm.overlap_minutes * 60)
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="amocrm-pull") as pool:
-                customers_job = pool.submit(self._collect, client, f"/api/v4/{self.plural}", self.plural, filters)
-                leads_job = pool.submit(self._collect, client, "/api/v4/leads", "leads", {**filters, "with": "contacts"})
+                customers_job = pool.submit(self._collect, client, f"/api/v4/{self.plural}", self.plural, filters,
+                                            progress.stage(f"pull {self.plural}"))
+                leads_job = pool.submit(self._collect, client, "/api/v4/leads", "leads", {**filters, "with": "contacts"},
+                                        progress.stage("pull leads"))
                 customer_rows, lead_rows = customers_job.result(), leads_job.result()
             deleted_c: set[int] = set()
             deleted_l: set[int] = set()
@@ -115,10 +119,14 @@ class AmoSource:
         return str(born[0]["id"]) if born else None
 
     @staticmethod
-    def _collect(client: AmoClient, path: str, key: str, params: dict[str, Any]) -> list[dict]:
+    def _collect(client: AmoClient, path: str, key: str, params: dict[str, Any], stage: Any = None) -> list[dict]:
         rows: list[dict] = []
         for page in iter_list(client, path, key, params):
             rows.extend(page)
+            if stage is not None:
+                stage.advance(len(page))
+        if stage is not None:
+            stage.done()
         return rows
 
     def _deletions(self, client: AmoClient, since: int) -> tuple[set[int], set[int]]:

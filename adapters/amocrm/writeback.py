@@ -24,6 +24,7 @@ from adapters.amocrm.mapping import TAGS_FIELD, card_tags
 from adapters.amocrm.settings import ENTITIES, AmoSettings
 from adapters.amocrm.source import make_client
 from adapters.base import TagWriteResult, TokenStore
+from adapters.progress import or_none
 
 BATCH = 50
 
@@ -49,16 +50,17 @@ class AmoTagWriter:
         self.path = ENTITIES[settings.customer].path
 
     def write(self, wanted: Mapping[int, Sequence[str]], labels: Mapping[str, str],
-              mirror: Mapping[int, Mapping[str, Any]]) -> TagWriteResult:
+              mirror: Mapping[int, Mapping[str, Any]], progress: Any = None) -> TagWriteResult:
         """Tags are the segments' labels; the card's tags now are read from the mirror's ``tags`` field."""
         want = {cid: {labels[s] for s in names} for cid, names in wanted.items()}
         current = {cid: tags for cid, fields in mirror.items() if (tags := card_tags(dict(fields)))}
-        return self.write_labels(want, current, set(labels.values()))
+        return self.write_labels(want, current, set(labels.values()), progress=progress)
 
-    def write_labels(self, wanted: dict[int, set[str]], current: dict[int, set[str]], managed: set[str]
-                     ) -> TagWriteResult:
+    def write_labels(self, wanted: dict[int, set[str]], current: dict[int, set[str]], managed: set[str],
+                     progress: Any = None) -> TagWriteResult:
         result = TagWriteResult()
         changes = plan_tags(wanted, current, managed)
+        stage = or_none(progress).stage("write-back", len(changes))
         if not changes:
             return result
         with make_client(self.settings, self.store) as client:
@@ -66,6 +68,7 @@ class AmoTagWriter:
             for start in range(0, len(ids), BATCH):
                 chunk = ids[start : start + BATCH]
                 self._write_chunk(client, chunk, changes, current, result)
+                stage.advance(len(chunk))
             result.requests = client.requests
         return result
 

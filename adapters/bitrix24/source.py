@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from adapters.base import AdapterStore, BadValue, Customer, Deal, Entity, PullResult, RowError, TokenStore, valid_id
+from adapters.progress import or_none
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.mapping import DEAL_SELECT, MappingError, UserField, to_customer, to_deal, user_field_map
 from adapters.bitrix24.paging import iter_pages
@@ -118,10 +119,11 @@ class Bitrix24Source:
         self.kind = ENTITIES[settings.customer]
         self.field = settings.tag_field
 
-    def pull(self) -> PullResult:
-        return asyncio.run(self._pull())
+    def pull(self, progress: Any = None) -> PullResult:
+        return asyncio.run(self._pull(or_none(progress)))
 
-    async def _pull(self) -> PullResult:
+    async def _pull(self, progress: Any = None) -> PullResult:
+        progress = or_none(progress)
         crm = self.settings
         cursors = self.store.cursors()
         since = cursors.get("modified_since")
@@ -134,8 +136,8 @@ class Bitrix24Source:
             filters = {} if since is None else {">=DATE_MODIFY": _shift(since, crm.overlap_minutes)}
             select = [*self.kind.select, self.field]
             jobs = [
-                _collect(iter_pages(client, f"{prefix}.list", select, filters)),
-                _collect(iter_pages(client, "crm.deal.list", DEAL_SELECT, filters)),
+                _collect(iter_pages(client, f"{prefix}.list", select, filters), progress.stage(f"pull {self.entity}s")),
+                _collect(iter_pages(client, "crm.deal.list", DEAL_SELECT, filters), progress.stage("pull deals")),
             ]
             reconcile = since is not None and time.time() - reconciled >= crm.reconcile_hours * 3600
             if reconcile:
@@ -193,10 +195,14 @@ def _row_id(row: dict[str, Any]) -> int | None:
         return None
 
 
-async def _collect(pages: Any) -> list[dict[str, Any]]:
+async def _collect(pages: Any, stage: Any = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     async for page in pages:
         rows.extend(page)
+        if stage is not None:
+            stage.advance(len(page))
+    if stage is not None:
+        stage.done()
     return rows
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adapters.base import TagWriteResult, TokenStore
+from adapters.progress import NO_PROGRESS, or_none
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.paging import php_query
 from adapters.bitrix24.settings import ENTITIES, Bitrix24Settings
@@ -54,9 +55,12 @@ class Bitrix24TagWriter:
         self.store = store
         self.prefix = ENTITIES[settings.customer].prefix
         self.field = settings.tag_field
+        self.progress = NO_PROGRESS
+        self.stage = NO_PROGRESS.stage("write-back")
 
     def write(self, wanted: Mapping[int, Sequence[str]], labels: Mapping[str, str],
-              mirror: Mapping[int, Mapping[str, Any]]) -> TagWriteResult:
+              mirror: Mapping[int, Mapping[str, Any]], progress: Any = None) -> TagWriteResult:
+        self.progress = or_none(progress)
         return asyncio.run(self._write(wanted, dict(labels), current_tags(mirror, self.field)))
 
     async def _write(self, wanted: Mapping[int, Sequence[str]], labels: dict[str, str],
@@ -65,6 +69,7 @@ class Bitrix24TagWriter:
         async with make_client(self.settings, self.store) as client:
             options = await self._ensure_field(client, labels, result)
             changes = plan_tags(wanted, current, options)
+            self.stage = self.progress.stage("write-back", len(changes))
             pending = dict(changes)
             attempts = idle_waits = 0
             while pending and attempts < RETRIES and idle_waits <= MAX_IDLE_WAITS:
@@ -155,6 +160,7 @@ class Bitrix24TagWriter:
                     done[cid] = {self.field: json.dumps(pending[cid])}
                     result.failed.pop(cid, None)
             result.updated += len(done)
+            self.stage.advance(len(done))
             result.mirror_updates.update(done)
             if blocked:  # everything after this batch would be refused as well
                 failed.update({cid: pending[cid] for cid in ids[start + 50 :]})

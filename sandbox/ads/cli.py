@@ -7,7 +7,8 @@ import json
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, on_info=None) -> int:
+    """``on_info``: called with the first-line JSON instead of printing it (``--print-env``)."""
     p = argparse.ArgumentParser(prog="lifecycle sandbox ads",
                                 description="Serve emulated Yandex Audience, VK Ads, Google Data Manager and Meta APIs.")
     p.add_argument("--port", type=int, default=0)
@@ -25,7 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(server.info(), ensure_ascii=False), flush=True)
+    if on_info is not None:
+        on_info(server.info())
+    else:
+        print(json.dumps(server.info(), ensure_ascii=False), flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -108,7 +108,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, on_info=None) -> int:
+    """``on_info``: called with the first-line JSON instead of printing it (``--print-env``)."""
     args = parser().parse_args(argv)
     try:
         server = create_server(host=args.host, port=args.port, import_csv=args.import_csv, generate=args.generate,
@@ -119,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # bad CSV folder, bad time zone, port in use...
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(server.info, ensure_ascii=False), flush=True)
+    if on_info is not None:
+        on_info(server.info)
+    else:
+        print(json.dumps(server.info, ensure_ascii=False), flush=True)
     for note in getattr(server, "notes", [])[:50]:
         print(f"skipped CSV row: {note}", file=sys.stderr)
 

@@ -38,6 +38,7 @@ class Identity:
     key: str  # who the operating-time limit is counted for
     user_id: int
     via: str  # "webhook" | "oauth"
+    scopes: frozenset[str] | None = None  # a webhook made with chosen scopes (POST /_sandbox/webhooks); None: all
 
 
 class Auth:
@@ -45,6 +46,7 @@ class Auth:
         self.clock = clock
         self.user_id = user_id
         self.webhook_code = _alnum(16)
+        self.scoped_webhooks: dict[str, frozenset[str]] = {}  # extra webhook code -> its scopes
         self.client_id = f"local.{secrets.token_hex(7)[:13]}.{secrets.randbelow(10**8):08d}"
         self.client_secret = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(50))
         self.member_id = secrets.token_hex(16)
@@ -57,9 +59,17 @@ class Auth:
     # -- calls -----------------------------------------------------------------------------------
 
     def webhook(self, user_id: str, code: str) -> Identity:
+        if user_id == str(self.user_id) and code in self.scoped_webhooks:
+            return Identity(f"webhook:{self.user_id}", self.user_id, "webhook", self.scoped_webhooks[code])
         if user_id != str(self.user_id) or code != self.webhook_code:
             raise err(NO_AUTH)
         return Identity(f"webhook:{self.user_id}", self.user_id, "webhook")
+
+    def add_webhook(self, scopes: list[str]) -> str:
+        """Another inbound webhook of the same user, allowed only ``scopes`` (plus ``basic``); its code."""
+        code = _alnum(16)
+        self.scoped_webhooks[code] = frozenset(scopes) | {"basic"}
+        return code
 
     def token(self, access_token: str | None) -> Identity:
         if not access_token or access_token not in self.access:

@@ -14,6 +14,9 @@ GET  /_sandbox/clock           portal and wall clocks; POST ``{"advance": portal
 POST /_sandbox/corrupt         ``{"entity": "contact", "id": 4, "fields": {"BIRTHDATE": "31.02.2001"}}``: serve
                                these wire values verbatim from now on (what a botched import leaves in a
                                portal's database; the REST API itself would refuse to write them)
+POST /_sandbox/webhooks        ``{"scopes": ["crm", "user"]}``: another webhook of the same user allowed only
+                               these scopes (and ``basic``); answers ``{"webhook_url", "scopes"}``. A method
+                               outside them answers 401 ``insufficient_scope``; ``scope`` lists them
 POST /_sandbox/oauth/expire    ``{"access_token": optional}``: make it (or all) expire now
 POST /_sandbox/oauth/issue     a fresh access/refresh pair (token-endpoint shape)
 =============================  ======================================================================
@@ -74,6 +77,14 @@ def handle(portal: "Portal", info: dict, verb: str, path: str, query: str, body:
             portal.clock.advance(float(body.get("advance", 0)))
         return 200, {"portal_time": portal.clock.portal(), "real_time": portal.clock.real(),
                      "time_scale": portal.clock.scale}
+    if route == "/webhooks" and verb == "POST":
+        scopes = body.get("scopes")
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            return 400, {"error": "BAD_WEBHOOK", "error_description": 'give {"scopes": ["crm", ...]}'}
+        with portal.lock:
+            code = portal.auth.add_webhook(scopes)
+        return 200, {"webhook_url": f"{portal.base_url}/rest/{portal.auth.user_id}/{code}/",
+                     "scopes": sorted(portal.auth.scoped_webhooks[code])}
     if route == "/corrupt" and verb == "POST":
         with portal.lock:
             table = portal.store.tables.get(str(body.get("entity", "")))

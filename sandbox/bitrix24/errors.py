@@ -32,6 +32,7 @@ def core(description: str) -> ApiError:
 
 
 NO_AUTH = (401, "NO_AUTH_FOUND", "Wrong authorization data")
+INSUFFICIENT_SCOPE = (401, "insufficient_scope", "The request requires higher privileges than provided by the webhook token")
 EXPIRED = (401, "expired_token", "The access token provided has expired.")
 METHOD_NOT_FOUND = (404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
 QUERY_LIMIT = (503, "QUERY_LIMIT_EXCEEDED", "Too many requests")

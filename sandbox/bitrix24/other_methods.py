@@ -121,6 +121,8 @@ def profile(call: Call) -> Result:
 
 @method("scope")
 def scope(call: Call) -> Result:
+    if call.scopes is not None:
+        return Result(sorted(call.scopes))
     return Result(["crm", "catalog", "task", "tasks", "user", "user_brief", "user_basic", "basic"])
 
 

@@ -24,7 +24,7 @@ from .auth import Auth, Identity
 from .batch import run_batch
 from .clock import Clock
 from .decode import Params
-from .errors import BATCH_NOT_ALLOWED, INTERNAL, METHOD_NOT_FOUND, OPERATION_LIMIT, QUERY_LIMIT, ApiError, err
+from .errors import INSUFFICIENT_SCOPE, BATCH_NOT_ALLOWED, INTERNAL, METHOD_NOT_FOUND, OPERATION_LIMIT, QUERY_LIMIT, ApiError, err
 from .faults import Counters, Faults
 from .fields import fmt_date, fmt_datetime
 from .limits import BASE_COST, Limits
@@ -100,6 +100,8 @@ class Portal:
             result = run_batch(self, Params(params), identity)
             return 200, {"result": result.result,
                          "time": self._time(start, self.clock.real(), result.extra["processing"], None)}
+        if identity.scopes is not None and not scope_allows(identity.scopes, method):
+            return self._error(err(INSUFFICIENT_SCOPE))
         op_key = (identity.key, method)
         with self.lock:
             if self.limits.method_blocked(op_key, self.clock.portal()):
@@ -108,7 +110,7 @@ class Portal:
                 return self._error(err(OPERATION_LIMIT))
             start = self.clock.real()
             call = Call(self, self.store, Params(params, case_insensitive=not spec.exact_params), identity.user_id,
-                        start, method)
+                        start, method, identity.scopes)
             try:
                 result: Result = spec.handler(call)
                 status, error = 200, None
@@ -177,3 +179,16 @@ def _jsonable(row: dict, tz: ZoneInfo) -> dict:
         else:
             out[key] = value
     return out
+
+
+# Which scope a method needs (b24restdocs: each method page names its scope; "basic" ones need none).
+SCOPE_PREFIXES = (("crm.", ("crm",)), ("tasks.", ("task",)), ("task.", ("task",)), ("catalog.", ("catalog",)),
+                  ("user.", ("user", "user_brief", "user_basic")), ("department.", ("department",)))
+
+
+def scope_allows(scopes: frozenset[str], method: str) -> bool:
+    """Whether a webhook with ``scopes`` may call ``method`` (methods of no listed scope are basic)."""
+    for prefix, needed in SCOPE_PREFIXES:
+        if method.startswith(prefix):
+            return any(s in scopes for s in needed)
+    return True

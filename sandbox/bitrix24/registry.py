@@ -29,6 +29,7 @@ class Call:
     user_id: int
     now: float  # wall-clock epoch seconds
     method: str
+    scopes: frozenset[str] | None = None  # the webhook's scopes (None: every scope)
 
     def warn(self, text: str) -> None:
         self.portal.warn(text)

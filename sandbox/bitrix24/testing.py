@@ -110,6 +110,10 @@ class PortalHandle:
     def advance(self, portal_seconds: float) -> dict:
         return self.control("POST", "clock", {"advance": portal_seconds})
 
+    def add_webhook(self, scopes: list[str]) -> str:
+        """The URL of another webhook allowed only ``scopes`` (see control.py)."""
+        return self.control("POST", "webhooks", {"scopes": scopes})["webhook_url"]
+
     def expire_tokens(self, access_token: str | None = None) -> int:
         return self.control("POST", "oauth/expire", {"access_token": access_token} if access_token else {})["expired"]
 
