@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.config import ConfigError, LoadedConfig
+from connector.kits import adapter_settings
 
 # -- check ------------------------------------------------------------------------------------------
 
@@ -119,7 +120,7 @@ def _check_bitrix24(config: LoadedConfig, store: Any, report: CheckReport) -> bo
     from adapters.bitrix24.source import make_client
 
     async def probe() -> Any:
-        async with make_client(config, store) as client:
+        async with make_client(adapter_settings(config), store) as client:
             return (await client.call("scope", {})).get("result")
 
     try:
@@ -143,7 +144,7 @@ def _check_amocrm(config: LoadedConfig, store: Any, report: CheckReport) -> bool
     from adapters.amocrm.source import make_client
 
     try:
-        with make_client(config, store) as client:
+        with make_client(adapter_settings(config), store) as client:
             account = client.get("/api/v4/account") or {}
     except Exception as exc:  # noqa: BLE001
         report.problem(f"amoCRM connection: {_one_line(exc)}")

@@ -28,6 +28,8 @@ from connector.store import legacy
 from connector.store.base import write_lock
 from connector.store.schema import meta_table
 
+logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin and "Running upgrade" lines are noise to users
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_KEY = 0x6C6966656379  # PostgreSQL advisory lock held while migrating ("lifecy")
 LEGACY_BASE = 5  # revision N has the schema of legacy version 5 + N
@@ -66,7 +68,6 @@ def upgrade(conn: Connection) -> None:
     executed yet): fresh, legacy or already Alembic-managed."""
     from alembic import command
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Running upgrade ..." is not the user's business
     # Processes may start together on an empty database: one migrates, the others wait here (the lock ends
     # with the transaction) and then find the work done.
     if conn.dialect.name == "postgresql":
