@@ -13,9 +13,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,demo]'
 	@touch $@ $(BIN)/.demo-installed
 
+# --no-compile: byte-compiling every installed module (scipy, polars, pyarrow...) doubles the install time;
+# Python compiles the few the demo imports when it first runs.
 $(BIN)/.demo-installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[demo]'
 	@touch $@
 
 demo: $(BIN)/.demo-installed
