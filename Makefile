@@ -1,5 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-# Both create .venv on first use and reinstall when pyproject.toml changes.
+# Both create .venv on first use and reinstall when pyproject.toml changes; `make demo` installs only
+# the demo extra, `make test` the test extras as well.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,10 +10,17 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,demo]'
+	@touch $@ $(BIN)/.demo-installed
+
+# --no-compile: byte-compiling every installed module (scipy, polars, pyarrow...) doubles the install time;
+# Python compiles the few the demo imports when it first runs.
+$(BIN)/.demo-installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[demo]'
 	@touch $@
 
-demo: $(BIN)/.installed
+demo: $(BIN)/.demo-installed
 	$(BIN)/lifecycle demo
 
 # The PostgreSQL tests need a server: scripts/test-postgres.sh installs Debian's postgresql when it is

@@ -6,7 +6,7 @@ with an independent reading of the same files, so a CSV bug in the product canno
 that compares the product with itself. ``sandbox/`` imports nothing from ``adapters/`` or ``connector/``
 (tests/test_import_layers.py checks it).
 
-The format (README.md, "CSV format"), UTF-8 with or without a BOM, comma-separated:
+The format (docs/csv.md), UTF-8 with or without a BOM, comma-separated:
 
 * ``contacts.csv`` (required): ``id,name,phone,email,birthday,responsible_id,created_at``; every other
   column is a custom field named after its header (empty values are left out).

@@ -1,4 +1,4 @@
-"""sandbox/dataset.py: the sandboxes' own CSV reader agrees with the README's format, independently of the
+"""sandbox/dataset.py: the sandboxes' own CSV reader agrees with the format in docs/csv.md, independently of the
 product's CsvSource (which it is compared with here, from the outside)."""
 
 from __future__ import annotations
