@@ -337,6 +337,12 @@ class DaemonConfig(_Section):
         return self
 
 
+class UiConfig(_Section):
+    """The dashboard (connector/dashboard): the language of its pages; each account may override it."""
+
+    language: Literal["ru", "en"] = "ru"
+
+
 class Settings(BaseSettings):
     """The whole configuration. Built by :func:`load_config`; do not instantiate directly."""
 
@@ -363,6 +369,7 @@ class Settings(BaseSettings):
     audiences: AudiencesConfig = AudiencesConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     daemon: DaemonConfig = DaemonConfig()
+    ui: UiConfig = UiConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -257,8 +257,16 @@ def _migration_audience_hashes(conn: Connection) -> None:
             {"portal": p, "audience": a, "kind": k, "hash": h, "state": "adding"} for p, a, k, h in part])
 
 
+def _migration_dashboard(conn: Connection) -> None:
+    """The dashboard's tables (issue 14): accounts, per-sync snapshots, the KPI history, matrix-cell intervals
+    and the member columns; defined in connector/dashboard/schema.py."""
+    from connector.dashboard import schema
+
+    schema.create(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
-                                                  _migration_6, _migration_audience_hashes]
+                                                  _migration_6, _migration_audience_hashes, _migration_dashboard]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK_KEY = 0x6C6966656379  # PostgreSQL advisory lock held while migrating ("lifecy")
 CHUNK = 20_000
