@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -40,6 +41,18 @@ def record_safely(store: StateStore, config: Any, result: Any) -> None:
         record(store, config, result)
     except Exception as exc:  # noqa: BLE001 - the sync succeeded; the dashboard catches up next run
         log.error("dashboard snapshot failed (the sync itself succeeded): %s", safe_error(exc))
+
+
+@contextmanager
+def _quiet_pipeline() -> Iterator[None]:
+    """Drop the pipeline's warnings while the past weekly points are computed."""
+    logger = logging.getLogger("lifecycle.pipeline")
+    drop = logging.Filter("-never-")  # a name no record has: every record is filtered out
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def weekly_dates(as_of: date, weeks: int = WEEKS) -> list[date]:
@@ -84,7 +97,8 @@ def record(store: StateStore, config: Any, result: Any) -> None:
     history: list[tuple[date, pl.DataFrame]] = []
     stored = store.membership_frame() if past else None
     for day in past:
-        c = compute(store, config, day, stored)
+        with _quiet_pipeline():  # the sync already warned about its fields once
+            c = compute(store, config, day, stored)
         points[day] = _figures(c)
         if backfill:
             history.append((day, cells_of(c.features, config)))
