@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a full cycle on a generated sample base and print the result")
     demo.add_argument("--customers", type=int, default=3000, help="contacts in the sandbox portal (default 3000)")
     demo.add_argument("--keep", metavar="DIR", help="keep the demo's files (CSV, config, state) in DIR")
+    demo.add_argument("--no-serve", action="store_true",
+                      help="exit after printing the dashboard's URL (default in a terminal: serve it until Ctrl-C)")
 
     sandbox = sub.add_parser("sandbox", help="serve an emulator on loopback for manual trials (never a live system)")
     sandbox.add_argument("system", choices=("bitrix24", "amocrm", "ads"), help="which emulator")
@@ -119,7 +121,7 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from connector.demo import run_demo
 
-            return run_demo(out, customers=args.customers, keep=args.keep)
+            return run_demo(out, customers=args.customers, keep=args.keep, serve=False if args.no_serve else None)
         if args.command == "sandbox":
             if args.system == "ads":
                 from sandbox.ads.cli import main as ads_sandbox
