@@ -40,6 +40,7 @@ CELLS = [f"lifecycle.{r}_{c}" for r in ("new", "promising", "regular") for c in 
 # shares of the customers per state: prospects, then the nine cells (lifecycle.new_asleep about 10 % = 100k of 1M)
 WEIGHTS = [0.20, 0.08, 0.03, 0.10, 0.08, 0.03, 0.12, 0.10, 0.04, 0.22]
 STATES = ["prospect", *CELLS]
+assert tuple(STATES) == schema.CELL_CODES
 
 
 def build(db: Path, n: int, today: date) -> None:
@@ -72,9 +73,9 @@ def build(db: Path, n: int, today: date) -> None:
             days = sorted(rng.choice(370, size=changes[k], replace=False) + 1) if changes[k] else []
             bounds = [start, *(start + timedelta(days=int(d)) for d in days)]
             states = [*rng.integers(0, len(STATES), len(bounds) - 1), state_now[k]]
-            for j, b in enumerate(bounds):
-                end = bounds[j + 1].isoformat() if j + 1 < len(bounds) else None
-                rows.append(("default", int(i), b.isoformat(), end, STATES[states[j]]))
+            for j, b in enumerate(bounds):  # days as day numbers, cells as codes (connector/dashboard/schema.py)
+                end = schema.day_number(bounds[j + 1]) if j + 1 < len(bounds) else None
+                rows.append(("default", int(i), schema.day_number(b), end, int(states[j])))
             if len(rows) > 200_000:
                 _insert_tuples(conn, schema.cells, ("portal", "customer_id", "valid_from", "valid_to", "cell"), rows)
                 rows = []

@@ -191,7 +191,9 @@ def test_members_page_sorts_searches_pages_and_exports_equal_report_members(env,
 
 def test_customer_page_shows_segments_history_and_crm_link(env, admin):
     cid = env.buyers[0]
-    data = admin.get(f"/api/v1/portals/default/customers/{cid}").json()
+    answer = admin.get(f"/api/v1/portals/default/customers/{cid}")
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
     assert {s["segment"] for s in data["segments"]} >= {"status.current"}
     events = [(h["event"], h["date"]) for h in data["history"]]
     assert ("enter", env.first.as_of.isoformat()) in events and ("enter", env.today.isoformat()) in events
@@ -288,3 +290,41 @@ def test_users_cli_adds_lists_and_language_switch(env, app):
     bad = subprocess.run([sys.executable, "-m", "connector.cli", "users", "add", "x@y.z", "--role", "viewer",
                           "--config", str(env.path)], input="short\n", capture_output=True, text=True, cwd=env.folder)
     assert bad.returncode == 2 and "at least 8 characters" in bad.stderr
+
+
+def test_two_syncs_on_one_day_keep_one_state_per_day_and_flows_follow_the_last(ws):
+    """Cells of a second sync on the same day replace the first's; the next day's flows start from them."""
+    from datetime import date
+
+    from connector.dashboard import queries
+
+    day = date(2026, 11, 23)
+    ws.write_contacts([{"id": 1}, {"id": 2}, {"id": 3}])
+    ws.write_deals([{"id": 1, "contact_id": 1, "status": "won", "amount": 10, "closed_at": "2026-11-20"}])
+    config = ws.config()
+    sync(config, as_of=day)
+    ws.write_deals([{"id": 1, "contact_id": 1, "status": "won", "amount": 10, "closed_at": "2026-11-20"},
+                    {"id": 2, "contact_id": 2, "status": "won", "amount": 10, "closed_at": "2026-11-23"}])
+    sync(config, as_of=day)  # contact 2: prospect -> new_active on the same day
+    ws.write_contacts([{"id": 1}, {"id": 2}])
+    ws.write_deals([{"id": 1, "contact_id": 1, "status": "won", "amount": 10, "closed_at": "2026-11-20"},
+                    {"id": 3, "contact_id": 1, "status": "won", "amount": 10, "closed_at": "2026-11-24"}])
+    sync(config, as_of=day + timedelta(days=1))  # 1 buys again, 2's deal deleted, 3 deleted
+    store = open_store(config)
+    try:
+        data = queries.flows(store, day, day + timedelta(days=1), members=True)
+        import sqlalchemy as sa
+
+        from connector.dashboard.schema import cells
+
+        with store.engine.connect() as conn:
+            rows = conn.execute(sa.select(cells.c.customer_id, cells.c.valid_from, cells.c.valid_to)).all()
+    finally:
+        store.close()
+    got = {(t["from"], t["to"]): t["members"] for t in data["transitions"]}
+    assert got == {("lifecycle.new_active", "lifecycle.promising_active"): [1],
+                   ("lifecycle.new_active", "prospect"): [2], ("prospect", "absent"): [3]}
+    for cid in (1, 2, 3):  # intervals of one customer never overlap and none is empty
+        spans = sorted((f, t) for c, f, t in rows if c == cid)
+        assert all(t is None or t > f for f, t in spans)
+        assert all(spans[k][1] is not None and spans[k][1] <= spans[k + 1][0] for k in range(len(spans) - 1))

@@ -62,9 +62,20 @@ def sign_in(driver, base: str, email: str, password: str = PASSWORD) -> str:
     driver.find_element(By.ID, "email").clear()
     driver.find_element(By.ID, "email").send_keys(email)
     driver.find_element(By.ID, "password").send_keys(password)
-    driver.find_element(By.ID, "sign-in").click()
+    click(driver, driver.find_element(By.ID, "sign-in"))
     errors = driver.find_elements(By.ID, "login-error")
     return errors[0].text if errors else ""
+
+
+def click(driver, element) -> None:
+    """Click a link or button and wait until the next page has replaced this one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
 
 
 def fetch(driver, url: str) -> tuple[int, bytes]:
@@ -111,7 +122,7 @@ def test_dashboard_in_a_real_browser(tmp_path):
                 assert sign_in(driver, base, "admin@example.com") == ""
                 assert driver.current_url.endswith("/ui/")
                 shot(driver, "portfolio")
-                driver.find_element(By.LINK_TEXT, "default").click()
+                click(driver, driver.find_element(By.LINK_TEXT, "default"))
                 # the matrix on the page equals `lifecycle report --format json` for the same day
                 cells = {td.get_attribute("data-segment"): int(td.find_element(By.CLASS_NAME, "count").text)
                          for td in driver.find_elements(By.CSS_SELECTOR, "#matrix td.cell")}
@@ -124,7 +135,7 @@ def test_dashboard_in_a_real_browser(tmp_path):
                 driver.set_window_size(1280, 1000)
 
                 # a flows cell lists exactly the customers `report --flows` lists
-                driver.find_element(By.LINK_TEXT, "Flows").click()
+                click(driver, driver.find_element(By.LINK_TEXT, "Flows"))
                 start = driver.find_element(By.NAME, "from").get_attribute("value")
                 end = driver.find_element(By.NAME, "to").get_attribute("value")
                 links = [a for a in driver.find_elements(By.CSS_SELECTOR, "#flows td a")
@@ -133,7 +144,7 @@ def test_dashboard_in_a_real_browser(tmp_path):
                 assert links, "no customer moved in 30 days"
                 td = links[0].find_element(By.XPATH, "..")
                 src, dst = td.get_attribute("data-from"), td.get_attribute("data-to")
-                links[0].click()
+                click(driver, links[0])
                 listed = sorted(int(a.get_attribute("data-id")) for a in driver.find_elements(By.CSS_SELECTOR, "#flow-members a"))
                 flows = json.loads(cli(config, "report", "--flows", start, end, "--format", "json"))
                 expected = next(t["members"] for t in flows["transitions"] if (t["from"], t["to"]) == (src, dst))
@@ -150,13 +161,13 @@ def test_dashboard_in_a_real_browser(tmp_path):
                 members = json.loads(cli(config, "report", "--format", "json", "--segment", "status.current"))
                 assert status == 200 and exported == sorted(int(i) for i in members["members"]["status.current"])
                 first = driver.find_element(By.CSS_SELECTOR, "#members tbody tr a")
-                first.click()
+                click(driver, first)
                 assert driver.find_elements(By.ID, "current-segments")
                 shot(driver, "customer")
                 for page in ("campaigns", "audiences", "runs"):
-                    driver.find_element(By.LINK_TEXT, page.capitalize()).click()
+                    click(driver, driver.find_element(By.LINK_TEXT, page.capitalize()))
                     shot(driver, page)
-                driver.find_element(By.ID, "logout").click()
+                click(driver, driver.find_element(By.ID, "logout"))
                 assert "/ui/login" in driver.current_url
 
                 # a viewer of portal B cannot reach this portal's pages, members, customer or export

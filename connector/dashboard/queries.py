@@ -106,36 +106,60 @@ def overview(store: StateStore, config: Any, language: str) -> dict[str, Any]:
 # -- flows -------------------------------------------------------------------------------------------
 
 
-def cells_on(store: StateStore, day: date) -> pl.DataFrame:
-    """(customer_id, cell) as stored for the end of ``day``: the last sync on or before it (weekly points of the
-    back-fill before the first sync)."""
+def _pairs(store: StateStore, start: date, end: date) -> sa.Subquery:
+    """One row per customer present on either date: its cell code at the end of ``start`` and of ``end`` (NULL
+    where it had none), in one pass over the intervals touching [start, end] (grouped in primary-key order).
+    The state on a day is the last sync on or before it (weekly points of the back-fill before the first sync)."""
     c = schema.cells.c
-    query = sa.select(c.customer_id, c.cell).where(
-        c.portal == store.portal, c.valid_from <= day, sa.or_(c.valid_to.is_(None), c.valid_to > day))
-    return store.read_frame(query, {"customer_id": pl.Int64, "cell": pl.String})
+    a, b = schema.day_number(start), schema.day_number(end)
+
+    def on(day: int) -> sa.ColumnElement:
+        return sa.func.max(sa.case((sa.and_(c.valid_from <= day, sa.or_(c.valid_to.is_(None), c.valid_to > day)), c.cell)))
+
+    inner = (sa.select(c.customer_id, on(a).label("src"), on(b).label("dst"))
+             .where(c.portal == store.portal, c.valid_from <= b, sa.or_(c.valid_to.is_(None), c.valid_to > a))
+             .group_by(c.customer_id).subquery())
+    return sa.select(inner.c.customer_id, inner.c.src, inner.c.dst).where(
+        sa.or_(inner.c.src.is_not(None), inner.c.dst.is_not(None))).subquery()
 
 
-def flow_frame(store: StateStore, start: date, end: date) -> pl.DataFrame:
-    """customer_id, from, to for every customer present on either date (``absent`` where it was not)."""
-    a = cells_on(store, start).rename({"cell": "from"})
-    b = cells_on(store, end).rename({"cell": "to"})
-    return (a.join(b, on="customer_id", how="full", coalesce=True)
-            .with_columns(pl.col("from").fill_null(ABSENT), pl.col("to").fill_null(ABSENT)))
+def _name(code: int | None) -> str:
+    return ABSENT if code is None else schema.CELL_CODES[code]
+
+
+def _code(name: str) -> int | None:
+    return None if name == ABSENT else schema.CELL_CODES.index(name)
 
 
 def flows(store: StateStore, start: date, end: date, *, members: bool = False) -> dict[str, Any]:
-    frame = flow_frame(store, start, end)
-    grouped = frame.group_by("from", "to").agg(pl.len().alias("customers"), pl.col("customer_id").sort().alias("ids"))
+    """The transition table between the end of ``start`` and the end of ``end`` (counts; with ``members`` the
+    customer ids of each transition too)."""
+    pairs = _pairs(store, start, end)
+    with store.engine.connect() as conn:
+        rows = [(_name(src), _name(dst), n) for src, dst, n in conn.execute(
+            sa.select(pairs.c.src, pairs.c.dst, sa.func.count()).group_by(pairs.c.src, pairs.c.dst))]
+        ids: dict[tuple[str, str], list[int]] = {}
+        if members:
+            for cid, src, dst in conn.execute(sa.select(pairs.c.customer_id, pairs.c.src, pairs.c.dst)
+                                              .order_by(pairs.c.customer_id)):
+                ids.setdefault((_name(src), _name(dst)), []).append(int(cid))
     order = {s: i for i, s in enumerate([*FLOW_STATES, ABSENT])}
-    rows = sorted(grouped.iter_rows(named=True), key=lambda r: (order[r["from"]], order[r["to"]]))
-    out = [{"from": r["from"], "to": r["to"], "customers": r["customers"],
-            **({"members": r["ids"]} if members else {})} for r in rows]
+    rows = sorted(rows, key=lambda r: (order.get(r[0], 99), order.get(r[1], 99)))
+    out = [{"from": src, "to": dst, "customers": n, **({"members": ids[(src, dst)]} if members else {})}
+           for src, dst, n in rows]
     return {"from": start.isoformat(), "to": end.isoformat(), "states": [*FLOW_STATES, ABSENT], "transitions": out}
 
 
 def flow_members(store: StateStore, start: date, end: date, source: str, target: str) -> list[int]:
-    frame = flow_frame(store, start, end)
-    return frame.filter((pl.col("from") == source) & (pl.col("to") == target)).get_column("customer_id").sort().to_list()
+    pairs = _pairs(store, start, end)
+
+    def match(column: sa.ColumnElement, name: str) -> sa.ColumnElement:
+        code = _code(name)
+        return column.is_(None) if code is None else column == code
+
+    with store.engine.connect() as conn:
+        return [int(i) for i in conn.execute(sa.select(pairs.c.customer_id).where(
+            match(pairs.c.src, source), match(pairs.c.dst, target)).order_by(pairs.c.customer_id)).scalars()]
 
 
 # -- members -----------------------------------------------------------------------------------------
@@ -170,8 +194,10 @@ def _member_row(row: Any) -> dict[str, Any]:
 def members_page(store: StateStore, segment: str, *, sort: str = "customer_id", descending: bool = False,
                  search: str | None = None, page: int = 1, size: int = 50) -> dict[str, Any]:
     query = _members_query(store, segment, search)
+    counted = query if search else sa.select(membership.c.customer_id).where(
+        membership.c.portal == store.portal, membership.c.segment == segment)
     with store.engine.connect() as conn:
-        total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar() or 0
+        total = conn.execute(sa.select(sa.func.count()).select_from(counted.subquery())).scalar() or 0
         rows = conn.execute(_ordered(query, sort, descending).limit(size).offset((max(page, 1) - 1) * size)).all()
     return {"segment": segment, "total": total, "page": page, "size": size, "sort": sort,
             "order": "desc" if descending else "asc", "rows": [_member_row(r) for r in rows]}

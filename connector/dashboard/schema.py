@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import sqlalchemy as sa
 
 from connector.store import metadata
@@ -53,14 +55,25 @@ trend = sa.Table(
     sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Days and cells are small integers so that a flows query scans a million customers' intervals in about two
+# seconds: days count from 1970-01-01 (:func:`day_number`), cells are indexes into :data:`CELL_CODES`.
+CELL_CODES = ("prospect", *(f"lifecycle.{r}_{c}" for r in ("new", "promising", "regular")
+                            for c in ("active", "sleeping", "asleep")))
+EPOCH = date(1970, 1, 1)
+
+
+def day_number(day: date) -> int:
+    return (day - EPOCH).days
+
+
 cells = sa.Table(
     "dash_cells",
     metadata,
     sa.Column("portal", sa.String(128), primary_key=True),
     sa.Column("customer_id", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("valid_from", sa.Date, primary_key=True),
-    sa.Column("valid_to", sa.Date),
-    sa.Column("cell", sa.String(64), nullable=False),  # lifecycle.<row>_<column> | prospect
+    sa.Column("valid_from", sa.Integer, primary_key=True, autoincrement=False),  # day number, inclusive
+    sa.Column("valid_to", sa.Integer),  # day number, exclusive; NULL while current
+    sa.Column("cell", sa.SmallInteger, nullable=False),  # index into CELL_CODES
     sa.Index("ix_dash_cells_portal_to", "portal", "valid_to"),
 )
 

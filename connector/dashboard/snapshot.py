@@ -122,10 +122,6 @@ def record(store: StateStore, config: Any, result: Any) -> None:
         _write_members(conn, store, config, comp)
 
 
-def _date_value(conn: sa.Connection, day: date) -> Any:
-    return day.isoformat() if conn.dialect.name == "sqlite" else day
-
-
 def _backfill_cells(conn: sa.Connection, store: StateStore, states: list[tuple[date, pl.DataFrame]]) -> None:
     """Intervals from a sequence of (date, cells) states, oldest first, written in one go."""
     closed: list[pl.DataFrame] = []
@@ -150,24 +146,24 @@ def _step(open_: pl.DataFrame, state: pl.DataFrame, day: date) -> tuple[pl.DataF
 
 
 def _insert_cells(conn: sa.Connection, store: StateStore, rows: pl.DataFrame) -> None:
-    sqlite = conn.dialect.name == "sqlite"
-
-    def iso(col: str) -> pl.Expr:
-        return pl.col(col).dt.to_string("%Y-%m-%d") if sqlite else pl.col(col)
-
+    codes = {name: i for i, name in enumerate(schema.CELL_CODES)}
     _insert_tuples(conn, schema.cells, ("portal", "customer_id", "valid_from", "valid_to", "cell"),
-                   rows.select(pl.lit(store.portal).alias("p"), "customer_id", iso("valid_from"), iso("valid_to"),
-                               "cell").iter_rows())
+                   rows.select(pl.lit(store.portal).alias("p"), "customer_id", pl.col("valid_from").cast(pl.Int32),
+                               pl.col("valid_to").cast(pl.Int32),
+                               pl.col("cell").replace_strict(codes, return_dtype=pl.Int16)).iter_rows())
 
 
 def _advance_cells(conn: sa.Connection, store: StateStore, current: pl.DataFrame, as_of: date) -> None:
     c = schema.cells.c
     open_ = store.read_frame(
         sa.select(c.customer_id, c.cell, c.valid_from).where(c.portal == store.portal, c.valid_to.is_(None)),
-        {"customer_id": pl.Int64, "cell": pl.String, "valid_from": pl.String},
-    ).with_columns(pl.col("valid_from").str.slice(0, 10).str.to_date("%Y-%m-%d"))
+        {"customer_id": pl.Int64, "cell": pl.Int64, "valid_from": pl.Int32},
+    ).with_columns(pl.col("cell").replace_strict(dict(enumerate(schema.CELL_CODES)), return_dtype=pl.String),
+                   pl.col("valid_from").cast(pl.Date))
     still_open, ended = _step(open_, current, as_of)
-    started = still_open.filter(pl.col("valid_from") == as_of)
+    # opened by this sync (an interval kept open since an earlier sync of today is already stored)
+    started = still_open.filter(pl.col("valid_from") == as_of).join(open_, on=["customer_id", "valid_from", "cell"],
+                                                                     how="anti")
     # intervals that ended today: closed; those that also began today (a second sync of the day) are dropped
     for same_day, part in ended.group_by(pl.col("valid_from") == as_of):
         ids = part.get_column("customer_id").to_list()
@@ -176,7 +172,7 @@ def _advance_cells(conn: sa.Connection, store: StateStore, current: pl.DataFrame
             if same_day[0]:
                 conn.execute(sa.delete(schema.cells).where(*where))
             else:
-                conn.execute(sa.update(schema.cells).where(*where).values(valid_to=as_of))
+                conn.execute(sa.update(schema.cells).where(*where).values(valid_to=schema.day_number(as_of)))
     _insert_cells(conn, store, started.select("customer_id", "cell", "valid_from",
                                               pl.lit(None, dtype=pl.Date).alias("valid_to")))
 
