@@ -328,3 +328,32 @@ def test_two_syncs_on_one_day_keep_one_state_per_day_and_flows_follow_the_last(w
         spans = sorted((f, t) for c, f, t in rows if c == cid)
         assert all(t is None or t > f for f, t in spans)
         assert all(spans[k][1] is not None and spans[k][1] <= spans[k + 1][0] for k in range(len(spans) - 1))
+
+
+def test_snapshot_and_queries_work_on_postgresql(ws, postgres_url, caplog):
+    from datetime import date
+
+    from connector.dashboard import queries
+
+    day = date(2026, 11, 23)
+    ws.write_contacts([{"id": 1, "name": "Anna"}, {"id": 2}])
+    ws.write_deals([{"id": 1, "contact_id": 1, "status": "won", "amount": 10, "closed_at": "2026-11-20"}])
+    ws.write_config(base=f'[crm]\nkind = "csv"\npath = "crm"\n[state]\nurl = "{postgres_url}"\n')
+    config = load_config(ws.config_path)
+    sync(config, as_of=day)
+    ws.write_deals([{"id": 1, "contact_id": 1, "status": "won", "amount": 10, "closed_at": "2026-11-20"},
+                    {"id": 2, "contact_id": 2, "status": "won", "amount": 10, "closed_at": "2026-11-24"}])
+    with caplog.at_level("ERROR", logger="lifecycle.dashboard"):
+        sync(config, as_of=day + timedelta(days=1))
+    assert not caplog.records
+    store = open_store(config)
+    try:
+        flows = queries.flows(store, day, day + timedelta(days=1), members=True)
+        page = queries.members_page(store, "status.current", sort="last_purchase", descending=True)
+        points = queries.trend_points(store)
+    finally:
+        store.close()
+    assert {(t["from"], t["to"]): t["members"] for t in flows["transitions"]} == {
+        ("lifecycle.new_active", "lifecycle.new_active"): [1], ("prospect", "lifecycle.new_active"): [2]}
+    assert [(r["customer_id"], r["last_purchase"]) for r in page["rows"]] == [(2, "2026-11-24"), (1, "2026-11-20")]
+    assert len(points) == 54 and points[-1]["active"] == 2
