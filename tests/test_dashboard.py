@@ -55,7 +55,10 @@ def env(tmp_path_factory):
         path.write_text(
             f'[crm]\nkind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n'
             f'overlap_minutes = 0\nreconcile_hours = 0\n[state]\nurl = "sqlite:///{folder / "state.db"}"\n'
-            f'[ui]\nlanguage = "en"\n[[segment]]\nname = "big_spenders"\nwhen = "monetary >= 100000"\n', encoding="utf-8")
+            f'[ui]\nlanguage = "en"\n[[segment]]\nname = "big_spenders"\nwhen = "monetary >= 100000"\n'
+            '[[campaign]]\nname = "winback"\nsegment = "status.former"\ncooldown_days = 30\n'
+            'on_enter = [{ action = "call_task", title = "Call {name}", description = "Why did you stop?", due_in_days = 2 }]\n',
+            encoding="utf-8")
         config = load_config(path)
         today = today_in(config.crm.timezone)
         first = sync(config, as_of=today - timedelta(days=20))
@@ -207,7 +210,21 @@ def test_runs_campaigns_audiences_and_portfolio(env, admin):
     runs = admin.get("/api/v1/portals/default/runs").json()["runs"]
     assert [r["status"] for r in runs[:2]] == ["ok", "ok"] and runs[0]["requests"] > 0
     assert runs[0]["duration_seconds"] > 0
-    assert admin.get("/api/v1/portals/default/campaigns").json()["campaigns"] == []
+    campaigns = admin.get("/api/v1/portals/default/campaigns").json()["campaigns"]
+    assert [c["campaign"] for c in campaigns] == ["winback"]
+    store = open_store(env.config)
+    ledger = store.ledger()
+    store.close()
+    done = [r for r in ledger if r["status"] == "done"]
+    assert done and campaigns[0]["totals"]["created"] == len(done)
+    assert campaigns[0]["totals"]["skipped"] == sum(1 for r in ledger if r["status"] == "skipped")
+    assert sum(t.get("created", 0) for t in campaigns[0]["per_rep"].values()) == len(done)
+    recent = campaigns[0]["recent"]
+    assert recent and all("/tasks/task/view/" in a["crm_url"] for a in recent if a["status"] == "done")
+    preview = admin.get("/api/v1/portals/default/campaigns/preview").json()["actions"]
+    plan = json.loads(cli(env.path, "plan", "--format", "json").stdout)
+    assert sorted(r["key"] for r in preview) == sorted(r["key"] for r in plan)
+    assert admin.get("/ui/p/default/campaigns?preview=1").status_code == 200
     assert admin.get("/api/v1/portals/default/audiences").json()["audiences"] == []
     portfolio = admin.get("/api/v1/portals").json()
     assert portfolio[0]["portal"] == "default" and portfolio[0]["health"] == "ok"

@@ -495,5 +495,5 @@ def _preview(config: Any) -> list[dict[str, Any]]:
     """The rows of ``lifecycle plan`` (what the next run would do), without the title's personal text."""
     from connector.pipeline import preview_plan
 
-    return [{k: r[k] for k in ("campaign", "action", "customer_id", "skip_reason", "responsible_id", "origin", "due")}
+    return [{k: r[k] for k in ("campaign", "action", "customer_id", "key", "skip_reason", "responsible_id", "origin", "due")}
             for r in preview_plan(config)]
