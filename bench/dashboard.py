@@ -12,6 +12,11 @@ TestClient, signed in), it times:
 * the flows table between a year ago and today and between two recent dates, and one flows cell's customers;
 * a CSV and an XLSX export of a segment of about 100,000 members, streamed, with the growth of the process's
   resident memory during the export (sampled every 20 ms).
+
+    python bench/dashboard.py --snapshot [--customers 1000000]
+
+instead times what the snapshot adds to a sync (a first sync and the next day's) on a generated mirror of
+``--customers`` customers with three deals each.
 """
 
 from __future__ import annotations
@@ -127,12 +132,51 @@ def timed(client, path: str, repeat: int = 3) -> tuple[float, int, int]:
     return best, answer.status_code, len(answer.content)
 
 
+def snapshot_bench(customers: int, folder: Path) -> dict:
+    """What the snapshot adds to a sync: a generated mirror (sandbox/synthetic, 3 deals per customer), then
+    :func:`connector.dashboard.snapshot.record` for a first sync (52 weekly points computed from the mirror, the
+    cells' back-fill, the member columns) and for the next day's sync (one point, cell changes, member columns)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from segments import config_text, seed_store  # bench/segments.py
+
+    from connector.dashboard.snapshot import record
+    from connector.pipeline import compute
+    from sandbox.synthetic import generate
+
+    db = folder / "snapshot.db"
+    db.unlink(missing_ok=True)
+    (folder / "crm").mkdir(exist_ok=True)
+    config_path = folder / "snapshot.toml"
+    config_path.write_text(config_text(folder / "crm", db), encoding="utf-8")
+    config = load_config(config_path)
+    today = date.today()
+    cust, deals = generate(customers, 3 * customers, today=today, timezone="Europe/Moscow")
+    store = StateStore.open(config.state_url, config.crm.name)
+    seed_store(store, cust, deals)
+    out = {"snapshot_customers": customers}
+    for label, day in (("first_sync", today - timedelta(days=1)), ("next_day", today)):
+        started = time.perf_counter()
+        comp = compute(store, config, day, store.membership_frame())
+        out[f"compute_{label}_seconds"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        record(store, config, SimpleNamespace(computation=comp, as_of=day, run_id=1 if label == "first_sync" else 2))
+        out[f"snapshot_{label}_seconds"] = round(time.perf_counter() - started, 1)
+    store.close()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--db", help="keep the database here (default a temporary folder)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--snapshot", action="store_true",
+                        help="instead: time the snapshot a sync writes, on a generated mirror of --customers")
     args = parser.parse_args()
+    if args.snapshot:
+        figures = snapshot_bench(args.customers, Path(tempfile.mkdtemp(prefix="bench-snapshot-")))
+        print(json.dumps(figures) if args.json else "\n".join(f"{k:36} {v}" for k, v in figures.items()))
+        return 0
     from starlette.testclient import TestClient
 
     folder = Path(args.db).parent if args.db else Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
