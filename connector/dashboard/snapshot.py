@@ -104,6 +104,10 @@ def record(store: StateStore, config: Any, result: Any) -> None:
             history.append((day, cells_of(c.features, config)))
     points[as_of] = _figures(comp)
     current = cells_of(comp.features, config)
+    # every connectorx read happens before the write transaction: its own SQLite may checkpoint and remove the
+    # WAL when it closes, under a connection still writing (see StateStore._open)
+    open_cells = None if backfill else _open_cells(store)
+    cards = _cards(store, config)
 
     with store.engine.begin() as conn:
         conn.execute(sa.delete(schema.snapshots).where(schema.snapshots.c.portal == portal,
@@ -118,8 +122,8 @@ def record(store: StateStore, config: Any, result: Any) -> None:
         if backfill:
             _backfill_cells(conn, store, [*history, (as_of, current)])
         else:
-            _advance_cells(conn, store, current, as_of)
-        _write_members(conn, store, config, comp)
+            _advance_cells(conn, store, current, as_of, open_cells)
+        _write_members(conn, store, config, comp, cards)
 
 
 def _backfill_cells(conn: sa.Connection, store: StateStore, states: list[tuple[date, pl.DataFrame]]) -> None:
@@ -153,13 +157,19 @@ def _insert_cells(conn: sa.Connection, store: StateStore, rows: pl.DataFrame) ->
                                pl.col("cell").replace_strict(codes, return_dtype=pl.Int16)).iter_rows())
 
 
-def _advance_cells(conn: sa.Connection, store: StateStore, current: pl.DataFrame, as_of: date) -> None:
+def _open_cells(store: StateStore) -> pl.DataFrame:
+    """customer_id, cell, valid_from of every interval still open."""
     c = schema.cells.c
-    open_ = store.read_frame(
+    return store.read_frame(
         sa.select(c.customer_id, c.cell, c.valid_from).where(c.portal == store.portal, c.valid_to.is_(None)),
         {"customer_id": pl.Int64, "cell": pl.Int64, "valid_from": pl.Int32},
     ).with_columns(pl.col("cell").replace_strict(dict(enumerate(schema.CELL_CODES)), return_dtype=pl.String),
                    pl.col("valid_from").cast(pl.Date))
+
+
+def _advance_cells(conn: sa.Connection, store: StateStore, current: pl.DataFrame, as_of: date,
+                   open_: pl.DataFrame) -> None:
+    c = schema.cells.c
     still_open, ended = _step(open_, current, as_of)
     # opened by this sync (an interval kept open since an earlier sync of today is already stored)
     started = still_open.filter(pl.col("valid_from") == as_of).join(open_, on=["customer_id", "valid_from", "cell"],
@@ -182,13 +192,16 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
         yield items[start:start + size]
 
 
-def _write_members(conn: sa.Connection, store: StateStore, config: Any, comp: Any) -> None:
-    portal = store.portal
-    cards = store.read_frame(
+def _cards(store: StateStore, config: Any) -> pl.DataFrame:
+    return store.read_frame(
         sa.select(customers.c.id, customers.c.name, customers.c.phone, customers.c.email, customers.c.responsible_id)
-        .where(customers.c.portal == portal, customers.c.entity == config.crm.customer),
+        .where(customers.c.portal == store.portal, customers.c.entity == config.crm.customer),
         {"id": pl.Int64, "name": pl.String, "phone": pl.String, "email": pl.String, "responsible_id": pl.String},
     )
+
+
+def _write_members(conn: sa.Connection, store: StateStore, config: Any, comp: Any, cards: pl.DataFrame) -> None:
+    portal = store.portal
     f = comp.features
     custom = [n for n in config.rules.fields if n in f.columns]
     as_of = comp.as_of
