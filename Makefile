@@ -26,8 +26,9 @@ demo: $(BIN)/.demo-installed
 # The PostgreSQL tests need a server: scripts/test-postgres.sh installs Debian's postgresql when it is
 # missing, starts a throw-away cluster on a free loopback port, runs pytest with
 # LIFECYCLE_TEST_POSTGRES_URL set, stops the cluster and exits with pytest's status.
+# scripts/test-browser.sh installs Debian's chromium + chromium-driver for the dashboard's browser test.
 test: $(BIN)/.installed
-	scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q
+	scripts/test-browser.sh run -- scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/segments.py --customers 100000 --deals 500000

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a full cycle on a generated sample base and print the result")
     demo.add_argument("--customers", type=int, default=3000, help="contacts in the sandbox portal (default 3000)")
     demo.add_argument("--keep", metavar="DIR", help="keep the demo's files (CSV, config, state) in DIR")
+    demo.add_argument("--no-serve", action="store_true",
+                      help="exit after printing the dashboard's URL (default in a terminal: serve it until Ctrl-C)")
 
     sandbox = sub.add_parser("sandbox", help="serve an emulator on loopback for manual trials (never a live system)")
     sandbox.add_argument("system", choices=("bitrix24", "amocrm", "ads"), help="which emulator")
@@ -67,6 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--members", action="store_true", help="also list the member ids of each segment")
     report.add_argument("--segment", metavar="NAME", help="only this segment (and list its members)")
+    report.add_argument("--flows", nargs=2, metavar=("FROM", "TO"),
+                        help="who moved between matrix cells (and from prospect) between two dates, from stored membership")
+    report.add_argument("--trend", action="store_true", help="the active-base KPI over time, computed from the mirror")
+    report.add_argument("--from", dest="from_date", metavar="D", help="--trend: first date (default a year before --to)")
+    report.add_argument("--to", dest="to_date", metavar="D", help="--trend: last date (default today)")
+    report.add_argument("--every", choices=("week", "day"), default="week", help="--trend: one point per week or day")
+
+    users = sub.add_parser("users", help="dashboard accounts: add, list, remove")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    users_add = users_sub.add_parser("add", help="create or update an account (the password is asked, or read from stdin)")
+    users_add.add_argument("email")
+    users_add.add_argument("--role", choices=("admin", "viewer"), required=True)
+    users_add.add_argument("--portal", action="append", metavar="P", help="a portal a viewer may see (repeatable)")
+    users_add.add_argument("--language", choices=("ru", "en"), help="the account's language (default [ui] language)")
+    users_add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    with_config(users_add)
+    with_config(users_sub.add_parser("list", help="the accounts (never their passwords)"))
+    users_remove = users_sub.add_parser("remove", help="delete an account")
+    users_remove.add_argument("email")
+    with_config(users_remove)
 
     from connector.model_cli import add_model_parser
 
@@ -153,7 +175,7 @@ def _main(argv: list[str] | None = None) -> int:
                 return EXIT_USAGE
             from connector.demo import run_demo
 
-            return run_demo(out, customers=args.customers, keep=args.keep)
+            return run_demo(out, customers=args.customers, keep=args.keep, serve=False if args.no_serve else None)
         if args.command == "init":
             from connector.cli_tools import init_command
 
@@ -186,6 +208,10 @@ def _main(argv: list[str] | None = None) -> int:
             return _report(config, args, out)
         if args.command == "plan":
             return _plan(config, args, out)
+        if args.command == "users":
+            from connector.dashboard.commands import users
+
+            return users(config, args, out)
         if args.command in ("check", "config", "runs", "members"):
             from connector import cli_tools
 
@@ -315,6 +341,10 @@ def _report(config, args, out: Console) -> int:
     from connector import report
     from connector.pipeline import compute, open_store, today_in
 
+    if args.flows or args.trend:
+        from connector.dashboard import commands
+
+        return commands.report_flows(config, args, out) if args.flows else commands.report_trend(config, args, out)
     names = config.rules.segment_names
     if args.segment and args.segment not in names:
         import difflib

@@ -314,6 +314,12 @@ class DaemonConfig(_Section):
         return self
 
 
+class UiConfig(_Section):
+    """The dashboard (connector/dashboard): the language of its pages; each account may override it."""
+
+    language: Literal["ru", "en"] = "ru"
+
+
 class Settings(BaseSettings):
     """The whole configuration. Built by :func:`load_config`; do not instantiate directly."""
 
@@ -341,6 +347,7 @@ class Settings(BaseSettings):
     schedule: ScheduleConfig = ScheduleConfig()
     daemon: DaemonConfig = DaemonConfig()
     predictions: PredictionsConfig = PredictionsConfig()
+    ui: UiConfig = UiConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -69,18 +69,58 @@ name = "Former customers"
 """
 
 
-def run_demo(out: Console, *, customers: int = 3000, keep: str | None = None) -> int:
+def run_demo(out: Console, *, customers: int = 3000, keep: str | None = None, serve: bool | None = None) -> int:
+    """``serve``: after the runs keep serving the dashboard until Ctrl-C; default when stdin and stdout are a
+    terminal (``--no-serve`` turns it off; scripts and CI never wait)."""
+    import sys
+
     logging.getLogger("lifecycle.pipeline").setLevel(logging.ERROR)
+    serve = (sys.stdin.isatty() and sys.stdout.isatty()) if serve is None else serve
     if keep:
         folder = Path(keep)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "state.db").unlink(missing_ok=True)
-        return _run(out, folder, customers)
+        return _run(out, folder, customers, serve)
     with tempfile.TemporaryDirectory(prefix="lifecycle-demo-") as tmp:
-        return _run(out, Path(tmp), customers)
+        return _run(out, Path(tmp), customers, serve)
 
 
-def _run(out: Console, folder: Path, customers: int) -> int:
+def _dashboard(out: Console, config, serve: bool) -> None:
+    """Start the dashboard on loopback, print its URL and a login for the demo portal; serve until Ctrl-C."""
+    import secrets
+    from types import SimpleNamespace
+
+    from connector.dashboard.auth import add_user
+    from connector.http import ServiceServer
+    from connector.metrics import Metrics
+    from connector.pipeline import open_store
+
+    password = secrets.token_urlsafe(9)
+    store = open_store(config)
+    try:
+        add_user(store.engine, "demo@example.com", "admin", [], password)
+    finally:
+        store.close()
+    daemon = SimpleNamespace(config=config, metrics=Metrics(config.crm.name, config.crm.kind),
+                             ready=lambda: (True, "ready"), crm_changed=lambda: None)
+    server = ServiceServer(daemon, host="127.0.0.1", port=0)
+    server.start()
+    try:
+        out.rule("Dashboard")
+        out.print(f"[bold]http://127.0.0.1:{server.port}/ui/p/{config.crm.name}/[/bold]  "
+                  f"login demo@example.com, password {password}")
+        if serve:
+            out.print("serving the dashboard; press Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                out.print("stopped")
+    finally:
+        server.stop()
+
+
+def _run(out: Console, folder: Path, customers: int, serve: bool = False) -> int:
     deals = customers * 3
     with running_portal(generate=(customers, deals), time_scale=TIME_SCALE) as portal, \
             running_ads(cabinets=["yandex"]) as ads:
@@ -108,6 +148,7 @@ def _run(out: Console, folder: Path, customers: int) -> int:
         time.sleep(1.1)
         third = _sync(out, portal, config)
         _show_moves(out, portal, third, moved, config.settings.writeback.field)
+        _dashboard(out, config, serve)
     return 0
 
 

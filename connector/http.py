@@ -215,6 +215,9 @@ def create_app(daemon: Any, *, body_timeout: float = BODY_TIMEOUT) -> Starlette:
         Route("/webhooks/amocrm", amocrm, methods=["POST"]),
         Route("/webhooks/amocrm/{secret:path}", amocrm, methods=["POST"]),
     ]
+    from connector.dashboard.web import build as dashboard_routes
+
+    routes += dashboard_routes(daemon)  # /ui and /api/v1 (connector/dashboard/web.py)
     # 405 answers 404 as the daemon always did; applications mounted later keep their own handlers
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     app.router.redirect_slashes = False  # /healthz/ is 404, as it always was

@@ -131,3 +131,5 @@ def test_demo_runs_end_to_end_with_write_back_and_an_audience():
     assert "Lifecycle matrix" in out and "UF_CRM_LIFECYCLE updated" in out
     assert out.count("HTTP requests") == 3
     assert "audience 'Former customers' in the sandbox Yandex Audience" in out and "+0 -0" in out
+    # the dashboard's URL and a login for the demo portal; without a terminal the demo does not wait
+    assert "/ui/p/default/" in out and "login demo@example.com, password " in out
