@@ -159,7 +159,7 @@ def snapshot_bench(customers: int, folder: Path) -> dict:
         comp = compute(store, config, day, store.membership_frame())
         out[f"compute_{label}_seconds"] = round(time.perf_counter() - started, 1)
         started = time.perf_counter()
-        record(store, config, SimpleNamespace(computation=comp, as_of=day, run_id=1 if label == "first_sync" else 2))
+        record(store, config, SimpleNamespace(computation=comp, as_of=day, run_id=1 if label == "first_sync" else 2), compute)
         out[f"snapshot_{label}_seconds"] = round(time.perf_counter() - started, 1)
     store.close()
     return out

@@ -41,6 +41,13 @@ HELP: dict[str, tuple[str, str]] = {
     "members": ("The members of one segment as stored by the last sync: name, phone, e-mail, responsible "
                 "(user id) and key features. Personal data: mind where you send it.",
                 "lifecycle members lifecycle.regular_active --format csv > regular.csv"),
+    "users": ("Dashboard accounts: add, list and remove; a viewer sees only the portals granted to them.",
+              "lifecycle users add owner@example.com --role admin"),
+    "users add": ("Create an account or update its role, portals and password (asked, or read from stdin with "
+                  "--password-stdin); passwords are stored as argon2 hashes.",
+                  "lifecycle users add rep@example.com --role viewer --portal default"),
+    "users list": ("The dashboard accounts with their roles and portals (never their passwords).", "lifecycle users list"),
+    "users remove": ("Delete a dashboard account.", "lifecycle users remove rep@example.com"),
     "model": ("Fit or backtest the prediction model (P(alive), expected purchases).", "lifecycle model fit"),
     "model fit": ("Fit the prediction model on the portal's mirror (or a summary file) and print its parameters.",
                   "lifecycle model fit --format json"),

@@ -390,7 +390,7 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         store.finish_run(run_id, status="ok", stats={**result.summary(), **_record_errors(pull.errors)})
         from connector.dashboard.snapshot import record_safely
 
-        record_safely(store, config, result)  # what the dashboard shows; a failure there is logged, never raised
+        record_safely(store, config, result, compute)  # what the dashboard shows; a failure there is logged, never raised
         return result
     except (Interrupted, LockLost) as exc:
         store.finish_run(run_id, status="interrupted", stats={}, error=redact(str(exc)))

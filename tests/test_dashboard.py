@@ -47,6 +47,17 @@ def cli(config_path: Path, *args: str, stdin: str | None = None) -> subprocess.C
     return proc
 
 
+def _history_account(config) -> None:
+    """An account in the store: a portal's first sync back-fills the past year only once the dashboard has one."""
+    from connector.dashboard.auth import add_user
+
+    store = open_store(config)
+    try:
+        add_user(store.engine, "history@example.com", "viewer", [], "a long enough password 1")
+    finally:
+        store.close()
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dash")
@@ -61,6 +72,7 @@ def env(tmp_path_factory):
             encoding="utf-8")
         config = load_config(path)
         today = today_in(config.crm.timezone)
+        _history_account(config)  # the past year is back-filled once the dashboard has an account
         first = sync(config, as_of=today - timedelta(days=20))
         # what `report --as-of` says for two weekly points now (later CRM changes may change the past)
         from connector.dashboard.snapshot import weekly_dates
@@ -357,6 +369,7 @@ def test_snapshot_and_queries_work_on_postgresql(ws, postgres_url, caplog):
     ws.write_deals([{"id": 1, "contact_id": 1, "status": "won", "amount": 10, "closed_at": "2026-11-20"}])
     ws.write_config(base=f'[crm]\nkind = "csv"\npath = "crm"\n[state]\nurl = "{postgres_url}"\n')
     config = load_config(ws.config_path)
+    _history_account(config)
     sync(config, as_of=day)
     ws.write_deals([{"id": 1, "contact_id": 1, "status": "won", "amount": 10, "closed_at": "2026-11-20"},
                     {"id": 2, "contact_id": 2, "status": "won", "amount": 10, "closed_at": "2026-11-24"}])

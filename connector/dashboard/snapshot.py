@@ -27,7 +27,8 @@ import sqlalchemy as sa
 
 from connector.dashboard import schema
 from connector.logs import safe_error
-from connector.store import StateStore, _insert_tuples, customers
+from connector.store import StateStore, customers
+from connector.store.base import insert_tuples as _insert_tuples
 from rules.presets import lifecycle
 
 log = logging.getLogger("lifecycle.dashboard")
@@ -35,10 +36,11 @@ WEEKS = 52
 PROSPECT = "prospect"
 
 
-def record_safely(store: StateStore, config: Any, result: Any) -> None:
-    """:func:`record`, logged and never raised: the dashboard must not fail a sync."""
+def record_safely(store: StateStore, config: Any, result: Any, compute: Any) -> None:
+    """:func:`record`, logged and never raised: the dashboard must not fail a sync. ``compute`` is
+    connector.pipeline.compute, passed in (the pipeline calls this module, not the other way round)."""
     try:
-        record(store, config, result)
+        record(store, config, result, compute)
     except Exception as exc:  # noqa: BLE001 - the sync succeeded; the dashboard catches up next run
         log.error("dashboard snapshot failed (the sync itself succeeded): %s", safe_error(exc))
 
@@ -77,9 +79,7 @@ def _figures(comp: Any) -> dict[str, Any]:
             "counts": json.dumps(comp.counts, sort_keys=True)}
 
 
-def record(store: StateStore, config: Any, result: Any) -> None:
-    from connector.pipeline import compute
-
+def record(store: StateStore, config: Any, result: Any, compute: Any) -> None:
     comp = result.computation
     as_of: date = result.as_of
     portal = store.portal
