@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(BIN)/.installed
 # LIFECYCLE_TEST_POSTGRES_URL set, stops the cluster and exits with pytest's status.
 test: $(BIN)/.installed
 	scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q
+
+# Everything but the tests marked `slow` (SIGKILL trials, concurrent syncs, the bench smoke tests); the
+# PostgreSQL tests stay in. `make test` (and .ci/run) still run everything.
+test-fast: $(BIN)/.installed
+	scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/segments.py --customers 100000 --deals 500000

@@ -231,6 +231,7 @@ def test_edge_customers(config):
         assert all((cid in engine) == (cid in members[name]) for name, engine in engine_members(engine_result(config, A)).items())
 
 
+@pytest.mark.slow
 def test_bench_script_smoke(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(BENCH / "segments.py"), "--customers", "2000", "--deals", "6000", "--json",
