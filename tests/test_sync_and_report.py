@@ -120,7 +120,7 @@ def test_report_json_shape_and_that_it_changes_nothing_stored(ws):
     assert before == after
 
 
-def test_report_csv_and_table(ws):
+def test_report_says_sync_first_then_prints_csv_a_segments_members_and_the_matrix(ws):
     seed(ws)
     ws.config()
     empty = ws.cli("report", "--format", "json")
