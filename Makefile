@@ -22,9 +22,12 @@ test: $(BIN)/.installed
 	scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q
 
 # Everything but the tests marked `slow` (SIGKILL trials, concurrent syncs, the bench smoke tests); the
-# PostgreSQL tests stay in. `make test` (and .ci/run) still run everything.
+# PostgreSQL tests stay in. Tests spend much of their time waiting (rate limits, sandbox clocks, the
+# daemon's debounce), so pytest-xdist runs them in WORKERS processes. `make test` (and .ci/run) still run
+# everything, one at a time.
+WORKERS ?= 3
 test-fast: $(BIN)/.installed
-	scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q -m "not slow"
+	scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q -m "not slow" -n $(WORKERS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/segments.py --customers 100000 --deals 500000
