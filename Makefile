@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ demo: $(BIN)/.demo-installed
 # scripts/test-browser.sh installs Debian's chromium + chromium-driver for the dashboard's browser test.
 test: $(BIN)/.installed
 	scripts/test-browser.sh run -- scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q
+
+# Everything but the tests marked `slow` (SIGKILL trials, concurrent syncs, the bench smoke tests); the
+# PostgreSQL tests stay in. Tests spend much of their time waiting (rate limits, sandbox clocks, the
+# daemon's debounce), so pytest-xdist runs them in WORKERS processes. `make test` (and .ci/run) still run
+# everything, one at a time.
+WORKERS ?= 3
+test-fast: $(BIN)/.installed
+	scripts/test-browser.sh run -- scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q -m "not slow" -n $(WORKERS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/segments.py --customers 100000 --deals 500000

@@ -1,11 +1,18 @@
-"""Shared helpers: a CSV "CRM" folder and a config pointing at it, built per test in tmp_path."""
+"""Shared helpers: a CSV "CRM" folder and a config pointing at it, built per test in tmp_path, and
+:func:`run_cli`, which runs ``lifecycle ...`` in this process (the fast way; a handful of tests still start
+real processes where processes are the point: signals, concurrent syncs, the daemon, one smoke test)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import logging
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,6 +32,58 @@ timezone = "Europe/Moscow"
 [state]
 url = "sqlite:///state.db"
 """
+
+
+@dataclass
+class Result:
+    """What one in-process ``lifecycle`` command did; the field names match subprocess.CompletedProcess."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(argv: list[str], env: dict[str, str] | None = None, cwd: Path | str | None = None) -> Result:
+    """Run ``lifecycle ARGV`` in this process: ``connector.cli.main`` with stdout and stderr captured.
+
+    Like a fresh process it sees the current environment plus ``env`` (restored afterwards), runs in ``cwd``,
+    starts with no registered secrets and no cancelled sync, and leaves the root logger as it found it.
+    """
+    from connector import cli, logs, pipeline
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    saved_env = {k: os.environ.get(k) for k in (env or {})}
+    saved_cwd = os.getcwd()
+    secrets = list(logs._secrets)
+    logs._secrets.clear()  # each command redacts on its own, as a new process would
+    pipeline.STOP.clear()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.update(env or {})
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(argv))
+            except SystemExit as exc:  # argparse: --help, usage errors
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        os.chdir(saved_cwd)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+        logs._secrets[:] = secrets
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 class Workspace:
@@ -58,14 +117,14 @@ class Workspace:
             for row in rows:
                 writer.writerow({k: row.get(k, "") for k in header})
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "connector.cli", *args, "--config", str(self.config_path)],
-            capture_output=True,
-            text=True,
-            cwd=self.root,
-            timeout=120,
-        )
+    def cli(self, *args: str, check: bool = True, as_process: bool = False) -> Result | subprocess.CompletedProcess[str]:
+        """``lifecycle ARGS --config lifecycle.toml`` in the workspace: in-process, or as a real process."""
+        argv = [*args, "--config", str(self.config_path)]
+        if as_process:
+            proc = subprocess.run([sys.executable, "-m", "connector.cli", *argv], capture_output=True, text=True,
+                                   cwd=self.root, timeout=120)
+        else:
+            proc = run_cli(argv, cwd=self.root)
         if check and proc.returncode != 0:
             raise AssertionError(f"lifecycle {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc

@@ -156,7 +156,9 @@ def test_first_upload_then_members_entering_and_leaving(tmp_path, cabinet):
         config = load_config(write_config(tmp_path, ads, [cabinet]))
         first = sync(config).summary()["audiences"][0]
         assert first["created"] and first["message"] is None, first
-        assert first["unmatchable"] >= 0 and first["invalid_phones"] > 0
+        prospects = range(BUYERS + 1, CONTACTS + 1)
+        assert first["unmatchable"] == len(prospects) - matchable(prospects, cabinet) > 0  # no e-mail, bad phone
+        assert first["invalid_phones"] > 0
         assert cabinet_members(ads, cabinet, f"Prospects {cabinet}") == segment_hashes(config, cabinet, "status.prospect")
         # 40 prospects buy (they leave status.prospect), 60 new contacts arrive (they enter)
         write_crm(tmp_path / "crm", buyers=BUYERS + 40, extra_contacts=60)

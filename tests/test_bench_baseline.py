@@ -191,7 +191,7 @@ def test_baseline_from_store_frames_agrees(config):
 
 
 @pytest.mark.parametrize("as_of", [A, A - timedelta(days=200)], ids=str)
-def test_same_features(config, as_of):
+def test_engine_features_equal_the_pandas_baseline(config, as_of):
     engine = engine_features(config, as_of).to_pandas().set_index("id").sort_index()
     plain = baseline_features(config, as_of).sort_index()
     assert engine.index.equals(plain.index)
@@ -206,7 +206,7 @@ def test_same_features(config, as_of):
             assert ok.all(), f"{column}: {a[~ok].head().to_dict()} vs {b[~ok].head().to_dict()}"
 
 
-def test_edge_customers(config):
+def test_hand_made_edge_customers_get_the_features_and_segments_of_design_md(config):
     """Spot checks of the hand-made customers against design.md (both implementations)."""
     features = baseline_features(config, A)
     members = baseline_members(config, A)
@@ -231,7 +231,8 @@ def test_edge_customers(config):
         assert all((cid in engine) == (cid in members[name]) for name, engine in engine_members(engine_result(config, A)).items())
 
 
-def test_bench_script_smoke(tmp_path):
+@pytest.mark.slow
+def test_bench_script_reports_timings_memory_and_agreement_with_the_baseline(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(BENCH / "segments.py"), "--customers", "2000", "--deals", "6000", "--json",
          "--as-of", A.isoformat(), "--db", str(tmp_path / "bench.db")],

@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CONTACTS, DEALS = 1200, 3600
 
 
+@pytest.mark.slow
 def test_bench_pull_amocrm_reports_figures_and_meets_the_request_targets():
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "pull_amocrm.py"), "--contacts", str(CONTACTS), "--deals", str(DEALS),

@@ -124,7 +124,7 @@ def test_pagination_total_next_and_fast_mode(portal):
     assert seen == list(range(1, 121))
 
 
-def test_filters(portal):
+def test_list_filters_compare_match_case_insensitively_and_ignore_unknown_fields(portal):
     def ids(flt, entity="contact", **extra):
         body = ok(portal.call(f"crm.{entity}.list", {"filter": flt, "select": ["ID"], **extra}))
         return [int(r["ID"]) for r in body["result"]]

@@ -23,6 +23,7 @@ from connector.config import ConfigError, load_config
 from connector.pipeline import open_store, sync
 from sandbox.amocrm import running_account
 from sandbox.bitrix24 import running_portal
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = re.compile(r"\[(lc[0-9a-f]{12})\]")
@@ -221,16 +222,14 @@ def test_plan_lists_actions_and_skips_without_writing(tmp_path, crm):
         store = open_store(config)
         store.apply_pull(make_source(config, store).pull())  # the mirror only, as after a pull
         store.close()
-        proc = subprocess.run([sys.executable, "-m", "connector.cli", "plan", "--config", str(path), "--format", "json"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        proc = run_cli(["plan", "--config", str(path), "--format", "json"])
         assert proc.returncode == 0, proc.stderr
         rows = json.loads(proc.stdout)
         assert rows and set(rows[0]) == {"campaign", "action", "customer_id", "key", "skip_reason"}
         assert {r["campaign"] for r in rows} <= {"winback", "repeat"}
         # status.former and promising_asleep overlap: the second campaign's touch is over the cap
         assert any((r["skip_reason"] or "").startswith("pressure") for r in rows)
-        table = subprocess.run([sys.executable, "-m", "connector.cli", "plan", "--config", str(path)],
-                               cwd=ROOT, capture_output=True, text=True, timeout=120)
+        table = run_cli(["plan", "--config", str(path)])
         assert table.returncode == 0 and "to create" in table.stdout and "winback" in table.stdout
         assert crm.objects(handle) == Counter()
         store = open_store(config)
@@ -248,6 +247,7 @@ def _ledger_progress(db: Path) -> tuple[int, int]:
     return rows.get("done", 0), rows.get("sending", 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crm", CRMS, ids=lambda c: c.name)
 def test_sigkill_at_many_moments_during_apply_neither_duplicates_nor_loses(tmp_path, crm):
     # Small batches make many intent/outcome pairs; "slow_after" faults make the CRM create objects and

@@ -228,15 +228,10 @@ def test_secret_file_errors_name_the_variable_and_never_the_secret(ws, clean_env
 
 
 def test_lifecycle_run_unconfigured_prints_one_line_and_exits_2(tmp_path, clean_env):
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.conftest import run_cli
 
-    env = {k: v for k, v in clean_env.items() if not k.upper().startswith("LIFECYCLE_")}
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = str(root)
-    proc = subprocess.run([sys.executable, "-m", "connector.cli", "run"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    assert not [k for k in clean_env if k.upper().startswith("LIFECYCLE_")]
+    proc = run_cli(["run"], cwd=tmp_path)  # no lifecycle.toml there, no LIFECYCLE_* variables
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: no configuration") and "LIFECYCLE_CRM__KIND" in lines[0]

@@ -9,16 +9,14 @@ import shutil
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 
 def test_example_config_runs_on_the_bundled_sample(tmp_path):
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     config = tmp_path / "lifecycle.toml"
     shutil.copy(ROOT / "config.example.toml", config)
-    run = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "connector.cli", *a, "--config", str(config)], capture_output=True, text=True, timeout=120
-    )
+    run = lambda *a: run_cli([*a, "--config", str(config)])  # noqa: E731
     assert run("sync").returncode == 0
     proc = run("report", "--as-of", "2026-11-23", "--format", "json")
     assert proc.returncode == 0, proc.stderr
@@ -33,7 +31,7 @@ def test_example_config_runs_on_the_bundled_sample(tmp_path):
 
 def _sandbox_example_matches_csv(tmp_path, system: str, env_from_info) -> tuple[dict, dict, str]:
     """Serve the bundled sample with `lifecycle sandbox SYSTEM --import-csv` (a subprocess, as a user would
-    start it), sync it through examples/SYSTEM.toml and check it gives exactly the CSV source's members.
+    start it), sync it (in-process) through examples/SYSTEM.toml and check it gives exactly the CSV source's members.
     Returns the sandbox's first line, its contacts as /_sandbox/state shows them, and the sync output."""
     import os
     import urllib.request
@@ -47,11 +45,10 @@ def _sandbox_example_matches_csv(tmp_path, system: str, env_from_info) -> tuple[
         info = json.loads(sandbox.stdout.readline())
         config = tmp_path / f"{system}.toml"
         shutil.copy(ROOT / "examples" / f"{system}.toml", config)
-        env = {**os.environ, **env_from_info(info)}
+        env = env_from_info(info)
 
         def run(config, *args):
-            proc = subprocess.run([sys.executable, "-m", "connector.cli", *args, "--config", str(config)],
-                                  capture_output=True, text=True, timeout=120, env=env)
+            proc = run_cli([*args, "--config", str(config)], env=env)
             assert proc.returncode == 0, proc.stderr
             return proc.stdout
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 
 from sandbox.amocrm import running_account, running_accounts
 from sandbox.bitrix24 import running_portal, running_portals
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 TODAY = date(2026, 6, 1)
 
@@ -284,9 +283,7 @@ def _sync_against_the_third(tmp_path, system: str, flag: str, key: str, env_from
         target = info[key][2]
         config = tmp_path / f"{system}.toml"
         shutil.copy(ROOT / "examples" / f"{system}.toml", config)
-        env = {**os.environ, **env_from_info(target)}
-        proc = subprocess.run([sys.executable, "-m", "connector.cli", "sync", "--config", str(config)],
-                              capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        proc = run_cli(["sync", "--config", str(config)], env=env_from_info(target), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "pull (full)" in proc.stdout and "write-back:" in proc.stdout
         counters = [_get(entry["control_url"] + "counters") for entry in info[key]]

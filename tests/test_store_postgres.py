@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from connector.campaigns import PlannedAction
 from connector.config import load_config
 from connector.pipeline import open_store, sync
 from connector.store import HEAD, SCHEMA_VERSION, StateStore, membership, membership_events, meta_table, metadata, runs
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 AS_OF = date(2026, 11, 23)
 
@@ -63,10 +61,7 @@ def _sample_workspace(root: Path, state_url: str) -> Path:
 
 
 def _cli(config: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "connector.cli", *args, "--config", str(config)],
-        capture_output=True, text=True, timeout=180, cwd=config.parent,
-    )
+    proc = run_cli([*args, "--config", str(config)], cwd=config.parent)
     assert proc.returncode == 0, f"lifecycle {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 

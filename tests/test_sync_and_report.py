@@ -1,5 +1,6 @@
 """`lifecycle sync` records who entered and left; `lifecycle report` computes without changing stored
-membership. Run through the real CLI in a subprocess where the user-facing output matters."""
+membership. Run through the CLI (in-process, see conftest.run_cli) where the user-facing output matters; one
+test runs `lifecycle sync` as a real process, end to end."""
 
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def test_report_json_shape_and_that_it_changes_nothing_stored(ws):
     assert before == after
 
 
-def test_report_csv_and_table(ws):
+def test_report_says_sync_first_then_prints_csv_a_segments_members_and_the_matrix(ws):
     seed(ws)
     ws.config()
     empty = ws.cli("report", "--format", "json")
@@ -151,7 +152,7 @@ def test_sync_cli_reports_skipped_rows_and_failed_runs_are_recorded(ws):
     with (ws.crm / "deals.csv").open("a") as handle:
         handle.write("77,1,,won,10,RUB,,\n")
     config = ws.config()
-    proc = ws.cli("sync", "--format", "json")
+    proc = ws.cli("sync", "--format", "json", as_process=True)  # the end-to-end smoke test of a real process
     summary = json.loads(proc.stdout)
     assert summary["rows_skipped"] == 1 and summary["customers"] == 4
     assert "deals.csv:5, column 'closed_at'" in proc.stderr
