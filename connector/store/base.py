@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+# connectorx reads SQLite through its own copy of the library. When such a read closes, that copy may
+# checkpoint and delete the WAL (it cannot see pysqlite's connections), and closing its file releases this
+# process's POSIX locks on the file. So no pysqlite connection of another thread may be inside a
+# transaction then: the sync lock's renewal thread and the connectorx reads take this lock.
+SQLITE_IO = threading.RLock()
 
 CHUNK = 20_000
 

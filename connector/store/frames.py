@@ -7,7 +7,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from adapters.base import Entity
-from connector.store.base import Part
+from connector.store.base import Part, SQLITE_IO
 from connector.store.cards import CARD_SCHEMA
 from connector.store.schema import customers, deals, membership, membership_events
 
@@ -28,7 +28,8 @@ class Frames(Part):
         sql = str(query.compile(self.engine, compile_kwargs={"literal_binds": True}))
         frame: pl.DataFrame | None = None
         if url.get_backend_name() in ("sqlite", "postgresql") and url.database not in (None, "", ":memory:"):
-            frame = pl.read_database_uri(sql, connectorx_uri(url), engine="connectorx")
+            with SQLITE_IO:  # see connector.store.base.SQLITE_IO
+                frame = pl.read_database_uri(sql, connectorx_uri(url), engine="connectorx")
         if frame is None or frame.width != len(schema):
             with self.engine.connect() as conn:
                 rows = conn.execute(query).all()

@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from connector.store.base import Part, write_lock
+from connector.store.base import Part, SQLITE_IO, write_lock
 from connector.store.schema import locks
 
 
@@ -20,7 +20,7 @@ class Locks(Part):
         import time as _time
 
         try:
-            with self.engine.begin() as conn:
+            with SQLITE_IO, self.engine.begin() as conn:
                 write_lock(conn)
                 now = _time.time()
                 row = conn.execute(sa.select(locks.c.holder, locks.c.expires_at).where(locks.c.portal == self.portal)).first()
@@ -44,13 +44,13 @@ class Locks(Part):
         """Extend ``holder``'s lock to ``seconds`` from now; False if the lock is no longer its own."""
         import time as _time
 
-        with self.engine.begin() as conn:
+        with SQLITE_IO, self.engine.begin() as conn:
             done = conn.execute(sa.update(locks).where(locks.c.portal == self.portal, locks.c.holder == holder)
                                 .values(expires_at=_time.time() + seconds))
             return done.rowcount == 1
 
     def release_lock(self, holder: str) -> None:
-        with self.engine.begin() as conn:
+        with SQLITE_IO, self.engine.begin() as conn:
             conn.execute(sa.delete(locks).where(locks.c.portal == self.portal, locks.c.holder == holder))
 
     def lock_holder(self) -> tuple[str, float] | None:
