@@ -23,7 +23,6 @@ from connector.config import ConfigError, load_config
 from connector.pipeline import open_store, sync
 from sandbox.amocrm import running_account
 from sandbox.bitrix24 import running_portal
-from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = re.compile(r"\[(lc[0-9a-f]{12})\]")
@@ -222,14 +221,18 @@ def test_plan_lists_actions_and_skips_without_writing(tmp_path, crm):
         store = open_store(config)
         store.apply_pull(make_source(config, store).pull())  # the mirror only, as after a pull
         store.close()
-        proc = run_cli(["plan", "--config", str(path), "--format", "json"])
+        # plan runs as a process: connectorx (its own SQLite copy) must not be loaded into this test process,
+        # which later reads state files that killed processes left with a WAL
+        proc = subprocess.run([sys.executable, "-m", "connector.cli", "plan", "--config", str(path), "--format", "json"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         rows = json.loads(proc.stdout)
         assert rows and set(rows[0]) == {"campaign", "action", "customer_id", "key", "skip_reason"}
         assert {r["campaign"] for r in rows} <= {"winback", "repeat"}
         # status.former and promising_asleep overlap: the second campaign's touch is over the cap
         assert any((r["skip_reason"] or "").startswith("pressure") for r in rows)
-        table = run_cli(["plan", "--config", str(path)])
+        table = subprocess.run([sys.executable, "-m", "connector.cli", "plan", "--config", str(path)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert table.returncode == 0 and "to create" in table.stdout and "winback" in table.stdout
         assert crm.objects(handle) == Counter()
         store = open_store(config)

@@ -164,7 +164,7 @@ def _insert_cells(conn: sa.Connection, store: StateStore, rows: pl.DataFrame) ->
 def _open_cells(store: StateStore) -> pl.DataFrame:
     """customer_id, cell, valid_from of every interval still open."""
     c = schema.cells.c
-    return store.read_frame(
+    return _read(store, 
         sa.select(c.customer_id, c.cell, c.valid_from).where(c.portal == store.portal, c.valid_to.is_(None)),
         {"customer_id": pl.Int64, "cell": pl.Int64, "valid_from": pl.Int32},
     ).with_columns(pl.col("cell").replace_strict(dict(enumerate(schema.CELL_CODES)), return_dtype=pl.String),
@@ -196,8 +196,19 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
         yield items[start:start + size]
 
 
+def _read(store: StateStore, query: Any, schema_: dict[str, Any]) -> pl.DataFrame:
+    """A SELECT through SQLAlchemy, not connectorx: the snapshot runs inside the sync's lease, and a
+    connectorx read of SQLite here was followed by a malformed database after SIGKILLs (its own SQLite copy
+    may delete the WAL under this process's other connections; see connector.store.base.SQLITE_IO)."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    if not rows:
+        return pl.DataFrame(schema=schema_)
+    return pl.DataFrame(rows, schema=list(schema_), orient="row", infer_schema_length=None).cast(schema_)
+
+
 def _cards(store: StateStore, config: Any) -> pl.DataFrame:
-    return store.read_frame(
+    return _read(store, 
         sa.select(customers.c.id, customers.c.name, customers.c.phone, customers.c.email, customers.c.responsible_id)
         .where(customers.c.portal == store.portal, customers.c.entity == config.crm.customer),
         {"id": pl.Int64, "name": pl.String, "phone": pl.String, "email": pl.String, "responsible_id": pl.String},
