@@ -53,7 +53,7 @@ def _history_account(config) -> None:
 
     store = open_store(config)
     try:
-        add_user(store.engine, "history@example.com", "viewer", [], "a long enough password 1")
+        add_user(store.engine, "history@example.com", "viewer", [config.crm.name], "a long enough password 1")
     finally:
         store.close()
 

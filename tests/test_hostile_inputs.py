@@ -40,7 +40,9 @@ PLANTED = {"NAME": "Zinaida", "LAST_NAME": "Plantedova", "PHONE": "+79155550123"
 PD = ("Zinaida", "Plantedova", "9155550123", "zinaida.planted@example.org")
 # Columns whose very purpose is to hold personal data (the mirror and the rendered campaign actions).
 PD_COLUMNS = {("customers", "name"), ("customers", "phone"), ("customers", "email"), ("customers", "fields"),
-              ("actions", "payload")}
+              ("actions", "payload"),
+              # the dashboard's member columns: the members page shows name, phone and e-mail (to signed-in users)
+              ("dash_members", "name"), ("dash_members", "phone"), ("dash_members", "email")}
 
 
 @dataclass
