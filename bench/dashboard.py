@@ -40,7 +40,8 @@ from connector.config import load_config  # noqa: E402
 from connector.dashboard import auth, schema  # noqa: E402
 from connector.http import create_app  # noqa: E402
 from connector.metrics import Metrics  # noqa: E402
-from connector.store import StateStore, _insert_tuples, membership  # noqa: E402
+from connector.store import StateStore, membership  # noqa: E402
+from connector.store.base import insert_tuples as _insert_tuples  # noqa: E402
 
 CELLS = [f"lifecycle.{r}_{c}" for r in ("new", "promising", "regular") for c in ("active", "sleeping", "asleep")]
 # shares of the customers per state: prospects, then the nine cells (lifecycle.new_asleep about 10 % = 100k of 1M)
@@ -153,6 +154,8 @@ def snapshot_bench(customers: int, folder: Path) -> dict:
     cust, deals = generate(customers, 3 * customers, today=today, timezone="Europe/Moscow")
     store = StateStore.open(config.state_url, config.crm.name)
     seed_store(store, cust, deals)
+    # a dashboard account makes the first snapshot back-fill the past year (52 weekly points and the cells)
+    auth.add_user(store.engine, "bench@example.com", "admin", [], "bench password")
     out = {"snapshot_customers": customers}
     for label, day in (("first_sync", today - timedelta(days=1)), ("next_day", today)):
         started = time.perf_counter()

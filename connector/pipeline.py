@@ -111,10 +111,12 @@ def open_store(config: LoadedConfig) -> StateStore:
 def compute(
     store: StateStore, config: LoadedConfig, as_of: date, stored: pl.DataFrame | None = None,
     cards: CustomerCards | None = None, *, refit: bool = False, run_id: int | None = None,
+    deals: pl.DataFrame | None = None,
 ) -> Computation:
     """Features and membership for ``as_of`` from the mirror; static segments already frozen keep
     their stored members. ``stored`` is the stored membership if the caller already read it; ``cards``
-    the run's customer card view. ``refit``: a prediction model older than ``[predictions] refit_days`` is
+    the run's customer card view; ``deals`` the mirror's deals if the caller already read them (the dashboard's
+    back-fill computes 52 past dates from one read). ``refit``: a prediction model older than ``[predictions] refit_days`` is
     refitted and stored (sync)."""
     engine: SegmentEngine = config.rules
     crm = config.crm
@@ -126,7 +128,7 @@ def compute(
             frozen[name] = stored.filter(pl.col("segment") == name).get_column("customer_id")
     features, stats = compute_features(
         store.customers_frame(crm.customer) if cards is None else cards.features_frame(),
-        store.deals_frame(),
+        store.deals_frame() if deals is None else deals,
         as_of=as_of,
         timezone=crm.timezone,
         customer=crm.customer,

@@ -100,9 +100,12 @@ def record(store: StateStore, config: Any, result: Any, compute: Any) -> None:
     points: dict[date, dict[str, Any]] = {}
     history: list[tuple[date, pl.DataFrame]] = []
     stored = store.membership_frame() if past else None
+    # the mirror is read once for all past points: each compute then only evaluates (reading was most of it)
+    view = store.customer_card_view(config.crm.customer) if past else None
+    deals = store.deals_frame() if past else None
     for day in past:
         with _quiet_pipeline():  # the sync already warned about its fields once
-            c = compute(store, config, day, stored)
+            c = compute(store, config, day, stored, view, deals=deals)
         points[day] = _figures(c)
         if backfill:
             history.append((day, cells_of(c.features, config)))
