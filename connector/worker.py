@@ -363,7 +363,9 @@ def many_portal_command(args: Any) -> int:
     conninfo(url)  # PostgreSQL only: a clear error before anything starts
     from connector import logs
 
-    logs.register_secrets([url])
+    import sqlalchemy as sa
+
+    logs.register_secrets([sa.make_url(url).password])  # the password only: user and database names are words
     if args.command == "worker":
         if args.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
