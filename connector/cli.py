@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(members)
     members.add_argument("segment", metavar="SEGMENT", help="segment name, e.g. lifecycle.regular_active")
     members.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    from connector.portals_cli import add_parsers as add_portals_parsers
+
+    add_portals_parsers(sub)  # portals ..., secrets ... (the portal registry)
     return finish_parser(parser)
 
 
@@ -200,6 +203,10 @@ def _main(argv: list[str] | None = None) -> int:
             from connector.model_cli import run_model
 
             return run_model(args, out)
+        if args.command in ("portals", "secrets"):
+            from connector.portals_cli import run as run_portals
+
+            return run_portals(args, out)
         config = load_config(args.config)
         logs.register_secrets(logs.secrets_of(config.settings))
         if args.command == "sync":
