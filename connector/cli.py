@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="HTTP port for health, metrics and webhooks (default [daemon] port)")
     run.add_argument("--state-url", metavar="URL", help="many-portal mode: serve /status and every registry portal's "
                      "webhooks from this PostgreSQL (syncs run in `lifecycle worker`); no --config")
+    run.add_argument("--portals-dir", metavar="DIR", help="with --state-url: first import this folder of portal "
+                     "files (one TOML per portal, name = file stem), as `lifecycle portals sync-dir`")
 
     worker = sub.add_parser("worker", help="many-portal mode: run syncs of the registry's portals (procrastinate jobs)")
     worker.add_argument("--state-url", metavar="URL", help="the PostgreSQL of the portal registry "
@@ -129,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(members)
     members.add_argument("segment", metavar="SEGMENT", help="segment name, e.g. lifecycle.regular_active")
     members.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    from connector.portals_cli import add_parsers as add_portals_parsers
+
+    add_portals_parsers(sub)  # portals ..., secrets ... (the portal registry)
     return finish_parser(parser)
 
 
@@ -216,6 +221,10 @@ def _main(argv: list[str] | None = None) -> int:
             from connector.worker import many_portal_command
 
             return many_portal_command(args)
+        if args.command in ("portals", "secrets"):
+            from connector.portals_cli import run as run_portals
+
+            return run_portals(args, out)
         config = load_config(args.config)
         logs.register_secrets(logs.secrets_of(config.settings))
         if args.command == "sync":

@@ -59,20 +59,25 @@ def current_key() -> str | None:
     return value.strip() if value and value.strip() else None
 
 
-def cipher_for(key: str):
-    """A Fernet for ``key``; a malformed key is a :class:`SecretKeyError` that never shows the key."""
+def cipher_for(key: str, what: str = KEY_VAR):
+    """A Fernet for ``key``; ``NEW,OLD``: encrypts with NEW, decrypts with either (a MultiFernet, for a
+    rotation without downtime). A malformed key is a :class:`SecretKeyError` that never shows the key."""
     if key in _cache:
         return _cache[key]
-    from cryptography.fernet import Fernet
+    from cryptography.fernet import Fernet, MultiFernet
 
     from connector import logs
 
+    parts = [p.strip() for p in key.split(",") if p.strip()]
+    logs.register_secrets(parts)
     try:
-        fernet = Fernet(key.strip().encode())
+        fernets = [Fernet(p.encode()) for p in parts]
     except (ValueError, TypeError):
-        raise SecretKeyError(f"the secret key ({KEY_VAR}) is not a Fernet key (44 characters of url-safe base64); "
-                             "make one with `lifecycle secrets new-key`") from None
-    logs.register_secrets([key.strip()])
+        fernets = []
+    if not fernets:
+        raise SecretKeyError(f"the secret key ({what}) is not a Fernet key (44 characters of url-safe base64); "
+                             "make one with `lifecycle secrets new-key`")
+    fernet = fernets[0] if len(fernets) == 1 else MultiFernet(fernets)
     _cache[key] = fernet
     return fernet
 

@@ -128,9 +128,12 @@ class Registry:
                 sa.select(oauth_tokens.c.portal).where(sa.not_(oauth_tokens.c.refresh_token.like(crypto.PREFIX + "%")))
                 .limit(1)).first()
             has_check = conn.execute(sa.select(meta_table.c.key).where(meta_table.c.key == crypto.CHECK_KEY)).first()
-            if plain or not has_check:
+            sealed = bool(plain or not has_check)
+            if sealed:
                 write_lock(conn)
                 reencrypt(conn, decrypt_with=fernet, encrypt_with=fernet)
+        if sealed:
+            vacuum(self.engine)
 
     # -- portals -------------------------------------------------------------------------------------
 
@@ -163,26 +166,31 @@ class Registry:
         Adding a removed portal again brings it back, with the data it kept. Relative paths in the config
         resolve against ``base_dir`` (the config file's folder; default the current folder)."""
         loaded = self.validate(name, config_text, base_dir=base_dir, origin=origin)
+        with self.engine.begin() as conn:
+            write_lock(conn)
+            self.put(conn, name, config_text, loaded, replace=replace, base_dir=base_dir)
+        return self.get(name)
+
+    def put(self, conn: Connection, name: str, config_text: str, loaded: LoadedConfig, *, replace: bool,
+            base_dir: str | Path | None) -> None:
+        """Insert or update the portal's row in the caller's transaction (``add``, ``import-state``)."""
         base = str(Path(base_dir).resolve()) if base_dir else str(Path.cwd())
         stored = crypto.encrypt(config_text)
         stamp = now()
-        with self.engine.begin() as conn:
-            write_lock(conn)
-            row = conn.execute(sa.select(portals).where(portals.c.name == name)).first()
-            if row is None:
-                conn.execute(sa.insert(portals).values(
-                    name=name, kind=loaded.crm.kind, state="active", config=stored, base_dir=base, failures=0,
-                    removed=False, created_at=stamp, updated_at=stamp))
-            elif row.removed or replace:
-                values: dict[str, Any] = {"kind": loaded.crm.kind, "config": stored, "base_dir": base, "updated_at": stamp}
-                if row.removed:
-                    values.update(removed=False, state="active", failures=0, last_error=None)
-                conn.execute(sa.update(portals).where(portals.c.name == name).values(**values))
-            else:
-                raise ConfigError(f"portal {name!r} exists; pass --replace to replace its config")
-            if crypto.cipher() is not None:
-                crypto.ensure_check(conn)
-        return self.get(name)
+        row = conn.execute(sa.select(portals).where(portals.c.name == name)).first()
+        if row is None:
+            conn.execute(sa.insert(portals).values(
+                name=name, kind=loaded.crm.kind, state="active", config=stored, base_dir=base, failures=0,
+                removed=False, created_at=stamp, updated_at=stamp))
+        elif row.removed or replace:
+            values: dict[str, Any] = {"kind": loaded.crm.kind, "config": stored, "base_dir": base, "updated_at": stamp}
+            if row.removed:
+                values.update(removed=False, state="active", failures=0, last_error=None)
+            conn.execute(sa.update(portals).where(portals.c.name == name).values(**values))
+        else:
+            raise ConfigError(f"portal {name!r} exists; pass --replace to replace its config")
+        if crypto.cipher() is not None:
+            crypto.ensure_check(conn)
 
     def get(self, name: str) -> Portal:
         with self.engine.connect() as conn:
@@ -273,6 +281,15 @@ def portal_tables(conn: Connection) -> list[sa.Table]:
 
     present = set(sa.inspect(conn).get_table_names())
     return [t for t in reversed(metadata.sorted_tables) if "portal" in t.c and t.name in present]
+
+
+def vacuum(engine: Engine) -> None:
+    """SQLite: rewrite the file so no free page keeps a secret as it was before encryption (PostgreSQL's
+    autovacuum reclaims old row versions on its own)."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("VACUUM")
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def reencrypt(conn: Connection, *, decrypt_with: Any, encrypt_with: Any) -> int:
