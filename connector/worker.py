@@ -12,7 +12,8 @@ every portal's data, and procrastinate's job tables. Jobs:
   makes sure each tick is deferred once): reads each portal's ``[schedule]`` in its time zone
   (:func:`connector.daemon.next_run`, the single-portal daemon's rule) and defers the portals that are due;
   a ``failing`` portal is tried once every ``failing_retry`` seconds (an hour).
-* ``lifecycle.recover`` (periodic, same tick): jobs whose worker stopped heart-beating for
+* the stalled-job sweep (every tick, in every worker beside its job slots, one at a time across workers,
+  so busy slots never delay it): jobs whose worker stopped heart-beating for
   ``stalled_after`` seconds (killed, frozen, its machine gone) are retried; when procrastinate refuses the
   retry because a sibling sync of that portal is queued (procrastinate#1446), the stalled job is marked
   failed, which releases the portal's lock so the queued sibling runs.
@@ -42,8 +43,8 @@ log = logging.getLogger("lifecycle.worker")
 
 SYNC_TASK = "lifecycle.sync_portal"
 DISPATCH_TASK = "lifecycle.dispatch"
-RECOVER_TASK = "lifecycle.recover"
 SCHEMA_LOCK_KEY = 0x6C69666563  # pg_advisory_lock key: one process applies procrastinate's schema
+SWEEP_LOCK_KEY = 0x6C69666564   # one stalled-job sweep at a time
 
 
 def portal_lock(portal: str) -> str:
@@ -162,9 +163,6 @@ class Workers:
         cron = self.settings.cron()
         self.app.periodic(cron=cron, periodic_id="dispatch")(
             self.app.task(name=DISPATCH_TASK, lock="lifecycle:dispatch", queueing_lock="lifecycle:dispatch")(self.dispatch))
-        # no lock on the sweep (procrastinate#1408: a stalled sweep holding a lock would never be swept)
-        self.app.periodic(cron=cron, periodic_id="recover")(
-            self.app.task(name=RECOVER_TASK, queueing_lock="lifecycle:recover")(self.recover))
 
     # -- shared --------------------------------------------------------------------------------------
 
@@ -283,21 +281,35 @@ class Workers:
         return due
 
     async def recover(self, timestamp: int) -> int:
-        """Retry the jobs of workers that stopped heart-beating; free the lock of those that cannot be."""
+        """Retry the jobs of workers that stopped heart-beating; free the lock of those that cannot be.
+        One sweep at a time across all workers (an advisory lock), so a job another sweep just retried,
+        and a healthy worker then took, is never reset under it."""
+        import psycopg
         from procrastinate import jobs
-        from procrastinate.exceptions import ConnectorException
+        from procrastinate.exceptions import ConnectorException, UniqueViolation
 
         manager = self.app.job_manager
         recovered = 0
-        for job in await manager.get_stalled_jobs(seconds_since_heartbeat=self.settings.stalled_after):
+        async with await psycopg.AsyncConnection.connect(conninfo(self.url), autocommit=True,
+                                                         connect_timeout=10) as conn:
+            got = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK_KEY,))).fetchone()
+            if not got or not got[0]:
+                return 0  # another worker sweeps right now
             try:
-                await manager.retry_job(job)
-                log.warning("job %s (%s, lock %s) lost its worker: retried", job.id, job.task_name, job.lock)
-            except ConnectorException:  # UniqueViolation: a sibling holds the queueing lock
-                await manager.finish_job(job, status=jobs.Status.FAILED, delete_job=False)
-                log.warning("job %s (%s, lock %s) lost its worker and a sibling is queued: marked failed, "
-                            "its lock released", job.id, job.task_name, job.lock)
-            recovered += 1
+                for job in await manager.get_stalled_jobs(seconds_since_heartbeat=self.settings.stalled_after):
+                    try:
+                        await manager.retry_job(job)
+                        log.warning("job %s (%s, lock %s) lost its worker: retried", job.id, job.task_name, job.lock)
+                    except UniqueViolation:  # a sibling holds the queueing lock (procrastinate#1446)
+                        await manager.finish_job(job, status=jobs.Status.FAILED, delete_job=False)
+                        log.warning("job %s (%s, lock %s) lost its worker and a sibling is queued: marked failed, "
+                                    "its lock released", job.id, job.task_name, job.lock)
+                    except ConnectorException as exc:  # finished meanwhile: nothing to recover
+                        log.info("job %s: not recovered: %s", job.id, type(exc).__name__)
+                        continue
+                    recovered += 1
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK_KEY,))
         if timestamp % 3600 < self.settings.tick:
             await manager.delete_old_jobs(nb_hours=self.settings.keep_jobs_hours, include_failed=True,
                                           include_cancelled=True, include_aborted=True)
@@ -315,6 +327,22 @@ class Workers:
             self.close()
         log.info("worker stopped")
         return 0
+
+    async def _sweep_forever(self) -> None:
+        """The stalled-job sweep, every tick, beside the job slots: a worker whose slots are all busy with
+        syncs still frees a dead worker's portals within ``stalled_after`` + one tick."""
+        import time
+
+        from connector.logs import safe_error
+
+        while True:
+            await asyncio.sleep(self.settings.tick)
+            try:
+                await self.recover(int(time.time()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database away for a moment: the next tick tries again
+                log.warning("stalled-job sweep failed: %s", safe_error(exc))
 
     async def _serve(self, concurrency: int, name: str | None) -> None:
         from connector import pipeline
@@ -340,32 +368,27 @@ class Workers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, on_signal, sig)
             log.info("worker started: concurrency %d, tick %d s", concurrency, self.settings.tick)
+            sweeper = asyncio.ensure_future(self._sweep_forever())
             try:
                 await worker_task
             except asyncio.CancelledError:
                 pass
             finally:
+                sweeper.cancel()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
 
 
 def many_portal_command(args: Any) -> int:
-    """``lifecycle worker`` and ``lifecycle run --state-url URL``."""
+    """``lifecycle worker`` and ``lifecycle run --state-url URL [--portals-dir DIR]``."""
     from connector.config import ConfigError
+    from connector.portals_cli import state_url
 
-    url = args.state_url or (os.environ.get("LIFECYCLE_STATE_URL") if args.command == "worker" else None)
-    if not url:
-        raise ConfigError("lifecycle worker needs the portal registry's database: --state-url "
-                          "a postgresql+psycopg:// URL, or LIFECYCLE_STATE_URL")
     if getattr(args, "config", None):
         raise ConfigError("--state-url serves every portal of the registry; drop --config (one portal: "
                           "lifecycle run --config F)")
+    url = state_url(args)  # --state-url, else LIFECYCLE_STATE_URL[_FILE]; its password becomes a secret
     conninfo(url)  # PostgreSQL only: a clear error before anything starts
-    from connector import logs
-
-    import sqlalchemy as sa
-
-    logs.register_secrets([sa.make_url(url).password])  # the password only: user and database names are words
     if args.command == "worker":
         if args.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
@@ -373,4 +396,14 @@ def many_portal_command(args: Any) -> int:
         return Workers(url, settings, pool_size=args.concurrency + 3).run(args.concurrency, name=args.name)
     from connector.portals_web import PortalService
 
-    return PortalService(url, port=8080 if args.port is None else args.port).run()
+    service = PortalService(url, port=8080 if args.port is None else args.port)
+    if getattr(args, "portals_dir", None):
+        from pathlib import Path
+
+        from rich.console import Console
+
+        from connector.portals_cli import sync_dir
+
+        if sync_dir(service.workers.registry(), Path(args.portals_dir), Console(stderr=True)):
+            log.error("some portal files in %s have errors (above); the others are served", args.portals_dir)
+    return service.run()
