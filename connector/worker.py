@@ -225,7 +225,7 @@ class Workers:
             log.info("portal %s is %s: sync (%s) dropped", portal, state, reason)
             return state
         try:
-            config = registry.load(portal)
+            config = self._short_lease(registry.load(portal))
             log.info("portal %s: sync (%s) started", portal, reason)
             result = pipeline.sync(config)
         except SyncLocked as exc:  # a single-portal process on the same store holds it: try again later
@@ -253,6 +253,19 @@ class Workers:
         summary = result.summary()
         log.info("portal %s: sync (%s) done: %s customers", portal, reason, summary.get("customers"))
         return "ok"
+
+    def _short_lease(self, config: Any) -> Any:
+        """The store's lock row (belt and braces beside procrastinate's lock) lapses after ``[daemon]
+        lock_seconds`` when its holder died on another machine: here at most max(60 s, 2 x stalled_after),
+        so a portal whose worker vanished is not kept waiting an hour after the sweep retried its job."""
+        from connector.config import LoadedConfig
+
+        daemon = config.settings.daemon
+        seconds = min(daemon.lock_seconds, max(60.0, 2 * self.settings.stalled_after))
+        if seconds == daemon.lock_seconds:
+            return config
+        settings = config.settings.model_copy(update={"daemon": daemon.model_copy(update={"lock_seconds": seconds})})
+        return LoadedConfig(settings=settings, path=config.path, rules=config.rules)
 
     def dispatch(self, timestamp: int) -> int:
         """Defer the syncs that are due; returns how many were deferred (or found queued)."""

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -367,28 +368,55 @@ def test_chaos_sigkill_workers_during_syncs_creating_call_tasks(postgres_url, re
 
     rng = random.Random(13)
     names = [f"c{i}" for i in range(6)]
-    with running_portals(6, generate=(150, 450), limits=False, seed=3) as sandbox:
+    with running_portals(6, generate=(300, 900), limits=False, seed=3) as sandbox:
         for i, handle in enumerate(sandbox.portals):
             registry.add(names[i], portal_config(handle, i, every="2s", extra=CAMPAIGN))
-            handle.faults(kind="slow_after", method="batch", probability=0.5, delay=0.1)
+            handle.faults(kind="slow_after", method="batch", probability=0.5, delay=0.3)
         engine = registry.engine
         cluster = Cluster(postgres_url, tmp_path)
-        kills, held = [], []
+        kills, held, watching = [], [], []
+        stop_watch = threading.Event()
+
+        def watch() -> None:  # when each killed job stops holding its portal's lock
+            while not stop_watch.is_set():
+                for item in list(watching):
+                    job_id, worker_id, killed_at = item
+                    with engine.connect() as conn:
+                        row = conn.exec_driver_sql("SELECT status::text, worker_id FROM procrastinate_jobs "
+                                                   "WHERE id = %(i)s", {"i": job_id}).first()
+                    if row[0] != "doing" or row[1] != worker_id:  # finished, failed or retried elsewhere
+                        held.append(time.monotonic() - killed_at)
+                        watching.remove(item)
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         try:
-            for _ in range(3):
+            for _ in range(4):
                 cluster.start_worker(concurrency=2)
-            deadline = time.monotonic() + 110
+
+            def ready() -> dict[int, subprocess.Popen]:  # alive workers past their start
+                return {w.pid: w for i, w in enumerate(cluster.workers, 1) if w.poll() is None
+                        and "worker started" in (tmp_path / f"worker-{i}.log").read_text(errors="replace")}
+
+            deadline = time.monotonic() + 150
             while len(kills) < 16 and time.monotonic() < deadline:
+                pids = ready()
+                if len(pids) < 2:  # keep a sweeper alive beside the victim (process starts are slow here)
+                    time.sleep(0.1)
+                    continue
                 # a sync in flight: the portal's store lock names the worker process (host:pid:...)
                 with engine.connect() as conn:
                     rows = conn.exec_driver_sql("SELECT portal, holder FROM locks").all()
-                pids = {w.pid: w for w in cluster.alive()}
+                    pending = dict(conn.exec_driver_sql("SELECT portal, count(*) FROM actions WHERE status IN "
+                                                        "('planned', 'sending') GROUP BY portal").all())
                 running = [(p, int(h.split(":")[1])) for p, h in rows if h and int(h.split(":")[1]) in pids]
                 if not running:
                     time.sleep(0.05)
                     continue
+                applying = [r for r in running if pending.get(r[0])]
                 time.sleep(rng.uniform(0, 0.6))  # a random moment inside the sync
-                portal, pid = rng.choice(running)
+                portal, pid = rng.choice(applying or running)
                 with engine.connect() as conn:
                     doing = conn.exec_driver_sql(
                         "SELECT id, worker_id FROM procrastinate_jobs WHERE status = 'doing' AND lock = %(l)s",
@@ -398,23 +426,19 @@ def test_chaos_sigkill_workers_during_syncs_creating_call_tasks(postgres_url, re
                 os.kill(pid, signal.SIGKILL)
                 pids[pid].wait()
                 killed_at = time.monotonic()
+                watching.extend((job_id, worker_id, killed_at) for job_id, worker_id in doing)
                 cluster.start_worker(concurrency=2)
                 kills.append((portal, sending))
-                for job_id, worker_id in doing:  # the portal's lock is released (or the job retried elsewhere)
-                    def released(job_id=job_id, worker_id=worker_id):
-                        with engine.connect() as conn:
-                            row = conn.exec_driver_sql("SELECT status::text, worker_id FROM procrastinate_jobs "
-                                                       "WHERE id = %(i)s", {"i": job_id}).first()
-                        return row[0] != "doing" or row[1] != worker_id
-
-                    wait_for(released, STALLED + TICK + 30, f"the lock of {portal} after a kill", every=0.1)
-                    held.append(time.monotonic() - killed_at)
+            wait_for(lambda: not watching, STALLED + TICK + 30, "every killed job's lock released")
+            stop_watch.set()
             assert len(kills) >= 15, (kills, cluster.logs())
             during_apply = sum(1 for _, sending in kills if sending)
             print(f"chaos: {len(kills)} kills, {during_apply} with call tasks pending; lock held after a kill "
                   f"up to {max(held):.1f} s (stalled timeout {STALLED} s + tick {TICK} s)")
-            # heartbeat staleness is judged at the sweep: + one heartbeat, + the poll's own step
-            assert max(held) <= STALLED + TICK + 2 * HEARTBEAT + 1.5, held
+            # The bound is the stalled timeout + one tick; the slack covers a heartbeat, the watcher's step and
+            # a loaded shared machine (event loops and process starts run late), not a missing sweep, which
+            # would leave the portal locked for good.
+            assert held and max(held) <= STALLED + TICK + 8, held
             assert during_apply >= 5, kills
             for handle in sandbox.portals:
                 handle.clear_faults()
@@ -431,10 +455,12 @@ def test_chaos_sigkill_workers_during_syncs_creating_call_tasks(postgres_url, re
                            for p in names)
 
             wait_for(settled, 120, "every portal synced again with no pending action")
+            wait_for(lambda: len(ready()) == len(cluster.alive()), 60, "the last workers started")
             survivors = cluster.alive()
             cluster.stop()
             assert [w.returncode for w in survivors] == [0] * len(survivors)  # SIGTERM: a clean exit
         finally:
+            stop_watch.set()
             cluster.stop()
         assert_no_overlap({p: [r for r in items if r[2] is not None] for p, items in sync_runs(engine).items()})
         total = 0
