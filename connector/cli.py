@@ -58,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="daemon: sync on the schedule and on CRM webhooks; health, metrics")
     with_config(run)
     run.add_argument("--port", type=int, help="HTTP port for health, metrics and webhooks (default [daemon] port)")
+    run.add_argument("--state-url", metavar="URL", help="many-portal mode: serve /status and every registry portal's "
+                     "webhooks from this PostgreSQL (syncs run in `lifecycle worker`); no --config")
+    run.add_argument("--portals-dir", metavar="DIR", help="with --state-url: first import this folder of portal "
+                     "files (one TOML per portal, name = file stem), as `lifecycle portals sync-dir`")
+
+    worker = sub.add_parser("worker", help="many-portal mode: run syncs of the registry's portals (procrastinate jobs)")
+    worker.add_argument("--state-url", metavar="URL", help="the PostgreSQL of the portal registry "
+                        "(default $LIFECYCLE_STATE_URL)")
+    worker.add_argument("--concurrency", type=int, default=4, metavar="N", help="syncs run at once (default 4)")
+    worker.add_argument("--tick", type=int, metavar="SECONDS", help="dispatcher and stalled-job sweep period "
+                        "(default 60)")
+    worker.add_argument("--stalled-after", type=float, metavar="SECONDS", help="a job whose worker has not "
+                        "heart-beaten for this long is retried (default 30)")
+    worker.add_argument("--name", help="worker name in logs and in procrastinate's tables")
 
     plan = sub.add_parser("plan", help="the campaign actions the next sync would take (and skip), writing nothing")
     with_config(plan)
@@ -117,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(members)
     members.add_argument("segment", metavar="SEGMENT", help="segment name, e.g. lifecycle.regular_active")
     members.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    from connector.portals_cli import add_parsers as add_portals_parsers
+
+    add_portals_parsers(sub)  # portals ..., secrets ... (the portal registry)
     return finish_parser(parser)
 
 
@@ -200,6 +217,14 @@ def _main(argv: list[str] | None = None) -> int:
             from connector.model_cli import run_model
 
             return run_model(args, out)
+        if args.command == "worker" or (args.command == "run" and args.state_url):
+            from connector.worker import many_portal_command
+
+            return many_portal_command(args)
+        if args.command in ("portals", "secrets"):
+            from connector.portals_cli import run as run_portals
+
+            return run_portals(args, out)
         config = load_config(args.config)
         logs.register_secrets(logs.secrets_of(config.settings))
         if args.command == "sync":

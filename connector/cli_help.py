@@ -19,7 +19,9 @@ HELP: dict[str, tuple[str, str]] = {
     "sync": ("Pull the CRM into the mirror, compute today's segments, store who entered and left, write tags, "
              "create the campaigns' tasks and deals and update the ad audiences.",
              "lifecycle sync --config lifecycle.toml"),
-    "run": ("Run as a daemon: sync on the schedule and on the CRM's webhooks; serve health and metrics.",
+    "run": ("Run as a daemon: sync on the schedule and on the CRM's webhooks; serve health and metrics. With "
+            "--state-url (PostgreSQL, no --config): the web side of a many-portal deployment (/status, every "
+            "portal's webhooks; the syncs run in `lifecycle worker`).",
             "lifecycle run --config lifecycle.toml --port 8080"),
     "plan": ("Show the campaign actions the next sync would take and skip, from the mirror; writes nothing.",
              "lifecycle plan --format json"),
@@ -48,6 +50,9 @@ HELP: dict[str, tuple[str, str]] = {
                   "lifecycle users add rep@example.com --role viewer --portal default"),
     "users list": ("The dashboard accounts with their roles and portals (never their passwords).", "lifecycle users list"),
     "users remove": ("Delete a dashboard account.", "lifecycle users remove rep@example.com"),
+    "worker": ("Many-portal mode: run the registry portals' syncs as procrastinate jobs on the store's PostgreSQL; "
+               "start as many as you like, on any machines. SIGTERM lets running syncs reach a safe point.",
+               "lifecycle worker --state-url postgresql+psycopg://lifecycle@db/lifecycle --concurrency 4"),
     "model": ("Fit or backtest the prediction model (P(alive), expected purchases).", "lifecycle model fit"),
     "model fit": ("Fit the prediction model on the portal's mirror (or a summary file) and print its parameters.",
                   "lifecycle model fit --format json"),

@@ -370,6 +370,14 @@ class Settings(BaseSettings):
         return v
 
 
+class _TextOnlySettings(Settings):
+    """Settings from the text alone: no ``LIFECYCLE_*`` source (:func:`load_config_text`, environment=False)."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[override]
+        return (init_settings,)
+
+
 @dataclass(frozen=True)
 class LoadedConfig:
     """Validated settings plus where they came from and the compiled segment rules."""
@@ -561,15 +569,34 @@ def load_config(path: str | Path | None = "lifecycle.toml") -> LoadedConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
-    _register_raw_secrets(data)
-    _check_env_sections()
+    loaded = _validated(data, path, Path.cwd() if source is None else path.resolve().parent)
+    return LoadedConfig(settings=loaded.settings, path=path if source is None else path.resolve(), rules=loaded.rules)
+
+
+def load_config_text(text: str, origin: str | Path, *, base: Path | None = None, environment: bool = True) -> LoadedConfig:
+    """Validate a config's TOML text exactly as :func:`load_config` validates a file (the portal registry
+    keeps configs in the database). ``origin`` labels errors and is the result's ``path``; relative paths
+    resolve against ``base`` (default the current folder); ``environment=False``: no ``LIFECYCLE_*``
+    overrides (a registry portal is its text alone)."""
+    path = Path(origin)
     try:
-        settings = Settings(**data)
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return _validated(data, path, base or Path.cwd(), environment=environment)
+
+
+def _validated(data: dict[str, Any], path: Path, base: Path, *, environment: bool = True) -> LoadedConfig:
+    _register_raw_secrets(data)
+    if environment:
+        _check_env_sections()
+    try:
+        settings = Settings(**data) if environment else _TextOnlySettings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, data)) from None
     except SettingsError as exc:
         raise ConfigError(_describe_env_error(exc)) from None
-    settings = _resolve_paths(settings, Path.cwd() if source is None else path.resolve().parent)
+    settings = _resolve_paths(settings, base)
 
     try:
         engine = compile_engine(settings)
@@ -584,4 +611,4 @@ def load_config(path: str | Path | None = "lifecycle.toml") -> LoadedConfig:
         check_campaigns(settings, engine)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return LoadedConfig(settings=settings, path=path if source is None else path.resolve(), rules=engine)
+    return LoadedConfig(settings=settings, path=path, rules=engine)

@@ -88,9 +88,7 @@ class Daemon:
         plan = self.config.settings.schedule
         schedule.clear()
         if plan.every:
-            amount, unit = int(plan.every[:-1].strip()), plan.every.strip()[-1]
-            unit_name = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]
-            getattr(schedule.every(amount), unit_name).do(self.sync, "schedule")
+            schedule.every(every_seconds(plan.every)).seconds.do(self.sync, "schedule")
         tz = self.config.crm.timezone
         for at in plan.at:
             schedule.every().day.at(at, tz).do(self.sync, "schedule")
@@ -161,6 +159,38 @@ class Daemon:
         if finished and finished[0]["status"] == "failed":
             return False, "the last sync failed"
         return True, "ready"
+
+
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DEFAULT_EVERY = 3600.0  # no [schedule]: hourly
+
+
+def every_seconds(every: str) -> int:
+    """``[schedule] every`` ("30m", "1h", "5 s") in seconds."""
+    text = every.strip()
+    return int(text[:-1].strip()) * UNIT_SECONDS[text[-1]]
+
+
+def next_run(plan: Any, tz: str, now: datetime, previous: datetime | None = None) -> datetime:
+    """When a portal with ``[schedule]`` ``plan`` is next due after ``now`` (aware), as this daemon schedules
+    it: every ``every`` counted from the previous due time (not from a late start), and each ``at`` time of
+    the day in the CRM time zone ``tz``; hourly when neither is set. The many-portal dispatcher
+    (connector/worker.py) uses it for every portal in the registry."""
+    from datetime import timedelta
+
+    candidates: list[datetime] = []
+    if plan.every or not plan.at:
+        step = timedelta(seconds=every_seconds(plan.every) if plan.every else DEFAULT_EVERY)
+        due = (previous or now) + step
+        candidates.append(due if due > now else now + step)
+    local = now.astimezone(ZoneInfo(tz))
+    for at in plan.at:
+        hour, minute = (int(x) for x in at.split(":"))
+        due = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if due <= local:
+            due = (local + timedelta(days=1)).replace(hour=hour, minute=minute, second=0, microsecond=0)
+        candidates.append(due)
+    return min(candidates)
 
 
 def now_in(tz: str) -> datetime:

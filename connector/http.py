@@ -132,6 +132,48 @@ def text(status: int, body: str) -> Response:
     return Response(body, status, media_type=TEXT)
 
 
+def bitrix24_verdict(config: Any, form: dict[str, str] | None) -> tuple[int, str, str]:
+    """(HTTP status, plain-text answer, metrics result) for a Bitrix24 outbound event to the portal of
+    ``config``: 200 means it is authentic and a sync should follow. Used by the single-portal daemon and
+    the many-portal service (connector/portals_web.py) alike."""
+    expected = config.settings.daemon.bitrix24_application_token
+    if expected is None or config.crm.kind != "bitrix24":
+        return 404, "the Bitrix24 webhook receiver is not configured\n", "not_configured"
+    if form is None or "event" not in form:
+        log.warning("Bitrix24 webhook refused: not a form-encoded outbound event")
+        return (400, "expected a form-encoded Bitrix24 outbound event (event=..., auth[application_token]=...)\n",
+                "malformed")
+    token = form.get("auth[application_token]", "")
+    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        log.warning("Bitrix24 webhook refused: wrong application_token (event %s)", form.get("event", "")[:40])
+        return 401, "wrong application_token\n", "unauthorized"
+    event = form["event"].strip().upper()
+    if event not in BITRIX_EVENTS:
+        log.warning("Bitrix24 webhook refused: event %r is not one this receiver handles", event[:40])
+        return 400, f"unsupported event; expected one of {', '.join(sorted(BITRIX_EVENTS))}\n", "malformed"
+    record = form.get("data[FIELDS][ID]", "")
+    if not record.isdigit():
+        return 400, "data[FIELDS][ID] is missing or not a number\n", "malformed"
+    log.info("Bitrix24 %s for record %s: an incremental sync follows", event, record)
+    return 200, "ok\n", "accepted"
+
+
+def amocrm_verdict(config: Any, form: dict[str, str] | None, secret: str) -> tuple[int, str, str]:
+    """As :func:`bitrix24_verdict`, for an amoCRM webhook whose path carried ``secret``."""
+    expected = config.settings.daemon.amocrm_webhook_secret
+    if expected is None or config.crm.kind != "amocrm":
+        return 404, "the amoCRM webhook receiver is not configured\n", "not_configured"
+    if not hmac.compare_digest(secret.encode(), expected.get_secret_value().encode()):
+        log.warning("amoCRM webhook refused: wrong secret in the path")
+        return 401, "unknown webhook\n", "unauthorized"
+    keys = [k for k in (form or {}) if AMO_KEY.match(k)]
+    if form is None or not keys:
+        log.warning("amoCRM webhook refused: no contacts/companies/leads event in the body")
+        return 400, "expected form-encoded amoCRM webhook fields such as leads[update][0][id]=...\n", "malformed"
+    log.info("amoCRM webhook with %d changed records: an incremental sync follows", len(keys))
+    return 200, "ok\n", "accepted"
+
+
 def create_app(daemon: Any, *, body_timeout: float = BODY_TIMEOUT) -> Starlette:
     """The daemon's routes; ``daemon`` needs ``config``, ``metrics``, ``ready()`` and ``crm_changed()``."""
 
@@ -153,56 +195,22 @@ def create_app(daemon: Any, *, body_timeout: float = BODY_TIMEOUT) -> Starlette:
             form = parse_form(await read_body(request, timeout=body_timeout))
         except BodyRefused as refused:
             return refused.response
-        expected = daemon.config.settings.daemon.bitrix24_application_token
-        if expected is None or daemon.config.crm.kind != "bitrix24":
-            count("bitrix24", "not_configured")
-            return text(404, "the Bitrix24 webhook receiver is not configured\n")
-        if form is None or "event" not in form:
-            count("bitrix24", "malformed")
-            log.warning("Bitrix24 webhook refused: not a form-encoded outbound event")
-            return text(400, "expected a form-encoded Bitrix24 outbound event (event=..., auth[application_token]=...)\n")
-        token = form.get("auth[application_token]", "")
-        if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
-            count("bitrix24", "unauthorized")
-            log.warning("Bitrix24 webhook refused: wrong application_token (event %s)", form.get("event", "")[:40])
-            return text(401, "wrong application_token\n")
-        event = form["event"].strip().upper()
-        if event not in BITRIX_EVENTS:
-            count("bitrix24", "malformed")
-            log.warning("Bitrix24 webhook refused: event %r is not one this receiver handles", event[:40])
-            return text(400, f"unsupported event; expected one of {', '.join(sorted(BITRIX_EVENTS))}\n")
-        record = form.get("data[FIELDS][ID]", "")
-        if not record.isdigit():
-            count("bitrix24", "malformed")
-            return text(400, "data[FIELDS][ID] is missing or not a number\n")
-        count("bitrix24", "accepted")
-        log.info("Bitrix24 %s for record %s: an incremental sync follows", event, record)
-        daemon.crm_changed()
-        return text(200, "ok\n")
+        status, body, result = bitrix24_verdict(daemon.config, form)
+        count("bitrix24", result)
+        if status == 200:
+            daemon.crm_changed()
+        return text(status, body)
 
     async def amocrm(request: Request) -> Response:
         try:
             form = parse_form(await read_body(request, timeout=body_timeout))
         except BodyRefused as refused:
             return refused.response
-        secret = request.path_params.get("secret", "")
-        expected = daemon.config.settings.daemon.amocrm_webhook_secret
-        if expected is None or daemon.config.crm.kind != "amocrm":
-            count("amocrm", "not_configured")
-            return text(404, "the amoCRM webhook receiver is not configured\n")
-        if not hmac.compare_digest(secret.encode(), expected.get_secret_value().encode()):
-            count("amocrm", "unauthorized")
-            log.warning("amoCRM webhook refused: wrong secret in the path")
-            return text(401, "unknown webhook\n")
-        keys = [k for k in (form or {}) if AMO_KEY.match(k)]
-        if form is None or not keys:
-            count("amocrm", "malformed")
-            log.warning("amoCRM webhook refused: no contacts/companies/leads event in the body")
-            return text(400, "expected form-encoded amoCRM webhook fields such as leads[update][0][id]=...\n")
-        count("amocrm", "accepted")
-        log.info("amoCRM webhook with %d changed records: an incremental sync follows", len(keys))
-        daemon.crm_changed()
-        return text(200, "ok\n")
+        status, body, result = amocrm_verdict(daemon.config, form, request.path_params.get("secret", ""))
+        count("amocrm", result)
+        if status == 200:
+            daemon.crm_changed()
+        return text(status, body)
 
     async def not_found(_: Request, __: Exception) -> Response:
         return text(404, "not found\n")
@@ -316,9 +324,9 @@ class ServiceServer:
     """Binds at construction (a taken port fails here), serves in a thread with its own event loop."""
 
     def __init__(self, daemon: Any, *, host: str, port: int, header_timeout: float = HEADER_TIMEOUT,
-                 body_timeout: float = BODY_TIMEOUT, max_connections: int = MAX_CONNECTIONS):
-        self.daemon = daemon
-        self.app = create_app(daemon, body_timeout=body_timeout)
+                 body_timeout: float = BODY_TIMEOUT, max_connections: int = MAX_CONNECTIONS, app: Any = None):
+        self.daemon = daemon  # ``app``: another ASGI application (the many-portal service) in place of the daemon's
+        self.app = create_app(daemon, body_timeout=body_timeout) if app is None else app
         self.socket = _bind(host, port)
         self.port = self.socket.getsockname()[1]
         protocol = type("LifecycleH11Protocol", (GuardedH11Protocol,),

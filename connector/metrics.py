@@ -181,3 +181,48 @@ def jwt_expiry(token: str) -> int | None:
         return int(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
     except (ValueError, TypeError):
         return None
+
+
+def portfolio_metrics(status: dict[str, Any], webhooks: dict[tuple[str, str, str], int]) -> bytes:
+    """The many-portal service's ``/metrics`` (connector/portals_web.py), built at each scrape from
+    ``/status`` (the registry, the run records and procrastinate's job table, so every web replica says
+    the same): one series per portal where it matters, and the queue depth. The names the single-portal
+    daemon uses keep their meaning (``lifecycle_consecutive_failed_syncs``, ``lifecycle_last_sync_timestamp_seconds``)
+    so deploy/prometheus-alerts.yml applies to every portal."""
+    from connector.registry import PORTAL_STATES
+
+    registry = CollectorRegistry()
+    state = Gauge("lifecycle_portal_state", "1 for the portal's registry state (active, paused, failing, uninstalled)",
+                  ["portal", "state"], registry=registry)
+    running = Gauge("lifecycle_portal_sync_running", "1 while a sync of the portal runs", ["portal"], registry=registry)
+    queued = Gauge("lifecycle_portal_sync_queued", "1 while a sync of the portal waits in the queue", ["portal"],
+                   registry=registry)
+    failed = Gauge("lifecycle_consecutive_failed_syncs", "Syncs that failed since the last good one", ["portal"],
+                   registry=registry)
+    last = Gauge("lifecycle_last_sync_timestamp_seconds", "End of the last sync", ["portal", "status"], registry=registry)
+    duration = Gauge("lifecycle_last_sync_duration_seconds", "Duration of the last finished sync", ["portal"],
+                     registry=registry)
+    requests = Gauge("lifecycle_last_sync_requests", "CRM requests of the last finished sync", ["portal"],
+                     registry=registry)
+    depth = Gauge("lifecycle_queue_depth", "Jobs in the queue: todo = waiting, doing = running", ["status"],
+                  registry=registry)
+    hooks = Counter("lifecycle_webhooks", "Webhooks received (this web process)", ["portal", "source", "result"],
+                    registry=registry)
+    for p in status["portals"]:
+        name = p["portal"]
+        for s in PORTAL_STATES:
+            state.labels(name, s).set(1 if p["state"] == s else 0)
+        running.labels(name).set(1 if p["running"] else 0)
+        queued.labels(name).set(1 if p["queued"] else 0)
+        failed.labels(name).set(p["failures_in_row"] or 0)
+        run = p.get("last_run")
+        if run and run.get("finished_at"):
+            last.labels(name, run["status"]).set(datetime.fromisoformat(run["finished_at"]).timestamp())
+            if run.get("duration_seconds") is not None:
+                duration.labels(name).set(run["duration_seconds"])
+            requests.labels(name).set(run.get("requests") or 0)
+    for s in ("todo", "doing"):
+        depth.labels(s).set(status["queue"].get(s, 0))
+    for (portal, source, result), n in webhooks.items():
+        hooks.labels(portal, source, result).inc(n)
+    return generate_latest(registry)

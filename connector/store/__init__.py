@@ -128,9 +128,14 @@ class StateStore:
         self.engine.dispose()
 
     def migrate(self) -> None:
-        """Upgrade the schema to the newest Alembic revision (connector.store.migrate)."""
+        """Upgrade the schema to the newest Alembic revision (connector.store.migrate); then check that the
+        secret key opens the store's encrypted secrets, if it holds any (connector.crypto)."""
         with self.engine.begin() as conn:
             _migrate.upgrade(conn)
+        from connector import crypto
+
+        with self.engine.connect() as conn:
+            crypto.check_store(conn)
 
     def customer_card_view(self, entity: str) -> CustomerCards:
         """Every mirrored customer's card, read once (a run shares it between planning, tags and audiences)."""

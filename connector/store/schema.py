@@ -199,3 +199,22 @@ model_fits = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),  # JSON: parameters, convergence, spend fit, reason
     sa.Index("ix_model_fits_portal", "portal", "id"),
 )
+
+# The portal registry (connector/registry.py, revision 0005): one row per portal a many-portal deployment
+# serves. ``config`` is the portal's TOML, Fernet-encrypted ("fernet:..." when a secret key is configured).
+portals = sa.Table(
+    "portals",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # active | paused | failing | uninstalled
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("base_dir", sa.Text),  # relative paths in the config (crm.path, ca_file) resolve against it
+    sa.Column("failures", sa.Integer, nullable=False, default=0),  # failed syncs in a row
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_run_at", sa.DateTime(timezone=True)),
+    sa.Column("next_run_at", sa.DateTime(timezone=True)),
+    sa.Column("removed", sa.Boolean, nullable=False, default=False),  # `portals remove`: hidden, data kept
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

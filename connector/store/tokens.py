@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from connector import crypto
 from connector.store.base import Part, now, upsert
 from connector.store.schema import cursors, oauth_tokens
 
@@ -28,11 +29,17 @@ class Tokens(Part):
     def oauth_token(self) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(oauth_tokens).where(oauth_tokens.c.portal == self.portal)).mappings().first()
-            return dict(row) if row else None
+        if not row:
+            return None
+        # encrypted when a secret key is configured (connector/crypto.py); a wrong or missing key raises
+        return {**row, "access_token": crypto.decrypt(row["access_token"]), "refresh_token": crypto.decrypt(row["refresh_token"])}
 
     def save_oauth_token(self, access_token: str | None, refresh_token: str, expires_at: int | None) -> None:
         """Persist a rotated token pair at once, in its own transaction: losing the new refresh token
         would lock the integration out."""
         with self.engine.begin() as conn:
-            upsert(conn, oauth_tokens, [{"portal": self.portal, "access_token": access_token, "refresh_token": refresh_token,
+            upsert(conn, oauth_tokens, [{"portal": self.portal, "access_token": crypto.encrypt(access_token),
+                                         "refresh_token": crypto.encrypt(refresh_token),
                                          "expires_at": expires_at, "updated_at": now()}])
+            if crypto.cipher() is not None:
+                crypto.ensure_check(conn)
