@@ -76,7 +76,7 @@ def make_source(config: LoadedConfig, store: StateStore | None = None) -> CrmSou
     return kit.make_source(adapter_settings(config, kit), store)  # type: ignore[arg-type]
 
 
-WRITEBACK_DUE = "writeback.due"  # "1": the last write-back did not finish cleanly; the next one is a full pass
+WRITEBACK_PENDING = "writeback.pending"  # run id whose membership is stored and whose write-back has not ended cleanly
 WRITEBACK_RECONCILED = "writeback.reconciled_at"  # epoch seconds of the last full pass
 WRITEBACK_LABELS = "writeback.labels"  # the field and labels the last write-back wrote
 
@@ -86,13 +86,14 @@ def _labels_key(config: LoadedConfig, labels: dict[str, str]) -> str:
 
 
 def writeback_candidates(config: LoadedConfig, store: StateStore, labels: dict[str, str], entered: pl.DataFrame | None,
-                         left: pl.DataFrame | None, pulled: set[int] | None, *, now: float | None = None
-                         ) -> set[int] | None:
+                         left: pl.DataFrame | None, pulled: set[int] | None, *, run_id: int | None = None,
+                         now: float | None = None) -> set[int] | None:
     """The customers whose tags may have to change, or None when every customer must be compared with the
     mirror (a full reconciliation): the first write-back, one after a write-back that did not finish cleanly
     (interrupted, or with failed customers), changed labels or field, or ``[writeback] reconcile_days`` after
     the last full pass. Otherwise only who entered or left a tagged segment today and who the pull brought
-    (someone may have edited their tags by hand) can need a new value."""
+    (someone may have edited their tags by hand) can need a new value. ``run_id``: the sync calling (its own
+    pending mark, set before its membership was stored, does not count)."""
     import time
 
     if entered is None or left is None or pulled is None:
@@ -100,7 +101,7 @@ def writeback_candidates(config: LoadedConfig, store: StateStore, labels: dict[s
     state = store.cursors()
     now = time.time() if now is None else now
     every = config.settings.writeback.reconcile_days * 86400
-    if (state.get(WRITEBACK_DUE) == "1" or state.get(WRITEBACK_LABELS) != _labels_key(config, labels)
+    if (state.get(WRITEBACK_PENDING, "") not in ("", str(run_id)) or state.get(WRITEBACK_LABELS) != _labels_key(config, labels)
             or now - float(state.get(WRITEBACK_RECONCILED) or 0) >= every):
         return None
     moved = pl.concat([entered, left]).filter(pl.col("segment").is_in(list(labels))).get_column("customer_id")
@@ -109,7 +110,8 @@ def writeback_candidates(config: LoadedConfig, store: StateStore, labels: dict[s
 
 def write_tags(config: LoadedConfig, store: StateStore, computation: Computation,
                cards: CustomerCards | None = None, progress: object = None, *, entered: pl.DataFrame | None = None,
-               left: pl.DataFrame | None = None, pulled: set[int] | None = None) -> dict[str, object]:
+               left: pl.DataFrame | None = None, pulled: set[int] | None = None, run_id: int | None = None
+               ) -> dict[str, object]:
     """Write the tagged segments onto the customers in the CRM, merge what was written into the mirror,
     and return what happened. ``cards``: the run's customer card view, if read already. With ``entered``,
     ``left`` (today's membership diff) and ``pulled`` (customer ids the pull brought), only the customers
@@ -120,10 +122,11 @@ def write_tags(config: LoadedConfig, store: StateStore, computation: Computation
     if not tagged or kit.make_tag_writer is None:
         return {}
     labels = {name: config.label(name) for name in tagged}
-    candidates = writeback_candidates(config, store, labels, entered, left, pulled)
+    candidates = writeback_candidates(config, store, labels, entered, left, pulled, run_id=run_id)
     frame = computation.membership.select("id", *tagged)
     if candidates is not None:
         if not candidates:  # nothing moved, nothing was edited: the CRM is not asked anything
+            store.save_cursors({WRITEBACK_PENDING: ""})
             return {"tags_updated": 0, "tags_failed": 0, "tag_options_created": [], "writeback_requests": 0,
                     "writeback_planned": "changes", "writeback_candidates": 0}
         ids = pl.Series("id", sorted(candidates), dtype=pl.Int64)
@@ -137,14 +140,14 @@ def write_tags(config: LoadedConfig, store: StateStore, computation: Computation
     if candidates is not None:
         texts = texts.filter(pl.col("id").is_in(ids.implode()))
     mirror = {cid: json.loads(text) or {} for cid, text in texts.iter_rows()}
-    store.save_cursors({WRITEBACK_DUE: "1"})  # cleared below once every change is written
+    store.save_cursors({WRITEBACK_PENDING: str(run_id)})  # cleared below once every change is written
     result = kit.make_tag_writer(adapter_settings(config, kit), store).write(wanted, labels, mirror, progress=progress)
     store.update_customer_fields(config.crm.customer, result.mirror_updates)
     done = {WRITEBACK_LABELS: _labels_key(config, labels), **getattr(result, "cursors", {})}
     if not result.failed:
         import time
 
-        done[WRITEBACK_DUE] = "0"
+        done[WRITEBACK_PENDING] = ""
         if candidates is None:
             done[WRITEBACK_RECONCILED] = str(time.time())
     store.save_cursors(done)
@@ -420,14 +423,14 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
         planned = plan_actions(config, store, computation, entered, left, as_of, cards)
         if config.tagged_segments():  # an interruption before the write-back ends makes the next one a full pass
-            store.save_cursors({WRITEBACK_DUE: "1"})
+            store.save_cursors({WRITEBACK_PENDING: str(run_id)})
         store.apply_membership(run_id, as_of, entered, left, config.rules.definitions(), planned)
         with bind(stage="segments"):
             log.info("membership stored: %d entries, %d exits, %d campaign actions planned", entered.height, left.height,
                      sum(1 for p in planned if not p.skip_reason))
         checkpoint("storing membership")
         written = write_tags(config, store, computation, cards, progress, entered=entered, left=left,
-                             pulled={c.id for c in pull.customers if c.entity == config.crm.customer})
+                             pulled={c.id for c in pull.customers if c.entity == config.crm.customer}, run_id=run_id)
         checkpoint("the write-back")
         if sink is not None:
             from connector.executor import execute

@@ -41,6 +41,7 @@ MAX_IDLE_WAITS = 3  # waits for the operating limit in a row that let nothing th
 OWN_WRITES = "own_writes"  # cursor: {"user": id, "from": portal time, "until": portal time} of the last write-back
 REREAD_IDS = "reread_ids"  # cursor: ids changed by someone else just before we wrote them: read them again
 CHECK = "seen"  # the batch command listing the batch's ids changed since the pull began
+OPTIONS = "tag_options"  # cursor: {"field", "labels", "options"} as the last write-back found them
 
 
 def plan_tags(
@@ -82,10 +83,17 @@ class Bitrix24TagWriter:
     async def _write(self, wanted: Mapping[int, Sequence[str]], labels: dict[str, str],
                      current: dict[int, list[str]]) -> TagWriteResult:
         result = TagWriteResult()
-        since = self.store.cursors().get("modified_since") if hasattr(self.store, "cursors") else None
+        cursors = self.store.cursors() if hasattr(self.store, "cursors") else {}
+        since = cursors.get("modified_since")
         self.since = _shift(since, self.settings.overlap_minutes) if since else None
+        known = _known_options(cursors.get(OPTIONS), self.field, labels)
+        if known is not None and not plan_tags(wanted, current, known):
+            self.progress.stage("write-back", 0)
+            return result  # the field and its options as last time and no customer to change: no request at all
         async with make_client(self.settings, self.store) as client:
             options = await self._ensure_field(client, labels, result)
+            result.cursors[OPTIONS] = json.dumps({"field": self.field, "labels": labels, "options": options},
+                                                 sort_keys=True, ensure_ascii=False)
             changes = plan_tags(wanted, current, options)
             self.stage = self.progress.stage("write-back", len(changes))
             pending = dict(changes)
@@ -235,6 +243,18 @@ class Bitrix24TagWriter:
     def _update_query(self, cid: int, values: list[str]) -> str:
         # An empty list cannot be written as PHP array items; an empty string clears the field.
         return php_query({"id": cid, "fields": {self.field: values if values else ""}})
+
+
+def _known_options(text: str | None, field: str, labels: dict[str, str]) -> dict[str, str] | None:
+    """The options recorded by the last write-back, if it wrote the same field with the same labels."""
+    try:
+        saved = json.loads(text or "null")
+    except ValueError:
+        return None
+    if not isinstance(saved, dict) or saved.get("field") != field or saved.get("labels") != labels:
+        return None
+    options = saved.get("options")
+    return {str(k): str(v) for k, v in options.items()} if isinstance(options, dict) and set(options) == set(labels) else None
 
 
 def current_tags(customers_fields: Mapping[int, Mapping[str, Any]], field_name: str) -> dict[int, list[str]]:
