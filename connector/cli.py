@@ -372,7 +372,16 @@ def _report(config, args, out: Console) -> int:
     as_of = args.as_of or today_in(config.crm.timezone)
     store = open_store(config)
     try:
-        comp = compute(store, config, as_of)
+        from connector import stored_report
+
+        comp = None if (args.members or args.segment) else stored_report.load(store, config, as_of)
+        if comp is None:  # not the date a sync stored (or it cannot be used): compute from the mirror
+            if not args.quiet:
+                print(f"computing segments for {as_of} from the mirror...", file=sys.stderr)
+            comp = compute(store, config, as_of)
+        else:
+            for warning in comp.stats.field_warnings:  # as the computation logs them
+                logging.getLogger("lifecycle.pipeline").warning("%s", warning)
     finally:
         store.close()
     if comp.customers == 0:

@@ -450,6 +450,9 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written,
                             full_pull=pull.snapshot)
         store.finish_run(run_id, status="ok", stats={**result.summary(), **_record_errors(pull.errors)})
+        from connector import stored_report
+
+        stored_report.record(store, config, run_id, computation)  # `lifecycle report` for today prints at once
         from connector.dashboard.snapshot import record_safely
 
         record_safely(store, config, result, compute)  # what the dashboard shows; a failure there is logged, never raised
