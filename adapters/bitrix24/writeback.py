@@ -187,7 +187,7 @@ class Bitrix24TagWriter:
         operating-time limit stopped any (the rest of the run then waits for it to reopen)."""
         failed: dict[int, list[str]] = {}
         state = {"blocked": False}
-        ids = sorted(pending)
+        ids = sorted(pending)  # each batch's ids in one ID range: the check reads that range, not the table
         size = 49 if self.since else 50
         gate = asyncio.Semaphore(self.in_flight)
 
@@ -208,7 +208,8 @@ class Bitrix24TagWriter:
         commands = {}
         if self.since:
             commands[CHECK] = f"{self.prefix}.list?" + php_query(
-                {"filter": {"@ID": chunk, ">=DATE_MODIFY": self.since}, "select": ["ID"], "start": -1})
+                {"order": {"ID": "ASC"}, "filter": {">=ID": chunk[0], "<=ID": chunk[-1], "@ID": chunk,
+                                                    ">=DATE_MODIFY": self.since}, "select": ["ID"], "start": -1})
         commands.update({f"u{cid}": f"{self.prefix}.update?{self._update_query(cid, pending[cid])}" for cid in chunk})
         try:
             results, errors = await client.batch(commands)
