@@ -149,6 +149,9 @@ class TagWriteResult:
     options_created: list[str] = field(default_factory=list)
     # customer id -> CRM field values now on the card, merged into the mirror by the connector
     mirror_updates: dict[int, dict[str, str]] = field(default_factory=dict)
+    # the adapter's cursors to record after the write-back (Bitrix24: the window of its own writes, so the
+    # next pull does not read them back; ids someone else changed just before we wrote, to read again)
+    cursors: dict[str, str] = field(default_factory=dict)
 
 
 WritebackResult = TagWriteResult  # the former name

@@ -51,7 +51,7 @@ TEMPLATE_ATTRS = ("title", "description", "script", "task_title")
 def template_types(engine: Any) -> dict[str, str]:
     """Every name a template may use, with its type: card fields, features, custom fields."""
     from rules.features import BUILTIN_FEATURES
-    from rules.predict.scoring import PREDICTION_FEATURES
+    from rules.predict.names import PREDICTION_FEATURES
 
     fields = getattr(engine, "fields", {}) or {}
     return {**BUILTIN_FEATURES, **PREDICTION_FEATURES, **{name: f.type for name, f in fields.items()}, **CARD_TYPES}

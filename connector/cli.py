@@ -7,13 +7,10 @@ import logging
 import sys
 from datetime import date
 
-from rich.console import Console
+from typing import TYPE_CHECKING
 
-from adapters.amocrm.client import AmoError
-from adapters.bitrix24.client import BitrixError
-from adapters.csv_files import SourceError
-from connector.config import ConfigError, load_config
-from connector.synclock import LockLost, SyncLocked
+if TYPE_CHECKING:  # loaded when a command runs, not for --help (docs/benchmarks.md: fast start)
+    from rich.console import Console
 
 EXIT_USAGE = 2
 EXIT_LOCKED = 3  # another sync of the portal holds its lock
@@ -176,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from rich.console import Console
+
+    from adapters.csv_files import SourceError
     from connector import logs
+    from connector.config import ConfigError, load_config
+    from connector.synclock import LockLost, SyncLocked
 
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logs.setup(None if args.log_format is None else args.log_format == "json", level)  # secrets redacted
@@ -254,7 +256,9 @@ def _main(argv: list[str] | None = None) -> int:
     except (ConfigError, SourceError) as exc:
         print(f"error: {logs.redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (BitrixError, AmoError) as exc:
+    except Exception as exc:
+        if not _crm_error(exc):
+            raise
         print(f"error: {logs.redact(str(exc))}", file=sys.stderr)
         return 1
     except (SyncLocked, LockLost) as exc:
@@ -263,11 +267,22 @@ def _main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
 
 
+def _crm_error(exc: BaseException) -> bool:
+    """A BitrixError or AmoError, without importing the CRM clients: a client never loaded raised nothing."""
+    for module, name in (("adapters.bitrix24.client", "BitrixError"), ("adapters.amocrm.client", "AmoError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
+
+
 def _sync(config, args, out: Console) -> int:
     import json
 
     from connector.logs import redact
     from connector.pipeline import sync
+
+    from rich.console import Console
 
     from connector.progress import for_output
 
@@ -366,6 +381,8 @@ def _report(config, args, out: Console) -> int:
     from connector import report
     from connector.pipeline import compute, open_store, today_in
 
+    from connector.config import ConfigError
+
     if args.flows or args.trend:
         from connector.dashboard import commands
 
@@ -380,7 +397,16 @@ def _report(config, args, out: Console) -> int:
     as_of = args.as_of or today_in(config.crm.timezone)
     store = open_store(config)
     try:
-        comp = compute(store, config, as_of)
+        from connector import stored_report
+
+        comp = None if (args.members or args.segment) else stored_report.load(store, config, as_of)
+        if comp is None:  # not the date a sync stored (or it cannot be used): compute from the mirror
+            if not args.quiet:
+                print(f"computing segments for {as_of} from the mirror...", file=sys.stderr)
+            comp = compute(store, config, as_of)
+        else:
+            for warning in comp.stats.field_warnings:  # as the computation logs them
+                logging.getLogger("lifecycle.pipeline").warning("%s", warning)
     finally:
         store.close()
     if comp.customers == 0:

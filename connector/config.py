@@ -192,6 +192,10 @@ class WritebackConfig(_Section):
     tag_segments: tuple[str, ...] = Field((), description="glob patterns of segments written onto the customer")
     field: str = Field("UF_CRM_LIFECYCLE", pattern=r"^UF_CRM_[A-Z0-9_]{1,43}$")
     field_label: str = "Lifecycle segments"
+    reconcile_days: float = Field(7, ge=0, description="how often every customer's tags are compared with the mirror "
+                                  "(a full reconciliation); in between only customers who moved or changed are (0: every sync)")
+    batches_in_flight: int = Field(3, ge=1, le=10, description="write batches sent at once per portal (the rate "
+                                   "limiter still paces them)")
 
 
 class ActionConfig(_Section):

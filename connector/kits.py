@@ -30,6 +30,7 @@ def config_values(config: LoadedConfig) -> dict[str, Any]:
         values[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
     values["tag_field"] = config.settings.writeback.field
     values["tag_field_label"] = config.settings.writeback.field_label
+    values["writeback_batches_in_flight"] = config.settings.writeback.batches_in_flight
     return values
 
 

@@ -6,12 +6,17 @@ import argparse
 import json
 import sys
 from datetime import timedelta
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from rules.predict.models import COUNT_MODELS, MODELS, TITLES, Fit, FitError
+    from rules.predict.models import Fit
+
+# rules.predict.models' MODELS and COUNT_MODELS, named here so that building the parser (``lifecycle --help``)
+# does not load numpy and scipy; tests/test_fast_start.py checks they stay equal
+MODELS = ("mbgnbd", "bgnbd", "pareto", "gammagamma")
+COUNT_MODELS = ("mbgnbd", "bgnbd", "pareto")
 
 
 def add_model_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], None], as_of_type: Callable) -> None:
@@ -33,6 +38,8 @@ def add_model_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser], 
 
 
 def run_model(args: argparse.Namespace, out: Console) -> int:
+    from rules.predict.models import FitError
+
     from connector.config import load_config
     from connector.predictions import backtest_command, fit_command
     from connector.pipeline import today_in
@@ -71,6 +78,10 @@ def run_model(args: argparse.Namespace, out: Console) -> int:
 
 
 def _print_fit(fit: Fit, fmt: str, out: Console, unit: str) -> None:
+    from rich.table import Table
+
+    from rules.predict.models import TITLES
+
     if fmt == "json":
         loglik = fit.loglik if fit.loglik == fit.loglik and abs(fit.loglik) != float("inf") else None
         print(json.dumps({"model": fit.model, "params": fit.params, "loglik": loglik, "converged": fit.converged,
@@ -89,6 +100,10 @@ def _print_fit(fit: Fit, fmt: str, out: Console, unit: str) -> None:
 
 
 def _print_backtest(result: Any, fmt: str, out: Console) -> None:
+    from rich.table import Table
+
+    from rules.predict.models import TITLES
+
     if fmt == "json":
         print(json.dumps(result.as_dict()))
         return

@@ -76,24 +76,81 @@ def make_source(config: LoadedConfig, store: StateStore | None = None) -> CrmSou
     return kit.make_source(adapter_settings(config, kit), store)  # type: ignore[arg-type]
 
 
+WRITEBACK_PENDING = "writeback.pending"  # run id whose membership is stored and whose write-back has not ended cleanly
+WRITEBACK_RECONCILED = "writeback.reconciled_at"  # epoch seconds of the last full pass
+WRITEBACK_LABELS = "writeback.labels"  # the field and labels the last write-back wrote
+
+
+def _labels_key(config: LoadedConfig, labels: dict[str, str]) -> str:
+    return json.dumps({"field": config.settings.writeback.field, "labels": labels}, sort_keys=True, ensure_ascii=False)
+
+
+def writeback_candidates(config: LoadedConfig, store: StateStore, labels: dict[str, str], entered: pl.DataFrame | None,
+                         left: pl.DataFrame | None, pulled: set[int] | None, *, run_id: int | None = None,
+                         now: float | None = None) -> set[int] | None:
+    """The customers whose tags may have to change, or None when every customer must be compared with the
+    mirror (a full reconciliation): the first write-back, one after a write-back that did not finish cleanly
+    (interrupted, or with failed customers), changed labels or field, or ``[writeback] reconcile_days`` after
+    the last full pass. Otherwise only who entered or left a tagged segment today and who the pull brought
+    (someone may have edited their tags by hand) can need a new value. ``run_id``: the sync calling (its own
+    pending mark, set before its membership was stored, does not count)."""
+    import time
+
+    if entered is None or left is None or pulled is None:
+        return None
+    state = store.cursors()
+    now = time.time() if now is None else now
+    every = config.settings.writeback.reconcile_days * 86400
+    if (state.get(WRITEBACK_PENDING, "") not in ("", str(run_id)) or state.get(WRITEBACK_LABELS) != _labels_key(config, labels)
+            or now - float(state.get(WRITEBACK_RECONCILED) or 0) >= every):
+        return None
+    moved = pl.concat([entered, left]).filter(pl.col("segment").is_in(list(labels))).get_column("customer_id")
+    return set(moved.to_list()) | pulled
+
+
 def write_tags(config: LoadedConfig, store: StateStore, computation: Computation,
-               cards: CustomerCards | None = None, progress: object = None) -> dict[str, object]:
+               cards: CustomerCards | None = None, progress: object = None, *, entered: pl.DataFrame | None = None,
+               left: pl.DataFrame | None = None, pulled: set[int] | None = None, run_id: int | None = None
+               ) -> dict[str, object]:
     """Write the tagged segments onto the customers in the CRM, merge what was written into the mirror,
-    and return what happened. ``cards``: the run's customer card view, if read already."""
+    and return what happened. ``cards``: the run's customer card view, if read already. With ``entered``,
+    ``left`` (today's membership diff) and ``pulled`` (customer ids the pull brought), only the customers
+    :func:`writeback_candidates` names are planned (no CRM request at all when none is); without them, or
+    when a full reconciliation is due, every customer is compared with the mirror."""
     tagged = config.tagged_segments()
     kit = crm_kit(config)
     if not tagged or kit.make_tag_writer is None:
         return {}
+    labels = {name: config.label(name) for name in tagged}
+    candidates = writeback_candidates(config, store, labels, entered, left, pulled, run_id=run_id)
     frame = computation.membership.select("id", *tagged)
+    if candidates is not None:
+        if not candidates:  # nothing moved, nothing was edited: the CRM is not asked anything
+            store.save_cursors({WRITEBACK_PENDING: ""})
+            return {"tags_updated": 0, "tags_failed": 0, "tag_options_created": [], "writeback_requests": 0,
+                    "writeback_planned": "changes", "writeback_candidates": 0}
+        ids = pl.Series("id", sorted(candidates), dtype=pl.Int64)
+        frame = frame.filter(pl.col("id").is_in(ids.implode()))
     wanted = {
         row[0]: [name for name, flag in zip(tagged, row[1:]) if flag]
         for row in frame.filter(pl.any_horizontal(tagged)).iter_rows()
     }
     cards = store.customer_card_view(config.crm.customer) if cards is None else cards
-    mirror = {cid: json.loads(text) or {} for cid, text in cards.fields_text().items() if text}
-    labels = {name: config.label(name) for name in tagged}
+    texts = cards.frame.select("id", "fields").filter(pl.col("fields").is_not_null())
+    if candidates is not None:
+        texts = texts.filter(pl.col("id").is_in(ids.implode()))
+    mirror = {cid: json.loads(text) or {} for cid, text in texts.iter_rows()}
+    store.save_cursors({WRITEBACK_PENDING: str(run_id)})  # cleared below once every change is written
     result = kit.make_tag_writer(adapter_settings(config, kit), store).write(wanted, labels, mirror, progress=progress)
     store.update_customer_fields(config.crm.customer, result.mirror_updates)
+    done = {WRITEBACK_LABELS: _labels_key(config, labels), **getattr(result, "cursors", {})}
+    if not result.failed:
+        import time
+
+        done[WRITEBACK_PENDING] = ""
+        if candidates is None:
+            done[WRITEBACK_RECONCILED] = str(time.time())
+    store.save_cursors(done)
     for cid, reason in sorted(result.failed.items())[:MAX_ROW_ERRORS_LOGGED]:
         log.warning("tag write-back failed for customer %s: %s", cid, reason)
     return {
@@ -101,6 +158,8 @@ def write_tags(config: LoadedConfig, store: StateStore, computation: Computation
         "tags_failed": len(result.failed),
         "tag_options_created": result.options_created,
         "writeback_requests": result.requests,
+        "writeback_planned": "full" if candidates is None else "changes",
+        "writeback_candidates": len(cards) if candidates is None else len(candidates),
     }
 
 
@@ -365,12 +424,15 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         computation = compute(store, config, as_of, stored, cards, refit=True, run_id=run_id)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
         planned = plan_actions(config, store, computation, entered, left, as_of, cards)
+        if config.tagged_segments():  # an interruption before the write-back ends makes the next one a full pass
+            store.save_cursors({WRITEBACK_PENDING: str(run_id)})
         store.apply_membership(run_id, as_of, entered, left, config.rules.definitions(), planned)
         with bind(stage="segments"):
             log.info("membership stored: %d entries, %d exits, %d campaign actions planned", entered.height, left.height,
                      sum(1 for p in planned if not p.skip_reason))
         checkpoint("storing membership")
-        written = write_tags(config, store, computation, cards, progress)
+        written = write_tags(config, store, computation, cards, progress, entered=entered, left=left,
+                             pulled={c.id for c in pull.customers if c.entity == config.crm.customer}, run_id=run_id)
         checkpoint("the write-back")
         if sink is not None:
             from connector.executor import execute
@@ -390,6 +452,9 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
         result = SyncResult(run_id, as_of, computation, entered, left, pull.errors, mirror, pull.requests, written,
                             full_pull=pull.snapshot)
         store.finish_run(run_id, status="ok", stats={**result.summary(), **_record_errors(pull.errors)})
+        from connector import stored_report
+
+        stored_report.record(store, config, run_id, computation)  # `lifecycle report` for today prints at once
         from connector.dashboard.snapshot import record_safely
 
         record_safely(store, config, result, compute)  # what the dashboard shows; a failure there is logged, never raised

@@ -19,7 +19,7 @@ import polars as pl
 
 from rules.features import BUILTIN_FEATURES, CustomField
 from rules.language import CompiledRule, compile_rule
-from rules.predict.scoring import PREDICTION_FEATURES
+from rules.predict.names import PREDICTION_FEATURES
 from rules.products import add_rule_inputs
 from rules.presets import all_preset_names, preset_segments
 from rules.settings import SegmentsConfig

@@ -127,6 +127,16 @@ async def _speaks_tls(host: str | None, port: int | None) -> bool:
     return True
 
 
+def _later(a: str, b: str) -> bool:
+    """Whether ISO time ``a`` is after ``b`` (the portal's offsets may differ); unparsable: keep ``b``."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(a) > datetime.fromisoformat(b)
+    except ValueError:
+        return False
+
+
 def classify(status: int, body: dict[str, Any] | str | None = None, *, where: str = "the portal") -> Decision:
     """What an HTTP answer means (``body``: the parsed JSON body, or just its ``error`` code)."""
     if isinstance(body, dict):
@@ -174,6 +184,7 @@ class Bitrix24Client:
         self.statuses: Counter[int] = Counter()
         self.operating_reset_at: dict[str, float] = {}
         self.server_time: str | None = None  # time.date_start of the first answer: the portal's clock
+        self.last_finish: str | None = None  # the latest time.date_finish of any answer (the portal's clock)
         self._operating_waits: dict[str, int] = {}
         self._answered = False  # the portal answered at least once: connection errors are transient now
         self._session: aiohttp.ClientSession | None = None
@@ -308,6 +319,9 @@ class Bitrix24Client:
             return
         if self.server_time is None and stamp.get("date_start"):
             self.server_time = str(stamp["date_start"])
+        finish = stamp.get("date_finish")
+        if finish and (self.last_finish is None or _later(str(finish), self.last_finish)):
+            self.last_finish = str(finish)
         if stamp.get("operating_reset_at"):
             self.operating_reset_at[method] = float(stamp["operating_reset_at"])
         self._operating_waits.pop(method, None)  # it answered: the next block starts its backoff afresh

@@ -150,10 +150,15 @@ class IdChain:
 
 
 async def iter_pages(
-    client: Bitrix24Client, method: str, select: list[str], filters: Mapping[str, Any] | None = None
+    client: Bitrix24Client, method: str, select: list[str], filters: Mapping[str, Any] | None = None,
+    first: dict[str, Any] | None = None,
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """Yield every page of ``method`` (rows ordered by ID) matching ``filters``: the I/O around :class:`IdChain`."""
+    """Yield every page of ``method`` (rows ordered by ID) matching ``filters``: the I/O around :class:`IdChain`.
+    ``first``: the first page's answer when it was read already (:func:`first_pages`)."""
     chain = IdChain(method, select, filters)
+    if first is not None:
+        for rows in chain.feed(first):
+            yield rows
     while (request := chain.next_request()) is not None:
         if request.batch:
             if chain.batches % PROGRESS_EVERY == 0:
@@ -165,6 +170,23 @@ async def iter_pages(
             yield rows
         if chain.blocked:
             await client.wait_for_operating(method)
+
+
+async def first_pages(client: Bitrix24Client, specs: list[tuple[str, list[str], Mapping[str, Any]]]
+                      ) -> list[dict[str, Any] | None]:
+    """The first page of several lists in one batch request (``specs``: method, select, filters); a list
+    whose command failed gets None and reads its first page alone in :func:`iter_pages`."""
+    commands = {}
+    for i, (method, select, filters) in enumerate(specs):
+        request = IdChain(method, select, filters).next_request()
+        assert request is not None
+        commands[f"f{i}"] = f"{method}?{php_query(request.params)}"
+    results, errors = await client.batch(commands)
+    out: list[dict[str, Any] | None] = []
+    for i in range(len(specs)):
+        rows = results.get(f"f{i}")
+        out.append({"result": rows} if isinstance(rows, list) and f"f{i}" not in errors else None)
+    return out
 
 
 def _numeric_id(row: Any) -> int | None:

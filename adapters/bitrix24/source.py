@@ -5,6 +5,11 @@
 * Incremental pull: the same chains filtered by ``>=DATE_MODIFY`` from the cursor minus an overlap; the
   cursor is the portal's own clock (``time.date_start`` of the run's first answer), so it never moves past
   the moment the run started and never depends on this machine's clock.
+* Our own writes are not read back: after a write-back (adapters.bitrix24.writeback) the cursors hold the
+  connector's user and the portal-time window of its writes; the incremental customer list is then split
+  by ``MODIFY_BY_ID`` (docs crm-contact-list.md filter): anything modified by anyone else, and what our
+  user modified before the window began or after it ended. Ids the write-back's in-batch check saw changed
+  by someone else just before our write (``reread_ids``) are read again by id.
 * Deletions: every ``reconcile_hours`` the ids alone are listed (``select=[ID]``) and compared with the
   mirror; ids gone from the portal are deleted from the mirror.
 * OAuth: the access token is refreshed on 401 ``expired_token``; the rotated refresh token is written to
@@ -25,7 +30,7 @@ from adapters.base import AdapterStore, BadValue, Customer, Deal, Entity, PullRe
 from adapters.progress import or_none
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.mapping import DEAL_SELECT, MappingError, UserField, to_customer, to_deal, user_field_map
-from adapters.bitrix24.paging import iter_pages
+from adapters.bitrix24.paging import first_pages, iter_pages
 from adapters.bitrix24.settings import ENTITIES, Bitrix24Settings
 
 MAX_REFRESHES_PER_RUN = 5
@@ -135,9 +140,16 @@ class Bitrix24Source:
             started = client.server_time or datetime.now().astimezone().isoformat(timespec="seconds")
             filters = {} if since is None else {">=DATE_MODIFY": _shift(since, crm.overlap_minutes)}
             select = [*self.kind.select, self.field]
+            stage = progress.stage(f"pull {self.entity}s")
+            specs = [(f"{prefix}.list", select, f) for f in customer_filters(filters, cursors)]
+            specs.append(("crm.deal.list", DEAL_SELECT, filters))
+            # split lists: their first pages go in one batch request (usually the whole incremental pull)
+            firsts = await first_pages(client, specs) if len(specs) > 2 else [None] * len(specs)
             jobs = [
-                _collect(iter_pages(client, f"{prefix}.list", select, filters), progress.stage(f"pull {self.entity}s")),
-                _collect(iter_pages(client, "crm.deal.list", DEAL_SELECT, filters), progress.stage("pull deals")),
+                _collect_all([iter_pages(client, m, sel, f, first=firsts[i]) for i, (m, sel, f) in enumerate(specs[:-1])],
+                             stage),
+                _collect(iter_pages(client, "crm.deal.list", DEAL_SELECT, filters, first=firsts[-1]),
+                         progress.stage("pull deals")),
             ]
             reconcile = since is not None and time.time() - reconciled >= crm.reconcile_hours * 3600
             if reconcile:
@@ -146,6 +158,10 @@ class Bitrix24Source:
             requests = client.requests
         customers, deals, errors = self._map(pages[0], pages[1], fields_map, prefix)
         result_cursors = {"modified_since": started}
+        if since is not None and cursors.get(REREAD_IDS) not in (None, "", "[]"):
+            result_cursors[REREAD_IDS] = "[]"  # read above
+        if since is not None and cursors.get(OWN_WRITES):
+            result_cursors[OWN_WRITES] = ""  # used once: the pull right after the write-back
         deleted_c: frozenset[tuple[Entity, int]] = frozenset()
         deleted_d: frozenset[int] = frozenset()
         if since is None or reconcile:
@@ -185,6 +201,58 @@ class Bitrix24Source:
             except MappingError as exc:
                 errors.append(RowError("crm.deal.list", _row_id(row) or 0, None, str(exc), _row_id(row)))
         return customers, deals, errors
+
+
+OWN_WRITES = "own_writes"  # written by adapters.bitrix24.writeback
+REREAD_IDS = "reread_ids"
+
+
+def customer_filters(filters: dict[str, Any], cursors: dict[str, str]) -> list[dict[str, Any]]:
+    """The customer list's filters for this pull: ``filters`` alone, or, after a write-back whose window the
+    cursors hold, the same split so the records our own user modified inside that window are not listed
+    (one or three filters), plus the ids to read again."""
+    if not filters:  # a full pull reads everything
+        return [filters]
+    out = [filters]
+    try:
+        own = json.loads(cursors.get(OWN_WRITES) or "null")
+        reread = [int(i) for i in json.loads(cursors.get(REREAD_IDS) or "[]")]
+    except (ValueError, TypeError):
+        own, reread = None, []
+    if isinstance(own, dict) and own.get("user") and own.get("from") and own.get("until"):
+        since = filters[">=DATE_MODIFY"]
+        try:
+            covers = datetime.fromisoformat(str(own["until"])) >= datetime.fromisoformat(since)
+        except ValueError:
+            covers = False
+        if covers:  # the window reaches into this pull: leave our writes out
+            user = int(own["user"])
+            # both ends inclusive: DATE_MODIFY has one-second resolution, so our user's edits in the window's
+            # first and last second are read (with our writes of those seconds); only its edits strictly
+            # inside the window are left to the next full reconciliation
+            out = [{**filters, "!MODIFY_BY_ID": user},
+                   {**filters, "MODIFY_BY_ID": user, ">=DATE_MODIFY": own["until"]}]
+            if datetime.fromisoformat(str(own["from"])) > datetime.fromisoformat(since):
+                out.append({**filters, "MODIFY_BY_ID": user, "<=DATE_MODIFY": own["from"]})
+    if reread:
+        out.append({"@ID": sorted(set(reread))})
+    return out
+
+
+async def _collect_all(chains: list[Any], stage: Any = None) -> list[dict[str, Any]]:
+    """Rows of several lists read one after another, each record once (the lists may overlap)."""
+    rows: list[dict[str, Any]] = []
+    seen: set[Any] = set()
+    for pages in chains:
+        async for page in pages:
+            fresh = [r for r in page if r.get("ID") not in seen]
+            seen.update(r.get("ID") for r in fresh)
+            rows.extend(fresh)
+            if stage is not None:
+                stage.advance(len(fresh))
+    if stage is not None:
+        stage.done()
+    return rows
 
 
 def _row_id(row: dict[str, Any]) -> int | None:

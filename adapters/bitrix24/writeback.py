@@ -10,6 +10,16 @@
 * Only customers whose wanted value differs from the value in the mirror are updated, 50
   ``crm.<entity>.update`` commands per batch; only the failed commands are retried. The values written
   come back as ``mirror_updates`` for the connector to merge into the mirror.
+* Up to ``writeback_batches_in_flight`` batches are sent at once; every request still passes the
+  portal's limiter (Bitrix24Client: the leaky bucket, the operating-time throttle), so the write-back
+  keeps the bucket busy without a refusal.
+* Our own writes are not read back (docs api-reference/crm/contacts/crm-contact-list.md: ``MODIFY_BY_ID``
+  and ``DATE_MODIFY`` filter the list): the result's cursors record the connector's user and the portal
+  time the write-back began and ended, and the next incremental pull leaves out the records that user
+  modified within that window (:mod:`adapters.bitrix24.source`). A change someone else made between our
+  pull and our write would be hidden by our write, so each batch starts with a ``crm.<entity>.list``
+  of its own ids modified since the pull began (run before the updates, inside the same batch); ids it
+  lists are recorded to be read again by the next pull.
 """
 
 from __future__ import annotations
@@ -24,10 +34,14 @@ from adapters.progress import NO_PROGRESS, or_none
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.paging import php_query
 from adapters.bitrix24.settings import ENTITIES, Bitrix24Settings
-from adapters.bitrix24.source import make_client, tag_ids
+from adapters.bitrix24.source import _shift, make_client, tag_ids
 
 RETRIES = 3
 MAX_IDLE_WAITS = 3  # waits for the operating limit in a row that let nothing through
+OWN_WRITES = "own_writes"  # cursor: {"user": id, "from": portal time, "until": portal time} of the last write-back
+REREAD_IDS = "reread_ids"  # cursor: ids changed by someone else just before we wrote them: read them again
+CHECK = "seen"  # the batch command listing the batch's ids changed since the pull began
+OPTIONS = "tag_options"  # cursor: {"field", "labels", "options"} as the last write-back found them
 
 
 def plan_tags(
@@ -57,6 +71,9 @@ class Bitrix24TagWriter:
         self.field = settings.tag_field
         self.progress = NO_PROGRESS
         self.stage = NO_PROGRESS.stage("write-back")
+        self.in_flight = max(1, int(settings.writeback_batches_in_flight))
+        self.since: str | None = None  # the pull's start (portal time) minus the overlap: the check's bound
+        self.reread: set[int] = set()
 
     def write(self, wanted: Mapping[int, Sequence[str]], labels: Mapping[str, str],
               mirror: Mapping[int, Mapping[str, Any]], progress: Any = None) -> TagWriteResult:
@@ -66,8 +83,17 @@ class Bitrix24TagWriter:
     async def _write(self, wanted: Mapping[int, Sequence[str]], labels: dict[str, str],
                      current: dict[int, list[str]]) -> TagWriteResult:
         result = TagWriteResult()
+        cursors = self.store.cursors() if hasattr(self.store, "cursors") else {}
+        since = cursors.get("modified_since")
+        self.since = _shift(since, self.settings.overlap_minutes) if since else None
+        known = _known_options(cursors.get(OPTIONS), self.field, labels)
+        if known is not None and not plan_tags(wanted, current, known):
+            self.progress.stage("write-back", 0)
+            return result  # the field and its options as last time and no customer to change: no request at all
         async with make_client(self.settings, self.store) as client:
             options = await self._ensure_field(client, labels, result)
+            result.cursors[OPTIONS] = json.dumps({"field": self.field, "labels": labels, "options": options},
+                                                 sort_keys=True, ensure_ascii=False)
             changes = plan_tags(wanted, current, options)
             self.stage = self.progress.stage("write-back", len(changes))
             pending = dict(changes)
@@ -81,13 +107,33 @@ class Bitrix24TagWriter:
                 else:
                     attempts += 1
             result.failed.update({cid: "not updated after retries" for cid in pending if cid not in result.failed})
+            if result.updated and client.server_time and client.last_finish:
+                user = await self._own_user(client)
+                if user is not None:
+                    result.cursors[OWN_WRITES] = json.dumps({"user": user, "from": client.server_time,
+                                                             "until": client.last_finish})
+            if self.reread:
+                result.cursors[REREAD_IDS] = json.dumps(sorted(self.reread))
             result.requests = client.requests
         return result
+
+    async def _own_user(self, client: Bitrix24Client) -> int | None:
+        """The id of the user the connector writes as: the webhook's (``/rest/<user>/<code>/``), else the
+        OAuth token's (``user.current``)."""
+        if self.settings.webhook_url:
+            parts = [p for p in self.settings.webhook_url.split("/rest/", 1)[-1].split("/") if p]
+            return int(parts[0]) if parts and parts[0].isdigit() else None
+        try:
+            answer = await client.call("user.current", {})
+            return int((answer.get("result") or {}).get("ID"))
+        except (BitrixError, TypeError, ValueError):
+            return None
 
     async def _ensure_field(self, client: Bitrix24Client, labels: dict[str, str], result: TagWriteResult
                             ) -> dict[str, str]:
         segments = list(labels)
         found = await self._find_field(client)
+        changed = True
         if found is None:
             fields = {
                 "FIELD_NAME": self.field.removeprefix("UF_CRM_"),
@@ -114,7 +160,10 @@ class Bitrix24TagWriter:
                 items += [{"VALUE": labels[s], "XML_ID": s, "SORT": start + 10 * i} for i, s in enumerate(missing)]
                 await client.call(f"{self.prefix}.userfield.update", {"id": found["ID"], "fields": {"LIST": items}})
                 result.options_created = missing
-        found = await self._find_field(client)
+            else:
+                changed = False
+        if changed:  # read the options back (their ids) after creating or changing them
+            found = await self._find_field(client)
         if found is None:
             raise BitrixError(f"Bitrix24: user field {self.field} is still missing after creating it")
         options = {str(o.get("XML_ID")): str(o["ID"]) for o in found.get("LIST") or [] if o.get("XML_ID") in segments}
@@ -133,43 +182,80 @@ class Bitrix24TagWriter:
     async def _update(
         self, client: Bitrix24Client, pending: dict[int, list[str]], result: TagWriteResult
     ) -> tuple[dict[int, list[str]], bool]:
-        """Send the changes in batches of 50; return those that failed (to retry) and whether the
+        """Send the changes in batches of 50 commands (49 updates after the check when the pull's start is
+        known), up to ``in_flight`` batches at once; return those that failed (to retry) and whether the
         operating-time limit stopped any (the rest of the run then waits for it to reopen)."""
         failed: dict[int, list[str]] = {}
+        state = {"blocked": False}
+        ids = sorted(pending)  # each batch's ids in one ID range: the check reads that range, not the table
+        size = 49 if self.since else 50
+        gate = asyncio.Semaphore(self.in_flight)
+
+        async def send(chunk: list[int]) -> None:
+            async with gate:
+                if state["blocked"]:  # everything after a refused batch would be refused as well
+                    failed.update({cid: pending[cid] for cid in chunk})
+                    return
+                if await self._send_chunk(client, chunk, pending, result, failed):
+                    state["blocked"] = True
+
+        await asyncio.gather(*(send(ids[start : start + size]) for start in range(0, len(ids), size)))
+        return failed, state["blocked"]
+
+    async def _send_chunk(self, client: Bitrix24Client, chunk: list[int], pending: dict[int, list[str]],
+                          result: TagWriteResult, failed: dict[int, list[str]]) -> bool:
+        """One batch; True when the operating-time limit refused a command."""
+        commands = {}
+        if self.since:
+            commands[CHECK] = f"{self.prefix}.list?" + php_query(
+                {"order": {"ID": "ASC"}, "filter": {">=ID": chunk[0], "<=ID": chunk[-1], "@ID": chunk,
+                                                    ">=DATE_MODIFY": self.since}, "select": ["ID"], "start": -1})
+        commands.update({f"u{cid}": f"{self.prefix}.update?{self._update_query(cid, pending[cid])}" for cid in chunk})
+        try:
+            results, errors = await client.batch(commands)
+        except BitrixError as exc:
+            failed.update({cid: pending[cid] for cid in chunk})
+            result.failed.update({cid: str(exc) for cid in chunk})
+            return False
         blocked = False
-        ids = sorted(pending)
-        for start in range(0, len(ids), 50):
-            chunk = ids[start : start + 50]
-            commands = {f"u{cid}": f"{self.prefix}.update?{self._update_query(cid, pending[cid])}" for cid in chunk}
-            try:
-                results, errors = await client.batch(commands)
-            except BitrixError as exc:
-                failed.update({cid: pending[cid] for cid in chunk})
-                result.failed.update({cid: str(exc) for cid in chunk})
-                continue
-            done = {}
-            for cid in chunk:
-                key = f"u{cid}"
-                if key in errors or results.get(key) is not True:
-                    error = errors.get(key) or {}
-                    if isinstance(error, dict) and str(error.get("error", "")).upper() == "OPERATION_TIME_LIMIT":
-                        blocked = True
-                    result.failed[cid] = str(error.get("error_description") or error.get("error") or "no result") if isinstance(error, dict) else str(error)
-                    failed[cid] = pending[cid]
-                else:
-                    done[cid] = {self.field: json.dumps(pending[cid])}
-                    result.failed.pop(cid, None)
-            result.updated += len(done)
-            self.stage.advance(len(done))
-            result.mirror_updates.update(done)
-            if blocked:  # everything after this batch would be refused as well
-                failed.update({cid: pending[cid] for cid in ids[start + 50 :]})
-                break
-        return failed, blocked
+        if self.since:
+            seen = results.get(CHECK)
+            if isinstance(seen, list):
+                self.reread.update(int(r["ID"]) for r in seen if isinstance(r, dict) and str(r.get("ID", "")).isdigit())
+            else:  # the check did not run: read the whole chunk again rather than miss a change
+                self.reread.update(chunk)
+        done = {}
+        for cid in chunk:
+            key = f"u{cid}"
+            if key in errors or results.get(key) is not True:
+                error = errors.get(key) or {}
+                if isinstance(error, dict) and str(error.get("error", "")).upper() == "OPERATION_TIME_LIMIT":
+                    blocked = True
+                result.failed[cid] = str(error.get("error_description") or error.get("error") or "no result") if isinstance(error, dict) else str(error)
+                failed[cid] = pending[cid]
+            else:
+                done[cid] = {self.field: json.dumps(pending[cid])}
+                result.failed.pop(cid, None)
+        result.updated += len(done)
+        self.stage.advance(len(done))
+        result.mirror_updates.update(done)
+        return blocked
 
     def _update_query(self, cid: int, values: list[str]) -> str:
         # An empty list cannot be written as PHP array items; an empty string clears the field.
         return php_query({"id": cid, "fields": {self.field: values if values else ""}})
+
+
+def _known_options(text: str | None, field: str, labels: dict[str, str]) -> dict[str, str] | None:
+    """The options recorded by the last write-back, if it wrote the same field with the same labels."""
+    try:
+        saved = json.loads(text or "null")
+    except ValueError:
+        return None
+    if not isinstance(saved, dict) or saved.get("field") != field or saved.get("labels") != labels:
+        return None
+    options = saved.get("options")
+    return {str(k): str(v) for k, v in options.items()} if isinstance(options, dict) and set(options) == set(labels) else None
 
 
 def current_tags(customers_fields: Mapping[int, Mapping[str, Any]], field_name: str) -> dict[int, list[str]]:

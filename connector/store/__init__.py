@@ -157,6 +157,7 @@ class StateStore:
     deal_ids = _delegate("mirror_part", Mirror, "deal_ids")
     # cursors and tokens
     cursors = _delegate("tokens_part", Tokens, "cursors")
+    save_cursors = _delegate("tokens_part", Tokens, "save_cursors")
     oauth_token = _delegate("tokens_part", Tokens, "oauth_token")
     save_oauth_token = _delegate("tokens_part", Tokens, "save_oauth_token")
     # frames

@@ -94,22 +94,37 @@ class Mirror(Part):
                 conn.execute(sa.insert(table), list(part))
 
     def update_customer_fields(self, entity: Entity, values: dict[int, dict[str, str]]) -> None:
-        """Merge custom-field values into mirrored customers (after a successful write-back)."""
+        """Merge custom-field values into mirrored customers (after a successful write-back).
+
+        Set-based: one ``UPDATE ... FROM (VALUES ...)`` per field name and chunk of customers, merging the
+        value into the stored JSON in the database (SQLite ``json_set``, PostgreSQL ``jsonb ||``), instead of
+        reading every card and updating it row by row."""
         if not values:
             return
+        by_key: dict[str, list[tuple[int, str]]] = {}
+        for cid, fields in values.items():
+            for key, value in fields.items():
+                by_key.setdefault(key, []).append((int(cid), value))
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(customers.c.id, customers.c.fields).where(
-                    customers.c.portal == self.portal, customers.c.entity == entity, customers.c.id.in_(list(values))
-                )
-            ).all()
-            for cid, text in rows:
-                merged = (json.loads(text) if text else {}) | values[cid]
-                conn.execute(
-                    sa.update(customers)
-                    .where(customers.c.portal == self.portal, customers.c.entity == entity, customers.c.id == cid)
-                    .values(fields=json.dumps(merged, ensure_ascii=False))
-                )
+            sqlite = conn.dialect.name == "sqlite"
+            for key, rows in by_key.items():
+                for part in chunks(sorted(rows), 5_000):
+                    params: list[Any] = [self.portal, entity]
+                    if sqlite:
+                        params.insert(0, '$."' + key.replace('"', '""') + '"')
+                        sql = ("UPDATE customers SET fields = json_set(coalesce(customers.fields, '{}'), ?, v.value) "
+                               "FROM (SELECT column1 AS id, column2 AS value FROM (VALUES "
+                               + ", ".join(["(?, ?)"] * len(part)) + ")) AS v "
+                               "WHERE customers.portal = ? AND customers.entity = ? AND customers.id = v.id")
+                        flat = [x for row in part for x in row]
+                        conn.exec_driver_sql(sql, (params[0], *flat, *params[1:]))
+                    else:
+                        sql = ("UPDATE customers SET fields = (coalesce(customers.fields, '{}')::jsonb "
+                               "|| jsonb_build_object(%s::text, v.value))::text FROM (VALUES "
+                               + ", ".join(["(%s::bigint, %s::text)"] * len(part)) + ") AS v(id, value) "
+                               "WHERE customers.portal = %s AND customers.entity = %s AND customers.id = v.id")
+                        flat = [x for row in part for x in row]
+                        conn.exec_driver_sql(sql, (key, *flat, *params))
 
     def customer_cards(self, entity: Entity, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """Name, phone, e-mail, responsible, birthday and custom fields of these customers."""

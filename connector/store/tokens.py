@@ -26,6 +26,11 @@ class Tokens(Part):
             rows = conn.execute(sa.select(cursors.c.name, cursors.c.value).where(cursors.c.portal == self.portal))
             return {name: value for name, value in rows}
 
+    def save_cursors(self, values: dict[str, str]) -> None:
+        """Record cursors in a transaction of their own (the write-back's state: connector.pipeline.write_tags)."""
+        with self.engine.begin() as conn:
+            save_cursors(conn, self.portal, values)
+
     def oauth_token(self) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(oauth_tokens).where(oauth_tokens.c.portal == self.portal)).mappings().first()

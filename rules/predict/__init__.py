@@ -4,7 +4,19 @@
 ``scoring`` turns a fit into feature columns in days; ``backtest`` compares predictions with what happened.
 """
 
-from rules.predict.models import COUNT_MODELS, MODELS, Fit, FitError
-from rules.predict.scoring import PREDICTION_FEATURES, PortalModel, PredictionSettings
+from typing import Any
+
+_FROM = {"COUNT_MODELS": "models", "MODELS": "models", "Fit": "models", "FitError": "models",
+         "PREDICTION_FEATURES": "names", "PortalModel": "scoring", "PredictionSettings": "scoring"}
+
+
+def __getattr__(name: str) -> Any:
+    """The names below, imported on first use: importing ``rules.predict.names`` must not load scipy."""
+    if name in _FROM:
+        import importlib
+
+        return getattr(importlib.import_module(f"rules.predict.{_FROM[name]}"), name)
+    raise AttributeError(f"module 'rules.predict' has no attribute {name!r}")
+
 
 __all__ = ["COUNT_MODELS", "MODELS", "Fit", "FitError", "PREDICTION_FEATURES", "PortalModel", "PredictionSettings"]

@@ -31,18 +31,7 @@ from rules.predict.models import (
     COUNT_MODELS, Fit, FitError, expected_order_value, expected_purchases, fit_counts, fit_gammagamma, next_purchase_median,
     p_alive, p_buy_within,
 )
-
-PREDICTION_FEATURES: dict[str, str] = {
-    "p_alive": "number",
-    "exp_purchases_30d": "number",
-    "exp_purchases_90d": "number",
-    "exp_purchases_365d": "number",
-    "p_buy_30d": "number",
-    "next_purchase_median_days": "number",
-    "exp_order_value": "number",
-    "clv_365d": "number",
-}
-
+from rules.predict.names import PREDICTION_FEATURES  # noqa: F401 - defined there, named here as before
 
 @dataclass(frozen=True)
 class PredictionSettings:

@@ -47,6 +47,7 @@ class Auth:
         self.user_id = user_id
         self.webhook_code = _alnum(16)
         self.scoped_webhooks: dict[str, frozenset[str]] = {}  # extra webhook code -> its scopes
+        self.user_webhooks: dict[str, tuple[int, frozenset[str]]] = {}  # another user's webhook code -> user, scopes
         self.client_id = f"local.{secrets.token_hex(7)[:13]}.{secrets.randbelow(10**8):08d}"
         self.client_secret = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(50))
         self.member_id = secrets.token_hex(16)
@@ -59,16 +60,24 @@ class Auth:
     # -- calls -----------------------------------------------------------------------------------
 
     def webhook(self, user_id: str, code: str) -> Identity:
+        if code in self.user_webhooks and user_id == str(self.user_webhooks[code][0]):
+            other, scopes = self.user_webhooks[code]
+            return Identity(f"webhook:{other}", other, "webhook", scopes)
         if user_id == str(self.user_id) and code in self.scoped_webhooks:
             return Identity(f"webhook:{self.user_id}", self.user_id, "webhook", self.scoped_webhooks[code])
         if user_id != str(self.user_id) or code != self.webhook_code:
             raise err(NO_AUTH)
         return Identity(f"webhook:{self.user_id}", self.user_id, "webhook")
 
-    def add_webhook(self, scopes: list[str]) -> str:
-        """Another inbound webhook of the same user, allowed only ``scopes`` (plus ``basic``); its code."""
+    def add_webhook(self, scopes: list[str], user_id: int | None = None) -> str:
+        """Another inbound webhook allowed only ``scopes`` (plus ``basic``); its code. ``user_id``: another
+        user's webhook (local-webhooks.md: each user makes their own, ``/rest/{that user's id}/{code}/``;
+        what it writes carries that user in MODIFY_BY_ID)."""
         code = _alnum(16)
-        self.scoped_webhooks[code] = frozenset(scopes) | {"basic"}
+        if user_id is not None and user_id != self.user_id:
+            self.user_webhooks[code] = (int(user_id), frozenset(scopes) | {"basic"})
+        else:
+            self.scoped_webhooks[code] = frozenset(scopes) | {"basic"}
         return code
 
     def token(self, access_token: str | None) -> Identity:

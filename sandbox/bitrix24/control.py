@@ -14,7 +14,8 @@ GET  /_sandbox/clock           portal and wall clocks; POST ``{"advance": portal
 POST /_sandbox/corrupt         ``{"entity": "contact", "id": 4, "fields": {"BIRTHDATE": "31.02.2001"}}``: serve
                                these wire values verbatim from now on (what a botched import leaves in a
                                portal's database; the REST API itself would refuse to write them)
-POST /_sandbox/webhooks        ``{"scopes": ["crm", "user"]}``: another webhook of the same user allowed only
+POST /_sandbox/webhooks        ``{"scopes": ["crm", "user"], "user_id": optional}``: another webhook (of the
+                               admin, or of another user, created if missing) allowed only
                                these scopes (and ``basic``); answers ``{"webhook_url", "scopes"}``. A method
                                outside them answers 401 ``insufficient_scope``; ``scope`` lists them
 POST /_sandbox/oauth/expire    ``{"access_token": optional}``: make it (or all) expire now
@@ -81,10 +82,15 @@ def handle(portal: "Portal", info: dict, verb: str, path: str, query: str, body:
         scopes = body.get("scopes")
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             return 400, {"error": "BAD_WEBHOOK", "error_description": 'give {"scopes": ["crm", ...]}'}
+        user = body.get("user_id")
+        if user is not None and (not isinstance(user, int) or user < 1):
+            return 400, {"error": "BAD_WEBHOOK", "error_description": '"user_id" is a positive integer'}
         with portal.lock:
-            code = portal.auth.add_webhook(scopes)
-        return 200, {"webhook_url": f"{portal.base_url}/rest/{portal.auth.user_id}/{code}/",
-                     "scopes": sorted(portal.auth.scoped_webhooks[code])}
+            if user is not None:
+                portal.store.ensure_user(user, portal.clock.real())
+            code = portal.auth.add_webhook(scopes, user)
+            owner, allowed = portal.auth.user_webhooks.get(code) or (portal.auth.user_id, portal.auth.scoped_webhooks[code])
+        return 200, {"webhook_url": f"{portal.base_url}/rest/{owner}/{code}/", "scopes": sorted(allowed)}
     if route == "/corrupt" and verb == "POST":
         with portal.lock:
             table = portal.store.tables.get(str(body.get("entity", "")))

@@ -110,9 +110,12 @@ class PortalHandle:
     def advance(self, portal_seconds: float) -> dict:
         return self.control("POST", "clock", {"advance": portal_seconds})
 
-    def add_webhook(self, scopes: list[str]) -> str:
-        """The URL of another webhook allowed only ``scopes`` (see control.py)."""
-        return self.control("POST", "webhooks", {"scopes": scopes})["webhook_url"]
+    def add_webhook(self, scopes: list[str], user_id: int | None = None) -> str:
+        """The URL of another webhook allowed only ``scopes`` (see control.py); ``user_id``: another user's."""
+        body: dict[str, Any] = {"scopes": scopes}
+        if user_id is not None:
+            body["user_id"] = user_id
+        return self.control("POST", "webhooks", body)["webhook_url"]
 
     def expire_tokens(self, access_token: str | None = None) -> int:
         return self.control("POST", "oauth/expire", {"access_token": access_token} if access_token else {})["expired"]

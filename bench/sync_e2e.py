@@ -1,0 +1,165 @@
+"""End-to-end sync benchmark against the Bitrix24 sandbox portal with its limits ON (issue 20).
+
+A portal of C contacts and D deals (``sandbox.bitrix24.running_portal(generate=(C, D), time_scale=X)``: the
+leaky bucket of 2 req/s with a burst of 50 and the operating-time limit, both X times faster on the wall clock)
+is synced three times by ``connector.pipeline.sync`` with ``[writeback] tag_segments = ["lifecycle.*",
+"status.*"]``:
+
+1. the first sync (full pull, every contact tagged): the write-back's wall time against its rate-limit floor,
+   ``requests / (2 * X)`` (the bucket's rate at that time scale; the burst of 50 is not subtracted, so the
+   floor is generous to us by 25 s / X at most) -- target within 1.3x;
+2. the sync right after it, with the CRM untouched: its HTTP requests (sandbox counter), pull and write-back
+   together -- target at most 5 (before issue 20: every written contact read back, ~C / 2500 + 3 requests);
+3. a quiet sync (nothing moved, nothing edited): the write-back step's local time (planning; it sends no
+   request) per 100,000 customers -- target under 0.3 s; and the whole sync's wall time.
+
+The sandbox runs in its own process by default (``--in-process``: in a thread of this one, where its request
+handling competes with the connector for the interpreter lock), as a real portal is another machine.
+
+The adapter config has ``requests_per_second = 2 * X``, ``burst = 50``, ``overlap_minutes = 0`` (the sandbox
+clock runs X times faster than the wall clock, so the default 10 minutes would re-read the writes of the run)
+and ``reconcile_hours = 24``. The bench waits 1.1 s between syncs: DATE_MODIFY has one-second resolution.
+
+    python bench/sync_e2e.py --contacts 100000 --deals 300000 --time-scale 20 [--in-flight 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import types
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from connector import pipeline  # noqa: E402
+from connector.config import load_config  # noqa: E402
+from sandbox.bitrix24 import running_portal  # noqa: E402
+from sandbox.bitrix24.testing import PortalHandle  # noqa: E402
+
+
+@contextlib.contextmanager
+def portal_process(contacts: int, deals: int, time_scale: float):
+    """The sandbox portal as a separate process (``lifecycle sandbox bitrix24``); a handle over its control routes."""
+    code = "import sys; from sandbox.bitrix24.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--generate", f"{contacts}:{deals}", "--time-scale",
+                             str(time_scale)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line:
+            raise RuntimeError("the sandbox portal did not start")
+        yield PortalHandle(types.SimpleNamespace(portal=None, info=json.loads(line)))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def write_config(folder: Path, webhook_url: str, time_scale: float, in_flight: int) -> Path:
+    path = folder / "bench.toml"
+    path.write_text(f"""
+[crm]
+kind = "bitrix24"
+webhook_url = "{webhook_url}"
+requests_per_second = {2 * time_scale}
+burst = 50
+overlap_minutes = 0
+reconcile_hours = 24
+[state]
+url = "sqlite:///{(folder / 'state.db').as_posix()}"
+[writeback]
+tag_segments = ["lifecycle.*", "status.*"]
+batches_in_flight = {in_flight}
+""", encoding="utf-8")
+    return path
+
+
+class Timed:
+    """Wraps pipeline.write_tags to time the write-back step of each sync."""
+
+    def __init__(self) -> None:
+        self.original = pipeline.write_tags
+        self.seconds: list[float] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.original(*args, **kwargs)
+        finally:
+            self.seconds.append(time.perf_counter() - started)
+
+
+def one_sync(config: Any, portal: Any, timed: Timed) -> dict[str, Any]:
+    portal.limits(reset=True)
+    portal.reset_counters()
+    started = time.perf_counter()
+    summary = pipeline.sync(config).summary()
+    wall = time.perf_counter() - started
+    counters = portal.counters()
+    status = {str(k): v for k, v in counters.get("http_status", {}).items()}
+    return {"wall_seconds": round(wall, 3), "writeback_seconds": round(timed.seconds[-1], 3),
+            "http_requests": counters["http_requests"], "pull_requests": summary.get("pull_requests"),
+            "writeback_requests": summary.get("writeback_requests"), "tags_updated": summary.get("tags_updated"),
+            "tags_failed": summary.get("tags_failed"), "writeback_planned": summary.get("writeback_planned"),
+            "writeback_candidates": summary.get("writeback_candidates"),
+            "customers_read": summary.get("customers_upserted"), "deals_read": summary.get("deals_upserted"),
+            "refused": {k: v for k, v in status.items() if k in ("429", "503")}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=100_000)
+    parser.add_argument("--deals", type=int, default=300_000)
+    parser.add_argument("--time-scale", type=float, default=20.0)
+    parser.add_argument("--in-flight", type=int, default=3, help="[writeback] batches_in_flight (default 3)")
+    parser.add_argument("--in-process", action="store_true", help="serve the sandbox from a thread of this process")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    timed = Timed()
+    pipeline.write_tags = timed  # type: ignore[assignment]
+    out: dict[str, Any] = {"contacts": args.contacts, "deals": args.deals, "time_scale": args.time_scale,
+                           "batches_in_flight": args.in_flight}
+    serve = (running_portal(generate=(args.contacts, args.deals), time_scale=args.time_scale) if args.in_process
+             else portal_process(args.contacts, args.deals, args.time_scale))
+    out["sandbox"] = "thread" if args.in_process else "process"
+    with tempfile.TemporaryDirectory() as tmp, serve as portal:
+        config = load_config(write_config(Path(tmp), portal.webhook_url, args.time_scale, args.in_flight))
+        first = one_sync(config, portal, timed)
+        rate = 2.0 * args.time_scale
+        floor = first["writeback_requests"] / rate
+        first["writeback_floor_seconds"] = round(floor, 3)
+        first["writeback_vs_floor"] = round(first["writeback_seconds"] / floor, 2) if floor else None
+        time.sleep(1.1)
+        second = one_sync(config, portal, timed)
+        time.sleep(1.1)
+        quiet = one_sync(config, portal, timed)
+        per = 100_000 / max(1, args.contacts)
+        quiet["writeback_seconds_per_100k"] = round(quiet["writeback_seconds"] * per, 3)
+        quiet["wall_seconds_per_100k"] = round(quiet["wall_seconds"] * per, 3)
+        out.update(first_sync=first, second_sync=second, quiet_sync=quiet)
+    pipeline.write_tags = timed.original  # type: ignore[assignment]
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    f, s, q = out["first_sync"], out["second_sync"], out["quiet_sync"]
+    print(f"portal: {args.contacts} contacts, {args.deals} deals, limits on, time scale {args.time_scale:g} "
+          f"(bucket {2 * args.time_scale:g} req/s), {args.in_flight} batches in flight, sandbox in a {out['sandbox']}")
+    print(f"1st sync: write-back {f['tags_updated']} contacts, {f['writeback_requests']} requests in "
+          f"{f['writeback_seconds']} s; floor {f['writeback_floor_seconds']} s; ratio {f['writeback_vs_floor']} "
+          f"(target <= 1.3); refused {f['refused'] or 0}; whole sync {f['wall_seconds']} s")
+    print(f"2nd sync (CRM untouched): {s['http_requests']} requests (target <= 5): pull {s['pull_requests']}, "
+          f"write-back {s['writeback_requests']}; {s['customers_read']} contacts read back; {s['wall_seconds']} s")
+    print(f"quiet sync: write-back step {q['writeback_seconds']} s = {q['writeback_seconds_per_100k']} s per 100,000 "
+          f"customers (target < 0.3), {q['http_requests']} requests; whole sync {q['wall_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
