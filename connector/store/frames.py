@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from adapters.base import Entity
 from connector.store.base import Part, SQLITE_IO
 from connector.store.cards import CARD_SCHEMA
+from connector.store.columnar import ColumnarMirror
 from connector.store.schema import customers, deals, membership, membership_events
 
 
@@ -20,7 +21,10 @@ def connectorx_uri(url: sa.URL) -> str:
 
 
 class Frames(Part):
-    """Polars frames of the mirror and of membership."""
+    """Polars frames of the mirror and of membership. The mirror's customers and deals come from its columnar
+    copy (connector.store.columnar) when the store has one, else from the database."""
+
+    columnar: ColumnarMirror | None = None
 
     def read_frame(self, query: sa.Select, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         """Run a SELECT and return a polars frame, vectorised where the database allows."""
@@ -49,18 +53,16 @@ class Frames(Part):
             customers.c.created_ts,
             customers.c.fields,
         ).where(customers.c.portal == self.portal, customers.c.entity == entity)
-        frame = self.read_frame(
-            query,
-            {
-                "id": pl.Int64,
-                "phone": pl.String,
-                "email": pl.String,
-                "birthday": pl.String,
-                "responsible_id": pl.String,
-                "created_ts": pl.Int64,
-                "fields": pl.String,
-            },
-        )
+        schema = {
+            "id": pl.Int64,
+            "phone": pl.String,
+            "email": pl.String,
+            "birthday": pl.String,
+            "responsible_id": pl.String,
+            "created_ts": pl.Int64,
+            "fields": pl.String,
+        }
+        frame = self._columnar_customers(entity, schema) if self.columnar else self.read_frame(query, schema)
         return frame.with_columns(pl.col("birthday").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))
 
     def deals_frame(self) -> pl.DataFrame:
@@ -73,18 +75,18 @@ class Frames(Part):
             deals.c.created_ts,
             deals.c.closed_ts,
         ).where(deals.c.portal == self.portal)
-        return self.read_frame(
-            query,
-            {
-                "id": pl.Int64,
-                "contact_id": pl.Int64,
-                "company_id": pl.Int64,
-                "status": pl.String,
-                "amount": pl.Float64,
-                "created_ts": pl.Int64,
-                "closed_ts": pl.Int64,
-            },
-        )
+        schema = {
+            "id": pl.Int64,
+            "contact_id": pl.Int64,
+            "company_id": pl.Int64,
+            "status": pl.String,
+            "amount": pl.Float64,
+            "created_ts": pl.Int64,
+            "closed_ts": pl.Int64,
+        }
+        if self.columnar:
+            return self.columnar.deals().select(list(schema))
+        return self.read_frame(query, schema)
 
     def membership_frame(self) -> pl.DataFrame:
         query = sa.select(membership.c.segment, membership.c.customer_id).where(membership.c.portal == self.portal)
@@ -104,5 +106,10 @@ class Frames(Part):
         """Every customer's card (connector.store.cards): the feature columns and the name."""
         query = sa.select(*(customers.c[name] for name in CARD_SCHEMA)).where(
             customers.c.portal == self.portal, customers.c.entity == entity)
-        frame = self.read_frame(query, dict(CARD_SCHEMA))
+        schema = dict(CARD_SCHEMA)
+        frame = self._columnar_customers(entity, schema) if self.columnar else self.read_frame(query, schema)
         return frame.with_columns(pl.col("birthday").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))
+
+    def _columnar_customers(self, entity: Entity, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        assert self.columnar is not None
+        return self.columnar.customers().filter(pl.col("entity") == entity).select(list(schema))

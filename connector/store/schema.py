@@ -199,3 +199,13 @@ model_fits = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),  # JSON: parameters, convergence, spend fit, reason
     sa.Index("ix_model_fits_portal", "portal", "id"),
 )
+
+mirror_state = sa.Table(
+    "mirror_state",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    # set by triggers on every insert, update or delete of the portal's customers or deals (revision 0005);
+    # cleared with a new token when connector.store.columnar rebuilds its copy
+    sa.Column("dirty", sa.Boolean, nullable=False),
+    sa.Column("token", sa.String(64), nullable=False),  # names the columnar copy that matches the mirror
+)
