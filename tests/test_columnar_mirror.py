@@ -179,3 +179,44 @@ def test_a_sync_and_the_report_agree_with_and_without_the_copy(tmp_path):
     assert outs[0] == outs[1]
     assert list((tmp_path / "true").glob("s.db.columnar/*/*.parquet"))
     assert not list((tmp_path / "false").glob("s.db.columnar"))
+
+
+def test_postgresql_reads_without_connectorx_equal_the_rows(postgres_url, tmp_path, monkeypatch):
+    """The COPY-as-CSV path (an image without the connectorx extra): nulls, empty strings, quotes, commas,
+    new lines and non-ASCII text come back as stored."""
+    from connector.store import frames as frames_module
+
+    store = StateStore.open(postgres_url, PORTAL, columnar=False)
+    try:
+        odd = ["", 'a "quoted", text', "line\nbreak", "Ёлка, ёж", None]
+        with store.engine.begin() as conn:
+            conn.execute(sa.insert(customers), [
+                {"portal": PORTAL, "entity": "contact", "id": i + 1, "name": text, "phone": None, "email": text,
+                 "birthday": date(1990, 1, i + 1) if i % 2 else None, "responsible_id": text, "created_ts": i,
+                 "fields": text} for i, text in enumerate(odd)])
+        with_cx = store.frames_part.card_frame("contact").sort("id")
+        monkeypatch.setattr(frames_module, "_has_connectorx", lambda: False)
+        without = store.frames_part.card_frame("contact").sort("id")
+        assert without.equals(with_cx), (without, with_cx)
+        assert without.get_column("email").to_list() == odd
+        assert without.get_column("birthday").to_list()[1] == date(1990, 1, 2)
+    finally:
+        store.close()
+
+
+def test_a_file_left_half_written_by_a_killed_process_is_ignored_and_removed(store):
+    import subprocess
+    import sys
+
+    _seed(store)
+    _frames(store)
+    col = store.frames_part.columnar
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = col.folder / f".deals-x.parquet.{int(dead.stdout)}.tmp"
+    stale.write_bytes(b"half")
+    mine = col.folder / f".deals-y.parquet.{os.getpid()}.tmp"
+    mine.write_bytes(b"in progress")
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(deals).where(deals.c.id == 1001).values(amount=5.0))
+    assert _frames(store)[1].equals(_sql_frames(store)[1])
+    assert not stale.exists() and mine.exists()

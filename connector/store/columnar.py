@@ -126,6 +126,20 @@ class ColumnarMirror:
         for old in self.folder.glob("*.parquet"):  # earlier tokens' files
             if not old.name.endswith(f"-{token}.parquet"):
                 old.unlink(missing_ok=True)
+        for tmp in self.folder.glob(".*.tmp"):  # left by a process killed while writing
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _set_state(conn: Connection, portal: str, token: str) -> None:

@@ -1,5 +1,9 @@
-"""Bulk reads for the segment engine: connectorx straight into Arrow/polars (SQLite and PostgreSQL), because
-pulling millions of rows through Python tuples costs seconds per million."""
+"""Bulk reads for the segment engine and the columnar copy of the mirror (connector.store.columnar).
+
+PostgreSQL: connectorx straight into Arrow/polars when it is installed (the ``fast`` extra), else ``COPY ...
+TO STDOUT`` as CSV parsed by polars; both avoid a Python tuple per row. SQLite: through pysqlite. connectorx
+links its own SQLite, whose closing read may delete the WAL under this process's other connections (see
+connector.store.base.SQLITE_IO); with the columnar copy, SQLite is read in bulk only when the mirror changed."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from adapters.base import Entity
-from connector.store.base import Part, SQLITE_IO
+from connector.store.base import Part
 from connector.store.cards import CARD_SCHEMA
 from connector.store.columnar import ColumnarMirror
 from connector.store.schema import customers, deals, membership, membership_events
@@ -20,6 +24,40 @@ def connectorx_uri(url: sa.URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def _has_connectorx() -> bool:
+    try:
+        import connectorx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _connectorx(sql: str, url: sa.URL) -> pl.DataFrame:
+    return pl.read_database_uri(sql, connectorx_uri(url), engine="connectorx")
+
+
+def _copy_csv(engine: sa.Engine, sql: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """PostgreSQL without connectorx: the rows as CSV through COPY, parsed by polars (NULL is an unquoted
+    empty field, an empty string a quoted one)."""
+    import io
+
+    buffer = io.BytesIO()
+    with engine.connect() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            with cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)") as copy:
+                for chunk in copy:
+                    buffer.write(chunk)
+        finally:
+            cursor.close()
+    if buffer.tell() == 0:
+        return pl.DataFrame(schema=schema)
+    buffer.seek(0)
+    text_schema = {name: (pl.String if dtype == pl.Date else dtype) for name, dtype in schema.items()}
+    return pl.read_csv(buffer, has_header=False, new_columns=list(schema), schema=text_schema,
+                       quote_char='"')
+
+
 class Frames(Part):
     """Polars frames of the mirror and of membership. The mirror's customers and deals come from its columnar
     copy (connector.store.columnar) when the store has one, else from the database."""
@@ -29,14 +67,17 @@ class Frames(Part):
     def read_frame(self, query: sa.Select, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         """Run a SELECT and return a polars frame, vectorised where the database allows."""
         url = self.engine.url
-        sql = str(query.compile(self.engine, compile_kwargs={"literal_binds": True}))
         frame: pl.DataFrame | None = None
-        if url.get_backend_name() in ("sqlite", "postgresql") and url.database not in (None, "", ":memory:"):
-            with SQLITE_IO:  # see connector.store.base.SQLITE_IO
-                frame = pl.read_database_uri(sql, connectorx_uri(url), engine="connectorx")
+        if url.get_backend_name() == "postgresql":
+            sql = str(query.compile(self.engine, compile_kwargs={"literal_binds": True}))
+            frame = _connectorx(sql, url) if _has_connectorx() else _copy_csv(self.engine, sql, schema)
         if frame is None or frame.width != len(schema):
             with self.engine.connect() as conn:
-                rows = conn.execute(query).all()
+                if conn.dialect.name == "sqlite":  # plain tuples from the driver: no per-row SQLAlchemy processing
+                    sql = str(query.compile(self.engine, compile_kwargs={"literal_binds": True}))
+                    rows = conn.exec_driver_sql(sql).cursor.fetchall()
+                else:
+                    rows = conn.execute(query).all()
             frame = pl.DataFrame(rows, schema=list(schema), orient="row", infer_schema_length=None)
         if frame.height == 0:
             return pl.DataFrame(schema=schema)
