@@ -220,3 +220,13 @@ def test_a_file_left_half_written_by_a_killed_process_is_ignored_and_removed(sto
         conn.execute(sa.update(deals).where(deals.c.id == 1001).values(amount=5.0))
     assert _frames(store)[1].equals(_sql_frames(store)[1])
     assert not stale.exists() and mine.exists()
+
+
+def test_sqlite_reads_without_connectorx_equal_the_rows(store, monkeypatch):
+    from connector.store import frames as frames_module
+
+    _seed(store)
+    with_cx = _sql_frames(store)
+    monkeypatch.setattr(frames_module, "_has_connectorx", lambda: False)
+    without = _sql_frames(store)
+    assert without[0].equals(with_cx[0]) and without[1].equals(with_cx[1])
