@@ -53,7 +53,8 @@ PORTAL = "bench"
 INSERT_CHUNK = 100_000
 
 
-def config_text(crm_dir: Path, db_path: Path, *, timezone: str = TIMEZONE, portal: str = PORTAL) -> str:
+def config_text(crm_dir: Path, db_path: Path, *, timezone: str = TIMEZONE, portal: str = PORTAL,
+                columnar: bool = True) -> str:
     q = json.dumps  # a JSON string is a valid TOML basic string
     lines = [
         "[crm]",
@@ -64,6 +65,7 @@ def config_text(crm_dir: Path, db_path: Path, *, timezone: str = TIMEZONE, porta
         "",
         "[state]",
         f"url = {q('sqlite:///' + str(db_path))}",
+        f"columnar = {'true' if columnar else 'false'}",
         "",
         "[fields]",
         'source = { type = "string" }',
@@ -204,7 +206,8 @@ def compare(polars_counts: dict[str, int], polars_digests: dict[str, str], base:
     return problems
 
 
-def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_baseline: bool, workdir: Path) -> dict:
+def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_baseline: bool, workdir: Path,
+          columnar: bool = True) -> dict:
     peaks = Peaks()
     peaks.mark()
     load_at_start = [round(x, 2) for x in os.getloadavg()]  # timings are only comparable on a quiet machine
@@ -214,7 +217,7 @@ def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_base
     crm_dir = workdir / "crm"
     crm_dir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "bench.toml"
-    config_path.write_text(config_text(crm_dir, db_path), encoding="utf-8")
+    config_path.write_text(config_text(crm_dir, db_path, columnar=columnar), encoding="utf-8")
     config = load_config(config_path)
     names = config.rules.segment_names
     previous = as_of - timedelta(days=1)
@@ -279,6 +282,7 @@ def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_base
         "as_of": as_of.isoformat(),
         "db": str(db_path),
         "machine": {"cpus": os.cpu_count(), "polars_threads": pl.thread_pool_size(), "loadavg_at_start": load_at_start},
+        "columnar": columnar,
         "seconds": {
             "generate": round(t1 - t0, 3),
             "insert": round(t2 - t1, 3),
@@ -355,11 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=Path, help="SQLite file for the state store (must not exist; kept afterwards)")
     parser.add_argument("--as-of", type=date.fromisoformat, help="'today' of the run (default: today in the CRM zone)")
     parser.add_argument("--skip-baseline", action="store_true", help="do not run the pandas baseline")
+    parser.add_argument("--no-columnar", action="store_true",
+                        help="read the mirror from the database, not from its columnar copy ([state] columnar = false)")
     args = parser.parse_args(argv)
     as_of = args.as_of or today_in(TIMEZONE)
     with tempfile.TemporaryDirectory(prefix="lifecycle-bench-") as tmp:
         result = bench(
-            args.customers, args.deals, as_of=as_of, db=args.db, skip_baseline=args.skip_baseline, workdir=Path(tmp)
+            args.customers, args.deals, as_of=as_of, db=args.db, skip_baseline=args.skip_baseline, workdir=Path(tmp),
+            columnar=not args.no_columnar,
         )
     if args.json:
         print(json.dumps(result))

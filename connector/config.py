@@ -160,6 +160,9 @@ def _check_url_port(key: str, url: str) -> None:
 
 class StateConfig(_Section):
     url: str = "sqlite:///lifecycle.db"
+    columnar: bool = Field(True, description="the recompute reads a Parquet copy of the mirror (connector.store.columnar)")
+    columnar_dir: str | None = Field(None, description="folder of that copy; default: next to an SQLite file, "
+                                                       "or the user's cache folder for PostgreSQL")
 
 
 class PredictionsConfig(_Section):

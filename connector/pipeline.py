@@ -164,7 +164,8 @@ def write_tags(config: LoadedConfig, store: StateStore, computation: Computation
 
 
 def open_store(config: LoadedConfig) -> StateStore:
-    return StateStore.open(config.state_url, config.crm.name)
+    state = config.settings.state
+    return StateStore.open(config.state_url, config.crm.name, columnar=state.columnar, columnar_dir=state.columnar_dir)
 
 
 def compute(

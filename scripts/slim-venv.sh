@@ -4,9 +4,10 @@
 #
 # * pip, setuptools and wheel (nothing is installed at run time), bytecode caches (the image runs with
 #   PYTHONDONTWRITEBYTECODE), test suites and C headers/sources shipped inside wheels;
-# * pyarrow's Flight, S3/GCS/Azure/HDFS filesystems and C++ test module (connectorx hands polars its
-#   Arrow tables in memory; no file system or RPC is used); its three identical libarrow_python copies
-#   become one file and two links;
+# * when the fast extra is installed: pyarrow's Flight, S3/GCS/Azure/HDFS filesystems and C++ test module
+#   (connectorx hands polars its Arrow tables in memory; no file system or RPC is used); its three
+#   identical libarrow_python copies become one file and two links;
+# * Babel's locale data other than English and Russian;
 # * phonenumbers' geocoding data (adapters/ads/normalize.py parses and formats numbers only);
 # * symbols in shared libraries (strip --strip-unneeded, when binutils is there), except the ones
 #   auditwheel bundled.
@@ -34,6 +35,11 @@ if [ -d "$site/pyarrow" ]; then
   cd - >/dev/null
 fi
 rm -rf "$site/phonenumbers/geodata"
+# Babel's CLDR data for the two languages the dashboard speaks (and root, which every locale inherits from)
+if [ -d "$site/babel/locale-data" ]; then
+  find "$site/babel/locale-data" -name '*.dat' ! -name 'root.dat' ! -name 'en.dat' ! -name 'en_*.dat' \
+    ! -name 'ru.dat' ! -name 'ru_*.dat' -delete
+fi
 if command -v strip >/dev/null; then
   # not the libraries auditwheel bundled in <package>.libs/: patchelf rewrote them, and strip would break
   # their program headers ("ELF load command address/offset not page-aligned")
@@ -41,4 +47,5 @@ if command -v strip >/dev/null; then
     -exec strip --strip-unneeded {} + 2>/dev/null || true
 fi
 # what is left must still import
-"$py" -c 'import polars, pyarrow, connectorx, sqlalchemy, psycopg, phonenumbers, pydantic, aiohttp, rich, lark'
+"$py" -c 'import polars, sqlalchemy, psycopg, phonenumbers, pydantic, aiohttp, rich, lark
+from babel.numbers import format_decimal; format_decimal(1234.5, locale="ru"); format_decimal(1234.5, locale="en")'

@@ -28,6 +28,7 @@ from connector.store import migrate as _migrate
 from connector.store.audiences import Audiences
 from connector.store.base import CHUNK, Part, chunks, now, upsert, write_lock
 from connector.store.cards import CustomerCards
+from connector.store.columnar import ColumnarMirror, default_folder
 from connector.store.frames import Frames, connectorx_uri
 from connector.store.ledger import Ledger, LedgerHistory, LedgerRow
 from connector.store.locks import Locks
@@ -49,6 +50,7 @@ from connector.store.schema import (
     membership_events,
     meta_table,
     metadata,
+    mirror_state,
     model_fits,
     oauth_tokens,
     runs,
@@ -60,7 +62,7 @@ __all__ = [
     "CHUNK", "HEAD", "MIGRATION_LOCK_KEY", "SCHEMA_VERSION", "CustomerCards", "LedgerHistory", "LedgerRow",
     "NewerStoreError", "StateStore", "StateUrlError", "actions", "audience_hashes", "audience_members",
     "audiences_table", "cursors", "customers", "deals", "locks", "membership", "membership_events", "meta_table",
-    "metadata", "model_fits", "oauth_tokens", "runs", "segments",
+    "metadata", "mirror_state", "model_fits", "oauth_tokens", "runs", "segments",
 ]
 
 # names the single-module store had, for code written against it
@@ -93,12 +95,16 @@ class StateStore:
         self.models_part = ModelFits(engine, portal)
 
     @classmethod
-    def open(cls, url: str, portal: str) -> StateStore:
+    def open(cls, url: str, portal: str, *, columnar: bool = True, columnar_dir: str | Path | None = None) -> StateStore:
         """Open (and upgrade) the store; a URL that cannot work is a :class:`StateUrlError` saying what
-        to fix in ``[state] url``, never a driver traceback."""
+        to fix in ``[state] url``, never a driver traceback. ``columnar``: the recompute reads the mirror from
+        its columnar copy (connector.store.columnar), kept in ``columnar_dir`` or the default folder."""
         sa_url = _checked_url(url)
         try:
             store = cls._open(sa_url, portal)
+            if columnar:
+                folder = Path(columnar_dir) if columnar_dir else default_folder(sa_url)
+                store.frames_part.columnar = ColumnarMirror(store.engine, portal, folder, store.frames_part.read_frame)
         except StateUrlError:
             raise
         except (sa.exc.SQLAlchemyError, OSError, ImportError, ValueError) as exc:

@@ -218,3 +218,13 @@ portals = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+mirror_state = sa.Table(
+    "mirror_state",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    # set by triggers on every insert, update or delete of the portal's customers or deals (revision 0006);
+    # cleared with a new token when connector.store.columnar rebuilds its copy
+    sa.Column("dirty", sa.Boolean, nullable=False),
+    sa.Column("token", sa.String(64), nullable=False),  # names the columnar copy that matches the mirror
+)
