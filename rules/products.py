@@ -39,7 +39,7 @@ from rules.features import local_date
 
 __all__ = [
     "PRODUCT_FUNCTIONS", "SECTION_PREFIX", "TODAY_COLUMN", "KNOWN_COLUMN", "ProductCall", "ProductCatalogue",
-    "product_columns", "add_rule_inputs",
+    "product_columns", "add_rule_inputs", "match_expr",
 ]
 
 # function -> (result type, accepts within_days)
@@ -139,6 +139,11 @@ class ProductCatalogue:
             by_norm.setdefault(normalise(item), item)
         found = [by_norm[m] for m in difflib.get_close_matches(normalise(call.key), list(by_norm), n=n, cutoff=0.6)]
         return [SECTION_PREFIX + f for f in found] if call.is_section else found
+
+
+def match_expr(call: ProductCall) -> pl.Expr:
+    """True on the product rows the call's product (id, name or section) names."""
+    return _match(call)
 
 
 def _match(call: ProductCall) -> pl.Expr:

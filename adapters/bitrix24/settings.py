@@ -31,6 +31,7 @@ class Bitrix24Settings:
     reconcile_hours: float = 24
     tag_field: str = "UF_CRM_LIFECYCLE"  # the multiple enumeration user field holding the segments
     tag_field_label: str = "Lifecycle segments"
+    products: bool = False  # pull deal product rows (the connector sets it when rules or cycles use products)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@
   the moment the run started and never depends on this machine's clock.
 * Deletions: every ``reconcile_hours`` the ids alone are listed (``select=[ID]``) and compared with the
   mirror; ids gone from the portal are deleted from the mirror.
+* Products (``products`` set): the product rows of won deals (recurring-deal templates, ``IS_RECURRING``
+  "Y", left out) through batches of ``crm.item.productrow.list`` (adapters/bitrix24/products.py): after
+  a full pull, or the first pull with products, for every won deal; after that only for the deals the
+  pull brought back (changed ones). Their stored rows are replaced; a deleted deal's rows go with it.
 * OAuth: the access token is refreshed on 401 ``expired_token``; the rotated refresh token is written to
   the state store before it is used (docs settings/oauth/auto-renewal.md: every refresh issues a new one).
 """
@@ -26,6 +30,7 @@ from adapters.progress import or_none
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.mapping import DEAL_SELECT, MappingError, UserField, to_customer, to_deal, user_field_map
 from adapters.bitrix24.paging import iter_pages
+from adapters.bitrix24.products import fetch_catalogue, fetch_rows, to_rows
 from adapters.bitrix24.settings import ENTITIES, Bitrix24Settings
 
 MAX_REFRESHES_PER_RUN = 5
@@ -135,16 +140,24 @@ class Bitrix24Source:
             started = client.server_time or datetime.now().astimezone().isoformat(timespec="seconds")
             filters = {} if since is None else {">=DATE_MODIFY": _shift(since, crm.overlap_minutes)}
             select = [*self.kind.select, self.field]
+            deal_select = [*DEAL_SELECT, "IS_RECURRING"] if crm.products else DEAL_SELECT
             jobs = [
                 _collect(iter_pages(client, f"{prefix}.list", select, filters), progress.stage(f"pull {self.entity}s")),
-                _collect(iter_pages(client, "crm.deal.list", DEAL_SELECT, filters), progress.stage("pull deals")),
+                _collect(iter_pages(client, "crm.deal.list", deal_select, filters), progress.stage("pull deals")),
             ]
             reconcile = since is not None and time.time() - reconciled >= crm.reconcile_hours * 3600
             if reconcile:
                 jobs += [_collect(iter_pages(client, f"{prefix}.list", ["ID"])), _collect(iter_pages(client, "crm.deal.list", ["ID"]))]
             pages = await asyncio.gather(*jobs)
+            products = None
+            if crm.products:
+                before = client.requests
+                products = await self._products(client, pages[1], since is None, progress)
+                product_requests = client.requests - before
             requests = client.requests
         customers, deals, errors = self._map(pages[0], pages[1], fields_map, prefix)
+        if products is not None:
+            errors = errors + products[2]
         result_cursors = {"modified_since": started}
         deleted_c: frozenset[tuple[Entity, int]] = frozenset()
         deleted_d: frozenset[int] = frozenset()
@@ -168,7 +181,23 @@ class Bitrix24Source:
             deleted_deal_ids=deleted_d,
             cursors=result_cursors,
             requests=requests,
+            **({} if products is None else {"product_rows": products[0], "product_deals": products[1],
+                                            "product_requests": product_requests}),
         )
+
+    async def _products(self, client: Bitrix24Client, deal_rows: list[dict], full: bool, progress: Any
+                        ) -> tuple[list, frozenset[int], list[RowError]]:
+        """Rows of the won deals to read now, and the deals whose stored rows they replace."""
+        pulled = {i: r for r in deal_rows if (i := _row_id(r)) is not None}
+        won = {i for i, r in pulled.items() if r.get("STAGE_SEMANTIC_ID") == "S" and r.get("IS_RECURRING") != "Y"}
+        if not full and not self.store.products_pulled():  # products were just switched on: read them all once
+            won |= self.store.won_deal_ids() - set(pulled)
+        replaced = frozenset(won | set(pulled))
+        raw = await fetch_rows(client, won, progress.stage("pull product rows"))
+        catalogue = await fetch_catalogue(client, {int(r["productId"]) for r in raw
+                                                   if str(r.get("productId", "")).isdigit()})
+        rows, errors = to_rows(raw, catalogue)
+        return [r for r in rows if r.deal_id in won], replaced, errors
 
     def _map(self, customer_rows: list[dict], deal_rows: list[dict], fields_map: dict[str, UserField], prefix: str
              ) -> tuple[list[Customer], list[Deal], list[RowError]]:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from adapters.base import Entity
 from connector.store.base import Part, SQLITE_IO
 from connector.store.cards import CARD_SCHEMA
-from connector.store.schema import customers, deals, membership, membership_events
+from connector.store.schema import customers, deals, membership, membership_events, product_rows
 
 
 def connectorx_uri(url: sa.URL) -> str:
@@ -85,6 +85,28 @@ class Frames(Part):
                 "closed_ts": pl.Int64,
             },
         )
+
+    def products_frame(self, entity: Entity) -> pl.DataFrame:
+        """Product rows of won deals with the deal's customer and close moment (rules.products' input)."""
+        link = deals.c.contact_id if entity == "contact" else deals.c.company_id
+        query = sa.select(
+            link, product_rows.c.deal_id, product_rows.c.product_id, product_rows.c.product_name, product_rows.c.section,
+            product_rows.c.quantity, product_rows.c.price, deals.c.closed_ts,
+        ).select_from(product_rows.join(deals, sa.and_(deals.c.portal == product_rows.c.portal,
+                                                       deals.c.id == product_rows.c.deal_id))
+        ).where(product_rows.c.portal == self.portal, deals.c.status == "won")
+        return self.read_frame(query, {"customer_id": pl.Int64, "deal_id": pl.Int64, "product_id": pl.String,
+                                       "product_name": pl.String, "section": pl.String, "quantity": pl.Float64,
+                                       "price": pl.Float64, "closed_ts": pl.Int64})
+
+    def product_rows_frame(self) -> pl.DataFrame:
+        """Every stored product row, as pulled (tests and exports)."""
+        query = sa.select(product_rows.c.deal_id, product_rows.c.line, product_rows.c.product_id,
+                          product_rows.c.product_name, product_rows.c.section, product_rows.c.sku,
+                          product_rows.c.quantity, product_rows.c.price).where(product_rows.c.portal == self.portal)
+        return self.read_frame(query, {"deal_id": pl.Int64, "line": pl.Int64, "product_id": pl.String,
+                                       "product_name": pl.String, "section": pl.String, "sku": pl.String,
+                                       "quantity": pl.Float64, "price": pl.Float64})
 
     def membership_frame(self) -> pl.DataFrame:
         query = sa.select(membership.c.segment, membership.c.customer_id).where(membership.c.portal == self.portal)

@@ -60,6 +60,20 @@ deals = sa.Table(
     sa.Column("closed_ts", sa.BigInteger),
 )
 
+product_rows = sa.Table(
+    "product_rows",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("deal_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("line", sa.BigInteger, primary_key=True, autoincrement=False),  # the CRM's row id or position
+    sa.Column("product_id", sa.String(64)),  # the catalogue's id as text; None: a free-text line
+    sa.Column("product_name", sa.Text),
+    sa.Column("section", sa.Text),
+    sa.Column("sku", sa.String(128)),
+    sa.Column("quantity", sa.Float, nullable=False),
+    sa.Column("price", sa.Float),  # unit price after discounts (amoCRM: the catalogue price)
+)
+
 segments = sa.Table(
     "segments",
     metadata,
