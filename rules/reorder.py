@@ -15,11 +15,11 @@ For each customer and cycle, from the product rows of won deals dated on or befo
 * the window: from ``D - remind_before_days`` until ``D + max_overdue_days`` (default: one more cycle
   length); after that the customer has lapsed, and the cycle stops asking about it.
 
-The features describe one product per customer: among the cycles whose window is open on ``as_of`` the
-one with the earliest due date (ties: the first ``[[product_cycle]]``), else among those not yet lapsed
-the earliest due date. ``reorder_product`` is the product's name (of the customer's last row of it),
+The features describe one product per customer: of the cycles not yet lapsed, the one with the earliest
+due date (ties: the first ``[[product_cycle]]``), so a customer due for two products hears about the
+earlier one. ``reorder_product`` is the product's name (of the customer's last row of it),
 ``reorder_due_date`` the due date, ``reorder_overdue_days`` = ``as_of - D`` (negative: days left). The
-preset segment ``reorder.due`` holds the customers whose window is open. A reorder moves ``L``, so the
+preset segment ``reorder.due`` holds the customers with at least one open window. A reorder moves ``L``, so the
 customer leaves the segment until the next cycle's window opens: a campaign on ``reorder.due`` reminds
 once per cycle and never again after the customer bought.
 """
@@ -145,8 +145,9 @@ def add_reorder_features(features: pl.DataFrame, rows: pl.DataFrame | None, cycl
         reports.append(CycleReport(cycle.product, cycle.cycle_days, round(length, 1), observations, int(counted), int(due_now)))
     if not parts:
         return features.with_columns(empty), reports
-    picked = (pl.concat(parts).sort("customer_id", pl.col("_open").not_(), "_due", "_cycle")
-              .group_by("customer_id", maintain_order=True).first()
+    picked = (pl.concat(parts).sort("customer_id", "_due", "_cycle")
+              .group_by("customer_id", maintain_order=True)
+              .agg(pl.col("_name").first(), pl.col("_due").first(), pl.col("_open").any())
               .select(pl.col("customer_id").alias("id"),
                       pl.col("_name").alias("reorder_product"),
                       pl.col("_due").cast(pl.Int32).cast(pl.Date).alias("reorder_due_date"),
