@@ -326,3 +326,19 @@ def pl_col_id(value: int):
     import polars as pl
 
     return pl.col("id") == value
+
+
+def test_the_commented_products_example_is_valid_when_uncommented(tmp_path):
+    from tests.conftest import ROOT
+
+    text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    block = text[text.index("# --- Products"):text.index("# --- Campaigns")].splitlines()[1:]
+    toml = [line[2:] for line in block if line.startswith("# ") and (line[2:].startswith("[") or " = " in line)]
+    path = tmp_path / "lifecycle.toml"
+    path.write_text('[crm]\nkind = "bitrix24"\nwebhook_url = "https://example.bitrix24.ru/rest/1/x/"\n' + "\n".join(toml),
+                    encoding="utf-8")
+    loaded = load_config(path)
+    cycle = loaded.settings.product_cycle[0]
+    assert (cycle.cycle_days, cycle.remind_before_days, cycle.units_per_cycle, cycle.max_overdue_days) == (30, 5, 1, 30)
+    assert "reorder.due" in loaded.rules.segment_names and loaded.rules.uses_products
+    assert [c.segment for c in loaded.settings.campaign] == ["reorder.due"]
