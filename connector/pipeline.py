@@ -125,9 +125,10 @@ def compute(
         stored = store.membership_frame() if stored is None else stored
         for name in frozen_names:
             frozen[name] = stored.filter(pl.col("segment") == name).get_column("customer_id")
+    deals_frame = store.deals_frame()
     features, stats = compute_features(
         store.customers_frame(crm.customer) if cards is None else cards.features_frame(),
-        store.deals_frame(),
+        deals_frame,
         as_of=as_of,
         timezone=crm.timezone,
         customer=crm.customer,
@@ -138,7 +139,8 @@ def compute(
     from connector.predictions import add_predictions
 
     features, predictions = add_predictions(store, config, features, as_of, refit=refit, run_id=run_id)
-    products = _product_rows(store, config)
+    products = _product_rows(store, config, deals_frame)
+    del deals_frame
     cycles: list = []
     if engine.cycles:
         from rules.reorder import DUE_COLUMN, add_reorder_features
@@ -176,17 +178,17 @@ def compute(
 _WARNED: set[str] = set()
 
 
-def _product_rows(store: StateStore, config: LoadedConfig) -> pl.DataFrame | None:
+def _product_rows(store: StateStore, config: LoadedConfig, deals_frame: pl.DataFrame | None = None) -> pl.DataFrame | None:
     """Product rows of won deals when the rules use them and they were pulled (else None: unknown). Products
     the rules or cycles name that the rows never mention are logged once each, with near matches."""
     engine: SegmentEngine = config.rules
     if not engine.uses_products or not store.products_pulled():
         return None
-    rows = store.products_frame(config.crm.customer)
+    rows = store.products_frame(config.crm.customer, deals_frame)
     from rules.language import product_warnings
     from rules.products import ProductCall, ProductCatalogue
 
-    catalogue = ProductCatalogue.from_rows(rows)
+    catalogue = ProductCatalogue.from_rows(rows.select("product_id", "product_name", "section").unique())
     warnings = product_warnings({c.name: c.rule for c in engine.custom}, catalogue)
     for cycle in engine.cycles:
         call = ProductCall("bought", cycle.product)

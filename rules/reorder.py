@@ -34,7 +34,7 @@ from typing import Protocol
 import polars as pl
 
 from rules.features import local_date
-from rules.products import ProductCall, match_expr
+from rules.products import Lookup, ProductCall, match_expr
 
 REORDER_FEATURES: dict[str, str] = {
     "reorder_product": "string",
@@ -85,7 +85,8 @@ def _prepared(rows: pl.DataFrame, as_of: date, timezone: str) -> pl.LazyFrame:
 def learned_cycle(rows: pl.DataFrame, product: str, *, as_of: date, timezone: str = "UTC") -> tuple[float | None, int]:
     """(median gap in days, number of gaps) between consecutive distinct purchase days of ``product`` per
     customer, pooled over customers; (None, 0) without any gap."""
-    gaps = (_prepared(rows, as_of, timezone).filter(match_expr(ProductCall("bought", product)).fill_null(False))
+    gaps = (_prepared(rows, as_of, timezone)
+            .filter(match_expr(ProductCall("bought", product), Lookup.of(rows)).fill_null(False))
             .select("customer_id", "_day").unique().sort("customer_id", "_day")
             .select((pl.col("_day") - pl.col("_day").shift(1)).over("customer_id").alias("gap"))
             .drop_nulls().collect())
@@ -108,6 +109,7 @@ def add_reorder_features(features: pl.DataFrame, rows: pl.DataFrame | None, cycl
     as_of_day = (as_of - date(1970, 1, 1)).days
     base = _prepared(rows, as_of, timezone).with_columns(
         pl.col("quantity").cast(pl.Float64).fill_null(1.0).alias("_qty")).collect()
+    lookup = Lookup.of(base)
     parts: list[pl.LazyFrame] = []
     reports: list[CycleReport] = []
     for index, cycle in enumerate(cycles):
@@ -117,7 +119,7 @@ def add_reorder_features(features: pl.DataFrame, rows: pl.DataFrame | None, cycl
             length = days if observations >= min_observations else None
         else:
             length = float(cycle.cycle_days)
-        matched = base.lazy().filter(match_expr(ProductCall("bought", cycle.product)).fill_null(False))
+        matched = base.lazy().filter(match_expr(ProductCall("bought", cycle.product), lookup).fill_null(False))
         if length is None:
             customers = matched.select(pl.col("customer_id").n_unique()).collect().item()
             reports.append(CycleReport(cycle.product, cycle.cycle_days, None, observations, int(customers), 0))

@@ -52,6 +52,7 @@ from connector.store.schema import (
     model_fits,
     oauth_tokens,
     product_rows,
+    products,
     runs,
     segments,
 )

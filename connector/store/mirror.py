@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -10,10 +11,16 @@ import sqlalchemy as sa
 
 from adapters.base import Customer, Deal, Entity, ProductRow, PullResult
 from connector.store.base import Part, chunks, now, upsert
-from connector.store.schema import cursors, customers, deals, product_rows
+from connector.store.schema import cursors, customers, deals, product_rows, products
 from connector.store.tokens import save_cursors
 
 PRODUCTS_CURSOR = "products_pulled_at"  # set once product rows were pulled: product rules may use them
+
+
+def product_key(row: ProductRow) -> int:
+    """The ``products.key`` of what a row names: a stable 63-bit hash of (id, name, section, SKU)."""
+    text = json.dumps([row.product_id, row.product_name, row.section, row.sku], ensure_ascii=False)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
 class Mirror(Part):
@@ -80,7 +87,16 @@ class Mirror(Part):
             conn.execute(sa.delete(product_rows).where(product_rows.c.portal == self.portal,
                                                        product_rows.c.deal_id.in_(part)))
         keep = set(replaced)
-        rows = {(r.deal_id, r.line): self._product_row(r) for r in pull.product_rows if r.deal_id in keep}
+        rows: dict[tuple[int, int], dict[str, Any]] = {}
+        kinds: dict[int, dict[str, Any]] = {}
+        for r in pull.product_rows:
+            if r.deal_id in keep:
+                key = product_key(r)
+                kinds.setdefault(key, {"portal": self.portal, "key": key, "product_id": r.product_id,
+                                       "product_name": r.product_name, "section": r.section, "sku": r.sku})
+                rows[(r.deal_id, r.line)] = {"portal": self.portal, "deal_id": r.deal_id, "line": r.line,
+                                             "product_key": key, "quantity": r.quantity, "price": r.price}
+        upsert(conn, products, list(kinds.values()))
         for part in chunks(list(rows.values()), 20_000):
             conn.execute(sa.insert(product_rows), list(part))
         if pull.snapshot:  # rows of deals no longer in the mirror (a snapshot deleted them above)
@@ -88,11 +104,6 @@ class Mirror(Part):
                 product_rows.c.portal == self.portal,
                 ~product_rows.c.deal_id.in_(sa.select(deals.c.id).where(deals.c.portal == self.portal))))
         return len(rows)
-
-    def _product_row(self, r: ProductRow) -> dict[str, Any]:
-        return {"portal": self.portal, "deal_id": r.deal_id, "line": r.line, "product_id": r.product_id,
-                "product_name": r.product_name, "section": r.section, "sku": r.sku, "quantity": r.quantity,
-                "price": r.price}
 
     def products_pulled(self) -> bool:
         with self.engine.connect() as conn:

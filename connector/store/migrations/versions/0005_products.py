@@ -1,4 +1,4 @@
-"""Product rows of deals in the mirror (issue 17): what each deal contained, for product rules and cycles.
+"""Product rows of deals in the mirror and the products they name (issue 17), for product rules and cycles.
 
 Revision ID: 0005_products
 Revises: 0004
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from connector.store.schema import product_rows
+from connector.store.schema import product_rows, products
 
 revision = "0005_products"
 down_revision = "0004"
@@ -17,6 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    products.create(op.get_bind(), checkfirst=True)
     product_rows.create(op.get_bind(), checkfirst=True)
 
 
