@@ -159,7 +159,7 @@ class PullResult:
     # read in full; their stored rows are replaced by ``product_rows`` (none: the deal has no rows now).
     product_rows: list[ProductRow] | None = None
     product_deals: frozenset[int] = frozenset()
-    product_requests: int = 0  # of ``requests``: those that read product rows and the catalogue
+    product_requests: int = 0  # of ``requests``: those that read product rows (a catalogue's few not counted)
 
 
 @dataclass

@@ -122,8 +122,9 @@ class RowBatches:
         return out
 
 
-async def fetch_rows(client: Bitrix24Client, deal_ids: Iterable[int], stage: Any = None) -> list[dict[str, Any]]:
-    """Every product row of these deals (raw camelCase rows)."""
+async def fetch_rows(client: Bitrix24Client, deal_ids: Iterable[int], stage: Any = None
+                     ) -> tuple[list[dict[str, Any]], int]:
+    """Every product row of these deals (raw camelCase rows), and the batch requests it took."""
     plan = RowBatches(deal_ids)
     rows: list[dict[str, Any]] = []
     while (commands := plan.next_request()) is not None:
@@ -136,7 +137,7 @@ async def fetch_rows(client: Bitrix24Client, deal_ids: Iterable[int], stage: Any
             await client.wait_for_operating(METHOD)
     if stage is not None:
         stage.done()
-    return rows
+    return rows, plan.batches
 
 
 @dataclass(frozen=True)

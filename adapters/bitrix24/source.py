@@ -151,9 +151,8 @@ class Bitrix24Source:
             pages = await asyncio.gather(*jobs)
             products = None
             if crm.products:
-                before = client.requests
                 products = await self._products(client, pages[1], since is None, progress)
-                product_requests = client.requests - before
+                product_requests = products[3]
             requests = client.requests
         customers, deals, errors = self._map(pages[0], pages[1], fields_map, prefix)
         if products is not None:
@@ -186,18 +185,19 @@ class Bitrix24Source:
         )
 
     async def _products(self, client: Bitrix24Client, deal_rows: list[dict], full: bool, progress: Any
-                        ) -> tuple[list, frozenset[int], list[RowError]]:
-        """Rows of the won deals to read now, and the deals whose stored rows they replace."""
+                        ) -> tuple[list, frozenset[int], list[RowError], int]:
+        """Rows of the won deals to read now, the deals whose stored rows they replace, the rows that could
+        not be read, and the batch requests the rows took (the catalogue's few requests not counted)."""
         pulled = {i: r for r in deal_rows if (i := _row_id(r)) is not None}
         won = {i for i, r in pulled.items() if r.get("STAGE_SEMANTIC_ID") == "S" and r.get("IS_RECURRING") != "Y"}
         if not full and not self.store.products_pulled():  # products were just switched on: read them all once
             won |= self.store.won_deal_ids() - set(pulled)
         replaced = frozenset(won | set(pulled))
-        raw = await fetch_rows(client, won, progress.stage("pull product rows"))
+        raw, batches = await fetch_rows(client, won, progress.stage("pull product rows"))
         catalogue = await fetch_catalogue(client, {int(r["productId"]) for r in raw
                                                    if str(r.get("productId", "")).isdigit()})
         rows, errors = to_rows(raw, catalogue)
-        return [r for r in rows if r.deal_id in won], replaced, errors
+        return [r for r in rows if r.deal_id in won], replaced, errors, batches
 
     def _map(self, customer_rows: list[dict], deal_rows: list[dict], fields_map: dict[str, UserField], prefix: str
              ) -> tuple[list[Customer], list[Deal], list[RowError]]:
