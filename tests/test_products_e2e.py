@@ -342,3 +342,33 @@ def test_the_commented_products_example_is_valid_when_uncommented(tmp_path):
     assert (cycle.cycle_days, cycle.remind_before_days, cycle.units_per_cycle, cycle.max_overdue_days) == (30, 5, 1, 30)
     assert "reorder.due" in loaded.rules.segment_names and loaded.rules.uses_products
     assert [c.segment for c in loaded.settings.campaign] == ["reorder.due"]
+
+
+def test_csv_deal_products_replace_rows_and_report_malformed_lines(tmp_path):
+    from adapters.csv_files import CsvSource
+
+    crm = tmp_path / "crm"
+    crm.mkdir()
+    (crm / "contacts.csv").write_text("id,name\n1,A\n2,B\n", encoding="utf-8")
+    (crm / "deals.csv").write_text("id,contact_id,status,amount,closed_at\n10,1,won,100,2026-05-01\n11,2,won,50,2026-05-20\n",
+                                   encoding="utf-8")
+    (crm / "deal_products.csv").write_text(
+        "deal_id,product_id,product_name,quantity,price,section\n"
+        "10,101,Lenses,2,45,Optics\n10,,Gift wrap,,5,\n11,101,Lenses,abc,45,Optics\n11,,,1,1,\n99,101,Lenses,1,45,Optics\n",
+        encoding="utf-8")
+    pull = CsvSource(crm, timezone="Europe/Moscow").pull()
+    assert [(r.deal_id, r.product_id, r.product_name, r.quantity, r.price, r.section) for r in pull.product_rows] == [
+        (10, "101", "Lenses", 2.0, 45.0, "Optics"), (10, None, "Gift wrap", 1.0, 5.0, None)]  # deal 99 is unknown
+    assert [(e.file, e.line, e.column) for e in pull.errors] == [
+        ("deal_products.csv", 4, "quantity"), ("deal_products.csv", 5, "product_id")]
+    path = tmp_path / "lifecycle.toml"
+    path.write_text(f'[crm]\nkind = "csv"\npath = "{crm}"\n[state]\nurl = "sqlite:///{tmp_path / "s.db"}"\n'
+                    '[[segment]]\nname = "optics"\nwhen = \'spent_on("section:optics") == 90\'\n', encoding="utf-8")
+    config = load_config(path)
+    result = sync(config, as_of=date(2026, 6, 1))
+    assert result.computation.members("optics") == [1]
+    # the file changes: deal 10's rows are replaced by the file's, none are kept from before
+    (crm / "deal_products.csv").write_text("deal_id,product_id,product_name,quantity,price\n11,101,Lenses,1,45\n",
+                                           encoding="utf-8")
+    sync(config, as_of=date(2026, 6, 1))
+    assert {(r[0], r[2]) for r in stored_rows(config)} == {(11, "101")}
