@@ -372,3 +372,15 @@ def test_csv_deal_products_replace_rows_and_report_malformed_lines(tmp_path):
                                            encoding="utf-8")
     sync(config, as_of=date(2026, 6, 1))
     assert {(r[0], r[2]) for r in stored_rows(config)} == {(11, "101")}
+
+
+def test_row_batches_skip_a_single_deal_the_portal_no_longer_shows():
+    plan = RowBatches([7])
+    first = plan.next_request()
+    assert plan.feed({}, {"r0": {"error": "ACCESS_DENIED", "error_description": "Access denied"}}) == []
+    assert plan.skipped == [7] and plan.next_request() is None
+    two = RowBatches([1, 2])
+    two.next_request()
+    with pytest.raises(Exception, match="ACCESS_DENIED"):
+        two.feed({}, {"r0": {"error": "ACCESS_DENIED", "error_description": "Access denied"}})
+    assert first is not None

@@ -67,6 +67,7 @@ class RowBatches:
         self.stalls = 0
         self.batches = 0
         self.rows = 0
+        self.skipped: list[int] = []  # deals the portal would not show (deleted since they were listed)
 
     @property
     def per_command(self) -> int:
@@ -105,6 +106,9 @@ class RowBatches:
                     self.more.append(command)
                     continue
                 detail = (errors.get(key) or {}).get("error_description", "") if isinstance(errors.get(key), dict) else ""
+                if len(command.deals) == 1 and decision.code.upper() in ("ACCESS_DENIED", "NOT_FOUND"):
+                    self.skipped.append(command.deals[0])  # one deal, deleted since it was listed (or hidden)
+                    continue
                 raise BitrixError(f"Bitrix24 {METHOD}: {decision.code or 'error'}: {detail}")
             if command.start == 0:
                 self.deals_asked += len(command.deals)
