@@ -235,7 +235,9 @@ def test_bought_within_days_at_the_boundaries_and_purchases_after_as_of_ignored(
         rules = (
             '[[segment]]\nname = "recent"\nwhen = \'bought("test LENSES 30", within_days=30)\'\n'
             '[[segment]]\nname = "since"\nwhen = \'days_since_bought("Test lenses 30") >= 30\'\n'
-            '[[segment]]\nname = "twice"\nwhen = \'times_bought("Test lenses 30") == 1 and spent_on("Test lenses 30") == 1000\'\n')
+            '[[segment]]\nname = "twice"\nwhen = \'times_bought("Test lenses 30") == 1 and spent_on("Test lenses 30") == 1000\'\n'
+            '[[segment]]\nname = "window"\nwhen = \'times_bought("Test lenses 30", within_days=30) + '
+            'spent_on("Test lenses 30", within_days=30) / 1000 == 2\'\n')
         config = load_config(bitrix_config(tmp_path, portal, rules))
         sync(config, as_of=AS_OF)
         store = open_store(config)
@@ -247,6 +249,7 @@ def test_bought_within_days_at_the_boundaries_and_purchases_after_as_of_ignored(
         assert set(result.members("recent")) == {who["n_minus_1"], who["n"]}
         assert set(result.members("since")) == {who["n"], who["n_plus_1"]}
         assert set(result.members("twice")) == {who["n_minus_1"], who["n"], who["n_plus_1"]}  # "after" not yet
+        assert set(result.members("window")) == {who["n_minus_1"], who["n"]}
         assert set(later.members("recent")) == {who["n_minus_1"], who["after"]}
 
 
