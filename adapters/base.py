@@ -105,6 +105,24 @@ class Deal:
 
 
 @dataclass(frozen=True, slots=True)
+class ProductRow:
+    """One product line of a deal: what was bought, how many, at what unit price (after discounts).
+
+    ``line`` orders a deal's rows (the CRM's row id, or the position in the deal); ``product_id`` is the
+    catalogue's id as text (None: a free-text line not from the catalogue); ``product_name`` and
+    ``section`` come from the catalogue when the product is in it, else from the row."""
+
+    deal_id: int
+    line: int
+    product_id: str | None
+    product_name: str | None
+    section: str | None = None
+    quantity: float = 1.0
+    price: float | None = None
+    sku: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RowError:
     """A source record that could not be read: where it is and what is wrong with it."""
 
@@ -137,6 +155,11 @@ class PullResult:
     deleted_deal_ids: frozenset[int] = frozenset()
     cursors: dict[str, str] = field(default_factory=dict)  # saved in the same transaction as the data
     requests: int = 0  # HTTP requests the pull made
+    # Product rows (None: products were not pulled). ``product_deals``: the deals whose rows this pull
+    # read in full; their stored rows are replaced by ``product_rows`` (none: the deal has no rows now).
+    product_rows: list[ProductRow] | None = None
+    product_deals: frozenset[int] = frozenset()
+    product_requests: int = 0  # of ``requests``: those that read product rows (a catalogue's few not counted)
 
 
 @dataclass
@@ -181,6 +204,12 @@ class AdapterStore(TokenStore, Protocol):
     def customer_ids(self, entity: Entity) -> set[int]: ...
 
     def deal_ids(self) -> set[int]: ...
+
+    def won_deal_ids(self) -> set[int]: ...
+
+    def products_pulled(self) -> bool:
+        """Whether product rows were ever pulled into the mirror (else the next pull reads them all)."""
+        ...
 
 
 class CrmSource(Protocol):

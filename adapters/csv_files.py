@@ -10,6 +10,11 @@ ASCII-compatible encoding; comma-separated unless ``delimiter`` says otherwise:
   ``won``, ``lost`` or ``open``; a won deal needs ``closed_at``.
 * ``companies.csv`` (optional; required for ``customer = "company"``): ``id,name,...`` with the same
   optional columns as contacts.
+* ``deal_products.csv`` (optional): ``deal_id,product_id,product_name,quantity,price`` and optionally
+  ``section`` and ``sku``; what each deal contained, one line per product. ``deal_id`` and one of
+  ``product_id`` / ``product_name`` are required; ``quantity`` defaults to 1; ``price`` is the unit price.
+  When the file is there, the rows of every deal are replaced by the file's (a deal missing from it has
+  none); without it, product rows are not known.
 
 Only ``id`` is a required column (plus ``status`` for deals). Ids are positive integers up to 2**63-1, as
 in Bitrix24 and amoCRM. Dates are ISO 8601: ``2024-05-01``, ``2024-05-01T14:30:00`` (taken in the CRM
@@ -40,6 +45,7 @@ from adapters.base import (
     Customer,
     Deal,
     Entity,
+    ProductRow,
     PullResult,
     RowError,
     valid_amount,
@@ -178,6 +184,12 @@ class CsvSource:
         if not deals_path.exists():
             raise SourceError(f"{deals_path} not found; the CSV source needs it (see README, 'CSV format')")
         deals, kept_deals = self._read_deals(deals_path, errors)
+        products: dict = {}
+        products_path = self.folder / "deal_products.csv"
+        if products_path.exists():
+            every = {d.id for d in deals} | kept_deals
+            rows = [r for r in self._read_products(products_path, errors) if r.deal_id in every]
+            products = {"product_rows": rows, "product_deals": frozenset(every)}
         return PullResult(
             customers=customers,
             deals=deals,
@@ -185,6 +197,7 @@ class CsvSource:
             errors=errors,
             kept_customer_ids=frozenset(kept_customers),
             kept_deal_ids=frozenset(kept_deals),
+            **products,
         )
 
     # -- reading ---------------------------------------------------------------------------------
@@ -347,6 +360,31 @@ class CsvSource:
             out.append(deal)
         kept |= {e.record_id for e in errors[before:] if e.record_id is not None}
         return out, kept
+
+
+    def _read_products(self, path: Path, errors: list[RowError]) -> list[ProductRow]:
+        out: list[ProductRow] = []
+        for line, row in self._rows(path, ("deal_id",), errors):
+            try:
+                deal_id = _positive_int(row["deal_id"], "deal_id", required=True)
+                product_id = _text(row.get("product_id"))
+                name = _text(row.get("product_name"))
+                if product_id is None and name is None:
+                    raise _BadValue("product_id", "product_id and product_name are both empty; give one of them")
+                if product_id is not None and len(product_id) > 64:
+                    raise _BadValue("product_id", f"{product_id[:40]!r}... is longer than 64 characters")
+                quantity_text = (row.get("quantity") or "").strip()
+                quantity = _amount(quantity_text, "quantity") if quantity_text else 1.0
+                price_text = (row.get("price") or "").strip()
+                price = _amount(price_text, "price") if price_text else None
+            except _BadValue as bad:
+                errors.append(RowError(path.name, line, bad.column, str(bad)))
+                continue
+            assert deal_id is not None
+            out.append(ProductRow(deal_id=deal_id, line=line, product_id=product_id, product_name=name,
+                                  section=_text(row.get("section")), quantity=quantity, price=price,
+                                  sku=_text(row.get("sku"))))
+        return out
 
 
 def _readable_id(row: list[str], header: list[str]) -> int | None:

@@ -29,6 +29,13 @@ get_all path (or get_all stopped by a limit); incremental requests proportional 
 lower bound), not to the portal size.
 
     python bench/pull_bitrix24.py --contacts 100000 --deals 300000 --time-scale 20 [--json]
+    python bench/pull_bitrix24.py --contacts 100000 --deals 300000 --products 3 [--no-get-all]
+
+``--products N`` (issue 17): every won deal of the portal gets exactly N product rows (set through the sandbox's
+white-box handle before anything is measured), the adapter pulls product rows too (``[products] pull = true``),
+and the full pull reports the product-row batch requests against their lower bound ``ceil(rows / 2500)`` (a
+batch of 50 ``crm.item.productrow.list`` commands of 50 rows); target: within 1.2x of it, nothing refused.
+The incremental phase then also re-reads the rows of the changed won deals.
 """
 
 from __future__ import annotations
@@ -64,7 +71,36 @@ def lower_bound(records: int) -> int:
     return math.ceil(records / RECORDS_PER_REQUEST)
 
 
-def write_config(folder: Path, webhook_url: str, time_scale: float) -> Path:
+def set_product_rows(portal: Any, per_deal: int, seed: int = 7) -> int:
+    """Exactly ``per_deal`` rows on every won deal, none elsewhere (bench set-up, white-box, not measured)."""
+    from sandbox.bitrix24.products import add_row
+    from sandbox.products import CATALOGUE
+
+    store = portal.portal.store
+    with portal.portal.lock if hasattr(portal.portal, "lock") else _nothing():
+        for row_id in list(store.product_rows.rows):
+            store.product_rows.delete(row_id)
+        store.rows_of_deal.clear()
+        rng = random.Random(seed)
+        count = 0
+        for deal_id, deal in store.tables["deal"].rows.items():
+            if deal.get("STAGE_SEMANTIC_ID") == "S":
+                for _ in range(per_deal):
+                    product = CATALOGUE[rng.randrange(len(CATALOGUE))]
+                    add_row(store, deal_id, product.id, product.name, float(rng.choice((1, 1, 1, 2))), product.price)
+                    count += 1
+    return count
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def write_config(folder: Path, webhook_url: str, time_scale: float, products: bool = False) -> Path:
     path = folder / "bench.toml"
     path.write_text(
         f"""
@@ -77,7 +113,7 @@ overlap_minutes = 0   # the bench measures exactly what changed; the sandbox clo
 reconcile_hours = 24  # the incremental run right after the full one does not list all ids again
 [state]
 url = "sqlite:///{(folder / 'state.db').as_posix()}"
-""",
+""" + ("[products]\npull = true\n" if products else ""),
         encoding="utf-8",
     )
     return path
@@ -137,6 +173,13 @@ def adapter_pull(config: Any, store: Any, portal: Any, time_scale: float) -> tup
         "counters": phase_counters(counters),
         "mirror": mirror,
     }
+    if pull.product_rows is not None:
+        rows = len(pull.product_rows)
+        figures["product_rows"] = rows
+        figures["product_row_requests"] = pull.product_requests
+        figures["product_rows_lower_bound"] = lower_bound(rows)
+        figures["product_rows_ratio"] = round(pull.product_requests / lower_bound(rows), 3) if rows else None
+        figures["product_row_commands"] = figures["counters"]["commands"].get("crm.item.productrow.list", 0)
     # List commands the portal ran vs the pages the chains needed (every full page + one short page per
     # chain): the rest ran after a chain had ended, inside its last batch.
     list_commands = sum(v for k, v in figures["counters"]["commands"].items() if k.endswith(".list") and ".userfield." not in k)
@@ -262,7 +305,7 @@ def _short_error(exc: BaseException) -> str:
 
 
 def run(contacts: int, deals: int, time_scale: float, *, change_share: float = 0.01, seed: int = 7,
-        get_all: bool = True) -> dict[str, Any]:
+        get_all: bool = True, products: int = 0) -> dict[str, Any]:
     result: dict[str, Any] = {
         "portal": {"contacts": contacts, "deals": deals, "time_scale": time_scale, "limits": True,
                    "bucket": f"{BURST} burst, {2 * time_scale:g} req/s wall (2/s portal)",
@@ -272,14 +315,19 @@ def run(contacts: int, deals: int, time_scale: float, *, change_share: float = 0
     with tempfile.TemporaryDirectory(prefix="bench-b24-") as tmp:
         started = time.perf_counter()
         with running_portal(generate=(contacts, deals), time_scale=time_scale, limits=True, seed=seed) as portal:
+            if products:
+                result["portal"]["product_rows"] = set_product_rows(portal, products, seed)
+                result["portal"]["rows_per_won_deal"] = products
             result["portal"]["setup_seconds"] = round(time.perf_counter() - started, 3)
-            config = load_config(write_config(Path(tmp), portal.webhook_url, time_scale))
+            config = load_config(write_config(Path(tmp), portal.webhook_url, time_scale, products=bool(products)))
             store = open_store(config)
             try:
                 # (a) full pull
                 pull, full = adapter_pull(config, store, portal, time_scale)
                 full["lower_bound"] = lower_bound(full["records"])
                 full["request_budget"] = 1.1 * full["lower_bound"] + 10
+                if products:  # plus the product rows' own budget and the catalogue (catalog, 2 section lists, names)
+                    full["request_budget"] += 1.2 * full["product_rows_lower_bound"] + 4
                 result["full"] = full
 
                 # (b) 1 % of the records change in the CRM, then an incremental pull
@@ -332,6 +380,9 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         out["full_faster_than_get_all"] = (not other["complete"]) or full["wall_seconds"] < other["wall_seconds"]
     # Proportional to the changes, not to the portal: within the same budget formula applied to the changed
     # records, every change read, and far fewer requests than the full pull.
+    if "product_rows" in full:
+        out["product_rows_complete"] = full["product_rows"] == result["portal"]["product_rows"]
+        out["product_rows_within_1_2x"] = full["product_row_requests"] <= 1.2 * full["product_rows_lower_bound"]
     out["incremental_within_budget"] = inc["requests"] <= inc["request_budget"]
     out["incremental_no_refusals"] = refused_total(inc) == 0
     out["incremental_reads_all_changes"] = inc["missed_changes"] == 0
@@ -356,16 +407,23 @@ def render(result: dict[str, Any]) -> str:
         "(a) full pull, our adapter",
         f"    records pulled        {full['records']:,} ({full['customers']:,} contacts, {full['deals']:,} deals, {full['row_errors']} row errors)",
         f"    HTTP requests         {full['requests']} (sandbox), {full['adapter_requests']} (adapter)   by URL: {full['counters']['top_level']}",
-        f"    lower bound           {full['lower_bound']} = ceil({full['records']:,} / 2500); budget 1.1x + 10 = {full['request_budget']:.1f}",
+        f"    lower bound           {full['lower_bound']} = ceil({full['records']:,} / 2500); budget 1.1x + 10 = {full['request_budget']:.1f}"
+        + (" (+ 1.2 x the product rows' lower bound + 4 catalogue requests)" if "product_rows" in full else ""),
         f"    list commands         {full['counters']['commands']}; {full['list_commands_after_chain_end']} of {full['list_commands']} ran after a chain had ended",
         f"    wall seconds          {full['wall_seconds']:.2f} pull (bucket floor {full['bucket_floor_seconds']:.2f}) + {full['apply_seconds']:.2f} writing the mirror",
         f"    refused by a limit    {full['refused']}",
+        *([f"    product rows          {full['product_rows']:,} of {p['product_rows']:,} in the portal ({p['rows_per_won_deal']} per won deal); "
+           f"{full['product_row_requests']} batch requests ({full['product_row_commands']:,} crm.item.productrow.list commands) "
+           f"vs lower bound {full['product_rows_lower_bound']} = ceil(rows / 2500): ratio {full['product_rows_ratio']}"]
+          if "product_rows" in full else []),
         "",
         f"(b) incremental pull after {inc['changed']['contacts']:,} contacts + {inc['changed']['deals']:,} deals changed "
         f"({inc['changed']['share']:.0%}; updated in {inc['changed']['update_seconds']:.1f} s, {inc['changed']['update_requests_limits_off']} batch requests, limits off)",
         f"    records read          {inc['records']:,} ({inc['customers']:,} contacts, {inc['deals']:,} deals); "
         f"missed changes {inc['missed_changes']}, unchanged records read {inc['unchanged_records_read']}",
         f"    HTTP requests         {inc['requests']} (sandbox), {inc['adapter_requests']} (adapter)   by URL: {inc['counters']['top_level']}",
+        *([f"    product rows          {inc['product_rows']:,} re-read for the changed won deals in {inc['product_row_requests']} batch requests"]
+          if "product_rows" in inc else []),
         f"    lower bound           {inc['lower_bound']} = ceil({inc['changed']['total']:,} / 2500); ratio {inc['ratio_to_lower_bound']}; "
         f"{t['incremental_share_of_full_requests']:.2%} of the full pull's requests",
         f"    list commands         {inc['counters']['commands']}; {inc['list_commands_after_chain_end']} of {inc['list_commands']} ran after a chain had ended",
@@ -399,6 +457,12 @@ def render(result: dict[str, Any]) -> str:
         f"    full pull: no request refused by a limit           {_yes(t['full_no_refusals'])}",
         f"    full pull read every record                        {_yes(t['full_complete'])}",
     ]
+    if "product_rows_within_1_2x" in t:
+        lines += [
+            f"    product rows: every row read                       {_yes(t['product_rows_complete'])}",
+            f"    product-row requests within 1.2 x lower bound      {_yes(t['product_rows_within_1_2x'])} "
+            f"({full['product_row_requests']} <= {1.2 * full['product_rows_lower_bound']:.1f})",
+        ]
     if "full_faster_than_get_all" in t:
         how = "get_all stopped by a limit" if not other["complete"] else f"{full['wall_seconds']:.2f} s vs {other['wall_seconds']:.2f} s"
         lines.append(f"    full pull faster than get_all                      {_yes(t['full_faster_than_get_all'])} ({how})")
@@ -420,11 +484,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-get-all", action="store_true", help="skip the fast-bitrix24 comparison")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--products", type=int, default=0, metavar="N",
+                        help="give every won deal N product rows and pull them too (issue 17)")
     args = parser.parse_args(argv)
     if args.contacts < 1 or args.deals < 1 or args.time_scale <= 0 or not 0 < args.change_share <= 1:
         parser.error("--contacts and --deals must be >= 1, --time-scale > 0, 0 < --change-share <= 1")
     result = run(args.contacts, args.deals, args.time_scale, change_share=args.change_share, seed=args.seed,
-                 get_all=not args.no_get_all)
+                 get_all=not args.no_get_all, products=args.products)
     print(json.dumps(result, sort_keys=False) if args.json else render(result))
     return 0
 

@@ -1,7 +1,12 @@
 """Benchmark of the segment recompute: synthetic base -> state store -> features -> segments -> diff.
 
     python bench/segments.py --customers 1000000 --deals 5000000 [--json] [--db PATH]
-                             [--as-of YYYY-MM-DD] [--skip-baseline]
+                             [--as-of YYYY-MM-DD] [--skip-baseline] [--product-rows 10000000]
+
+``--product-rows N`` (issue 17) also loads N product rows spread over the won deals (catalogue products of
+sandbox/products.py) and adds product rules and two ``[[product_cycle]]`` entries (one learned), so the timed
+compute reads the rows and evaluates the product functions, the reorder features and ``reorder.due``; those
+segments are not in the pandas baseline and are left out of the comparison.
 
 Steps and what is timed:
 
@@ -53,8 +58,16 @@ PORTAL = "bench"
 INSERT_CHUNK = 100_000
 
 
+PRODUCT_RULES = {
+    "optics_30d": 'bought("section:Оптика", within_days=30)',
+    "coffee_lapsed": 'days_since_bought("109") > 2 * median_gap and times_bought("109") >= 2',
+    "big_on_software": 'spent_on("section:Программы") > 20000 or spent_on("Техподдержка, 1 месяц") / 2 > 4000',
+}
+PRODUCT_CYCLES = (("101", "30"), ("section:Фильтры для воды", '"learn"'))
+
+
 def config_text(crm_dir: Path, db_path: Path, *, timezone: str = TIMEZONE, portal: str = PORTAL,
-                columnar: bool = True) -> str:
+                products: bool = False, columnar: bool = True) -> str:
     q = json.dumps  # a JSON string is a valid TOML basic string
     lines = [
         "[crm]",
@@ -73,7 +86,59 @@ def config_text(crm_dir: Path, db_path: Path, *, timezone: str = TIMEZONE, porta
     ]
     for name, (when, _rule) in baseline.CUSTOM_RULES.items():
         lines += ["", "[[segment]]", f"name = {q(name)}", f"when = {q(when)}"]
+    if products:
+        for name, when in PRODUCT_RULES.items():
+            lines += ["", "[[segment]]", f"name = {q(name)}", f"when = {q(when)}"]
+        for product, days in PRODUCT_CYCLES:
+            lines += ["", "[[product_cycle]]", f"product = {q(product)}", f"cycle_days = {days}"]
     return "\n".join(lines) + "\n"
+
+
+def seed_products(store: StateStore, rows: int, seed: int = 17, chunk: int = INSERT_CHUNK) -> int:
+    """``rows`` product rows over the won deals of the mirror (at least one each while rows last), catalogue
+    products of sandbox/products.py, quantity 1-3, catalogue prices; marks products as pulled."""
+    import numpy as np
+
+    from connector.store.mirror import PRODUCTS_CURSOR
+    from sandbox.products import CATALOGUE
+
+    won = store.read_frame(sa_select_won(store), {"id": pl.Int64}).get_column("id").to_numpy()
+    if not won.size or rows <= 0:
+        return 0
+    rng = np.random.default_rng(seed)
+    per = np.full(won.size, rows // won.size, dtype=np.int64)
+    per[rng.choice(won.size, rows - int(per.sum()), replace=False)] += 1
+    deal = np.repeat(won, per)
+    line = np.arange(1, deal.size + 1, dtype=np.int64)
+    pick = rng.integers(0, len(CATALOGUE), deal.size)
+    prices = np.array([p.price for p in CATALOGUE])
+    from adapters.base import ProductRow
+    from connector.store.mirror import product_key
+
+    keys = np.array([product_key(ProductRow(0, 0, str(p.id), p.name, p.section)) for p in CATALOGUE], dtype=np.int64)
+    kinds = pl.DataFrame({"portal": store.portal, "key": keys, "product_id": [str(p.id) for p in CATALOGUE],
+                          "product_name": [p.name for p in CATALOGUE], "section": [p.section for p in CATALOGUE],
+                          "sku": [p.sku for p in CATALOGUE]})
+    prices = np.array([p.price for p in CATALOGUE])
+    frame = pl.DataFrame({"portal": store.portal, "deal_id": deal, "line": line, "product_key": keys[pick],
+                          "quantity": rng.choice([1.0, 2.0, 3.0], deal.size, p=[0.75, 0.2, 0.05]),
+                          "price": prices[pick]})
+    with store.engine.begin() as conn:
+        for table, data in (("products", kinds), ("product_rows", frame)):
+            sql = f"INSERT INTO {table} ({', '.join(data.columns)}) VALUES ({', '.join('?' * data.width)})"
+            for start in range(0, data.height, chunk):
+                conn.exec_driver_sql(sql, data.slice(start, chunk).rows())
+        conn.exec_driver_sql("INSERT INTO cursors (portal, name, value, updated_at) VALUES (?, ?, ?, ?)",
+                             (store.portal, PRODUCTS_CURSOR, "bench", "2026-01-01 00:00:00"))
+    return int(frame.height)
+
+
+def sa_select_won(store: StateStore):
+    import sqlalchemy as sa
+
+    from connector.store.schema import deals
+
+    return sa.select(deals.c.id).where(deals.c.portal == store.portal, deals.c.status == "won")
 
 
 def seed_store(store: StateStore, customers_df: pl.DataFrame, deals_df: pl.DataFrame, chunk: int = INSERT_CHUNK) -> None:
@@ -158,7 +223,17 @@ def breakdown(store: StateStore, config, as_of: date) -> dict[str, float]:
         customers, deals, as_of=as_of, timezone=crm.timezone, customer=crm.customer, fields=engine.fields
     )
     lap("features")
-    membership = engine.evaluate(features, {})
+    products = None
+    if engine.uses_products:
+        products = store.products_frame(crm.customer, deals)
+        lap("read_products")
+        if engine.cycles:
+            from rules.reorder import add_reorder_features
+
+            features, _cycles = add_reorder_features(features, products, engine.cycles, as_of=as_of, timezone=crm.timezone,
+                                                     min_observations=config.settings.products.min_observations)
+            lap("reorder")
+    membership = engine.evaluate(features, {}, as_of=as_of, products=products, timezone=crm.timezone)
     lap("evaluate")
     names = engine.segment_names
     sums = membership.select(pl.col(names).sum()).row(0, named=True)
@@ -207,7 +282,7 @@ def compare(polars_counts: dict[str, int], polars_digests: dict[str, str], base:
 
 
 def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_baseline: bool, workdir: Path,
-          columnar: bool = True) -> dict:
+          product_rows: int = 0, columnar: bool = True) -> dict:
     peaks = Peaks()
     peaks.mark()
     load_at_start = [round(x, 2) for x in os.getloadavg()]  # timings are only comparable on a quiet machine
@@ -217,7 +292,7 @@ def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_base
     crm_dir = workdir / "crm"
     crm_dir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "bench.toml"
-    config_path.write_text(config_text(crm_dir, db_path, columnar=columnar), encoding="utf-8")
+    config_path.write_text(config_text(crm_dir, db_path, products=product_rows > 0, columnar=columnar), encoding="utf-8")
     config = load_config(config_path)
     names = config.rules.segment_names
     previous = as_of - timedelta(days=1)
@@ -228,9 +303,10 @@ def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_base
     t1 = time.perf_counter()
     store = open_store(config)
     seed_store(store, cust_df, deals_df)
+    del cust_df, deals_df
+    loaded_rows = seed_products(store, product_rows) if product_rows else 0
     store.close()
     t2 = time.perf_counter()
-    del cust_df, deals_df
     gc.collect()
     rss_after_load = rss_mb()
     peak_load = peaks.mark()
@@ -263,7 +339,12 @@ def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_base
     t6 = time.perf_counter()
     peak_compute = peaks.mark()
     counts, digests = polars_members(computation, names)
+    cycles = list(computation.product_cycles)
+    product_made = set(PRODUCT_RULES) | {"reorder.due"}  # not in the pandas baseline
     diff = {"stored_rows": stored_rows, "entered": entered.height, "left": left.height}
+    if product_rows:
+        diff["entered_without_products"] = entered.filter(~pl.col("segment").is_in(list(product_made))).height
+        diff["left_without_products"] = left.filter(~pl.col("segment").is_in(list(product_made))).height
     summary = {
         "customers": computation.customers, "buyers": computation.buyers, "active": computation.active,
         "deals_without_customer": computation.stats.deals_without_customer,
@@ -279,6 +360,8 @@ def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_base
     result: dict = {
         "customers": customers,
         "deals": deals,
+        "product_rows": loaded_rows,
+        "product_cycles": cycles,
         "as_of": as_of.isoformat(),
         "db": str(db_path),
         "machine": {"cpus": os.cpu_count(), "polars_threads": pl.thread_pool_size(), "loadavg_at_start": load_at_start},
@@ -307,11 +390,16 @@ def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_base
         "mismatches": [],
     }
     if not skip_baseline:
-        base = run_baseline(config_path, as_of)
-        mismatches = compare(counts, digests, base)
+        base_config = config_path
+        if product_rows:  # the baseline checks that the config's rules are its own: give it the rules without products
+            base_config = workdir / "baseline.toml"
+            base_config.write_text(config_text(crm_dir, db_path), encoding="utf-8")
+        base = run_baseline(base_config, as_of)
+        mismatches = compare({k: v for k, v in counts.items() if k not in product_made}, digests, base)
         if base["customers"] != summary["customers"]:
             mismatches.append(f"customers: polars {summary['customers']}, pandas {base['customers']}")
-        if (base["entered"], base["left"]) != (diff["entered"], diff["left"]):
+        ours = (diff.get("entered_without_products", diff["entered"]), diff.get("left_without_products", diff["left"]))
+        if (base["entered"], base["left"]) != ours:
             mismatches.append(
                 f"diff: polars entered {diff['entered']} left {diff['left']}, pandas entered {base['entered']} left {base['left']}"
             )
@@ -325,7 +413,8 @@ def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_base
 
 def print_text(r: dict) -> None:
     s, m = r["seconds"], r["rss_mb"]
-    print(f"bench: {r['customers']:,} customers, {r['deals']:,} deals, as_of {r['as_of']}, db {r['db']}")
+    print(f"bench: {r['customers']:,} customers, {r['deals']:,} deals, {r['product_rows']:,} product rows, "
+          f"as_of {r['as_of']}, db {r['db']}")
     mach = r["machine"]
     print(f"  machine: {mach['cpus']} CPUs, {mach['polars_threads']} polars threads, load average at start {mach['loadavg_at_start']}")
     print(f"  load          {s['load']:8.2f} s  (generate {s['generate']:.2f} s + insert {s['insert']:.2f} s)")
@@ -335,6 +424,9 @@ def print_text(r: dict) -> None:
     print(f"  RSS after load {m['after_load']:.0f} MB; peak: load {m['peak_load']:.0f} MB, first store "
           f"{m['peak_first_store']} MB, compute {m['peak_compute']} MB, process {m['peak_process']:.0f} MB")
     print("  segments: " + ", ".join(f"{k}={v}" for k, v in r["segments"].items()))
+    for c in r.get("product_cycles") or []:
+        print(f"  product cycle {c['product']}: {c['cycle_days']} days ({c['configured']}, {c['observations']} gaps), "
+              f"{c['customers']:,} buyers, {c['due']:,} due")
     b = r["baseline"]
     if b is None:
         print("  pandas baseline: skipped")
@@ -361,13 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-baseline", action="store_true", help="do not run the pandas baseline")
     parser.add_argument("--no-columnar", action="store_true",
                         help="read the mirror from the database, not from its columnar copy ([state] columnar = false)")
+    parser.add_argument("--product-rows", type=int, default=0, help="product rows over the won deals (issue 17)")
     args = parser.parse_args(argv)
     as_of = args.as_of or today_in(TIMEZONE)
     with tempfile.TemporaryDirectory(prefix="lifecycle-bench-") as tmp:
         result = bench(
             args.customers, args.deals, as_of=as_of, db=args.db, skip_baseline=args.skip_baseline, workdir=Path(tmp),
-            columnar=not args.no_columnar,
-        )
+            columnar=not args.no_columnar, product_rows=args.product_rows)
     if args.json:
         print(json.dumps(result))
     else:

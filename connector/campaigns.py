@@ -52,9 +52,11 @@ def template_types(engine: Any) -> dict[str, str]:
     """Every name a template may use, with its type: card fields, features, custom fields."""
     from rules.features import BUILTIN_FEATURES
     from rules.predict.names import PREDICTION_FEATURES
+    from rules.reorder import REORDER_FEATURES
 
     fields = getattr(engine, "fields", {}) or {}
-    return {**BUILTIN_FEATURES, **PREDICTION_FEATURES, **{name: f.type for name, f in fields.items()}, **CARD_TYPES}
+    return {**BUILTIN_FEATURES, **PREDICTION_FEATURES, **REORDER_FEATURES, **{name: f.type for name, f in fields.items()},
+            **CARD_TYPES}
 
 
 def check_campaigns(settings: Any, engine: Any) -> None:

@@ -31,6 +31,7 @@ from connector.logs import ENV_PREFIX, SECRET_KEYS  # noqa: E402 - defined with 
 from rules.engine import SegmentEngine
 from rules.features import CustomField
 from rules.language import FeatureType, RuleError
+from rules.settings import ProductCycleConfig, ProductsConfig
 from rules.settings import BirthdayPreset, CadencePreset, LifecyclePreset, PredictedPreset, PresetName, SegmentsConfig  # noqa: F401 - re-exported
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -355,6 +356,8 @@ class Settings(BaseSettings):
     daemon: DaemonConfig = DaemonConfig()
     predictions: PredictionsConfig = PredictionsConfig()
     ui: UiConfig = UiConfig()
+    products: ProductsConfig = ProductsConfig()  # issue 17: product rows
+    product_cycle: tuple[ProductCycleConfig, ...] = ()  # issue 17: cyclical products (rules/reorder.py)
 
     @classmethod
     def settings_customise_sources(
@@ -550,7 +553,7 @@ def _describe_env_error(exc: SettingsError) -> str:
 def compile_engine(settings: Settings) -> SegmentEngine:
     """The segment engine for these settings (presets, ``[fields]``, ``[[segment]]`` rules)."""
     fields = {name: CustomField(name=name, type=f.type, source=f.source or name) for name, f in settings.fields.items()}
-    return SegmentEngine.compile(settings.segments, fields, settings.segment)
+    return SegmentEngine.compile(settings.segments, fields, settings.segment, settings.product_cycle)
 
 
 def load_config(path: str | Path | None = "lifecycle.toml") -> LoadedConfig:

@@ -3,6 +3,8 @@
 Starts the sandbox portal (rate and operating limits on, sped up 10x) with a generated base, then:
 1. a full sync: pull through the no-count ID chain, compute, store membership, write the lifecycle
    segments onto every contact's ``UF_CRM_LIFECYCLE`` field;
+   the product rows of won deals are pulled too, and the reorder campaign creates "due soon" call tasks
+   for the customers whose day lenses or filter cartridges run out (``[[product_cycle]]``, reorder.due);
 2. a quiet incremental sync (it re-reads only the contacts whose field run 1 wrote);
 3. some CRM activity (win-backs, a deleted contact, a renamed one), then an incremental sync that
    reads just those changes and moves the customers' tags.
@@ -57,6 +59,22 @@ when = "monetary >= 50000 and purchases >= 4"
 [[segment]]
 name = "callable_lapsed"
 when = "cadence.lapsed and has_phone"
+
+# Cyclical products (docs/products.md): day lenses run out a month after the purchase; remind a week before.
+[[product_cycle]]
+product = "Однодневные контактные линзы, 30 шт."
+cycle_days = 30
+remind_before_days = 7
+
+[[product_cycle]]
+product = "Картридж для фильтра воды"
+cycle_days = "learn"           # the median gap between purchases, learned from the deals' product rows
+remind_before_days = 7
+
+[[campaign]]
+name = "reorder"
+segment = "reorder.due"
+on_enter = [{{ action = "call_task", due_in_days = 1, title = "Скоро закончится: {{reorder_product}} ({{name}}), до {{reorder_due_date:%d.%m.%Y}}", description = "Предложите повторный заказ: {{reorder_product}} заканчивается {{reorder_due_date:%d.%m.%Y}}. / Offer a reorder: {{reorder_product}} runs out on {{reorder_due_date:%d.%m.%Y}}." }}]
 
 [audiences]
 yandex_url = "{yandex_url}"
@@ -136,6 +154,7 @@ def _run(out: Console, folder: Path, customers: int, serve: bool = False) -> int
         out.rule("1. Full sync")
         first = _sync(out, portal, config)
         report.render_table(first.computation, config.settings, segments=config.rules.segment_names, members=False, console=out)
+        _show_reorders(out, portal, first)
 
         ads.advance(3 * 3600)  # let the sandbox Yandex Audience finish processing the upload
         time.sleep(1.1)  # DATE_MODIFY has one-second resolution: let the next run start in a new second
@@ -184,6 +203,22 @@ def _sync(out: Console, portal, config) -> SyncResult:
                   f"(hashed SHA-256), +{a['added']} -{a['removed']}, {a['requests']} requests, status {a['status'] or '-'}"
                   + (f"; {a['message']}" if a["message"] else ""))
     return result
+
+
+def _show_reorders(out: Console, portal, result: SyncResult) -> None:
+    """The reorder campaign: the "due soon" call tasks created for the customers whose product runs out."""
+    tasks = [t for t in portal.state()["tasks"] if str(t.get("TITLE", "")).startswith("Скоро закончится")]
+    due = result.computation.features.filter(pl.col("id").is_in(result.computation.members("reorder.due")))
+    week = due.filter(pl.col("reorder_overdue_days").is_between(-7, 0))
+    out.print(f"[bold]reorder campaign:[/bold] {len(tasks)} call tasks \"due soon\" created for the customers in "
+              f"reorder.due; {week.height} of them run out within the week")
+    table = Table(title="Reorder reminders (first 5 due this week)")
+    for column in ("contact", "product", "due", "days left"):
+        table.add_column(column)
+    for row in week.sort("reorder_due_date").head(5).iter_rows(named=True):
+        table.add_row(str(row["id"]), str(row["reorder_product"]), row["reorder_due_date"].isoformat(),
+                      str(-row["reorder_overdue_days"]))
+    out.print(table)
 
 
 def _crm_activity(out: Console, portal, first: SyncResult) -> dict[str, list[int]]:

@@ -31,7 +31,14 @@ def config_values(config: LoadedConfig) -> dict[str, Any]:
     values["tag_field"] = config.settings.writeback.field
     values["tag_field_label"] = config.settings.writeback.field_label
     values["writeback_batches_in_flight"] = config.settings.writeback.batches_in_flight
+    values["products"] = needs_products(config)
     return values
+
+
+def needs_products(config: LoadedConfig) -> bool:
+    """Pull product rows: ``[products] pull``, or when unset, when a rule or a ``[[product_cycle]]`` uses them."""
+    wanted = config.settings.products.pull
+    return config.rules.uses_products if wanted is None else wanted
 
 
 def adapter_settings(config: LoadedConfig, kit: CrmKit[Any] | None = None) -> Any:

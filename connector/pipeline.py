@@ -44,6 +44,7 @@ class Computation:
     frozen: frozenset[str] = frozenset()
     frozen_members: dict[str, pl.Series] = field(default_factory=dict)
     predictions: dict[str, object] | None = None  # fit summary and P(alive) distribution; None: not wanted
+    product_cycles: tuple[dict[str, object], ...] = ()  # per [[product_cycle]]: cycle used, learned from, due now
 
     @property
     def active_share(self) -> float | None:
@@ -186,9 +187,10 @@ def compute(
         stored = store.membership_frame() if stored is None else stored
         for name in frozen_names:
             frozen[name] = stored.filter(pl.col("segment") == name).get_column("customer_id")
+    deals_frame = store.deals_frame() if deals is None else deals
     features, stats = compute_features(
         store.customers_frame(crm.customer) if cards is None else cards.features_frame(),
-        store.deals_frame() if deals is None else deals,
+        deals_frame,
         as_of=as_of,
         timezone=crm.timezone,
         customer=crm.customer,
@@ -199,7 +201,17 @@ def compute(
     from connector.predictions import add_predictions
 
     features, predictions = add_predictions(store, config, features, as_of, refit=refit, run_id=run_id)
-    membership = engine.evaluate(features, frozen, as_of=as_of, timezone=crm.timezone)
+    products = _product_rows(store, config, deals_frame)
+    del deals_frame
+    cycles: list = []
+    if engine.cycles:
+        from rules.reorder import DUE_COLUMN, add_reorder_features
+
+        features, cycles = add_reorder_features(features, products, engine.cycles, as_of=as_of, timezone=crm.timezone,
+                                                min_observations=config.settings.products.min_observations)
+    membership = engine.evaluate(features, frozen, as_of=as_of, timezone=crm.timezone, products=products)
+    if engine.cycles:
+        features = features.drop(DUE_COLUMN)
     names = engine.segment_names
     sums = membership.select(pl.col(names).sum()).row(0, named=True) if names else {}
     counts = {n: int(sums[n]) for n in names}
@@ -221,7 +233,36 @@ def compute(
         frozen=frozenset(frozen),
         frozen_members=frozen,
         predictions=predictions,
+        product_cycles=tuple(c.as_dict() for c in cycles),
     )
+
+
+_WARNED: set[str] = set()
+
+
+def _product_rows(store: StateStore, config: LoadedConfig, deals_frame: pl.DataFrame | None = None) -> pl.DataFrame | None:
+    """Product rows of won deals when the rules use them and they were pulled (else None: unknown). Products
+    the rules or cycles name that the rows never mention are logged once each, with near matches."""
+    engine: SegmentEngine = config.rules
+    if not engine.uses_products or not store.products_pulled():
+        return None
+    rows = store.products_frame(config.crm.customer, deals_frame)
+    from rules.language import product_warnings
+    from rules.products import ProductCall, ProductCatalogue
+
+    catalogue = ProductCatalogue.from_rows(rows.select("product_id", "product_name", "section").unique())
+    warnings = product_warnings({c.name: c.rule for c in engine.custom}, catalogue)
+    for cycle in engine.cycles:
+        call = ProductCall("bought", cycle.product)
+        if not catalogue.knows(call):
+            near = catalogue.near(call)
+            warnings.append(f"[[product_cycle]] product {cycle.product!r} is in no deal's product rows"
+                            + (f" (near matches: {', '.join(repr(n) for n in near)})" if near else ""))
+    for warning in warnings:
+        if warning not in _WARNED:
+            _WARNED.add(warning)
+            log.warning("%s", warning)
+    return rows
 
 
 def membership_diff(

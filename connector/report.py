@@ -27,6 +27,8 @@ def as_dict(comp: Computation, *, segments: list[str], members: bool) -> dict[st
         out["members"] = {name: [str(i) for i in comp.members(name)] for name in segments}
     if comp.predictions is not None:
         out["predictions"] = comp.predictions
+    if comp.product_cycles:
+        out["product_cycles"] = list(comp.product_cycles)
     return out
 
 
@@ -125,6 +127,8 @@ def render_table(
         )
     if comp.predictions is not None:
         parts.extend(predictions_parts(comp, settings))
+    if comp.product_cycles:
+        parts.append(cycles_table(comp))
     console.print(Group(*parts))
     if members:
         for name in segments:
@@ -165,3 +169,20 @@ def predictions_parts(comp: Computation, settings: Settings) -> list[Any]:
         parts.append(table)
     return parts
 
+
+
+def cycles_table(comp: Computation) -> Table:
+    """The ``[[product_cycle]]`` entries: the cycle used (a learned one with the gaps it came from), buyers, due."""
+    table = Table(title="Product cycles (reorder.due)")
+    for name, justify in (("product", "left"), ("cycle, days", "right"), ("from", "left"), ("buyers", "right"),
+                          ("due now", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for c in comp.product_cycles:
+        days = c["cycle_days"]
+        if c["configured"] == "learn":
+            origin = f"learned: median of {c['observations']} gaps" if days is not None else \
+                f"not learned: {c['observations']} gaps, too few (see \\[products] min_observations)"
+        else:
+            origin = "configured"
+        table.add_row(str(c["product"]), "-" if days is None else f"{days:g}", origin, str(c["customers"]), str(c["due"]))
+    return table

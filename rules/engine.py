@@ -22,6 +22,7 @@ from rules.language import CompiledRule, compile_rule
 from rules.predict.names import PREDICTION_FEATURES
 from rules.products import add_rule_inputs
 from rules.presets import all_preset_names, preset_segments
+from rules.reorder import DUE_COLUMN, REORDER_FEATURES, SEGMENT as REORDER_SEGMENT, CycleSpec
 from rules.settings import SegmentsConfig
 
 
@@ -48,6 +49,12 @@ class SegmentEngine:
     presets: dict[str, pl.Expr]
     custom: tuple[CustomSegment, ...]  # in dependency order
     fields: dict[str, CustomField]
+    cycles: tuple[CycleSpec, ...] = ()  # [[product_cycle]]: the reorder features and reorder.due
+
+    @property
+    def uses_products(self) -> bool:
+        """Whether evaluating needs product rows (a product function in a rule, or a product cycle)."""
+        return bool(self.cycles) or any(c.rule.products for c in self.custom)
 
     @property
     def segment_names(self) -> list[str]:
@@ -55,8 +62,9 @@ class SegmentEngine:
 
     @property
     def feature_names(self) -> list[str]:
-        """Built-in features, predictions and declared custom fields (the columns of the features frame)."""
-        return [*BUILTIN_FEATURES, *PREDICTION_FEATURES, *self.fields]
+        """Built-in features, predictions, reorder features and declared custom fields (the columns of the
+        features frame)."""
+        return [*BUILTIN_FEATURES, *PREDICTION_FEATURES, *REORDER_FEATURES, *self.fields]
 
     def prediction_users(self) -> list[str]:
         """Segments whose definition uses a prediction feature (directly, or through another segment)."""
@@ -77,25 +85,29 @@ class SegmentEngine:
 
     @classmethod
     def compile(cls, segments: SegmentsConfig, fields: Mapping[str, CustomField],
-                rules: Sequence[SegmentRuleSpec] = ()) -> SegmentEngine:
-        """The engine for these preset thresholds, custom fields (name -> field) and custom rules;
-        ValueError (or RuleError) naming the segment or field at fault."""
+                rules: Sequence[SegmentRuleSpec] = (), cycles: Sequence[CycleSpec] = ()) -> SegmentEngine:
+        """The engine for these preset thresholds, custom fields (name -> field), custom rules and product
+        cycles; ValueError (or RuleError) naming the segment or field at fault."""
         fields = dict(fields)
         for name in fields:
-            if name in BUILTIN_FEATURES or name in PREDICTION_FEATURES:
+            if name in BUILTIN_FEATURES or name in PREDICTION_FEATURES or name in REORDER_FEATURES:
                 raise ValueError(f"[fields] {name!r}: a built-in feature has this name; choose another")
         presets = preset_segments(segments)
-        reserved = set(all_preset_names())
+        if cycles:
+            presets[REORDER_SEGMENT] = pl.col(DUE_COLUMN).fill_null(False)
+        reserved = {*all_preset_names(), REORDER_SEGMENT}
         seen: set[str] = set()
         for rule in rules:
             if rule.name in reserved:
                 raise ValueError(f"segment {rule.name!r}: this name belongs to a preset; choose another")
             if rule.name in seen:
                 raise ValueError(f"segment {rule.name!r} is defined twice")
-            if rule.name in BUILTIN_FEATURES or rule.name in PREDICTION_FEATURES or rule.name in fields:
+            if rule.name in BUILTIN_FEATURES or rule.name in PREDICTION_FEATURES or rule.name in REORDER_FEATURES \
+                    or rule.name in fields:
                 raise ValueError(f"segment {rule.name!r}: a feature has this name; choose another")
             seen.add(rule.name)
-        schema: dict[str, str] = {**BUILTIN_FEATURES, **PREDICTION_FEATURES, **{n: f.type for n, f in fields.items()}}
+        schema: dict[str, str] = {**BUILTIN_FEATURES, **PREDICTION_FEATURES, **REORDER_FEATURES,
+                                  **{n: f.type for n, f in fields.items()}}
         schema.update({name: "bool" for name in reserved})  # disabled presets get a clearer error below
         schema.update({rule.name: "bool" for rule in rules})
         disabled = reserved - set(presets)
@@ -104,10 +116,10 @@ class SegmentEngine:
             compiled[rule.name] = CustomSegment(rule.name, compile_rule(rule.when, schema, segment=rule.name), rule.static)
             off = sorted(compiled[rule.name].rule.references & disabled)
             if off:
-                raise ValueError(
-                    f"segment {rule.name!r}: uses {', '.join(off)}, whose preset is not enabled in [segments] presets"
-                )
-        return cls(presets=presets, custom=_ordered(compiled), fields=fields)
+                hint = ("add a [[product_cycle]]" if off == [REORDER_SEGMENT]
+                        else "whose preset is not enabled in [segments] presets")
+                raise ValueError(f"segment {rule.name!r}: uses {', '.join(off)}, {hint}")
+        return cls(presets=presets, custom=_ordered(compiled), fields=fields, cycles=tuple(cycles))
 
     def evaluate(self, features: pl.DataFrame, frozen: Mapping[str, pl.Series] | None = None, *,
                  as_of: date | None = None, products: pl.DataFrame | None = None, timezone: str = "UTC") -> pl.DataFrame:
@@ -124,6 +136,10 @@ class SegmentEngine:
         missing = [n for n in PREDICTION_FEATURES if n not in features.columns]
         if missing:  # no model was asked for: a rule using a prediction sees nulls and selects nobody
             features = features.with_columns(pl.lit(None, pl.Float64).alias(n) for n in missing)
+        reorder_types = {"string": pl.String, "date": pl.Date, "number": pl.Int64}
+        features = features.with_columns(  # no [[product_cycle]] (or not computed): nulls, nobody due
+            [pl.lit(None, reorder_types[t]).alias(n) for n, t in REORDER_FEATURES.items() if n not in features.columns]
+            + ([pl.lit(False).alias(DUE_COLUMN)] if DUE_COLUMN not in features.columns else []))
         frame = features.with_columns(
             (pl.col("id").is_in(frozen[n].implode()) if n in frozen else e).alias(n) for n, e in self.presets.items()
         )

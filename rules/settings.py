@@ -69,3 +69,29 @@ class SegmentsConfig(_Section):
     cadence: CadencePreset = CadencePreset()
     birthday: BirthdayPreset = BirthdayPreset()
     predicted: PredictedPreset = PredictedPreset()
+
+
+class ProductCycleConfig(_Section):
+    """One ``[[product_cycle]]``: a product bought again on a cycle (rules/reorder.py)."""
+
+    product: str = Field(min_length=1, description='product id, name, or "section:NAME"')
+    cycle_days: int | Literal["learn"] = Field(
+        description='days between purchases, or "learn": the median gap between purchases across customers')
+    remind_before_days: int = Field(5, ge=0, le=365, description="open the reminder window this many days before")
+    units_per_cycle: float | None = Field(None, gt=0, description="units one cycle uses up (a 3-pack lasts 3 cycles)")
+    max_overdue_days: int | None = Field(None, ge=0, description="leave the window this long after the due date "
+                                                                  "(default: one cycle)")
+
+    @field_validator("cycle_days")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if value != "learn" and not (isinstance(value, int) and 1 <= value <= 3650):
+            raise ValueError('cycle_days must be a whole number of days from 1 to 3650, or "learn"')
+        return value
+
+
+class ProductsConfig(_Section):
+    """``[products]``: product rows of deals (rules.products, rules.reorder)."""
+
+    pull: bool | None = Field(None, description="pull product rows; unset: when a rule or [[product_cycle]] uses them")
+    min_observations: int = Field(20, ge=2, description='"learn" cycles need at least this many purchase gaps')

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import shutil
+import re
 import subprocess
 import sys
 
@@ -127,6 +128,8 @@ def test_demo_runs_end_to_end_with_write_back_and_an_audience():
     out = proc.stdout
     assert "Lifecycle matrix" in out and "UF_CRM_LIFECYCLE updated" in out
     assert out.count("HTTP requests") == 3
+    reorder = re.search(r'reorder campaign: (\d+) call tasks "due soon" created', out)  # issue 17: cyclical products
+    assert reorder and int(reorder.group(1)) > 0 and "Reorder reminders" in out
     assert "audience 'Former customers' in the sandbox Yandex Audience" in out and "+0 -0" in out
     # the dashboard's URL and a login for the demo portal; without a terminal the demo does not wait
     assert "/ui/p/default/" in out and "login demo@example.com, password " in out

@@ -211,7 +211,9 @@ def test_revisions_are_one_numbered_line_matching_their_files():
 
     script = ScriptDirectory(str(migrate.MIGRATIONS_DIR))
     line = [s.revision for s in script.walk_revisions()][::-1]
-    assert line == migrate._revisions() == [f"{n:04d}" for n in range(1, len(line) + 1)]
+    # a branch's revision may be named 0005_<topic> until the branches are merged (HELPERS.md): the number counts
+    assert line == migrate._revisions() and [r[:4] for r in line] == [f"{n:04d}" for n in range(1, len(line) + 1)]
     assert script.get_heads() == [migrate.HEAD] and migrate.SCHEMA_VERSION == migrate.LEGACY_BASE + len(line)
     for s in script.walk_revisions():
-        assert s.path.rsplit("/", 1)[-1].startswith(s.revision + "_")
+        name = s.path.rsplit("/", 1)[-1]
+        assert name.startswith(s.revision + "_") or name == s.revision + ".py"

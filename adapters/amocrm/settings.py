@@ -28,6 +28,7 @@ class AmoSettings:
     requests_per_second: float = 7.0
     overlap_minutes: float = 10
     birthday_field: str | None = None  # contact field holding birthdays (name or id)
+    products: bool = False  # read leads with=catalog_elements (set by the connector when rules use products)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@
   read. The cursor is the account's own clock (the ``Date`` header of the run's first answer).
 * Deletions: lists never show deleted records, so ``/api/v4/events`` is read for ``contact_deleted`` /
   ``company_deleted`` and ``lead_deleted`` since the cursor (minus the overlap).
+* Products (``products`` set): leads are read ``with=contacts,catalog_elements``, and the names, SKU,
+  price and group of the elements they link from their lists (adapters/amocrm/products.py); the rows
+  of every lead read replace the stored ones. The first pull with products reads every lead once.
 * A list ends at HTTP 204 (no body) or at a page without ``_links.next``.
 """
 
@@ -23,6 +26,7 @@ from zoneinfo import ZoneInfo
 from adapters.amocrm.client import AmoClient, AmoError, StaticToken
 from adapters.amocrm.mapping import MappingError, record_id, to_customer, to_deal
 from adapters.amocrm.paging import iter_list
+from adapters.amocrm import products as amo_products
 from adapters.amocrm.settings import ENTITIES, AmoSettings
 from adapters.base import AdapterStore, BadValue, Customer, Deal, Entity, PullResult, RowError, TokenStore, valid_id
 from adapters.progress import or_none
@@ -71,20 +75,32 @@ class AmoSource:
             birthday_field = self._birthday_field(client)
             started = client.server_time or int(time.time())
             filters: dict[str, Any] = {"order[id]": "asc"}
-            if since is not None:
+            full_products = crm.products and not self.store.products_pulled()
+            if since is not None and not full_products:
                 filters["filter[updated_at][from]"] = since - int(crm.overlap_minutes * 60)
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="amocrm-pull") as pool:
                 customers_job = pool.submit(self._collect, client, f"/api/v4/{self.plural}", self.plural, filters,
                                             progress.stage(f"pull {self.plural}"))
-                leads_job = pool.submit(self._collect, client, "/api/v4/leads", "leads", {**filters, "with": "contacts"},
+                lead_with = "contacts,catalog_elements" if crm.products else "contacts"
+                leads_job = pool.submit(self._collect, client, "/api/v4/leads", "leads", {**filters, "with": lead_with},
                                         progress.stage("pull leads"))
                 customer_rows, lead_rows = customers_job.result(), leads_job.result()
             deleted_c: set[int] = set()
             deleted_l: set[int] = set()
             if since is not None:
                 deleted_c, deleted_l = self._deletions(client, since - int(crm.overlap_minutes * 60))
+            products: dict[str, Any] = {}
+            if crm.products:
+                before = client.requests
+                elements = amo_products.fetch_elements(client, lead_rows)
+                rows, row_errors = amo_products.to_rows(lead_rows, elements)
+                replaced = frozenset(i for r in lead_rows if (i := record_id(r)) is not None)
+                products = {"product_rows": [r for r in rows if r.deal_id in replaced], "product_deals": replaced,
+                            "product_requests": client.requests - before}
             requests = client.requests
         customers, deals, errors = self._map(customer_rows, lead_rows, birthday_field)
+        if products:
+            errors = errors + row_errors
         listed_c = {c.id for c in customers}
         listed_l = {d.id for d in deals}
         return PullResult(
@@ -99,6 +115,7 @@ class AmoSource:
             deleted_deal_ids=frozenset(deleted_l - listed_l),
             cursors={"updated_since": str(started)},
             requests=requests,
+            **products,
         )
 
     # -- pieces ------------------------------------------------------------------------------------

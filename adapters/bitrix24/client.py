@@ -186,6 +186,7 @@ class Bitrix24Client:
         self.server_time: str | None = None  # time.date_start of the first answer: the portal's clock
         self.last_finish: str | None = None  # the latest time.date_finish of any answer (the portal's clock)
         self._operating_waits: dict[str, int] = {}
+        self.last_batch_next: dict[str, Any] = {}  # result_next of the last batch: commands with more pages
         self._answered = False  # the portal answered at least once: connection errors are transient now
         self._session: aiohttp.ClientSession | None = None
         self._bitrix: BitrixAsync | None = None
@@ -342,6 +343,8 @@ class Bitrix24Client:
             results = {str(i): v for i, v in enumerate(results)}
         if isinstance(errors, list):
             errors = {str(i): v for i, v in enumerate(errors)}
+        nexts = body.get("result_next") or {}
+        self.last_batch_next = nexts if isinstance(nexts, dict) else {str(i): v for i, v in enumerate(nexts)}
         for key, stamp in (body.get("result_time") or {}).items() if isinstance(body.get("result_time"), dict) else []:
             method = commands.get(key, "").split("?", 1)[0].lower()
             if method:

@@ -32,6 +32,7 @@ class Bitrix24Settings:
     tag_field: str = "UF_CRM_LIFECYCLE"  # the multiple enumeration user field holding the segments
     tag_field_label: str = "Lifecycle segments"
     writeback_batches_in_flight: int = 3  # tag batches sent at once (the limiter paces them: 2 req/s, burst 50)
+    products: bool = False  # pull deal product rows (the connector sets it when rules or cycles use products)
 
 
 @dataclass(frozen=True)

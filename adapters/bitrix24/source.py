@@ -12,6 +12,10 @@
   by someone else just before our write (``reread_ids``) are read again by id.
 * Deletions: every ``reconcile_hours`` the ids alone are listed (``select=[ID]``) and compared with the
   mirror; ids gone from the portal are deleted from the mirror.
+* Products (``products`` set): the product rows of won deals (recurring-deal templates, ``IS_RECURRING``
+  "Y", left out) through batches of ``crm.item.productrow.list`` (adapters/bitrix24/products.py): after
+  a full pull, or the first pull with products, for every won deal; after that only for the deals the
+  pull brought back (changed ones). Their stored rows are replaced; a deleted deal's rows go with it.
 * OAuth: the access token is refreshed on 401 ``expired_token``; the rotated refresh token is written to
   the state store before it is used (docs settings/oauth/auto-renewal.md: every refresh issues a new one).
 """
@@ -31,6 +35,7 @@ from adapters.progress import or_none
 from adapters.bitrix24.client import Bitrix24Client, BitrixError
 from adapters.bitrix24.mapping import DEAL_SELECT, MappingError, UserField, to_customer, to_deal, user_field_map
 from adapters.bitrix24.paging import first_pages, iter_pages
+from adapters.bitrix24.products import fetch_catalogue, fetch_rows, to_rows
 from adapters.bitrix24.settings import ENTITIES, Bitrix24Settings
 
 MAX_REFRESHES_PER_RUN = 5
@@ -141,22 +146,29 @@ class Bitrix24Source:
             filters = {} if since is None else {">=DATE_MODIFY": _shift(since, crm.overlap_minutes)}
             select = [*self.kind.select, self.field]
             stage = progress.stage(f"pull {self.entity}s")
+            deal_select = [*DEAL_SELECT, "IS_RECURRING"] if crm.products else DEAL_SELECT
             specs = [(f"{prefix}.list", select, f) for f in customer_filters(filters, cursors)]
-            specs.append(("crm.deal.list", DEAL_SELECT, filters))
+            specs.append(("crm.deal.list", deal_select, filters))
             # split lists: their first pages go in one batch request (usually the whole incremental pull)
             firsts = await first_pages(client, specs) if len(specs) > 2 else [None] * len(specs)
             jobs = [
                 _collect_all([iter_pages(client, m, sel, f, first=firsts[i]) for i, (m, sel, f) in enumerate(specs[:-1])],
                              stage),
-                _collect(iter_pages(client, "crm.deal.list", DEAL_SELECT, filters, first=firsts[-1]),
+                _collect(iter_pages(client, "crm.deal.list", deal_select, filters, first=firsts[-1]),
                          progress.stage("pull deals")),
             ]
             reconcile = since is not None and time.time() - reconciled >= crm.reconcile_hours * 3600
             if reconcile:
                 jobs += [_collect(iter_pages(client, f"{prefix}.list", ["ID"])), _collect(iter_pages(client, "crm.deal.list", ["ID"]))]
             pages = await asyncio.gather(*jobs)
+            products = None
+            if crm.products:
+                products = await self._products(client, pages[1], since is None, progress)
+                product_requests = products[3]
             requests = client.requests
         customers, deals, errors = self._map(pages[0], pages[1], fields_map, prefix)
+        if products is not None:
+            errors = errors + products[2]
         result_cursors = {"modified_since": started}
         if since is not None and cursors.get(REREAD_IDS) not in (None, "", "[]"):
             result_cursors[REREAD_IDS] = "[]"  # read above
@@ -184,7 +196,24 @@ class Bitrix24Source:
             deleted_deal_ids=deleted_d,
             cursors=result_cursors,
             requests=requests,
+            **({} if products is None else {"product_rows": products[0], "product_deals": products[1],
+                                            "product_requests": product_requests}),
         )
+
+    async def _products(self, client: Bitrix24Client, deal_rows: list[dict], full: bool, progress: Any
+                        ) -> tuple[list, frozenset[int], list[RowError], int]:
+        """Rows of the won deals to read now, the deals whose stored rows they replace, the rows that could
+        not be read, and the batch requests the rows took (the catalogue's few requests not counted)."""
+        pulled = {i: r for r in deal_rows if (i := _row_id(r)) is not None}
+        won = {i for i, r in pulled.items() if r.get("STAGE_SEMANTIC_ID") == "S" and r.get("IS_RECURRING") != "Y"}
+        if not full and not self.store.products_pulled():  # products were just switched on: read them all once
+            won |= self.store.won_deal_ids() - set(pulled)
+        replaced = frozenset(won | set(pulled))
+        raw, batches = await fetch_rows(client, won, progress.stage("pull product rows"))
+        catalogue = await fetch_catalogue(client, {int(r["productId"]) for r in raw
+                                                   if str(r.get("productId", "")).isdigit()})
+        rows, errors = to_rows(raw, catalogue)
+        return [r for r in rows if r.deal_id in won], replaced, errors, batches
 
     def _map(self, customer_rows: list[dict], deal_rows: list[dict], fields_map: dict[str, UserField], prefix: str
              ) -> tuple[list[Customer], list[Deal], list[RowError]]:

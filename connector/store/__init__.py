@@ -53,6 +53,8 @@ from connector.store.schema import (
     mirror_state,
     model_fits,
     oauth_tokens,
+    product_rows,
+    products,
     runs,
     segments,
 )
@@ -161,6 +163,8 @@ class StateStore:
     customer_cards = _delegate("mirror_part", Mirror, "customer_cards")
     customer_ids = _delegate("mirror_part", Mirror, "customer_ids")
     deal_ids = _delegate("mirror_part", Mirror, "deal_ids")
+    won_deal_ids = _delegate("mirror_part", Mirror, "won_deal_ids")
+    products_pulled = _delegate("mirror_part", Mirror, "products_pulled")
     # cursors and tokens
     cursors = _delegate("tokens_part", Tokens, "cursors")
     save_cursors = _delegate("tokens_part", Tokens, "save_cursors")
@@ -170,6 +174,8 @@ class StateStore:
     read_frame = _delegate("frames_part", Frames, "read_frame")
     customers_frame = _delegate("frames_part", Frames, "customers_frame")
     deals_frame = _delegate("frames_part", Frames, "deals_frame")
+    products_frame = _delegate("frames_part", Frames, "products_frame")
+    product_rows_frame = _delegate("frames_part", Frames, "product_rows_frame")
     membership_frame = _delegate("frames_part", Frames, "membership_frame")
     membership_events_frame = _delegate("frames_part", Frames, "membership_events_frame")
     # segments and membership

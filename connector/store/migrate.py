@@ -36,12 +36,21 @@ LEGACY_BASE = 5  # revision N has the schema of legacy version 5 + N
 _REVISION_FILE = re.compile(r"^(\d{4})_\w+\.py$")
 
 
+_REVISION_ID = re.compile(r"^revision\s*=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+
+
 def _revisions() -> list[str]:
-    return sorted(m.group(1) for p in (MIGRATIONS_DIR / "versions").iterdir() if (m := _REVISION_FILE.match(p.name)))
+    """The revision ids, in file order (``0004``, ``0005_products``: the id a file declares)."""
+    out = []
+    for path in sorted((MIGRATIONS_DIR / "versions").iterdir()):
+        if _REVISION_FILE.match(path.name):
+            found = _REVISION_ID.search(path.read_text(encoding="utf-8"))
+            out.append(found.group(1) if found else path.name[:4])
+    return out
 
 
 HEAD = _revisions()[-1]
-SCHEMA_VERSION = LEGACY_BASE + int(HEAD)  # what meta.schema_version says of a store at head
+SCHEMA_VERSION = LEGACY_BASE + int(HEAD[:4])  # what meta.schema_version says of a store at head
 
 
 class NewerStoreError(RuntimeError):

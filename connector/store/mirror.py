@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from adapters.base import Customer, Deal, Entity, PullResult
-from connector.store.base import Part, chunks, upsert
-from connector.store.schema import customers, deals
+from adapters.base import Customer, Deal, Entity, ProductRow, PullResult
+from connector.store.base import Part, chunks, now, upsert
+from connector.store.schema import cursors, customers, deals, product_rows, products
 from connector.store.tokens import save_cursors
+
+PRODUCTS_CURSOR = "products_pulled_at"  # set once product rows were pulled: product rules may use them
+
+
+def product_key(row: ProductRow) -> int:
+    """The ``products.key`` of what a row names: a stable 63-bit hash of (id, name, section, SKU)."""
+    text = json.dumps([row.product_id, row.product_name, row.section, row.sku], ensure_ascii=False)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
 class Mirror(Part):
@@ -52,13 +61,59 @@ class Mirror(Part):
                         )
             for part in chunks(sorted(deleted_d), 500):
                 conn.execute(sa.delete(deals).where(deals.c.portal == self.portal, deals.c.id.in_(part)))
-            save_cursors(conn, self.portal, dict(pull.cursors))
-        return {
+                conn.execute(sa.delete(product_rows).where(product_rows.c.portal == self.portal,
+                                                           product_rows.c.deal_id.in_(part)))
+            rows_written = self._apply_products(conn, pull, deleted_d)
+            cursor_values = dict(pull.cursors)
+            if pull.product_rows is not None:
+                cursor_values[PRODUCTS_CURSOR] = now().isoformat(timespec="seconds")
+            save_cursors(conn, self.portal, cursor_values)
+        out = {
             "customers_upserted": upserted_c,
             "deals_upserted": upserted_d,
             "customers_deleted": len(deleted_c),
             "deals_deleted": len(deleted_d),
         }
+        if pull.product_rows is not None:
+            out["product_rows_written"] = rows_written
+        return out
+
+    def _apply_products(self, conn: Any, pull: PullResult, deleted_deals: set[int]) -> int:
+        """Replace the rows of the deals the pull read products for; rows of deals gone are gone."""
+        if pull.product_rows is None:
+            return 0
+        replaced = sorted(set(pull.product_deals) - deleted_deals)
+        for part in chunks(replaced, 500):
+            conn.execute(sa.delete(product_rows).where(product_rows.c.portal == self.portal,
+                                                       product_rows.c.deal_id.in_(part)))
+        keep = set(replaced)
+        rows: dict[tuple[int, int], dict[str, Any]] = {}
+        kinds: dict[int, dict[str, Any]] = {}
+        for r in pull.product_rows:
+            if r.deal_id in keep:
+                key = product_key(r)
+                kinds.setdefault(key, {"portal": self.portal, "key": key, "product_id": r.product_id,
+                                       "product_name": r.product_name, "section": r.section, "sku": r.sku})
+                rows[(r.deal_id, r.line)] = {"portal": self.portal, "deal_id": r.deal_id, "line": r.line,
+                                             "product_key": key, "quantity": r.quantity, "price": r.price}
+        upsert(conn, products, list(kinds.values()))
+        for part in chunks(list(rows.values()), 20_000):
+            conn.execute(sa.insert(product_rows), list(part))
+        if pull.snapshot:  # rows of deals no longer in the mirror (a snapshot deleted them above)
+            conn.execute(sa.delete(product_rows).where(
+                product_rows.c.portal == self.portal,
+                ~product_rows.c.deal_id.in_(sa.select(deals.c.id).where(deals.c.portal == self.portal))))
+        return len(rows)
+
+    def products_pulled(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(cursors.c.value).where(
+                cursors.c.portal == self.portal, cursors.c.name == PRODUCTS_CURSOR)).first() is not None
+
+    def won_deal_ids(self) -> set[int]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(deals.c.id).where(
+                deals.c.portal == self.portal, deals.c.status == "won")).scalars())
 
     def _customer_row(self, c: Customer) -> dict[str, Any]:
         return {

@@ -60,6 +60,30 @@ deals = sa.Table(
     sa.Column("closed_ts", sa.BigInteger),
 )
 
+# Product rows keep only numbers (millions of them are read for every computation); what a product is (id,
+# name, section, SKU) is stored once in ``products`` under ``key``, a hash of those four values.
+product_rows = sa.Table(
+    "product_rows",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("deal_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("line", sa.BigInteger, primary_key=True, autoincrement=False),  # the CRM's row id or position
+    sa.Column("product_key", sa.BigInteger, nullable=False),  # products.key
+    sa.Column("quantity", sa.Float, nullable=False),
+    sa.Column("price", sa.Float),  # unit price after discounts (amoCRM: the catalogue price)
+)
+
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("key", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("product_id", sa.String(64)),  # the catalogue's id as text; None: a free-text line
+    sa.Column("product_name", sa.Text),
+    sa.Column("section", sa.Text),
+    sa.Column("sku", sa.String(128)),
+)
+
 segments = sa.Table(
     "segments",
     metadata,

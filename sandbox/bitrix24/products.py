@@ -216,6 +216,35 @@ def productrow_list(call: Call) -> Result:
     return Result({"productRows": page}, total=total, next=nxt)
 
 
+@method("crm.item.productrow.set")
+def productrow_set(call: Call) -> Result:
+    """Replace every product row of a deal (product-rows/crm-item-productrow-set.md): ``ownerType``,
+    ``ownerId``, ``productRows`` [{productId, productName, price, quantity, sort}]; a missing productName of a
+    catalogue product is the catalogue's name, quantity defaults to 1. The deal's DATE_MODIFY moves (an older
+    version of the page said a row write recalculates the deal and runs its automation: UNCONFIRMED)."""
+    store = call.store
+    owner_type, owner_id = call.params.get("ownerType"), php_intval(call.params.get("ownerId"))
+    rows = call.params.get("productRows")
+    if owner_type in (None, "") or owner_id <= 0 or rows is None:
+        raise ApiError(400, "REQUIRED_ARG_MISSING", "Required fields: ownerType, ownerId, productRows")
+    deal = store.tables["deal"].rows.get(owner_id)
+    if str(owner_type).upper() != OWNER_DEAL or deal is None:
+        raise ApiError(400, "ACCESS_DENIED", "Access denied")
+    items = rows if isinstance(rows, list) else list(rows.values()) if isinstance(rows, dict) else []
+    for row_id in store.rows_of_deal.pop(owner_id, []):
+        store.product_rows.delete(row_id)
+    for item in items:
+        item = item if isinstance(item, dict) else {}
+        product_id = php_intval(item.get("productId") or 0)
+        product = store.products.rows.get(product_id)
+        name = item.get("productName") or (product["name"] if product else "")
+        add_row(store, owner_id, product_id or None, str(name), float(item.get("quantity") or 1),
+                float(item.get("price") or 0))
+    deal["DATE_MODIFY"] = datetime.fromtimestamp(call.now, timezone.utc)
+    rendered = [render_row(store.product_rows.rows[r]) for r in store.rows_of_deal.get(owner_id, [])]
+    return Result({"productRows": rendered})
+
+
 @method("crm.deal.productrows.get")
 def deal_productrows_get(call: Call) -> Result:
     deal_id = php_intval(call.params.get("id"))
