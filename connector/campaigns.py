@@ -171,10 +171,29 @@ class PlannedAction:
     payload: dict[str, Any] = field(default_factory=dict)
     skip_reason: str | None = None
     parent_key: str | None = None
+    status: str | None = None  # None: "planned" (or "skipped" with a reason); "waiting" (approval) | "holdout"
 
     @property
     def marker(self) -> str:
         return marker(self.key)
+
+    @property
+    def ledger_status(self) -> str:
+        return self.status or ("skipped" if self.skip_reason else "planned")
+
+
+HOLDOUT_REASON = "holdout group"
+
+
+def in_holdout(customer_id: int, campaign: str, percent: float) -> bool:
+    """Whether ``customer_id`` is in ``campaign``'s holdout group: a hash of both, so the answer never changes
+    from run to run (and differs between campaigns)."""
+    if not percent:
+        return False
+    import hashlib
+
+    digest = hashlib.sha256(f"{campaign}\x00{int(customer_id)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100 < percent
 
 
 
@@ -206,9 +225,14 @@ def plan(
     calendar: WorkCalendar,
     pressure: Any,
     tz: ZoneInfo,
+    existing: dict[str, list[int]] | None = None,
+    waiting: frozenset[str] | set[str] = frozenset(),
 ) -> list[PlannedAction]:
     """Actions (and skips, with reasons) for the customers who entered or left campaign segments today.
 
+    ``existing``: campaign name -> customers already in its segment to act on once, as if they entered
+    today (``include_current_members``). ``waiting``: campaigns whose actions wait for approval.
+    Holdout members (``holdout_percent``) get rows with status ``holdout`` and no action.
     Order: campaigns in config order, customers by id, so caps and round-robin are deterministic.
     """
     out: list[PlannedAction] = []
@@ -217,7 +241,10 @@ def plan(
     rr = Counter(history.per_campaign)
     period_start = as_of - timedelta(days=pressure.period_days - 1)
     for campaign in campaigns:
-        for event, ids, actions in (("enter", entered.get(campaign.segment, []), campaign.on_enter),
+        extra = (existing or {}).get(campaign.name, [])
+        enter_ids = sorted(set(entered.get(campaign.segment, [])) | set(extra)) if extra else entered.get(campaign.segment, [])
+        holdout_pct = getattr(campaign, "holdout_percent", 0) or 0
+        for event, ids, actions in (("enter", enter_ids, campaign.on_enter),
                                     ("exit", left.get(campaign.segment, []), campaign.on_exit)):
             if not actions:
                 continue
@@ -225,8 +252,11 @@ def plan(
                 card = cards.get(cid) or Card({"id": cid}, None)
                 reason = None
                 last = history.last_by_campaign.get((campaign.name, cid))
+                status = "waiting" if campaign.name in waiting else None
                 if card.do_not_contact:
                     reason = "do not contact"
+                elif in_holdout(cid, campaign.name, holdout_pct):
+                    reason, status = HOLDOUT_REASON, "holdout"
                 elif last is not None and campaign.cooldown_days and (as_of - last).days < campaign.cooldown_days:
                     reason = f"cooldown: last action {last.isoformat()}, {campaign.cooldown_days} days"
                 elif pressure.max_touches is not None:
@@ -240,7 +270,8 @@ def plan(
                 for i, action in enumerate(actions):
                     base = f"{campaign.name}/{'on_' + event}.{i}.{action.action}/{cid}/{as_of.isoformat()}"
                     common = dict(campaign=campaign.name, customer_id=cid, entry_date=as_of, event=event,
-                                  responsible_id=responsible, skip_reason=reason)
+                                  responsible_id=responsible, skip_reason=reason,
+                                  status=status if (reason is None or status == "holdout") else None)
                     deadline = calendar.deadline(as_of, action.due_in_days, tz).isoformat()
                     if action.action == "call_task":
                         kind = "todo" if action.kind == "todo" else "call_task"

@@ -223,6 +223,12 @@ class CampaignConfig(_Section):
     daily_cap_per_rep: int | None = Field(None, ge=1)
     on_enter: tuple[ActionConfig, ...] = ()
     on_exit: tuple[ActionConfig, ...] = ()
+    # issue 18: a safe start and measured results
+    auto_approve: bool = Field(False, description="send the first batch without `lifecycle campaigns approve NAME`")
+    include_current_members: bool = Field(False, description="act once on everyone already in the segment when added")
+    max_actions_per_run: int | None = Field(None, ge=1, description="at most this many actions per run; oldest entry first")
+    holdout_percent: float = Field(0, ge=0, le=90, description="share of customers kept out as a control group")
+    attribution_days: int = Field(30, ge=1, le=365, description="a purchase this many days after the entry counts")
 
     @field_validator("responsible")
     @classmethod
@@ -247,6 +253,7 @@ class CalendarConfig(_Section):
 class ExecutorConfig(_Section):
     batch_size: int = Field(50, ge=1, le=50, description="actions per batch request (Bitrix24 batch / amoCRM POST)")
     max_attempts: int = Field(5, ge=1, description="give an action up after this many failed tries")
+    max_actions_per_run: int | None = Field(None, ge=1, description="at most this many actions per run over all campaigns")
 
 
 class AudienceConfig(_Section):

@@ -31,12 +31,14 @@ CAMPAIGNS = """
 [[campaign]]
 name = "winback"
 segment = "status.former"
+auto_approve = true
 cooldown_days = 30
 on_enter = [{{ action = "call_task", title = "Call {{name}}: win back", description = "Script: {{purchases}} orders, offer 10%", due_in_days = 2 }}]
 
 [[campaign]]
 name = "repeat"
 segment = "lifecycle.promising_asleep"
+auto_approve = true
 responsible = {users}
 daily_cap_per_rep = 1000
 on_enter = [{{ action = "deal", title = "Repeat sale: {{name}}", pipeline = "{pipeline}", script = "Ask about order {{purchases}}", due_in_days = 3 }}]
@@ -355,7 +357,7 @@ def test_bitrix24_todo_kind_is_created_once_and_found_again_after_a_lost_answer(
         path.write_text(
             f'[crm]\nkind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n'
             '[state]\nurl = "sqlite:///state.db"\n[executor]\nbatch_size = 4\n'
-            '[[campaign]]\nname = "todo"\nsegment = "status.former"\n'
+            '[[campaign]]\nname = "todo"\nsegment = "status.former"\nauto_approve = true\n'
             'on_enter = [{ action = "call_task", kind = "todo", title = "Call {name}", description = "Why did you stop?", due_in_days = 1 }]\n',
             encoding="utf-8")
         config = load_config(path)

@@ -212,6 +212,7 @@ def test_sigterm_mid_sync_exits_cleanly_and_the_next_run_completes_without_dupli
 [[campaign]]
 name = "winback"
 segment = "status.former"
+auto_approve = true
 on_enter = [{ action = "call_task", title = "Call {name}", description = "Script", due_in_days = 2 }]
 [executor]
 batch_size = 2

@@ -67,7 +67,7 @@ def env(tmp_path_factory):
             f'[crm]\nkind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n'
             f'overlap_minutes = 0\nreconcile_hours = 0\n[state]\nurl = "sqlite:///{folder / "state.db"}"\n'
             f'[ui]\nlanguage = "en"\n[[segment]]\nname = "big_spenders"\nwhen = "monetary >= 100000"\n'
-            '[[campaign]]\nname = "winback"\nsegment = "status.former"\ncooldown_days = 30\n'
+            '[[campaign]]\nname = "winback"\nsegment = "status.former"\ncooldown_days = 30\nauto_approve = true\n'
             'on_enter = [{ action = "call_task", title = "Call {name}", description = "Why did you stop?", due_in_days = 2 }]\n',
             encoding="utf-8")
         config = load_config(path)

@@ -69,6 +69,12 @@ class AmoActions:
             users = {int(u["id"]) for page in iter_list(self.client, "/api/v4/users", "users", {}) for u in page}
             check_users(campaigns, users, "of this amoCRM account")
 
+    def users(self) -> list[tuple[int, str | None, bool]]:
+        """The account's users as (id, name, active) (``GET /api/v4/users``): plan and the dashboard name reps."""
+        return [(int(u["id"]), (str(u.get("name") or "").strip() or None),
+                 bool((u.get("rights") or {}).get("is_active", True)))
+                for page in iter_list(self.client, "/api/v4/users", "users", {}) for u in page]
+
     # -- creating --------------------------------------------------------------------------------
 
     def create(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]

@@ -81,6 +81,12 @@ class Bitrix24Actions:
             active = {int(u["ID"]) for u in answer.get("result") or [] if str(u.get("ACTIVE", True)).lower() not in ("false", "n")}
             check_users(campaigns, active, "of this Bitrix24 portal")
 
+    def users(self) -> list[tuple[int, str | None, bool]]:
+        """The portal's users as (id, name, active) (``user.get``, paged): plan and the dashboard name reps."""
+        rows = self._run(self._all("user.get", {"sort": "ID", "order": "ASC"}, lambda a: a.get("result") or []))
+        return [(int(u["ID"]), " ".join(str(u.get(k) or "").strip() for k in ("NAME", "LAST_NAME")).strip() or None,
+                 str(u.get("ACTIVE", True)).lower() not in ("false", "n")) for u in rows]
+
     # -- creating --------------------------------------------------------------------------------
 
     def create(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]

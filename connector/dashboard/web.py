@@ -496,4 +496,4 @@ def _preview(config: Any) -> list[dict[str, Any]]:
     from connector.pipeline import preview_plan
 
     return [{k: r[k] for k in ("campaign", "action", "customer_id", "key", "skip_reason", "responsible_id", "origin", "due")}
-            for r in preview_plan(config)]
+            for r in preview_plan(config, pull=False)]
