@@ -75,6 +75,18 @@ class AmoActions:
                  bool((u.get("rights") or {}).get("is_active", True)))
                 for page in iter_list(self.client, "/api/v4/users", "users", {}) for u in page]
 
+    def closed_tasks(self, items: Sequence[tuple[str, int]]) -> dict[str, set[int]]:
+        """Of these (action, CRM id) tasks, the ids completed in amoCRM (``GET /api/v4/tasks`` filtered by id
+        and ``is_completed``), by action: for the report."""
+        out: dict[str, set[int]] = {}
+        for action in sorted({a for a, _ in items}):
+            ids = sorted({i for a, i in items if a == action})
+            for start in range(0, len(ids), 50):
+                params = {"filter[id][]": ids[start:start + 50], "filter[is_completed]": 1}
+                out.setdefault(action, set()).update(
+                    int(t["id"]) for page in iter_list(self.client, "/api/v4/tasks", "tasks", params) for t in page)
+        return out
+
     # -- creating --------------------------------------------------------------------------------
 
     def create(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]

@@ -87,6 +87,26 @@ class Bitrix24Actions:
         return [(int(u["ID"]), " ".join(str(u.get(k) or "").strip() for k in ("NAME", "LAST_NAME")).strip() or None,
                  str(u.get("ACTIVE", True)).lower() not in ("false", "n")) for u in rows]
 
+    def closed_tasks(self, items: Sequence[tuple[str, int]]) -> dict[str, set[int]]:
+        """Of these (action, CRM id) call tasks and to-dos, the ids completed in the CRM, by action
+        (``tasks.task.list`` with ``STATUS`` 5; ``crm.activity.list`` with ``COMPLETED`` Y): for the report."""
+        return self._run(self._closed_tasks(items))
+
+    async def _closed_tasks(self, items: Sequence[tuple[str, int]]) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for action in sorted({a for a, _ in items}):
+            ids = sorted({i for a, i in items if a == action})
+            for start in range(0, len(ids), 50):
+                part = ids[start:start + 50]
+                if action == "todo":
+                    rows = await self._all("crm.activity.list", {"filter": {"@ID": part, "COMPLETED": "Y"}, "select": ["ID"]},
+                                           lambda a: a.get("result") or [])
+                else:
+                    rows = await self._all("tasks.task.list", {"filter": {"@ID": part, "STATUS": 5}, "select": ["ID"]},
+                                           lambda a: (a.get("result") or {}).get("tasks") or [])
+                out.setdefault(action, set()).update(int(r.get("id") or r.get("ID")) for r in rows)
+        return out
+
     # -- creating --------------------------------------------------------------------------------
 
     def create(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]
