@@ -297,6 +297,52 @@ def plan(
     return [a for a in out if a.key not in history.keys]
 
 
+CLOSE_TEXTS = {
+    "en": {"bought": "Closed by crm-lifecycle: the customer bought on {day}.",
+           "left": "Closed by crm-lifecycle: the customer left the segment {segment} on {day}."},
+    "ru": {"bought": "Закрыто crm-lifecycle: клиент купил {day}.",
+           "left": "Закрыто crm-lifecycle: клиент вышел из сегмента {segment} {day}."},
+}
+
+
+def plan_closing(campaigns: Iterable[Any], left: dict[str, list[int]], done: Iterable[Any], as_of: date,
+                 last_purchase: dict[int, date], history_keys: set[str], language: str = "ru",
+                 labels: dict[str, str] | None = None) -> list[PlannedAction]:
+    """``close_on_exit``: for each customer who left a campaign's segment today, close what the campaign
+    created for them on entry and is still open in the CRM (call tasks; deals when ``close_deal_stage`` is
+    set), with a comment saying why. ``done``: the ledger's done rows of these customers. Keys are the
+    created object's key + ``/close``, so a close is planned once."""
+    texts = CLOSE_TEXTS.get(language, CLOSE_TEXTS["en"])
+    by_campaign = {c.name: c for c in campaigns if getattr(c, "close_on_exit", False)}
+    leaving = {(name, cid) for name, c in by_campaign.items() for cid in left.get(c.segment, [])}
+    out: list[PlannedAction] = []
+    for row in sorted(done, key=lambda r: r.key):
+        campaign = by_campaign.get(row.campaign)
+        if campaign is None or (row.campaign, row.customer_id) not in leaving or row.event != "enter":
+            continue
+        if row.action in ("call_task", "deal_task"):
+            kind = "close_task"
+        elif row.action == "deal" and campaign.close_deal_stage:
+            kind = "close_deal"
+        else:
+            continue
+        target = (row.result or {}).get("id")
+        key = f"{row.key}/close"
+        if target is None or key in history_keys:
+            continue
+        bought = last_purchase.get(row.customer_id)
+        if bought is not None and bought >= row.entry_date:
+            comment = texts["bought"].format(day=bought.isoformat())
+        else:
+            segment = (labels or {}).get(campaign.segment, campaign.segment)
+            comment = texts["left"].format(segment=segment, day=as_of.isoformat())
+        payload = {"target": int(target), "target_action": row.action, "comment": comment,
+                   "pipeline": row.payload.get("pipeline"), "stage": campaign.close_deal_stage if kind == "close_deal" else None}
+        out.append(PlannedAction(key=key, campaign=row.campaign, action=kind, customer_id=row.customer_id, entry_date=as_of,
+                                 event="exit", responsible_id=row.responsible_id, payload=payload))
+    return out
+
+
 def _assign(campaign: Any, card: Card, as_of: date, per_rep_day: Counter, rr: Counter) -> tuple[int | None, str | None]:
     cap = campaign.daily_cap_per_rep
     if campaign.responsible == "owner":

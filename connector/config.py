@@ -229,6 +229,8 @@ class CampaignConfig(_Section):
     max_actions_per_run: int | None = Field(None, ge=1, description="at most this many actions per run; oldest entry first")
     holdout_percent: float = Field(0, ge=0, le=90, description="share of customers kept out as a control group")
     attribution_days: int = Field(30, ge=1, le=365, description="a purchase this many days after the entry counts")
+    close_on_exit: bool = Field(True, description="complete the open call task (and move the open deal) when the customer leaves")
+    close_deal_stage: str | None = Field(None, description="stage (name or id) an open campaign deal moves to on exit")
 
     @field_validator("responsible")
     @classmethod

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lifecycle.executor")
 
-PHASES = (("deal", "call_task", "todo"), ("deal_task",))
+PHASES = (("deal", "call_task", "todo"), ("deal_task",), ("close_task", "close_deal"))
+CLOSING = ("close_task", "close_deal")  # close_on_exit: through the sink's close / find_closed, never capped
 PASSES = 3
 
 
@@ -53,7 +54,7 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
     if in_doubt:
         found = {}
         for chunk in _batches(in_doubt, batch_size):
-            found.update(sink.find(chunk, parents))
+            found.update(_find(sink, chunk, parents))
         store.set_actions(list(found), "done", results=found, not_claimed_by=holder)
         store.set_actions([r.key for r in in_doubt if r.key not in found], "planned", not_claimed_by=holder)
         summary["actions_recovered"] = len(found)
@@ -66,7 +67,7 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
         for _ in range(PASSES):
             rows = [r for r in store.ledger(["planned", "failed"])
                     if r.action in phase and r.attempts < max_attempts
-                    and (allowed is None or r.parent_key is not None or r.key in allowed)]
+                    and (allowed is None or r.parent_key is not None or r.key in allowed or r.action in CLOSING)]
             ready = [r for r in rows if r.parent_key is None or r.parent_key in parents]
             if not ready:
                 break
@@ -79,10 +80,11 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
                     continue
                 keys = [r.key for r in chunk]
                 try:
-                    results, errors = sink.create(chunk, parents)
+                    results, errors = (sink.close_objects(chunk) if phase == CLOSING  # type: ignore[attr-defined]
+                                       else sink.create(chunk, parents))
                 except Exception as exc:  # the request's fate is unknown: ask the CRM what exists
                     try:
-                        results = sink.find(chunk, parents)
+                        results = _find(sink, chunk, parents)
                     except Exception:
                         raise exc from None  # the batch stays "sending", settled by the next run
                     errors = {k: f"{type(exc).__name__}: {exc}" for k in keys if k not in results}
@@ -111,7 +113,7 @@ def _within_caps(rows: list[LedgerRow], max_attempts: int, max_per_run: int | No
         return None
     allowed: set[str] = set()
     per_campaign: dict[str, int] = {}
-    top = sorted((r for r in rows if r.parent_key is None and r.attempts < max_attempts),
+    top = sorted((r for r in rows if r.parent_key is None and r.attempts < max_attempts and r.action not in CLOSING),
                  key=lambda r: (r.entry_date, r.planned_run, r.key))
     for r in top:
         if max_per_run is not None and len(allowed) >= max_per_run:
@@ -122,6 +124,16 @@ def _within_caps(rows: list[LedgerRow], max_attempts: int, max_per_run: int | No
         allowed.add(r.key)
         per_campaign[r.campaign] = per_campaign.get(r.campaign, 0) + 1
     return allowed
+
+
+def _find(sink: ActionSink, rows: list[LedgerRow], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What the CRM already holds for these rows: created objects by marker, closings by the object's state."""
+    closing = [r for r in rows if r.action in CLOSING]
+    other = [r for r in rows if r.action not in CLOSING]
+    found = sink.find(other, parents) if other else {}
+    if closing:
+        found.update(sink.find_closed(closing))  # type: ignore[attr-defined]
+    return found
 
 
 def _parents(store: Any) -> dict[str, dict[str, Any]]:

@@ -292,9 +292,30 @@ def plan_actions(config: LoadedConfig, store: StateStore, computation: Computati
         rep = raw.get("responsible_id")
         planned_cards[cid] = Card(values=values, responsible_id=int(rep) if rep and str(rep).isdigit() else None,
                                   do_not_contact=bool(dnc_source) and is_true((raw.get("fields") or {}).get(dnc_source)))
-    return plan(campaigns, entered_by, left_by, as_of, planned_cards, history,
-                WorkCalendar.from_settings(config.settings.calendar),
-                config.settings.pressure, ZoneInfo(config.crm.timezone), existing=existing, waiting=waiting)
+    planned = plan(campaigns, entered_by, left_by, as_of, planned_cards, history,
+                   WorkCalendar.from_settings(config.settings.calendar),
+                   config.settings.pressure, ZoneInfo(config.crm.timezone), existing=existing, waiting=waiting)
+    return planned + _closing(config, store, computation, left_by, as_of, history.keys)
+
+
+def _closing(config: LoadedConfig, store: StateStore, computation: Computation, left_by: dict[str, list[int]],
+             as_of: date, keys: set[str]) -> list:
+    """Close actions (``close_on_exit``) for the customers who left a campaign segment today."""
+    from datetime import timedelta
+
+    from connector.campaigns import plan_closing
+
+    closing = [c for c in config.settings.campaign if c.close_on_exit]
+    ids = sorted({i for c in closing for i in left_by.get(c.segment, [])})
+    if not ids:
+        return []
+    done = store.ledger(["done"], customer_ids=ids)
+    last: dict[int, date] = {}
+    for cid, days in computation.features.filter(pl.col("id").is_in(ids)).select("id", "recency_days").iter_rows():
+        if days is not None and days == days:
+            last[int(cid)] = as_of - timedelta(days=int(days))
+    labels = {c.segment: config.label(c.segment) for c in closing}
+    return plan_closing(closing, left_by, done, as_of, last, keys, config.settings.ui.language, labels)
 
 
 USERS_REFRESH_SECONDS = 24 * 3600

@@ -65,6 +65,7 @@ class AmoActions:
                 else:
                     status = min(statuses, key=lambda s: int(s.get("sort") or 0))
                 self.targets[(action.pipeline, action.stage)] = (int(pipeline["id"]), int(status["id"]))
+        self._resolve_close(campaigns)
         if round_robin_users(campaigns):
             users = {int(u["id"]) for page in iter_list(self.client, "/api/v4/users", "users", {}) for u in page}
             check_users(campaigns, users, "of this amoCRM account")
@@ -74,6 +75,102 @@ class AmoActions:
         return [(int(u["id"]), (str(u.get("name") or "").strip() or None),
                  bool((u.get("rights") or {}).get("is_active", True)))
                 for page in iter_list(self.client, "/api/v4/users", "users", {}) for u in page]
+
+    def _resolve_close(self, campaigns: Sequence[CampaignSpec]) -> None:
+        """``close_deal_stage``: a status (any, 142 won and 143 lost included) of each deal action's pipeline."""
+        wanted = [(c, a) for c in campaigns if getattr(c, "close_deal_stage", None) and getattr(c, "close_on_exit", False)
+                  for a in (*c.on_enter, *c.on_exit) if a.action == "deal"]
+        if not wanted:
+            return
+        body = self.client.get("/api/v4/leads/pipelines") or {}
+        pipelines = (body.get("_embedded") or {}).get("pipelines") or []
+        for campaign, action in wanted:
+            pipeline = pick(pipelines, action.pipeline, "id", "name")
+            if pipeline is None:
+                continue  # reported by the deal check above
+            statuses = (pipeline.get("_embedded") or {}).get("statuses") or []
+            status = pick(statuses, campaign.close_deal_stage, "id", "name")  # type: ignore[attr-defined]
+            if status is None:
+                names = ", ".join(f"{s.get('name')} (id {s.get('id')})" for s in statuses)
+                raise AdapterConfigError(f"[[campaign]] {campaign.name!r}: close_deal_stage "
+                                         f"{campaign.close_deal_stage!r} is not a status of pipeline "  # type: ignore[attr-defined]
+                                         f"{pipeline.get('name')!r}; statuses: {names}")
+            self.targets[(action.pipeline, campaign.close_deal_stage)] = (int(pipeline["id"]), int(status["id"]))  # type: ignore[attr-defined]
+
+    # -- close_on_exit: complete a campaign's open task, move its open lead, with a comment ------------
+
+    def close_objects(self, rows: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Close what ``rows`` (close_task / close_deal) point at: ``PATCH /api/v4/tasks`` with
+        ``is_completed`` and the comment as the task's result; ``PATCH /api/v4/leads`` to the close status and
+        a common note on the lead. A task already completed (by a rep) or a lead already won or lost is left
+        alone and reported done with ``left`` saying so."""
+        state = self._targets_state(rows)
+        done: dict[str, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
+        tasks, leads, notes = [], [], []
+        for row in rows:
+            p = row["payload"]
+            target = int(p["target"])
+            now = state.get((row["action"], target))
+            if now is None:
+                done[row["key"]] = {"id": target, "left": "not found in the CRM"}
+            elif now["closed"]:
+                done[row["key"]] = {"id": target, "left": "already completed" if row["action"] == "close_task"
+                                    else "already won or lost"}
+            elif row["action"] == "close_task":
+                tasks.append((row, {"id": target, "is_completed": True, "result": {"text": p["comment"]}}))
+            else:
+                goal = self.targets.get((p.get("pipeline"), p.get("stage")))
+                if goal is None:
+                    errors[row["key"]] = f"close_deal_stage {p.get('stage')!r} not resolved"
+                    continue
+                leads.append((row, {"id": target, "pipeline_id": goal[0], "status_id": goal[1]}))
+                notes.append({"entity_id": target, "note_type": "common", "params": {"text": p["comment"]}})
+        for path, group in (("/api/v4/tasks", tasks), ("/api/v4/leads", leads)):
+            if not group:
+                continue
+            try:
+                self.client.patch(path, [item for _, item in group])
+            except AmoHTTPError as exc:
+                if exc.status >= 500:
+                    raise
+                for row, _ in group:
+                    errors[row["key"]] = str(exc)
+                continue
+            for row, item in group:
+                done[row["key"]] = {"id": int(item["id"])}
+        if notes and any(r["key"] in done for r, _ in leads):
+            try:
+                self.client.post("/api/v4/leads/notes", [n for n, (r, _) in zip(notes, leads) if r["key"] in done])
+            except AmoHTTPError:
+                pass  # the lead is moved; its note is a courtesy
+        return done, errors
+
+    def find_closed(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The close rows whose task is completed or whose lead is won, lost or in the close status already."""
+        state = self._targets_state(rows)
+        found = {}
+        for row in rows:
+            p = row["payload"]
+            now = state.get((row["action"], int(p["target"])))
+            goal = self.targets.get((p.get("pipeline"), p.get("stage")))
+            if now is not None and (now["closed"] or (goal is not None and now.get("status") == goal[1])):
+                found[row["key"]] = {"id": int(p["target"])}
+        return found
+
+    def _targets_state(self, rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+        out: dict[tuple[str, int], dict[str, Any]] = {}
+        for action, path, key in (("close_task", "/api/v4/tasks", "tasks"), ("close_deal", "/api/v4/leads", "leads")):
+            ids = sorted({int(r["payload"]["target"]) for r in rows if r["action"] == action})
+            for start in range(0, len(ids), 50):
+                for page in iter_list(self.client, path, key, {"filter[id][]": ids[start:start + 50]}):
+                    for item in page:
+                        if action == "close_task":
+                            out[(action, int(item["id"]))] = {"closed": bool(item.get("is_completed"))}
+                        else:
+                            status = int(item.get("status_id") or 0)
+                            out[(action, int(item["id"]))] = {"closed": status in SYSTEM_STATUSES, "status": status}
+        return out
 
     def closed_tasks(self, items: Sequence[tuple[str, int]]) -> dict[str, set[int]]:
         """Of these (action, CRM id) tasks, the ids completed in amoCRM (``GET /api/v4/tasks`` filtered by id

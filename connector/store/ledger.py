@@ -88,7 +88,7 @@ class LedgerHistory:
         history = cls()
         for key, campaign, cid, day, rep, status, action in summary:
             history.keys.add(key)
-            if status in ("skipped", "holdout") or action == "deal_task":
+            if status in ("skipped", "holdout") or action in ("deal_task", "close_task", "close_deal"):
                 continue
             day = date.fromisoformat(day[:10]) if isinstance(day, str) else day
             history.last_by_campaign[(campaign, cid)] = max(day, history.last_by_campaign.get((campaign, cid), day))
