@@ -48,6 +48,10 @@ HELP: dict[str, tuple[str, str]] = {
                   "lifecycle users add rep@example.com --role viewer --portal default"),
     "users list": ("The dashboard accounts with their roles and portals (never their passwords).", "lifecycle users list"),
     "users remove": ("Delete a dashboard account.", "lifecycle users remove rep@example.com"),
+    "campaigns": ("Campaign approval: a new campaign's first batch (and a new portal's) waits until approved.",
+                  "lifecycle campaigns approve winback"),
+    "campaigns approve": ("Release a campaign's waiting actions (the next sync sends them); its later batches are "
+                          "sent without asking.", "lifecycle campaigns approve winback --config lifecycle.toml"),
     "model": ("Fit or backtest the prediction model (P(alive), expected purchases).", "lifecycle model fit"),
     "model fit": ("Fit the prediction model on the portal's mirror (or a summary file) and print its parameters.",
                   "lifecycle model fit --format json"),
