@@ -12,7 +12,8 @@ Per campaign, over the entries of the last ``--days`` days (default: all):
   approximation with unpooled variances (Welch). An interval that excludes zero says the difference is
   unlikely to be chance alone.
 * **call tasks closed by reps**: of the campaign's call tasks created in the CRM, the share that are
-  completed there (read from the CRM when it can be reached; "-" otherwise).
+  completed there, leaving out those the connector completed itself (``close_on_exit``); read from the CRM
+  when it can be reached ("-" otherwise).
 
 Everything is computed from the ledger and the mirror: run ``lifecycle sync`` first so the purchases are in.
 """
@@ -157,15 +158,18 @@ def closed_call_tasks(config: Any, store: Any) -> dict[str, tuple[int, int]] | N
     """campaign -> (closed, created) call tasks, read from the CRM; None when it cannot tell."""
     from connector.pipeline import make_sink
 
-    rows = [r for r in store.ledger(["done"]) if r.action in TASK_ACTIONS and (r.result or {}).get("id")]
+    done = store.ledger(["done"])
+    rows = [r for r in done if r.action in TASK_ACTIONS and (r.result or {}).get("id")]
     if not rows:
         return {}
+    # tasks the connector itself completed (close_on_exit) were not closed by a rep
+    ours = {int(r.payload["target"]) for r in done if r.action == "close_task" and not (r.result or {}).get("left")}
     sink = None
     try:
         sink = make_sink(config, store)
         if sink is None or not hasattr(sink, "closed_tasks"):
             return None
-        done = sink.closed_tasks([(r.action, int(r.result["id"])) for r in rows])
+        completed = sink.closed_tasks([(r.action, int(r.result["id"])) for r in rows])
     except Exception as exc:  # noqa: BLE001 - the rest of the report stands without it
         from connector.logs import safe_error
 
@@ -177,7 +181,9 @@ def closed_call_tasks(config: Any, store: Any) -> dict[str, tuple[int, int]] | N
     out: dict[str, tuple[int, int]] = {}
     for r in rows:
         closed, created = out.get(r.campaign, (0, 0))
-        out[r.campaign] = (closed + int(int(r.result["id"]) in done.get(r.action, set())), created + 1)
+        task = int(r.result["id"])
+        by_rep = task in completed.get(r.action, set()) and not (r.action != "todo" and task in ours)
+        out[r.campaign] = (closed + int(by_rep), created + 1)
     return out
 
 

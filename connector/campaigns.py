@@ -44,7 +44,7 @@ from rules.features import TRUE_WORDS  # noqa: E402 - the one list of true words
 
 CARD_TYPES = {"id": "number", "name": "string", "phone": "string", "email": "string", "responsible_id": "string",
               "birthday": "date", "last_purchase": "date", "first_purchase": "date",
-              "campaign": "string", "segment": "string"}
+              "campaign": "string", "segment": "string", "segment_label": "string", "last_amount": "number"}
 TEMPLATE_ATTRS = ("title", "description", "script", "task_title")
 
 
@@ -182,6 +182,39 @@ class PlannedAction:
         return self.status or ("skipped" if self.skip_reason else "planned")
 
 
+WHY = {
+    "en": {"why": "Why: {label}.", "purchases": "Purchases: {n}", "last": "last on {day} for {amount}",
+           "total": "total {total}", "none": "No purchases yet."},
+    "ru": {"why": "Почему: {label}.", "purchases": "Покупок: {n}", "last": "последняя {day} на {amount}",
+           "total": "всего {total}", "none": "Покупок пока нет."},
+}
+
+
+def _money(value: Any) -> str:
+    return f"{float(value):,.0f}".replace(",", "\u00a0")
+
+
+def why_text(values: dict[str, Any], language: str = "en") -> str:
+    """The default text of a campaign's task or deal when the config gives none: why this customer (the
+    segment's label), their purchases, the last purchase's date and amount, and the total."""
+    t = WHY.get(language, WHY["en"])
+    lines = [t["why"].format(label=values.get("segment_label") or values.get("segment") or "")]
+    n = values.get("purchases")
+    if isinstance(n, (int, float)) and n == n and n > 0:
+        parts = [t["purchases"].format(n=int(n))]
+        day, amount = values.get("last_purchase"), values.get("last_amount")
+        if isinstance(day, date):
+            parts.append(t["last"].format(day=day.strftime("%d.%m.%Y"), amount=_money(amount) if isinstance(
+                amount, (int, float)) and amount == amount else "-"))
+        total = values.get("monetary")
+        if isinstance(total, (int, float)) and total == total:
+            parts.append(t["total"].format(total=_money(total)))
+        lines.append("; ".join(parts) + ".")
+    else:
+        lines.append(t["none"])
+    return cut(" ".join(lines), LIMITS["description"])
+
+
 HOLDOUT_REASON = "holdout group"
 
 
@@ -227,6 +260,8 @@ def plan(
     tz: ZoneInfo,
     existing: dict[str, list[int]] | None = None,
     waiting: frozenset[str] | set[str] = frozenset(),
+    labels: dict[str, str] | None = None,
+    language: str = "en",
 ) -> list[PlannedAction]:
     """Actions (and skips, with reasons) for the customers who entered or left campaign segments today.
 
@@ -266,7 +301,8 @@ def plan(
                 responsible = None
                 if reason is None:
                     responsible, reason = _assign(campaign, card, as_of, per_rep_day, rr)
-                values = {**template_values(card.values, as_of), "campaign": campaign.name, "segment": campaign.segment}
+                values = {**template_values(card.values, as_of), "campaign": campaign.name, "segment": campaign.segment,
+                          "segment_label": (labels or {}).get(campaign.segment, campaign.segment)}
                 for i, action in enumerate(actions):
                     base = f"{campaign.name}/{'on_' + event}.{i}.{action.action}/{cid}/{as_of.isoformat()}"
                     common = dict(campaign=campaign.name, customer_id=cid, entry_date=as_of, event=event,
@@ -276,13 +312,15 @@ def plan(
                     if action.action == "call_task":
                         kind = "todo" if action.kind == "todo" else "call_task"
                         payload = {"title": render(action.title, values, "title"),
-                                   "description": render(action.description, values, "description"),
+                                   "description": (render(action.description, values, "description") if action.description
+                                                   else why_text(values, language)),
                                    "deadline": deadline}
                         out.append(PlannedAction(key=base, action=kind, payload=payload, **common))
                     else:
                         title = render(action.title, values, "title")
                         payload = {"title": title, "pipeline": action.pipeline, "stage": action.stage,
-                                   "script": render(action.script, values, "script"), "deadline": deadline}
+                                   "script": render(action.script, values, "script") if action.script else why_text(values, language),
+                                   "deadline": deadline}
                         out.append(PlannedAction(key=base + "/deal", action="deal", payload=payload, **common))
                         task_title = (render(action.task_title, values, "task_title") if action.task_title
                                       else cut(f"Call: {title}", LIMITS["task_title"]))

@@ -370,6 +370,14 @@ class Settings(BaseSettings):
         # The environment overrides the file (the file's content arrives as init kwargs).
         return (env_settings, init_settings)
 
+    @field_validator("labels")
+    @classmethod
+    def _label_preset(cls, v: dict[str, str]) -> dict[str, str]:
+        if "preset" in v and v["preset"] not in ("ru", "en"):
+            raise ValueError(f'[labels] preset must be "ru" or "en" (the language of the preset segments\' default '
+                             f"labels), not {v['preset']!r}")
+        return v
+
     @field_validator("fields")
     @classmethod
     def _field_names(cls, v: dict[str, FieldConfig]) -> dict[str, FieldConfig]:
@@ -401,7 +409,18 @@ class LoadedConfig:
         return [n for n in self.rules.segment_names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
     def label(self, segment: str) -> str:
-        return self.settings.labels.get(segment, segment)
+        """What reps read for ``segment`` (tags on cards, ``{segment_label}`` in templates): ``[labels]`` for it;
+        else, with ``[labels] preset = "ru" | "en"``, the preset segments' built-in label in that language;
+        else the segment's name."""
+        labels = self.settings.labels
+        if segment in labels and segment != "preset":
+            return labels[segment]
+        preset = labels.get("preset")
+        if preset in ("ru", "en"):
+            from connector.dashboard.labels import default_label
+
+            return default_label(segment, preset)
+        return segment
 
 
 def _location(loc: tuple[Any, ...], data: dict[str, Any]) -> str:

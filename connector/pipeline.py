@@ -285,17 +285,38 @@ def plan_actions(config: LoadedConfig, store: StateStore, computation: Computati
     dnc_source = (config.settings.fields[dnc].source or dnc) if dnc and dnc in config.settings.fields else dnc
     cards_raw = (store.customer_cards(config.crm.customer, ids) if cards is None else cards.cards(ids))
     features = {r["id"]: r for r in computation.features.filter(pl.col("id").is_in(ids)).iter_rows(named=True)}
+    last_amount = _last_amounts(store, config, ids)
     planned_cards = {}
     for cid in ids:
         raw = cards_raw.get(cid, {})
-        values = {**features.get(cid, {}), **{k: raw.get(k) for k in ("name", "phone", "email", "birthday")}, "id": cid}
+        values = {**features.get(cid, {}), **{k: raw.get(k) for k in ("name", "phone", "email", "birthday")}, "id": cid,
+                  "last_amount": last_amount.get(cid)}
         rep = raw.get("responsible_id")
         planned_cards[cid] = Card(values=values, responsible_id=int(rep) if rep and str(rep).isdigit() else None,
                                   do_not_contact=bool(dnc_source) and is_true((raw.get("fields") or {}).get(dnc_source)))
     planned = plan(campaigns, entered_by, left_by, as_of, planned_cards, history,
                    WorkCalendar.from_settings(config.settings.calendar),
-                   config.settings.pressure, ZoneInfo(config.crm.timezone), existing=existing, waiting=waiting)
+                   config.settings.pressure, ZoneInfo(config.crm.timezone), existing=existing, waiting=waiting,
+                   labels={c.segment: config.label(c.segment) for c in campaigns}, language=rep_language(config))
     return planned + _closing(config, store, computation, left_by, as_of, history.keys)
+
+
+def rep_language(config: LoadedConfig) -> str:
+    """The language of what reps read (default texts, closing comments): ``[labels] preset``, else ``[ui] language``."""
+    preset = config.settings.labels.get("preset")
+    return preset if preset in ("ru", "en") else config.settings.ui.language
+
+
+def _last_amounts(store: StateStore, config: LoadedConfig, ids: list[int]) -> dict[int, float]:
+    """The amount of each customer's last won deal (the default texts say it)."""
+    if not ids:
+        return {}
+    column = "company_id" if config.crm.customer == "company" else "contact_id"
+    deals = store.deals_frame().filter((pl.col("status") == "won") & pl.col(column).is_in(ids) & pl.col("closed_ts").is_not_null())
+    if deals.is_empty():
+        return {}
+    last = deals.sort("closed_ts").group_by(column).agg(pl.col("amount").last())
+    return {int(cid): float(amount) for cid, amount in last.iter_rows()}
 
 
 def _closing(config: LoadedConfig, store: StateStore, computation: Computation, left_by: dict[str, list[int]],
@@ -315,7 +336,7 @@ def _closing(config: LoadedConfig, store: StateStore, computation: Computation, 
         if days is not None and days == days:
             last[int(cid)] = as_of - timedelta(days=int(days))
     labels = {c.segment: config.label(c.segment) for c in closing}
-    return plan_closing(closing, left_by, done, as_of, last, keys, config.settings.ui.language, labels)
+    return plan_closing(closing, left_by, done, as_of, last, keys, rep_language(config), labels)
 
 
 USERS_REFRESH_SECONDS = 24 * 3600

@@ -68,8 +68,8 @@ class Bitrix24:
         """marker -> how many CRM objects carry it (tasks by description, deals by ORIGIN_ID)."""
         state = handle.state()
         found: Counter = Counter()
-        for task in state["tasks"]:
-            for m in MARK.findall(str(task.get("DESCRIPTION") or "")):
+        for task in state["tasks"]:  # the marker in XML_ID (earlier versions: in the description)
+            for m in MARK.findall(str(task.get("DESCRIPTION") or "")) + MARK.findall(f"[{task.get('XML_ID') or ''}]"):
                 found[("task", m)] += 1
         for deal in state["deals"]:
             if deal.get("ORIGINATOR_ID") == "crm-lifecycle":
@@ -111,8 +111,9 @@ class AmoCRM:
         for task in state["tasks"]:
             for m in MARK.findall(str(task.get("text") or "")):
                 found[("task", m)] += 1
-        for lead in state["leads"]:
-            for m in MARK.findall(str(lead.get("name") or "")):
+        for lead in state["leads"]:  # the marker in the connector's key field (earlier versions: in the name)
+            values = "".join(f"[{v.get('value')}]" for cf in lead.get("custom_fields_values") or [] for v in cf.get("values") or [])
+            for m in MARK.findall(str(lead.get("name") or "") + values):
                 found[("deal", m)] += 1
         return found
 
@@ -149,7 +150,7 @@ def expected(config) -> Counter:
         store.close()
     out: Counter = Counter()
     for r in rows:
-        if r["status"] == "skipped":
+        if r["status"] == "skipped" or r["action"].startswith("close_"):  # a close creates nothing
             continue
         out[("deal" if r["action"] == "deal" else "task", marker(r["key"]))] += 1
     return out

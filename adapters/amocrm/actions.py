@@ -5,8 +5,10 @@
   :meth:`find` lists the contact's tasks (``filter[entity_type]`` / ``filter[entity_id]``) and looks for it.
   amoCRM has no separate to-do: ``kind = "todo"`` is a call task too.
 * Deal: ``POST /api/v4/leads`` in the configured pipeline and status, the contact linked as main, the
-  responsible; the marker ends the lead's name (the one field ``query`` searches that every lead has), and
-  :meth:`find` searches ``GET /api/v4/leads?query=<marker>``. Its call task is bound to the lead and
+  responsible; the marker goes in a lead text field the connector creates before its first lead ("crm-lifecycle
+  key", code CRM_LIFECYCLE_KEY, API-only), not in the name reps read; :meth:`find` searches
+  ``GET /api/v4/leads?query=<marker>`` (which searches field values) and also finds the markers earlier
+  versions put at the end of the name. Its call task is bound to the lead and
   carries the script.
 * Up to 50 objects per POST with ``request_id`` = their place in the batch. A batch refused as a whole
   (validation errors) is retried one object at a time, so one bad action does not hold back the rest.
@@ -24,6 +26,8 @@ from adapters.amocrm.source import iter_list, make_client
 from adapters.base import AdapterConfigError, CampaignSpec, TokenStore, check_users, marker, pick, round_robin_users
 
 CALL = 1
+KEY_FIELD_NAME = "crm-lifecycle key"  # the leads' text field the connector creates for its markers
+KEY_FIELD_CODE = "CRM_LIFECYCLE_KEY"
 SYSTEM_STATUSES = {142, 143}
 
 
@@ -33,6 +37,7 @@ class AmoActions:
         self.plural = self.kind.plural
         self.client: AmoClient = make_client(settings, store)
         self.targets: dict[tuple[str, str | None], tuple[int, int]] = {}  # (pipeline, stage) -> (pipeline id, status id)
+        self.key_field: int | None = None  # the leads' custom field holding the marker (created on the first lead)
 
     @property
     def requests(self) -> int:
@@ -66,6 +71,8 @@ class AmoActions:
                     status = min(statuses, key=lambda s: int(s.get("sort") or 0))
                 self.targets[(action.pipeline, action.stage)] = (int(pipeline["id"]), int(status["id"]))
         self._resolve_close(campaigns)
+        if deals:
+            self.key_field = self._find_key_field()
         if round_robin_users(campaigns):
             users = {int(u["id"]) for page in iter_list(self.client, "/api/v4/users", "users", {}) for u in page}
             check_users(campaigns, users, "of this amoCRM account")
@@ -75,6 +82,28 @@ class AmoActions:
         return [(int(u["id"]), (str(u.get("name") or "").strip() or None),
                  bool((u.get("rights") or {}).get("is_active", True)))
                 for page in iter_list(self.client, "/api/v4/users", "users", {}) for u in page]
+
+    def _find_key_field(self) -> int | None:
+        for page in iter_list(self.client, "/api/v4/leads/custom_fields", "custom_fields", {}):
+            for field in page:
+                if str(field.get("code") or "").upper() == KEY_FIELD_CODE or field.get("name") == KEY_FIELD_NAME:
+                    return int(field["id"])
+        return None
+
+    def _key_field_id(self) -> int:
+        """The leads' text field for markers, created (``POST /api/v4/leads/custom_fields``) before the first
+        lead: a write, so never at start-up (``check``, ``plan`` and ``--dry-run`` write nothing)."""
+        if self.key_field is None:
+            self.key_field = self._find_key_field()
+        if self.key_field is None:
+            answer = self.client.post("/api/v4/leads/custom_fields", [
+                {"name": KEY_FIELD_NAME, "type": "text", "code": KEY_FIELD_CODE, "is_api_only": True, "sort": 10000}],
+                idempotent=False)
+            created = ((answer or {}).get("_embedded") or {}).get("custom_fields") or []
+            self.key_field = int(created[0]["id"]) if created else self._find_key_field()
+            if self.key_field is None:
+                raise ValueError("amoCRM did not create the lead field for crm-lifecycle's markers")
+        return self.key_field
 
     def _resolve_close(self, campaigns: Sequence[CampaignSpec]) -> None:
         """``close_deal_stage``: a status (any, 142 won and 143 lost included) of each deal action's pipeline."""
@@ -192,6 +221,8 @@ class AmoActions:
         errors: dict[str, str] = {}
         leads = [r for r in rows if r["action"] == "deal"]
         tasks = [r for r in rows if r["action"] != "deal"]
+        if leads:
+            self._key_field_id()
         for path, key, group in (("/api/v4/leads", "leads", leads), ("/api/v4/tasks", "tasks", tasks)):
             items = []
             for row in group:
@@ -241,8 +272,9 @@ class AmoActions:
             if target is None:
                 raise ValueError(f"pipeline {p['pipeline']!r} / status {p['stage']!r} not resolved")
             embedded = self.kind.lead_link(int(row["customer_id"]))
-            return {"name": f"{p['title']} {tag}", "pipeline_id": target[0], "status_id": target[1],
-                    "responsible_user_id": responsible, "_embedded": embedded}
+            return {"name": p["title"], "pipeline_id": target[0], "status_id": target[1],
+                    "responsible_user_id": responsible, "_embedded": embedded,
+                    "custom_fields_values": [{"field_id": self._key_field_id(), "values": [{"value": marker(row["key"])}]}]}
         if row["action"] == "deal_task":
             lead = parents.get(row["parent_key"] or "", {}).get("id")
             if lead is None:
@@ -260,8 +292,10 @@ class AmoActions:
             tag = marker(row["key"])
             if row["action"] == "deal":
                 for page in iter_list(self.client, "/api/v4/leads", "leads", {"query": tag}):
-                    for lead in page:
-                        if tag in str(lead.get("name") or ""):
+                    for lead in page:  # the marker in the key field; earlier versions: at the end of the name
+                        values = [str(v.get("value")) for cf in lead.get("custom_fields_values") or []
+                                  for v in cf.get("values") or []]
+                        if tag in str(lead.get("name") or "") or tag in values:
                             found[row["key"]] = {"id": int(lead["id"])}
                 continue
             if row["action"] == "deal_task":

@@ -1,9 +1,11 @@
 """Campaign actions in Bitrix24: call tasks, to-dos and sales-generator deals, looked up by marker.
 
 * Call task: ``tasks.task.add`` (TITLE, DESCRIPTION, RESPONSIBLE_ID, DEADLINE, ``UF_CRM_TASK: ["C_7"]``),
-  or with ``kind = "todo"`` ``crm.activity.todo.add`` on the contact. The action's marker ends the
-  description (``[lc0123abcd4567]``); :meth:`find` lists the customer's tasks (``tasks.task.list`` filtered by
-  ``UF_CRM_TASK``) or to-dos (``crm.activity.list`` by owner) and looks for it.
+  with the action's marker in ``XML_ID`` (the task's external id, which reps do not read), or with
+  ``kind = "todo"`` ``crm.activity.todo.add`` on the contact, the marker ending the description
+  (``[lc0123abcd4567]``); :meth:`find` lists the customer's tasks (``tasks.task.list`` filtered by
+  ``UF_CRM_TASK``) or to-dos (``crm.activity.list`` by owner) and looks for it (in XML_ID, or in the
+  description, where earlier versions put it).
 * Deal: ``crm.deal.add`` in the configured pipeline (CATEGORY_ID) and stage, the contact linked, the
   responsible, the script in COMMENTS, and the marker in ``ORIGINATOR_ID = "crm-lifecycle"`` /
   ``ORIGIN_ID = <action key>`` (the fields Bitrix24 keeps for records from an external system), found again
@@ -247,10 +249,10 @@ class Bitrix24Actions:
         owner = self.kind.binding(cid)
         tag = f"[{marker(row['key'])}]"
         deadline = p["deadline"][:19]
-        if row["action"] == "call_task":
+        if row["action"] == "call_task":  # the marker in XML_ID (the task's external id), out of the rep's text
             return "tasks.task.add", {"fields": {
-                "TITLE": p["title"], "DESCRIPTION": f"{p['description']}\n\n{tag}".strip(), "RESPONSIBLE_ID": row["responsible_id"],
-                "DEADLINE": deadline, "UF_CRM_TASK": [owner]}}
+                "TITLE": p["title"], "DESCRIPTION": p["description"], "RESPONSIBLE_ID": row["responsible_id"],
+                "DEADLINE": deadline, "UF_CRM_TASK": [owner], "XML_ID": marker(row["key"])}}
         if row["action"] == "todo":
             return "crm.activity.todo.add", {
                 "ownerTypeId": self.kind.owner_type_id, "ownerId": cid, "deadline": deadline,
@@ -270,8 +272,8 @@ class Bitrix24Actions:
             if deal is None:
                 raise ValueError("its deal does not exist yet")
             return "tasks.task.add", {"fields": {
-                "TITLE": p["title"], "DESCRIPTION": f"{p['description']}\n\n{tag}".strip(), "RESPONSIBLE_ID": row["responsible_id"],
-                "DEADLINE": deadline, "UF_CRM_TASK": [f"D_{deal}", owner]}}
+                "TITLE": p["title"], "DESCRIPTION": p["description"], "RESPONSIBLE_ID": row["responsible_id"],
+                "DEADLINE": deadline, "UF_CRM_TASK": [f"D_{deal}", owner], "XML_ID": marker(row["key"])}}
         raise ValueError(f"unknown action {row['action']!r}")
 
     # -- finding what an interrupted run created ---------------------------------------------------
@@ -298,9 +300,10 @@ class Bitrix24Actions:
                 else:
                     bound = self.kind.binding(row["customer_id"])
                 tasks = await self._all("tasks.task.list", {"filter": {"UF_CRM_TASK": bound},
-                                                           "select": ["ID", "DESCRIPTION"]}, lambda a: (a.get("result") or {}).get("tasks") or [])
-                for task in tasks:
-                    if marker(row["key"]) in str(task.get("description") or task.get("DESCRIPTION") or ""):
+                                                           "select": ["ID", "DESCRIPTION", "XML_ID"]}, lambda a: (a.get("result") or {}).get("tasks") or [])
+                for task in tasks:  # the marker in XML_ID; tasks of earlier versions carry it in the description
+                    if (str(task.get("xmlId") or task.get("XML_ID") or "") == marker(row["key"])
+                            or marker(row["key"]) in str(task.get("description") or task.get("DESCRIPTION") or "")):
                         found[row["key"]] = {"id": int(task.get("id") or task.get("ID"))}
                         break
             elif row["action"] == "todo":
