@@ -107,12 +107,16 @@ def campaign_results(config: Any, store: Any, *, days: int | None = None, as_of:
         arm = "holdout" if r.status == "holdout" else "contacted"
         key = (r.campaign, arm, r.customer_id)
         first[key] = min(first.get(key, r.entry_date), r.entry_date)
-    entity = "company_id" if config.crm.customer == "company" else "contact_id"
+    import sqlalchemy as sa
+
+    from connector.store import deals
+
+    column = deals.c.company_id if config.crm.customer == "company" else deals.c.contact_id
     purchases: dict[int, list[tuple[date, float]]] = {}
-    deals = store.deals_frame()
-    for cid, status, amount, closed_ts in deals.select(entity, "status", "amount", "closed_ts").iter_rows():
-        if status != "won" or cid is None or closed_ts is None:
-            continue
+    with store.engine.connect() as conn:  # plain SQLAlchemy: the dashboard reads no frame through connectorx
+        won = conn.execute(sa.select(column, deals.c.amount, deals.c.closed_ts).where(
+            deals.c.portal == store.portal, deals.c.status == "won", column.is_not(None), deals.c.closed_ts.is_not(None))).all()
+    for cid, amount, closed_ts in won:
         purchases.setdefault(int(cid), []).append((datetime.fromtimestamp(closed_ts, tz).date(), float(amount or 0)))
     out = []
     for campaign in config.settings.campaign:
