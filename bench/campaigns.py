@@ -29,10 +29,12 @@ CAMPAIGNS = """
 [[campaign]]
 name = "winback"
 segment = "status.former"
+auto_approve = true
 on_enter = [{{ action = "call_task", title = "Call {{name}}: win back", description = "Script", due_in_days = 2 }}]
 [[campaign]]
 name = "repeat"
 segment = "lifecycle.promising_asleep"
+auto_approve = true
 responsible = [1]
 on_enter = [{{ action = "deal", title = "Repeat sale: {{name}}", pipeline = "{pipeline}", script = "Ask", due_in_days = 3 }}]
 """

@@ -44,7 +44,7 @@ from rules.features import TRUE_WORDS  # noqa: E402 - the one list of true words
 
 CARD_TYPES = {"id": "number", "name": "string", "phone": "string", "email": "string", "responsible_id": "string",
               "birthday": "date", "last_purchase": "date", "first_purchase": "date",
-              "campaign": "string", "segment": "string"}
+              "campaign": "string", "segment": "string", "segment_label": "string", "last_amount": "number"}
 TEMPLATE_ATTRS = ("title", "description", "script", "task_title")
 
 
@@ -173,10 +173,62 @@ class PlannedAction:
     payload: dict[str, Any] = field(default_factory=dict)
     skip_reason: str | None = None
     parent_key: str | None = None
+    status: str | None = None  # None: "planned" (or "skipped" with a reason); "waiting" (approval) | "holdout"
 
     @property
     def marker(self) -> str:
         return marker(self.key)
+
+    @property
+    def ledger_status(self) -> str:
+        return self.status or ("skipped" if self.skip_reason else "planned")
+
+
+WHY = {
+    "en": {"why": "Why: {label}.", "purchases": "Purchases: {n}", "last": "last on {day} for {amount}",
+           "total": "total {total}", "none": "No purchases yet."},
+    "ru": {"why": "Почему: {label}.", "purchases": "Покупок: {n}", "last": "последняя {day} на {amount}",
+           "total": "всего {total}", "none": "Покупок пока нет."},
+}
+
+
+def _money(value: Any) -> str:
+    return f"{float(value):,.0f}".replace(",", "\u00a0")
+
+
+def why_text(values: dict[str, Any], language: str = "en") -> str:
+    """The default text of a campaign's task or deal when the config gives none: why this customer (the
+    segment's label), their purchases, the last purchase's date and amount, and the total."""
+    t = WHY.get(language, WHY["en"])
+    lines = [t["why"].format(label=values.get("segment_label") or values.get("segment") or "")]
+    n = values.get("purchases")
+    if isinstance(n, (int, float)) and n == n and n > 0:
+        parts = [t["purchases"].format(n=int(n))]
+        day, amount = values.get("last_purchase"), values.get("last_amount")
+        if isinstance(day, date):
+            parts.append(t["last"].format(day=day.strftime("%d.%m.%Y"), amount=_money(amount) if isinstance(
+                amount, (int, float)) and amount == amount else "-"))
+        total = values.get("monetary")
+        if isinstance(total, (int, float)) and total == total:
+            parts.append(t["total"].format(total=_money(total)))
+        lines.append("; ".join(parts) + ".")
+    else:
+        lines.append(t["none"])
+    return cut(" ".join(lines), LIMITS["description"])
+
+
+HOLDOUT_REASON = "holdout group"
+
+
+def in_holdout(customer_id: int, campaign: str, percent: float) -> bool:
+    """Whether ``customer_id`` is in ``campaign``'s holdout group: a hash of both, so the answer never changes
+    from run to run (and differs between campaigns)."""
+    if not percent:
+        return False
+    import hashlib
+
+    digest = hashlib.sha256(f"{campaign}\x00{int(customer_id)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100 < percent
 
 
 
@@ -208,9 +260,16 @@ def plan(
     calendar: WorkCalendar,
     pressure: Any,
     tz: ZoneInfo,
+    existing: dict[str, list[int]] | None = None,
+    waiting: frozenset[str] | set[str] = frozenset(),
+    labels: dict[str, str] | None = None,
+    language: str = "en",
 ) -> list[PlannedAction]:
     """Actions (and skips, with reasons) for the customers who entered or left campaign segments today.
 
+    ``existing``: campaign name -> customers already in its segment to act on once, as if they entered
+    today (``include_current_members``). ``waiting``: campaigns whose actions wait for approval.
+    Holdout members (``holdout_percent``) get rows with status ``holdout`` and no action.
     Order: campaigns in config order, customers by id, so caps and round-robin are deterministic.
     """
     out: list[PlannedAction] = []
@@ -219,7 +278,10 @@ def plan(
     rr = Counter(history.per_campaign)
     period_start = as_of - timedelta(days=pressure.period_days - 1)
     for campaign in campaigns:
-        for event, ids, actions in (("enter", entered.get(campaign.segment, []), campaign.on_enter),
+        extra = (existing or {}).get(campaign.name, [])
+        enter_ids = sorted(set(entered.get(campaign.segment, [])) | set(extra)) if extra else entered.get(campaign.segment, [])
+        holdout_pct = getattr(campaign, "holdout_percent", 0) or 0
+        for event, ids, actions in (("enter", enter_ids, campaign.on_enter),
                                     ("exit", left.get(campaign.segment, []), campaign.on_exit)):
             if not actions:
                 continue
@@ -227,8 +289,11 @@ def plan(
                 card = cards.get(cid) or Card({"id": cid}, None)
                 reason = None
                 last = history.last_by_campaign.get((campaign.name, cid))
+                status = "waiting" if campaign.name in waiting else None
                 if card.do_not_contact:
                     reason = "do not contact"
+                elif in_holdout(cid, campaign.name, holdout_pct):
+                    reason, status = HOLDOUT_REASON, "holdout"
                 elif last is not None and campaign.cooldown_days and (as_of - last).days < campaign.cooldown_days:
                     reason = f"cooldown: last action {last.isoformat()}, {campaign.cooldown_days} days"
                 elif pressure.max_touches is not None:
@@ -238,22 +303,26 @@ def plan(
                 responsible = None
                 if reason is None:
                     responsible, reason = _assign(campaign, card, as_of, per_rep_day, rr)
-                values = {**template_values(card.values, as_of), "campaign": campaign.name, "segment": campaign.segment}
+                values = {**template_values(card.values, as_of), "campaign": campaign.name, "segment": campaign.segment,
+                          "segment_label": (labels or {}).get(campaign.segment, campaign.segment)}
                 for i, action in enumerate(actions):
                     base = f"{campaign.name}/{'on_' + event}.{i}.{action.action}/{cid}/{as_of.isoformat()}"
                     common = dict(campaign=campaign.name, customer_id=cid, entry_date=as_of, event=event,
-                                  responsible_id=responsible, skip_reason=reason)
+                                  responsible_id=responsible, skip_reason=reason,
+                                  status=status if (reason is None or status == "holdout") else None)
                     deadline = calendar.deadline(as_of, action.due_in_days, tz).isoformat()
                     if action.action == "call_task":
                         kind = "todo" if action.kind == "todo" else "call_task"
                         payload = {"title": render(action.title, values, "title"),
-                                   "description": render(action.description, values, "description"),
+                                   "description": (render(action.description, values, "description") if action.description
+                                                   else why_text(values, language)),
                                    "deadline": deadline}
                         out.append(PlannedAction(key=base, action=kind, payload=payload, **common))
                     else:
                         title = render(action.title, values, "title")
                         payload = {"title": title, "pipeline": action.pipeline, "stage": action.stage,
-                                   "script": render(action.script, values, "script"), "deadline": deadline}
+                                   "script": render(action.script, values, "script") if action.script else why_text(values, language),
+                                   "deadline": deadline}
                         out.append(PlannedAction(key=base + "/deal", action="deal", payload=payload, **common))
                         task_title = (render(action.task_title, values, "task_title") if action.task_title
                                       else cut(f"Call: {title}", LIMITS["task_title"]))
@@ -266,6 +335,52 @@ def plan(
                         per_rep_day[(campaign.name, responsible, as_of)] += 1
                     rr[campaign.name] += 1
     return [a for a in out if a.key not in history.keys]
+
+
+CLOSE_TEXTS = {
+    "en": {"bought": "Closed by crm-lifecycle: the customer bought on {day}.",
+           "left": "Closed by crm-lifecycle: the customer left the segment {segment} on {day}."},
+    "ru": {"bought": "Закрыто crm-lifecycle: клиент купил {day}.",
+           "left": "Закрыто crm-lifecycle: клиент вышел из сегмента {segment} {day}."},
+}
+
+
+def plan_closing(campaigns: Iterable[Any], left: dict[str, list[int]], done: Iterable[Any], as_of: date,
+                 last_purchase: dict[int, date], history_keys: set[str], language: str = "ru",
+                 labels: dict[str, str] | None = None) -> list[PlannedAction]:
+    """``close_on_exit``: for each customer who left a campaign's segment today, close what the campaign
+    created for them on entry and is still open in the CRM (call tasks; deals when ``close_deal_stage`` is
+    set), with a comment saying why. ``done``: the ledger's done rows of these customers. Keys are the
+    created object's key + ``/close``, so a close is planned once."""
+    texts = CLOSE_TEXTS.get(language, CLOSE_TEXTS["en"])
+    by_campaign = {c.name: c for c in campaigns if getattr(c, "close_on_exit", False)}
+    leaving = {(name, cid) for name, c in by_campaign.items() for cid in left.get(c.segment, [])}
+    out: list[PlannedAction] = []
+    for row in sorted(done, key=lambda r: r.key):
+        campaign = by_campaign.get(row.campaign)
+        if campaign is None or (row.campaign, row.customer_id) not in leaving or row.event != "enter":
+            continue
+        if row.action in ("call_task", "deal_task"):
+            kind = "close_task"
+        elif row.action == "deal" and campaign.close_deal_stage:
+            kind = "close_deal"
+        else:
+            continue
+        target = (row.result or {}).get("id")
+        key = f"{row.key}/close"
+        if target is None or key in history_keys:
+            continue
+        bought = last_purchase.get(row.customer_id)
+        if bought is not None and bought >= row.entry_date:
+            comment = texts["bought"].format(day=bought.isoformat())
+        else:
+            segment = (labels or {}).get(campaign.segment, campaign.segment)
+            comment = texts["left"].format(segment=segment, day=as_of.isoformat())
+        payload = {"target": int(target), "target_action": row.action, "comment": comment,
+                   "pipeline": row.payload.get("pipeline"), "stage": campaign.close_deal_stage if kind == "close_deal" else None}
+        out.append(PlannedAction(key=key, campaign=row.campaign, action=kind, customer_id=row.customer_id, entry_date=as_of,
+                                 event="exit", responsible_id=row.responsible_id, payload=payload))
+    return out
 
 
 def _assign(campaign: Any, card: Card, as_of: date, per_rep_day: Counter, rr: Counter) -> tuple[int | None, str | None]:

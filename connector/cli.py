@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="the campaign actions the next sync would take (and skip), writing nothing")
     with_config(plan)
     plan.add_argument("--format", choices=("table", "json"), default="table")
+    plan.add_argument("--pull", action="store_true", help="pull from the CRM into the mirror first (a first plan always "
+                      "does); nothing is written to the CRM")
+    sync.add_argument("--dry-run", action="store_true", help="pull and plan, print the plan, write nothing to the CRM")
+    campaigns = sub.add_parser("campaigns", help="campaign approval: a new campaign's first batch waits for it")
+    campaigns_sub = campaigns.add_subparsers(dest="campaigns_command", required=True)
+    approve = campaigns_sub.add_parser("approve", help="release the waiting actions of a campaign; later batches go at once")
+    with_config(approve)
+    approve.add_argument("name", help="the [[campaign]] name")
 
     report = sub.add_parser("report", help="segment sizes, the 9-cell matrix and the KPI, from the mirror")
     with_config(report)
@@ -86,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--from", dest="from_date", metavar="D", help="--trend: first date (default a year before --to)")
     report.add_argument("--to", dest="to_date", metavar="D", help="--trend: last date (default today)")
     report.add_argument("--every", choices=("week", "day"), default="week", help="--trend: one point per week or day")
+    report.add_argument("--campaigns", action="store_true",
+                        help="per campaign: contacted vs holdout customers, share who bought, revenue, uplift with 95%% CI")
+    report.add_argument("--days", type=int, metavar="N", help="--campaigns: only entries of the last N days")
 
     users = sub.add_parser("users", help="dashboard accounts: add, list, remove")
     users_sub = users.add_subparsers(dest="users_command", required=True)
@@ -230,7 +241,11 @@ def _main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         logs.register_secrets(logs.secrets_of(config.settings))
         if args.command == "sync":
+            if args.dry_run:
+                return _plan(config, args, out, pull=True)
             return _sync(config, args, out)
+        if args.command == "campaigns":
+            return _campaigns(config, args, out)
         if args.command == "report":
             return _report(config, args, out)
         if args.command == "plan":
@@ -343,37 +358,74 @@ def _audiences_verdict(summary: dict) -> int:
     return 0
 
 
-def _plan(config, args, out: Console) -> int:
+def _campaigns(config, args, out: Console) -> int:
+    from connector.pipeline import open_store
+
+    names = [c.name for c in config.settings.campaign]
+    if args.name not in names:
+        raise ConfigError(f"campaign {args.name!r} is not in the config; campaigns: {', '.join(names) or 'none'}")
+    store = open_store(config)
+    try:
+        released = store.approve_campaign(args.name)
+    finally:
+        store.close()
+    out.print(f"campaign {args.name!r} approved: {released} waiting actions will be sent by the next sync; "
+              "its later batches are sent without asking")
+    return 0
+
+
+STATE_NOTES = {"waiting": "waits for approval (lifecycle campaigns approve {campaign})",
+               "holdout": "holdout group: no action, recorded for the report"}
+
+
+def _plan(config, args, out: Console, pull: bool | None = None) -> int:
     import json
 
     from rich.table import Table
 
     from connector.pipeline import preview_plan
+    from connector.progress import for_output
 
-    rows = preview_plan(config)
+    with for_output(Console(stderr=True), quiet=args.quiet) as progress:
+        rows = preview_plan(config, pull=True if (pull or getattr(args, "pull", False)) else None, progress=progress)
     if args.format == "json":
         print(json.dumps([{k: r[k] for k in ("campaign", "action", "customer_id", "key", "skip_reason")} for r in rows],
                          ensure_ascii=False))
         return 0
     counts: dict[tuple[str, str], list[int]] = {}
     for r in rows:
-        c = counts.setdefault((r["campaign"], r["action"]), [0, 0, 0])
-        c[0 if r["origin"] == "new" and not r["skip_reason"] else 1 if r["skip_reason"] else 2] += 1
+        c = counts.setdefault((r["campaign"], r["action"]), [0, 0, 0, 0])
+        waiting = r.get("status") == "waiting"
+        c[3 if waiting else 0 if r["origin"] == "new" and not r["skip_reason"] else 1 if r["skip_reason"] else 2] += 1
     summary = Table(title="Campaign plan: actions the next sync would take")
-    for col in ("campaign", "action", "to create", "skipped", "pending from earlier runs"):
+    for col in ("campaign", "action", "to create", "skipped", "pending from earlier runs", "waiting for approval"):
         summary.add_column(col, justify="left" if col in ("campaign", "action") else "right")
-    for (campaign, action), (new, skipped, pending) in sorted(counts.items()):
-        summary.add_row(campaign, action, str(new), str(skipped), str(pending))
+    for (campaign, action), (new, skipped, pending, waiting) in sorted(counts.items()):
+        summary.add_row(campaign, action, str(new), str(skipped), str(pending), str(waiting))
     out.print(summary if counts else "no campaign action is due")
+    if any(r.get("status") == "waiting" for r in rows):
+        for name in sorted({r["campaign"] for r in rows if r.get("status") == "waiting"}):
+            out.print(f"campaign {name!r} is new: its actions wait for `lifecycle campaigns approve {name}` "
+                      "(or auto_approve = true)", markup=False)
+    for c in config.settings.campaign:
+        if c.include_current_members:
+            n = sum(1 for r in rows if r["campaign"] == c.name and r.get("existing_member"))
+            out.print(f"campaign {c.name!r}: include_current_members = true, {n} actions for customers already in "
+                      f"{c.segment} (once)", markup=False)
     if rows:
         detail = Table(title="Actions")
         for col in ("campaign", "action", "customer", "responsible", "title", "due", "skip reason / state"):
             detail.add_column(col)
         for r in rows:
-            note = r["skip_reason"] or ("" if r["origin"] == "new" else f"pending ({r['origin']})")
-            detail.add_row(r["campaign"], r["action"], str(r["customer_id"]), str(r["responsible_id"] or ""),
-                           r["title"], r["due"], note)
-        out.print(detail)
+            note = STATE_NOTES.get(str(r.get("status")), "").format(campaign=r["campaign"]) or r["skip_reason"] or (
+                "" if r["origin"] == "new" else f"pending ({r['origin']})")
+            if r.get("existing_member"):
+                note = (note + "; " if note else "") + "already a member (include_current_members)"
+            customer = f"{r['customer_name']} ({r['customer_id']})" if r.get("customer_name") else str(r["customer_id"])
+            rep = r["responsible_id"]
+            rep_text = f"{r['responsible_name']} ({rep})" if rep and r.get("responsible_name") else str(rep or "")
+            detail.add_row(r["campaign"], r["action"], customer, rep_text, r["title"], r["due"], note)
+        out.print(detail, markup=False)
     return 0
 
 
@@ -383,6 +435,10 @@ def _report(config, args, out: Console) -> int:
 
     from connector.config import ConfigError
 
+    if args.campaigns:
+        from connector.campaign_report import report_command
+
+        return report_command(config, args, out)
     if args.flows or args.trend:
         from connector.dashboard import commands
 

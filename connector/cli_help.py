@@ -53,6 +53,10 @@ HELP: dict[str, tuple[str, str]] = {
     "worker": ("Many-portal mode: run the registry portals' syncs as procrastinate jobs on the store's PostgreSQL; "
                "start as many as you like, on any machines. SIGTERM lets running syncs reach a safe point.",
                "lifecycle worker --state-url postgresql+psycopg://lifecycle@db/lifecycle --concurrency 4"),
+    "campaigns": ("Campaign approval: a new campaign's first batch (and a new portal's) waits until approved.",
+                  "lifecycle campaigns approve winback"),
+    "campaigns approve": ("Release a campaign's waiting actions (the next sync sends them); its later batches are "
+                          "sent without asking.", "lifecycle campaigns approve winback --config lifecycle.toml"),
     "model": ("Fit or backtest the prediction model (P(alive), expected purchases).", "lifecycle model fit"),
     "model fit": ("Fit the prediction model on the portal's mirror (or a summary file) and print its parameters.",
                   "lifecycle model fit --format json"),

@@ -231,6 +231,14 @@ class CampaignConfig(_Section):
     daily_cap_per_rep: int | None = Field(None, ge=1)
     on_enter: tuple[ActionConfig, ...] = ()
     on_exit: tuple[ActionConfig, ...] = ()
+    # issue 18: a safe start and measured results
+    auto_approve: bool = Field(False, description="send the first batch without `lifecycle campaigns approve NAME`")
+    include_current_members: bool = Field(False, description="act once on everyone already in the segment when added")
+    max_actions_per_run: int | None = Field(None, ge=1, description="at most this many actions per run; oldest entry first")
+    holdout_percent: float = Field(0, ge=0, le=90, description="share of customers kept out as a control group")
+    attribution_days: int = Field(30, ge=1, le=365, description="a purchase this many days after the entry counts")
+    close_on_exit: bool = Field(True, description="complete the open call task (and move the open deal) when the customer leaves")
+    close_deal_stage: str | None = Field(None, description="stage (name or id) an open campaign deal moves to on exit")
 
     @field_validator("responsible")
     @classmethod
@@ -255,6 +263,7 @@ class CalendarConfig(_Section):
 class ExecutorConfig(_Section):
     batch_size: int = Field(50, ge=1, le=50, description="actions per batch request (Bitrix24 batch / amoCRM POST)")
     max_attempts: int = Field(5, ge=1, description="give an action up after this many failed tries")
+    max_actions_per_run: int | None = Field(None, ge=1, description="at most this many actions per run over all campaigns")
 
 
 class AudienceConfig(_Section):
@@ -371,6 +380,14 @@ class Settings(BaseSettings):
         # The environment overrides the file (the file's content arrives as init kwargs).
         return (env_settings, init_settings)
 
+    @field_validator("labels")
+    @classmethod
+    def _label_preset(cls, v: dict[str, str]) -> dict[str, str]:
+        if "preset" in v and v["preset"] not in ("ru", "en"):
+            raise ValueError(f'[labels] preset must be "ru" or "en" (the language of the preset segments\' default '
+                             f"labels), not {v['preset']!r}")
+        return v
+
     @field_validator("fields")
     @classmethod
     def _field_names(cls, v: dict[str, FieldConfig]) -> dict[str, FieldConfig]:
@@ -410,7 +427,18 @@ class LoadedConfig:
         return [n for n in self.rules.segment_names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
     def label(self, segment: str) -> str:
-        return self.settings.labels.get(segment, segment)
+        """What reps read for ``segment`` (tags on cards, ``{segment_label}`` in templates): ``[labels]`` for it;
+        else, with ``[labels] preset = "ru" | "en"``, the preset segments' built-in label in that language;
+        else the segment's name."""
+        labels = self.settings.labels
+        if segment in labels and segment != "preset":
+            return labels[segment]
+        preset = labels.get("preset")
+        if preset in ("ru", "en"):
+            from connector.dashboard.labels import default_label
+
+            return default_label(segment, preset)
+        return segment
 
 
 def _location(loc: tuple[Any, ...], data: dict[str, Any]) -> str:

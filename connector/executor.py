@@ -31,14 +31,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lifecycle.executor")
 
-PHASES = (("deal", "call_task", "todo"), ("deal_task",))
+PHASES = (("deal", "call_task", "todo"), ("deal_task",), ("close_task", "close_deal"))
+CLOSING = ("close_task", "close_deal")  # close_on_exit: through the sink's close / find_closed, never capped
 PASSES = 3
 
 
 def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts: int = 5,
-            should_stop: Any = lambda: False, holder: str | None = None, progress: Any = None) -> dict[str, int]:
+            should_stop: Any = lambda: False, holder: str | None = None, progress: Any = None,
+            max_per_run: int | None = None, max_per_campaign: dict[str, int] | None = None) -> dict[str, int]:
     """Apply the ledger's pending actions. ``holder``: this sync's lock holder (claims are fenced by the
-    lock); without one, a fresh owner id is used and claims are not fenced."""
+    lock); without one, a fresh owner id is used and claims are not fenced. ``max_per_run`` /
+    ``max_per_campaign``: at most this many new actions (a deal and its call task count as one) in this
+    run, oldest entry first; the rest stay planned for the next run."""
     from adapters.progress import or_none
     from connector.synclock import new_holder
 
@@ -50,18 +54,20 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
     if in_doubt:
         found = {}
         for chunk in _batches(in_doubt, batch_size):
-            found.update(sink.find(chunk, parents))
+            found.update(_find(sink, chunk, parents))
         store.set_actions(list(found), "done", results=found, not_claimed_by=holder)
         store.set_actions([r.key for r in in_doubt if r.key not in found], "planned", not_claimed_by=holder)
         summary["actions_recovered"] = len(found)
         log.info("settled %d actions of an interrupted run: %d found in the CRM", len(in_doubt), len(found))
         parents = _parents(store)
+    allowed = _within_caps(store.ledger(["planned", "failed"]), max_attempts, max_per_run, max_per_campaign or {})
     stage = or_none(progress).stage("campaign actions", sum(
         1 for r in store.ledger(["planned", "failed"]) if r["attempts"] < max_attempts))
     for phase in PHASES:
         for _ in range(PASSES):
             rows = [r for r in store.ledger(["planned", "failed"])
-                    if r.action in phase and r.attempts < max_attempts]
+                    if r.action in phase and r.attempts < max_attempts
+                    and (allowed is None or r.parent_key is not None or r.key in allowed or r.action in CLOSING)]
             ready = [r for r in rows if r.parent_key is None or r.parent_key in parents]
             if not ready:
                 break
@@ -74,10 +80,11 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
                     continue
                 keys = [r.key for r in chunk]
                 try:
-                    results, errors = sink.create(chunk, parents)
+                    results, errors = (sink.close_objects(chunk) if phase == CLOSING  # type: ignore[attr-defined]
+                                       else sink.create(chunk, parents))
                 except Exception as exc:  # the request's fate is unknown: ask the CRM what exists
                     try:
-                        results = sink.find(chunk, parents)
+                        results = _find(sink, chunk, parents)
                     except Exception:
                         raise exc from None  # the batch stays "sending", settled by the next run
                     errors = {k: f"{type(exc).__name__}: {exc}" for k in keys if k not in results}
@@ -96,6 +103,37 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
     summary["actions_waiting"] = sum(1 for r in left if r.status == "planned")
     summary["action_requests"] = sink.requests
     return summary
+
+
+def _within_caps(rows: list[LedgerRow], max_attempts: int, max_per_run: int | None,
+                 max_per_campaign: dict[str, int]) -> set[str] | None:
+    """The keys of the actions (not a deal's call task) this run may send under the caps, oldest entry
+    first (entry date, then the run that planned it, then the key); None when nothing is capped."""
+    if max_per_run is None and not max_per_campaign:
+        return None
+    allowed: set[str] = set()
+    per_campaign: dict[str, int] = {}
+    top = sorted((r for r in rows if r.parent_key is None and r.attempts < max_attempts and r.action not in CLOSING),
+                 key=lambda r: (r.entry_date, r.planned_run, r.key))
+    for r in top:
+        if max_per_run is not None and len(allowed) >= max_per_run:
+            break
+        cap = max_per_campaign.get(r.campaign)
+        if cap is not None and per_campaign.get(r.campaign, 0) >= cap:
+            continue
+        allowed.add(r.key)
+        per_campaign[r.campaign] = per_campaign.get(r.campaign, 0) + 1
+    return allowed
+
+
+def _find(sink: ActionSink, rows: list[LedgerRow], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What the CRM already holds for these rows: created objects by marker, closings by the object's state."""
+    closing = [r for r in rows if r.action in CLOSING]
+    other = [r for r in rows if r.action not in CLOSING]
+    found = sink.find(other, parents) if other else {}
+    if closing:
+        found.update(sink.find_closed(closing))  # type: ignore[attr-defined]
+    return found
 
 
 def _parents(store: Any) -> dict[str, dict[str, Any]]:

@@ -357,9 +357,12 @@ def resolve_sink(sink: ActionSink, config: LoadedConfig) -> None:
 
 
 def plan_actions(config: LoadedConfig, store: StateStore, computation: Computation, entered: pl.DataFrame,
-                 left: pl.DataFrame, as_of: date, cards: CustomerCards | None = None) -> list:
+                 left: pl.DataFrame, as_of: date, cards: CustomerCards | None = None,
+                 states_out: list[dict[str, object]] | None = None) -> list:
     """The campaign actions owed to who entered and left today (and skips, with reasons). ``cards``: the
-    run's customer card view, if read already."""
+    run's customer card view, if read already. A campaign not approved yet (neither ``lifecycle campaigns
+    approve`` nor ``auto_approve``) has its actions ``waiting``; ``include_current_members`` adds, once, the
+    members already in the segment. ``states_out`` receives the campaign states to store with the plan."""
     from connector.campaigns import Card, WorkCalendar, group_members, is_true, plan
 
     campaigns = config.settings.campaign
@@ -368,27 +371,124 @@ def plan_actions(config: LoadedConfig, store: StateStore, computation: Computati
     wanted = {c.segment for c in campaigns}
     entered_by = group_members(entered.filter(pl.col("segment").is_in(list(wanted))))
     left_by = group_members(left.filter(pl.col("segment").is_in(list(wanted))))
-    ids = sorted({i for ids in (*entered_by.values(), *left_by.values()) for i in ids})
+    states = store.campaign_states()
+    waiting = {c.name for c in campaigns if not c.auto_approve and not (c.name in states and states[c.name].approved)}
+    existing: dict[str, list[int]] = {}
+    for c in campaigns:
+        include = c.include_current_members and (c.name not in states or states[c.name].included_run is None)
+        if include and c.segment in computation.membership.columns:
+            new = set(entered_by.get(c.segment, []))
+            existing[c.name] = [int(i) for i in computation.membership.filter(pl.col(c.segment)).get_column("id")
+                                if int(i) not in new]
+        if states_out is not None:
+            states_out.append({"campaign": c.name, "approve": c.auto_approve, "included": include})
+    ids = sorted({i for ids in (*entered_by.values(), *left_by.values(), *existing.values()) for i in ids})
     history = store.ledger_history()
     dnc = config.settings.pressure.do_not_contact
     dnc_source = (config.settings.fields[dnc].source or dnc) if dnc and dnc in config.settings.fields else dnc
     cards_raw = (store.customer_cards(config.crm.customer, ids) if cards is None else cards.cards(ids))
     features = {r["id"]: r for r in computation.features.filter(pl.col("id").is_in(ids)).iter_rows(named=True)}
+    last_amount = _last_amounts(store, config, ids)
     planned_cards = {}
     for cid in ids:
         raw = cards_raw.get(cid, {})
-        values = {**features.get(cid, {}), **{k: raw.get(k) for k in ("name", "phone", "email", "birthday")}, "id": cid}
+        values = {**features.get(cid, {}), **{k: raw.get(k) for k in ("name", "phone", "email", "birthday")}, "id": cid,
+                  "last_amount": last_amount.get(cid)}
         rep = raw.get("responsible_id")
         planned_cards[cid] = Card(values=values, responsible_id=int(rep) if rep and str(rep).isdigit() else None,
                                   do_not_contact=bool(dnc_source) and is_true((raw.get("fields") or {}).get(dnc_source)))
-    return plan(campaigns, entered_by, left_by, as_of, planned_cards, history,
-                WorkCalendar.from_settings(config.settings.calendar),
-                config.settings.pressure, ZoneInfo(config.crm.timezone))
+    planned = plan(campaigns, entered_by, left_by, as_of, planned_cards, history,
+                   WorkCalendar.from_settings(config.settings.calendar),
+                   config.settings.pressure, ZoneInfo(config.crm.timezone), existing=existing, waiting=waiting,
+                   labels={c.segment: config.label(c.segment) for c in campaigns}, language=rep_language(config))
+    return planned + _closing(config, store, computation, left_by, as_of, history.keys)
 
 
-def preview_plan(config: LoadedConfig) -> list[dict[str, object]]:
-    """What the next sync would do for campaigns, from the mirror as it is (no pull, nothing written):
-    the actions owed to today's entries and exits, then those still pending in the ledger."""
+def rep_language(config: LoadedConfig) -> str:
+    """The language of what reps read (default texts, closing comments): ``[labels] preset``, else ``[ui] language``."""
+    preset = config.settings.labels.get("preset")
+    return preset if preset in ("ru", "en") else config.settings.ui.language
+
+
+def _last_amounts(store: StateStore, config: LoadedConfig, ids: list[int]) -> dict[int, float]:
+    """The amount of each customer's last won deal (the default texts say it)."""
+    if not ids:
+        return {}
+    column = "company_id" if config.crm.customer == "company" else "contact_id"
+    deals = store.deals_frame().filter((pl.col("status") == "won") & pl.col(column).is_in(ids) & pl.col("closed_ts").is_not_null())
+    if deals.is_empty():
+        return {}
+    last = deals.sort("closed_ts").group_by(column).agg(pl.col("amount").last())
+    return {int(cid): float(amount) for cid, amount in last.iter_rows()}
+
+
+def _closing(config: LoadedConfig, store: StateStore, computation: Computation, left_by: dict[str, list[int]],
+             as_of: date, keys: set[str]) -> list:
+    """Close actions (``close_on_exit``) for the customers who left a campaign segment today."""
+    from datetime import timedelta
+
+    from connector.campaigns import plan_closing
+
+    closing = [c for c in config.settings.campaign if c.close_on_exit]
+    ids = sorted({i for c in closing for i in left_by.get(c.segment, [])})
+    if not ids:
+        return []
+    done = store.ledger(["done"], customer_ids=ids)
+    last: dict[int, date] = {}
+    for cid, days in computation.features.filter(pl.col("id").is_in(ids)).select("id", "recency_days").iter_rows():
+        if days is not None and days == days:
+            last[int(cid)] = as_of - timedelta(days=int(days))
+    labels = {c.segment: config.label(c.segment) for c in closing}
+    return plan_closing(closing, left_by, done, as_of, last, keys, rep_language(config), labels)
+
+
+USERS_REFRESH_SECONDS = 24 * 3600
+
+
+def refresh_users(config: LoadedConfig, store: StateStore, sink: ActionSink | None = None, *, force: bool = False) -> None:
+    """Store the CRM's users (id, name) at most once a day, so plan and the dashboard can name the reps.
+    A CRM without an action sink has no users; a failure is logged, never raised (names are a courtesy)."""
+    import time as _time
+
+    kit = crm_kit(config)
+    if kit.make_action_sink is None:
+        return
+    stamp = store.users_updated_at()
+    if not force and stamp is not None and _time.time() - stamp.timestamp() < USERS_REFRESH_SECONDS:
+        return
+    own = None
+    try:
+        source = sink if sink is not None and hasattr(sink, "users") else None
+        if source is None:
+            own = source = kit.make_action_sink(adapter_settings(config, kit), store)
+        store.save_users(source.users())  # type: ignore[union-attr]
+    except Exception as exc:  # noqa: BLE001 - a missing name never stops a run
+        log.warning("could not read the CRM's users: %s", safe_error(exc))
+    finally:
+        if own is not None:
+            own.close()
+
+
+def pull_for_preview(config: LoadedConfig, store: StateStore, progress: object = None) -> dict[str, int]:
+    """Pull into the mirror (under the portal's sync lock) without planning, tagging or acting: what
+    ``plan --pull``, a first ``plan`` and ``sync --dry-run`` do. The mirror and its pull cursors are saved
+    together, as a sync saves them, so the next sync goes on from there; membership, the ledger and the CRM
+    are untouched."""
+    lease = SyncLease(store, config.settings.daemon.lock_seconds)
+    lease.acquire(0)
+    try:
+        pull = _pull(make_source(config, store), progress)
+        mirror = store.apply_pull(pull)
+        refresh_users(config, store, force=True)
+        return {**mirror, "pull_requests": pull.requests}
+    finally:
+        lease.release()
+
+
+def preview_plan(config: LoadedConfig, *, pull: bool | None = None, progress: object = None) -> list[dict[str, object]]:
+    """What the next sync would do for campaigns, writing nothing to the CRM: the actions owed to today's
+    entries and exits, then those still pending in the ledger (waiting for approval, planned, failed).
+    ``pull``: pull into the mirror first; None = only when the portal was never pulled (a first ``plan``)."""
     as_of = today_in(config.crm.timezone)
     store = open_store(config)
     sink = None
@@ -396,18 +496,36 @@ def preview_plan(config: LoadedConfig) -> list[dict[str, object]]:
         sink = make_sink(config, store)
         if sink is not None:
             resolve_sink(sink, config)
+        if pull is None:
+            pull = crm_kit(config).needs_store and not store.cursors()
+        if pull:
+            pull_for_preview(config, store, progress)
+        users = store.user_names()
         stored = store.membership_frame()
         cards = store.customer_card_view(config.crm.customer)
         computation = compute(store, config, as_of, stored, cards)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
         rows: list[dict[str, object]] = []
-        for p in plan_actions(config, store, computation, entered, left, as_of, cards):
+        planned = plan_actions(config, store, computation, entered, left, as_of, cards)
+        pending = store.ledger(["waiting", "planned", "sending", "failed"])
+        ids = sorted({p.customer_id for p in planned} | {r.customer_id for r in pending})
+        names = {cid: (c.get("name") or None) for cid, c in (cards.cards(ids) if ids else {}).items()}
+        existing = {c.name for c in config.settings.campaign if c.include_current_members}
+        entered_ids = {(seg, int(cid)) for seg, cid in entered.iter_rows()}
+        segment_of = {c.name: c.segment for c in config.settings.campaign}
+        for p in planned:
             rows.append({"campaign": p.campaign, "action": p.action, "customer_id": p.customer_id, "key": p.key,
-                         "skip_reason": p.skip_reason, "responsible_id": p.responsible_id, "origin": "new",
+                         "skip_reason": p.skip_reason, "responsible_id": p.responsible_id,
+                         "origin": "new", "status": p.ledger_status,
+                         "existing_member": p.campaign in existing and p.event == "enter"
+                         and (segment_of[p.campaign], p.customer_id) not in entered_ids,
+                         "customer_name": names.get(p.customer_id), "responsible_name": users.get(p.responsible_id or 0),
                          "title": str(p.payload.get("title", "")), "due": str(p.payload.get("deadline", ""))[:10]})
-        for r in store.ledger(["planned", "sending", "failed"]):
+        for r in pending:
             rows.append({"campaign": r.campaign, "action": r.action, "customer_id": r.customer_id, "key": r.key,
-                         "skip_reason": None, "responsible_id": r.responsible_id, "origin": r.status,
+                         "skip_reason": None, "responsible_id": r.responsible_id, "origin": r.status, "status": r.status,
+                         "existing_member": False,
+                         "customer_name": names.get(r.customer_id), "responsible_name": users.get(r.responsible_id or 0),
                          "title": str(r.payload.get("title", "")), "due": str(r.payload.get("deadline", ""))[:10]})
         return rows
     finally:
@@ -461,14 +579,16 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
             log.info("pulled %d customers and %d deals (%s, %d requests)", len(pull.customers), len(pull.deals),
                      "full" if pull.snapshot else "incremental", pull.requests)
         checkpoint("the pull")
+        refresh_users(config, store, sink)
         stored = store.membership_frame()
         cards = store.customer_card_view(config.crm.customer)  # read once: features, plan, tags, audiences
         computation = compute(store, config, as_of, stored, cards, refit=True, run_id=run_id)
         entered, left = membership_diff(computation, stored, config.rules.segment_names)
-        planned = plan_actions(config, store, computation, entered, left, as_of, cards)
+        states: list[dict[str, object]] = []
+        planned = plan_actions(config, store, computation, entered, left, as_of, cards, states)
         if config.tagged_segments():  # an interruption before the write-back ends makes the next one a full pass
             store.save_cursors({WRITEBACK_PENDING: str(run_id)})
-        store.apply_membership(run_id, as_of, entered, left, config.rules.definitions(), planned)
+        store.apply_membership(run_id, as_of, entered, left, config.rules.definitions(), planned, states)
         with bind(stage="segments"):
             log.info("membership stored: %d entries, %d exits, %d campaign actions planned", entered.height, left.height,
                      sum(1 for p in planned if not p.skip_reason))
@@ -480,11 +600,13 @@ def _sync(config: LoadedConfig, store: StateStore, run_id: int, as_of: date, sou
             from connector.executor import execute
 
             ex = config.settings.executor
-            written = {**written, "actions_planned": sum(1 for p in planned if not p.skip_reason),
+            caps = {c.name: c.max_actions_per_run for c in config.settings.campaign if c.max_actions_per_run}
+            written = {**written, "actions_planned": sum(1 for p in planned if not p.skip_reason and p.status != "waiting"),
                        "actions_skipped": sum(1 for p in planned if p.skip_reason),
+                       "actions_awaiting_approval": sum(1 for p in planned if p.status == "waiting"),
                        **execute(store, sink, batch_size=ex.batch_size, max_attempts=ex.max_attempts,
                                  should_stop=lambda: STOP.is_set() or lease.lost.is_set(), holder=lease.holder,
-                                 progress=progress)}
+                                 progress=progress, max_per_run=ex.max_actions_per_run, max_per_campaign=caps)}
             checkpoint("the campaign actions")
         if config.settings.audience:
             from connector.audiences import sync_audiences

@@ -25,6 +25,7 @@ active_share_target = 0.99
 [[campaign]]
 name = "winback"
 segment = "status.former"
+auto_approve = true
 on_enter = [{ action = "call_task", title = "Call {name}", due_in_days = 2 }]
 """
 

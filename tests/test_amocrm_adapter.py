@@ -183,7 +183,7 @@ def test_first_oauth_run_with_a_campaign_exchanges_the_code_once_for_every_clien
     # The campaign sink's client is made before the pull exchanges the single-use code; it must take the
     # stored pair instead of offering the spent code again (amoCRM: "Authorization code has been revoked").
     with running_account(generate=(60, 180), limits=False) as fresh:
-        campaign = ('[[campaign]]\nname = "winback"\nsegment = "status.former"\n'
+        campaign = ('[[campaign]]\nname = "winback"\nsegment = "status.former"\nauto_approve = true\n'
                     'on_enter = [{ action = "call_task", title = "Call {name}", due_in_days = 2 }]\n')
         config = load_config(write_config(tmp_path, fresh, oauth=True, extra=campaign))
         result = sync(config)

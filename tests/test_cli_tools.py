@@ -30,6 +30,7 @@ def campaign(pipeline: str, users: list[int]) -> str:
 [[campaign]]
 name = "repeat"
 segment = "lifecycle.promising_asleep"
+auto_approve = true
 responsible = {json.dumps(users)}
 on_enter = [{{ action = "deal", title = "Repeat sale: {{name}}", pipeline = "{pipeline}" }}]
 """
@@ -351,7 +352,7 @@ def test_bitrix24_sandbox_webhook_with_chosen_scopes_refuses_other_methods():
 def test_runs_lists_the_per_record_errors_of_failed_campaign_actions(tmp_path, capsys):
     with running_portal(generate=(30, 45), time_scale=50) as portal:
         config = write(tmp_path, f'kind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n',
-                       '[[campaign]]\nname = "winback"\nsegment = "status.former"\n'
+                       '[[campaign]]\nname = "winback"\nsegment = "status.former"\nauto_approve = true\n'
                        'on_enter = [{ action = "call_task", title = "Call {name}" }]\n[executor]\nmax_attempts = 1\n')
         # every batch (the task creation; a pull of fewer than 50 records needs none) answers without results
         portal.faults(kind="status", method="batch", status=200,

@@ -67,7 +67,7 @@ def env(tmp_path_factory):
             f'[crm]\nkind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n'
             f'overlap_minutes = 0\nreconcile_hours = 0\n[state]\nurl = "sqlite:///{folder / "state.db"}"\n'
             f'[ui]\nlanguage = "en"\n[[segment]]\nname = "big_spenders"\nwhen = "monetary >= 100000"\n'
-            '[[campaign]]\nname = "winback"\nsegment = "status.former"\ncooldown_days = 30\n'
+            '[[campaign]]\nname = "winback"\nsegment = "status.former"\ncooldown_days = 30\nauto_approve = true\n'
             'on_enter = [{ action = "call_task", title = "Call {name}", description = "Why did you stop?", due_in_days = 2 }]\n',
             encoding="utf-8")
         config = load_config(path)
@@ -243,6 +243,12 @@ def test_runs_campaigns_audiences_and_portfolio(env, admin):
     assert portfolio[0]["portal"] == "default" and portfolio[0]["health"] == "ok"
     for path in ("runs", "campaigns", "audiences", "flows"):
         assert admin.get(f"/ui/p/default/{path}").status_code == 200, path
+    # issue 18: the campaign's results (contacted vs holdout) and the reps by name
+    results = admin.get("/api/v1/portals/default/campaigns").json()["results"]
+    contacted = {r["customer_id"] for r in done if r["action"] == "call_task"}
+    assert [r["campaign"] for r in results] == ["winback"] and results[0]["contacted"]["customers"] == len(contacted)
+    page = admin.get("/ui/p/default/campaigns").text
+    assert "Results: contacted vs holdout" in page and "Sandbox (" in page  # "User2 Sandbox (2)", not a bare id
     assert admin.get("/ui/").status_code == 200
 
 

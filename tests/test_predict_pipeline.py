@@ -215,6 +215,7 @@ def test_a_campaign_on_a_p_alive_rule_creates_one_call_task_per_member_in_bitrix
 [[campaign]]
 name = "save"
 segment = "risky"
+auto_approve = true
 responsible = [1]
 on_enter = [{ action = "call_task", title = "Call {name}: P(alive) {p_alive:.2f}, 90 days {exp_purchases_90d:.2f}" }]
 """, base=f'[crm]\nkind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n'

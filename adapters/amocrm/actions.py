@@ -5,8 +5,10 @@
   :meth:`find` lists the contact's tasks (``filter[entity_type]`` / ``filter[entity_id]``) and looks for it.
   amoCRM has no separate to-do: ``kind = "todo"`` is a call task too.
 * Deal: ``POST /api/v4/leads`` in the configured pipeline and status, the contact linked as main, the
-  responsible; the marker ends the lead's name (the one field ``query`` searches that every lead has), and
-  :meth:`find` searches ``GET /api/v4/leads?query=<marker>``. Its call task is bound to the lead and
+  responsible; the marker goes in a lead text field the connector creates before its first lead ("crm-lifecycle
+  key", code CRM_LIFECYCLE_KEY, API-only), not in the name reps read; :meth:`find` searches
+  ``GET /api/v4/leads?query=<marker>`` (which searches field values) and also finds the markers earlier
+  versions put at the end of the name. Its call task is bound to the lead and
   carries the script.
 * Up to 50 objects per POST with ``request_id`` = their place in the batch. A batch refused as a whole
   (validation errors) is retried one object at a time, so one bad action does not hold back the rest.
@@ -24,6 +26,8 @@ from adapters.amocrm.source import iter_list, make_client
 from adapters.base import AdapterConfigError, CampaignSpec, TokenStore, check_users, marker, pick, round_robin_users
 
 CALL = 1
+KEY_FIELD_NAME = "crm-lifecycle key"  # the leads' text field the connector creates for its markers
+KEY_FIELD_CODE = "CRM_LIFECYCLE_KEY"
 SYSTEM_STATUSES = {142, 143}
 
 
@@ -33,6 +37,7 @@ class AmoActions:
         self.plural = self.kind.plural
         self.client: AmoClient = make_client(settings, store)
         self.targets: dict[tuple[str, str | None], tuple[int, int]] = {}  # (pipeline, stage) -> (pipeline id, status id)
+        self.key_field: int | None = None  # the leads' custom field holding the marker (created on the first lead)
 
     @property
     def requests(self) -> int:
@@ -65,9 +70,148 @@ class AmoActions:
                 else:
                     status = min(statuses, key=lambda s: int(s.get("sort") or 0))
                 self.targets[(action.pipeline, action.stage)] = (int(pipeline["id"]), int(status["id"]))
+        self._resolve_close(campaigns)
+        if deals:
+            self.key_field = self._find_key_field()
         if round_robin_users(campaigns):
             users = {int(u["id"]) for page in iter_list(self.client, "/api/v4/users", "users", {}) for u in page}
             check_users(campaigns, users, "of this amoCRM account")
+
+    def users(self) -> list[tuple[int, str | None, bool]]:
+        """The account's users as (id, name, active) (``GET /api/v4/users``): plan and the dashboard name reps."""
+        return [(int(u["id"]), (str(u.get("name") or "").strip() or None),
+                 bool((u.get("rights") or {}).get("is_active", True)))
+                for page in iter_list(self.client, "/api/v4/users", "users", {}) for u in page]
+
+    def _find_key_field(self) -> int | None:
+        for page in iter_list(self.client, "/api/v4/leads/custom_fields", "custom_fields", {}):
+            for field in page:
+                if str(field.get("code") or "").upper() == KEY_FIELD_CODE or field.get("name") == KEY_FIELD_NAME:
+                    return int(field["id"])
+        return None
+
+    def _key_field_id(self) -> int:
+        """The leads' text field for markers, created (``POST /api/v4/leads/custom_fields``) before the first
+        lead: a write, so never at start-up (``check``, ``plan`` and ``--dry-run`` write nothing)."""
+        if self.key_field is None:
+            self.key_field = self._find_key_field()
+        if self.key_field is None:
+            answer = self.client.post("/api/v4/leads/custom_fields", [
+                {"name": KEY_FIELD_NAME, "type": "text", "code": KEY_FIELD_CODE, "is_api_only": True, "sort": 10000}],
+                idempotent=False)
+            created = ((answer or {}).get("_embedded") or {}).get("custom_fields") or []
+            self.key_field = int(created[0]["id"]) if created else self._find_key_field()
+            if self.key_field is None:
+                raise ValueError("amoCRM did not create the lead field for crm-lifecycle's markers")
+        return self.key_field
+
+    def _resolve_close(self, campaigns: Sequence[CampaignSpec]) -> None:
+        """``close_deal_stage``: a status (any, 142 won and 143 lost included) of each deal action's pipeline."""
+        wanted = [(c, a) for c in campaigns if getattr(c, "close_deal_stage", None) and getattr(c, "close_on_exit", False)
+                  for a in (*c.on_enter, *c.on_exit) if a.action == "deal"]
+        if not wanted:
+            return
+        body = self.client.get("/api/v4/leads/pipelines") or {}
+        pipelines = (body.get("_embedded") or {}).get("pipelines") or []
+        for campaign, action in wanted:
+            pipeline = pick(pipelines, action.pipeline, "id", "name")
+            if pipeline is None:
+                continue  # reported by the deal check above
+            statuses = (pipeline.get("_embedded") or {}).get("statuses") or []
+            status = pick(statuses, campaign.close_deal_stage, "id", "name")  # type: ignore[attr-defined]
+            if status is None:
+                names = ", ".join(f"{s.get('name')} (id {s.get('id')})" for s in statuses)
+                raise AdapterConfigError(f"[[campaign]] {campaign.name!r}: close_deal_stage "
+                                         f"{campaign.close_deal_stage!r} is not a status of pipeline "  # type: ignore[attr-defined]
+                                         f"{pipeline.get('name')!r}; statuses: {names}")
+            self.targets[(action.pipeline, campaign.close_deal_stage)] = (int(pipeline["id"]), int(status["id"]))  # type: ignore[attr-defined]
+
+    # -- close_on_exit: complete a campaign's open task, move its open lead, with a comment ------------
+
+    def close_objects(self, rows: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Close what ``rows`` (close_task / close_deal) point at: ``PATCH /api/v4/tasks`` with
+        ``is_completed`` and the comment as the task's result; ``PATCH /api/v4/leads`` to the close status and
+        a common note on the lead. A task already completed (by a rep) or a lead already won or lost is left
+        alone and reported done with ``left`` saying so."""
+        state = self._targets_state(rows)
+        done: dict[str, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
+        tasks, leads, notes = [], [], []
+        for row in rows:
+            p = row["payload"]
+            target = int(p["target"])
+            now = state.get((row["action"], target))
+            if now is None:
+                done[row["key"]] = {"id": target, "left": "not found in the CRM"}
+            elif now["closed"]:
+                done[row["key"]] = {"id": target, "left": "already completed" if row["action"] == "close_task"
+                                    else "already won or lost"}
+            elif row["action"] == "close_task":
+                tasks.append((row, {"id": target, "is_completed": True, "result": {"text": p["comment"]}}))
+            else:
+                goal = self.targets.get((p.get("pipeline"), p.get("stage")))
+                if goal is None:
+                    errors[row["key"]] = f"close_deal_stage {p.get('stage')!r} not resolved"
+                    continue
+                leads.append((row, {"id": target, "pipeline_id": goal[0], "status_id": goal[1]}))
+                notes.append({"entity_id": target, "note_type": "common", "params": {"text": p["comment"]}})
+        for path, group in (("/api/v4/tasks", tasks), ("/api/v4/leads", leads)):
+            if not group:
+                continue
+            try:
+                self.client.patch(path, [item for _, item in group])
+            except AmoHTTPError as exc:
+                if exc.status >= 500:
+                    raise
+                for row, _ in group:
+                    errors[row["key"]] = str(exc)
+                continue
+            for row, item in group:
+                done[row["key"]] = {"id": int(item["id"])}
+        if notes and any(r["key"] in done for r, _ in leads):
+            try:
+                self.client.post("/api/v4/leads/notes", [n for n, (r, _) in zip(notes, leads) if r["key"] in done])
+            except AmoHTTPError:
+                pass  # the lead is moved; its note is a courtesy
+        return done, errors
+
+    def find_closed(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The close rows whose task is completed or whose lead is won, lost or in the close status already."""
+        state = self._targets_state(rows)
+        found = {}
+        for row in rows:
+            p = row["payload"]
+            now = state.get((row["action"], int(p["target"])))
+            goal = self.targets.get((p.get("pipeline"), p.get("stage")))
+            if now is not None and (now["closed"] or (goal is not None and now.get("status") == goal[1])):
+                found[row["key"]] = {"id": int(p["target"])}
+        return found
+
+    def _targets_state(self, rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+        out: dict[tuple[str, int], dict[str, Any]] = {}
+        for action, path, key in (("close_task", "/api/v4/tasks", "tasks"), ("close_deal", "/api/v4/leads", "leads")):
+            ids = sorted({int(r["payload"]["target"]) for r in rows if r["action"] == action})
+            for start in range(0, len(ids), 50):
+                for page in iter_list(self.client, path, key, {"filter[id][]": ids[start:start + 50]}):
+                    for item in page:
+                        if action == "close_task":
+                            out[(action, int(item["id"]))] = {"closed": bool(item.get("is_completed"))}
+                        else:
+                            status = int(item.get("status_id") or 0)
+                            out[(action, int(item["id"]))] = {"closed": status in SYSTEM_STATUSES, "status": status}
+        return out
+
+    def closed_tasks(self, items: Sequence[tuple[str, int]]) -> dict[str, set[int]]:
+        """Of these (action, CRM id) tasks, the ids completed in amoCRM (``GET /api/v4/tasks`` filtered by id
+        and ``is_completed``), by action: for the report."""
+        out: dict[str, set[int]] = {}
+        for action in sorted({a for a, _ in items}):
+            ids = sorted({i for a, i in items if a == action})
+            for start in range(0, len(ids), 50):
+                params = {"filter[id][]": ids[start:start + 50], "filter[is_completed]": 1}
+                out.setdefault(action, set()).update(
+                    int(t["id"]) for page in iter_list(self.client, "/api/v4/tasks", "tasks", params) for t in page)
+        return out
 
     # -- creating --------------------------------------------------------------------------------
 
@@ -77,6 +221,8 @@ class AmoActions:
         errors: dict[str, str] = {}
         leads = [r for r in rows if r["action"] == "deal"]
         tasks = [r for r in rows if r["action"] != "deal"]
+        if leads:
+            self._key_field_id()
         for path, key, group in (("/api/v4/leads", "leads", leads), ("/api/v4/tasks", "tasks", tasks)):
             items = []
             for row in group:
@@ -126,8 +272,9 @@ class AmoActions:
             if target is None:
                 raise ValueError(f"pipeline {p['pipeline']!r} / status {p['stage']!r} not resolved")
             embedded = self.kind.lead_link(int(row["customer_id"]))
-            return {"name": f"{p['title']} {tag}", "pipeline_id": target[0], "status_id": target[1],
-                    "responsible_user_id": responsible, "_embedded": embedded}
+            return {"name": p["title"], "pipeline_id": target[0], "status_id": target[1],
+                    "responsible_user_id": responsible, "_embedded": embedded,
+                    "custom_fields_values": [{"field_id": self._key_field_id(), "values": [{"value": marker(row["key"])}]}]}
         if row["action"] == "deal_task":
             lead = parents.get(row["parent_key"] or "", {}).get("id")
             if lead is None:
@@ -145,8 +292,10 @@ class AmoActions:
             tag = marker(row["key"])
             if row["action"] == "deal":
                 for page in iter_list(self.client, "/api/v4/leads", "leads", {"query": tag}):
-                    for lead in page:
-                        if tag in str(lead.get("name") or ""):
+                    for lead in page:  # the marker in the key field; earlier versions: at the end of the name
+                        values = [str(v.get("value")) for cf in lead.get("custom_fields_values") or []
+                                  for v in cf.get("values") or []]
+                        if tag in str(lead.get("name") or "") or tag in values:
                             found[row["key"]] = {"id": int(lead["id"])}
                 continue
             if row["action"] == "deal_task":

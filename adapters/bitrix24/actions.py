@@ -1,9 +1,11 @@
 """Campaign actions in Bitrix24: call tasks, to-dos and sales-generator deals, looked up by marker.
 
 * Call task: ``tasks.task.add`` (TITLE, DESCRIPTION, RESPONSIBLE_ID, DEADLINE, ``UF_CRM_TASK: ["C_7"]``),
-  or with ``kind = "todo"`` ``crm.activity.todo.add`` on the contact. The action's marker ends the
-  description (``[lc0123abcd4567]``); :meth:`find` lists the customer's tasks (``tasks.task.list`` filtered by
-  ``UF_CRM_TASK``) or to-dos (``crm.activity.list`` by owner) and looks for it.
+  with the action's marker in ``XML_ID`` (the task's external id, which reps do not read), or with
+  ``kind = "todo"`` ``crm.activity.todo.add`` on the contact, the marker ending the description
+  (``[lc0123abcd4567]``); :meth:`find` lists the customer's tasks (``tasks.task.list`` filtered by
+  ``UF_CRM_TASK``) or to-dos (``crm.activity.list`` by owner) and looks for it (in XML_ID, or in the
+  description, where earlier versions put it).
 * Deal: ``crm.deal.add`` in the configured pipeline (CATEGORY_ID) and stage, the contact linked, the
   responsible, the script in COMMENTS, and the marker in ``ORIGINATOR_ID = "crm-lifecycle"`` /
   ``ORIGIN_ID = <action key>`` (the fields Bitrix24 keeps for records from an external system), found again
@@ -75,11 +77,138 @@ class Bitrix24Actions:
                 else:
                     stage = min(stages, key=lambda s: int(s.get("SORT") or 0))
                 self.targets[(action.pipeline, action.stage)] = (cat_id, str(stage["STATUS_ID"]))
+        await self._resolve_close(campaigns, error)
         listed = round_robin_users(campaigns)
         if listed:
             answer = await self.client.call("user.get", {"filter": {"ID": sorted(listed)}})
             active = {int(u["ID"]) for u in answer.get("result") or [] if str(u.get("ACTIVE", True)).lower() not in ("false", "n")}
             check_users(campaigns, active, "of this Bitrix24 portal")
+
+    async def _resolve_close(self, campaigns: Sequence[CampaignSpec], error: type[Exception]) -> None:
+        """``close_deal_stage``: a stage (any, won and lost included) of each deal action's pipeline."""
+        for campaign in campaigns:
+            stage_name = getattr(campaign, "close_deal_stage", None)
+            if not stage_name or not getattr(campaign, "close_on_exit", False):
+                continue
+            for action in (*campaign.on_enter, *campaign.on_exit):
+                if action.action != "deal" or (action.pipeline, stage_name) in self.targets:
+                    continue
+                cat_id = next((c for (p, st), (c, _) in self.targets.items() if p == action.pipeline), None)
+                if cat_id is None:
+                    continue
+                entity_id = "DEAL_STAGE" if cat_id == 0 else f"DEAL_STAGE_{cat_id}"
+                stages = (await self.client.call("crm.status.list", {"filter": {"ENTITY_ID": entity_id},
+                                                                      "order": {"SORT": "ASC"}})).get("result") or []
+                stage = pick(stages, stage_name, "STATUS_ID", "NAME")
+                if stage is None:
+                    names = ", ".join(f"{s.get('NAME')} ({s.get('STATUS_ID')})" for s in stages)
+                    raise error(f"[[campaign]] {campaign.name!r}: close_deal_stage {stage_name!r} is not a stage of "
+                                f"pipeline {action.pipeline!r}; stages: {names}")
+                self.targets[(action.pipeline, stage_name)] = (cat_id, str(stage["STATUS_ID"]))
+
+    # -- close_on_exit: complete a campaign's open task, move its open deal, with a comment ------------
+
+    def close_objects(self, rows: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Close what ``rows`` (close_task / close_deal) point at. A task already completed (by a rep) or a
+        deal already won or lost is left alone and reported done with ``left`` saying so."""
+        return self._run(self._close(rows))
+
+    async def _close(self, rows: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        state = await self._targets_state(rows)
+        done: dict[str, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
+        commands: dict[str, str] = {}
+        owner: dict[str, dict[str, Any]] = {}
+        for i, row in enumerate(rows):
+            p = row["payload"]
+            target = int(p["target"])
+            now = state.get((row["action"], target))
+            if now is None:
+                done[row["key"]] = {"id": target, "left": "not found in the CRM"}
+                continue
+            if row["action"] == "close_task":
+                if now.get("closed"):
+                    done[row["key"]] = {"id": target, "left": "already completed"}
+                    continue
+                commands[f"k{i}"] = f"tasks.task.complete?{php_query({'taskId': target})}"
+                commands[f"c{i}"] = f"task.commentitem.add?{php_query({'TASKID': target, 'FIELDS': {'POST_MESSAGE': p['comment']}})}"
+            else:
+                if now.get("closed"):
+                    done[row["key"]] = {"id": target, "left": "already won or lost"}
+                    continue
+                _, stage = self.targets.get((p.get("pipeline"), p.get("stage")), (None, None))
+                if stage is None:
+                    errors[row["key"]] = f"close_deal_stage {p.get('stage')!r} not resolved"
+                    continue
+                commands[f"k{i}"] = f"crm.deal.update?{php_query({'id': target, 'fields': {'STAGE_ID': stage}})}"
+                commands[f"c{i}"] = f"crm.timeline.comment.add?{php_query({'fields': {'ENTITY_ID': target, 'ENTITY_TYPE': 'deal', 'COMMENT': p['comment']}})}"
+            owner[f"k{i}"] = row
+        if commands:
+            results, cmd_errors = await self.client.batch_once(commands)
+            for cmd, row in owner.items():
+                if cmd in cmd_errors or results.get(cmd) in (None, False):
+                    err = cmd_errors.get(cmd) or {}
+                    errors[row["key"]] = (str(err.get("error_description") or err.get("error") or "no result")
+                                          if isinstance(err, dict) else str(err))
+                else:
+                    done[row["key"]] = {"id": int(row["payload"]["target"])}
+        return done, errors
+
+    def find_closed(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The close rows whose task is completed or whose deal is closed or in the close stage already."""
+        state = self._run(self._targets_state(rows))
+        found = {}
+        for row in rows:
+            p = row["payload"]
+            now = state.get((row["action"], int(p["target"])))
+            _, stage = self.targets.get((p.get("pipeline"), p.get("stage")), (None, None))
+            if now is not None and (now.get("closed") or (stage is not None and now.get("stage") == stage)):
+                found[row["key"]] = {"id": int(p["target"])}
+        return found
+
+    async def _targets_state(self, rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+        out: dict[tuple[str, int], dict[str, Any]] = {}
+        tasks = sorted({int(r["payload"]["target"]) for r in rows if r["action"] == "close_task"})
+        deals = sorted({int(r["payload"]["target"]) for r in rows if r["action"] == "close_deal"})
+        if tasks:
+            found = await self._all("tasks.task.list", {"filter": {"ID": tasks}, "select": ["ID", "STATUS"]},
+                                    lambda a: (a.get("result") or {}).get("tasks") or [])
+            for t in found:
+                status = str(t.get("status") or t.get("STATUS") or "")
+                out[("close_task", int(t.get("id") or t.get("ID")))] = {"closed": status == "5"}
+        if deals:
+            found = await self._all("crm.deal.list", {"filter": {"@ID": deals}, "select": ["ID", "STAGE_ID", "STAGE_SEMANTIC_ID"]},
+                                    lambda a: a.get("result") or [])
+            for d in found:
+                out[("close_deal", int(d["ID"]))] = {"closed": str(d.get("STAGE_SEMANTIC_ID") or "P") in ("S", "F"),
+                                                      "stage": str(d.get("STAGE_ID") or "")}
+        return out
+
+    def users(self) -> list[tuple[int, str | None, bool]]:
+        """The portal's users as (id, name, active) (``user.get``, paged): plan and the dashboard name reps."""
+        rows = self._run(self._all("user.get", {"sort": "ID", "order": "ASC"}, lambda a: a.get("result") or []))
+        return [(int(u["ID"]), " ".join(str(u.get(k) or "").strip() for k in ("NAME", "LAST_NAME")).strip() or None,
+                 str(u.get("ACTIVE", True)).lower() not in ("false", "n")) for u in rows]
+
+    def closed_tasks(self, items: Sequence[tuple[str, int]]) -> dict[str, set[int]]:
+        """Of these (action, CRM id) call tasks and to-dos, the ids completed in the CRM, by action
+        (``tasks.task.list`` with ``STATUS`` 5; ``crm.activity.list`` with ``COMPLETED`` Y): for the report."""
+        return self._run(self._closed_tasks(items))
+
+    async def _closed_tasks(self, items: Sequence[tuple[str, int]]) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for action in sorted({a for a, _ in items}):
+            ids = sorted({i for a, i in items if a == action})
+            for start in range(0, len(ids), 50):
+                part = ids[start:start + 50]
+                if action == "todo":
+                    rows = await self._all("crm.activity.list", {"filter": {"@ID": part, "COMPLETED": "Y"}, "select": ["ID"]},
+                                           lambda a: a.get("result") or [])
+                else:
+                    rows = await self._all("tasks.task.list", {"filter": {"ID": part, "STATUS": 5}, "select": ["ID"]},
+                                           lambda a: (a.get("result") or {}).get("tasks") or [])
+                out.setdefault(action, set()).update(int(r.get("id") or r.get("ID")) for r in rows)
+        return out
 
     # -- creating --------------------------------------------------------------------------------
 
@@ -120,10 +249,10 @@ class Bitrix24Actions:
         owner = self.kind.binding(cid)
         tag = f"[{marker(row['key'])}]"
         deadline = p["deadline"][:19]
-        if row["action"] == "call_task":
+        if row["action"] == "call_task":  # the marker in XML_ID (the task's external id), out of the rep's text
             return "tasks.task.add", {"fields": {
-                "TITLE": p["title"], "DESCRIPTION": f"{p['description']}\n\n{tag}".strip(), "RESPONSIBLE_ID": row["responsible_id"],
-                "DEADLINE": deadline, "UF_CRM_TASK": [owner]}}
+                "TITLE": p["title"], "DESCRIPTION": p["description"], "RESPONSIBLE_ID": row["responsible_id"],
+                "DEADLINE": deadline, "UF_CRM_TASK": [owner], "XML_ID": marker(row["key"])}}
         if row["action"] == "todo":
             return "crm.activity.todo.add", {
                 "ownerTypeId": self.kind.owner_type_id, "ownerId": cid, "deadline": deadline,
@@ -143,8 +272,8 @@ class Bitrix24Actions:
             if deal is None:
                 raise ValueError("its deal does not exist yet")
             return "tasks.task.add", {"fields": {
-                "TITLE": p["title"], "DESCRIPTION": f"{p['description']}\n\n{tag}".strip(), "RESPONSIBLE_ID": row["responsible_id"],
-                "DEADLINE": deadline, "UF_CRM_TASK": [f"D_{deal}", owner]}}
+                "TITLE": p["title"], "DESCRIPTION": p["description"], "RESPONSIBLE_ID": row["responsible_id"],
+                "DEADLINE": deadline, "UF_CRM_TASK": [f"D_{deal}", owner], "XML_ID": marker(row["key"])}}
         raise ValueError(f"unknown action {row['action']!r}")
 
     # -- finding what an interrupted run created ---------------------------------------------------
@@ -171,9 +300,10 @@ class Bitrix24Actions:
                 else:
                     bound = self.kind.binding(row["customer_id"])
                 tasks = await self._all("tasks.task.list", {"filter": {"UF_CRM_TASK": bound},
-                                                           "select": ["ID", "DESCRIPTION"]}, lambda a: (a.get("result") or {}).get("tasks") or [])
-                for task in tasks:
-                    if marker(row["key"]) in str(task.get("description") or task.get("DESCRIPTION") or ""):
+                                                           "select": ["ID", "DESCRIPTION", "XML_ID"]}, lambda a: (a.get("result") or {}).get("tasks") or [])
+                for task in tasks:  # the marker in XML_ID; tasks of earlier versions carry it in the description
+                    if (str(task.get("xmlId") or task.get("XML_ID") or "") == marker(row["key"])
+                            or marker(row["key"]) in str(task.get("description") or task.get("DESCRIPTION") or "")):
                         found[row["key"]] = {"id": int(task.get("id") or task.get("ID"))}
                         break
             elif row["action"] == "todo":

@@ -287,9 +287,9 @@ def crm_action_url(config: Any, a: dict[str, Any]) -> str | None:
     if base is None or created is None:
         return None
     kind = config.crm.kind
-    if a["action"] == "deal":
+    if a["action"] in ("deal", "close_deal"):  # a close: the deal or task it closed
         return f"{base}/crm/deal/details/{created}/" if kind == "bitrix24" else f"{base}/leads/detail/{created}"
-    if kind == "bitrix24" and a["action"] in ("call_task", "deal_task"):
+    if kind == "bitrix24" and a["action"] in ("call_task", "deal_task", "close_task"):
         return f"{base}/company/personal/user/{a.get('responsible_id') or 0}/tasks/task/view/{created}/"
     return crm_customer_url(config, a["customer_id"])  # a to-do or an amoCRM task: on the customer's card
 

@@ -278,7 +278,7 @@ def build(daemon: Any) -> list[BaseRoute]:
         data = queries.members_page(store, segment, **args)
         pages = max((data["total"] + args["size"] - 1) // args["size"], 1)
         return dash.page(request, "members.html", user, portal=name, config=config, segment=segment, data=data,
-                         pages=pages, custom=list(config.rules.fields), args=args,
+                         pages=pages, custom=list(config.rules.fields), args=args, reps=store.user_names(),
                          crm_url=lambda cid: queries.crm_customer_url(config, cid))
 
     def customer_page(request: Request) -> Response:
@@ -287,7 +287,7 @@ def build(daemon: Any) -> list[BaseRoute]:
         data = queries.customer(store, config, int(request.path_params["customer"]), dash.language(request, user))
         if data is None:
             raise HTTPException(404, "no such customer")
-        return dash.page(request, "customer.html", user, portal=name, config=config, data=data)
+        return dash.page(request, "customer.html", user, portal=name, config=config, data=data, reps=store.user_names())
 
     def campaigns_page(request: Request) -> Response:
         user = signed_in(request)
@@ -295,8 +295,11 @@ def build(daemon: Any) -> list[BaseRoute]:
         preview = None
         if request.query_params.get("preview"):
             preview = _preview(config)
+        from connector.campaign_report import campaign_results
+
+        results = {r["campaign"]: r for r in campaign_results(config, store)} if config.settings.campaign else {}
         return dash.page(request, "campaigns.html", user, portal=name, config=config,
-                         data=queries.campaigns(store, config), preview=preview)
+                         data=queries.campaigns(store, config), preview=preview, reps=store.user_names(), results=results)
 
     def audiences_page(request: Request) -> Response:
         user = signed_in(request)
@@ -453,7 +456,10 @@ def build(daemon: Any) -> list[BaseRoute]:
 
     @api
     def api_campaigns(request, user, name, config, store):  # noqa: ANN001, ANN202
-        return {"portal": name, "campaigns": queries.campaigns(store, config)}
+        from connector.campaign_report import campaign_results
+
+        return {"portal": name, "campaigns": queries.campaigns(store, config),
+                "results": campaign_results(config, store) if config.settings.campaign else []}
 
     @api
     def api_preview(request, user, name, config, store):  # noqa: ANN001, ANN202
@@ -496,4 +502,4 @@ def _preview(config: Any) -> list[dict[str, Any]]:
     from connector.pipeline import preview_plan
 
     return [{k: r[k] for k in ("campaign", "action", "customer_id", "key", "skip_reason", "responsible_id", "origin", "due")}
-            for r in preview_plan(config)]
+            for r in preview_plan(config, pull=False)]

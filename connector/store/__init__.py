@@ -27,6 +27,7 @@ from connector.config import ConfigError
 from connector.store import migrate as _migrate
 from connector.store.audiences import Audiences
 from connector.store.base import CHUNK, Part, chunks, now, upsert, write_lock
+from connector.store.campaign_state import Campaigns
 from connector.store.cards import CustomerCards
 from connector.store.columnar import ColumnarMirror, default_folder
 from connector.store.frames import Frames, connectorx_uri
@@ -95,6 +96,7 @@ class StateStore:
         self.audiences_part = Audiences(engine, portal)
         self.tokens_part = Tokens(engine, portal)
         self.models_part = ModelFits(engine, portal)
+        self.campaigns_part = Campaigns(engine, portal)
 
     @classmethod
     def open(cls, url: str, portal: str, *, columnar: bool = True, columnar_dir: str | Path | None = None) -> StateStore:
@@ -187,6 +189,12 @@ class StateStore:
     claim_actions = _delegate("ledger_part", Ledger, "claim_actions")
     set_actions = _delegate("ledger_part", Ledger, "set_actions")
     action_counts = _delegate("ledger_part", Ledger, "action_counts")
+
+    campaign_states = _delegate("campaigns_part", Campaigns, "campaign_states")
+    approve_campaign = _delegate("campaigns_part", Campaigns, "approve_campaign")
+    save_users = _delegate("campaigns_part", Campaigns, "save_users")
+    user_names = _delegate("campaigns_part", Campaigns, "user_names")
+    users_updated_at = _delegate("campaigns_part", Campaigns, "users_updated_at")
     # prediction model fits
     save_model_fit = _delegate("models_part", ModelFits, "save_model_fit")
     latest_model_fit = _delegate("models_part", ModelFits, "latest_model_fit")

@@ -1,7 +1,8 @@
 """The action ledger: every campaign action owed, its intent and outcome records, and the planner's history.
 
 Statuses: ``planned`` -> ``sending`` (intent recorded: the call may or may not have reached the CRM) ->
-``done`` | ``failed``; ``skipped`` rows say why in ``skip_reason`` and never run.
+``done`` | ``failed``; ``skipped`` rows say why in ``skip_reason`` and never run; ``waiting`` rows wait for
+``lifecycle campaigns approve`` (then ``planned``); ``holdout`` rows record a holdout member (no action).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Connection
 from connector.store.base import Part, chunks, now, write_lock
 from connector.store.schema import actions, locks
 
-Status = Literal["planned", "sending", "done", "failed", "skipped"]
+Status = Literal["planned", "sending", "done", "failed", "skipped", "waiting", "holdout"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class LedgerHistory:
         history = cls()
         for key, campaign, cid, day, rep, status, action in summary:
             history.keys.add(key)
-            if status == "skipped" or action == "deal_task":
+            if status in ("skipped", "holdout") or action in ("deal_task", "close_task", "close_deal"):
                 continue
             day = date.fromisoformat(day[:10]) if isinstance(day, str) else day
             history.last_by_campaign[(campaign, cid)] = max(day, history.last_by_campaign.get((campaign, cid), day))
@@ -111,7 +112,8 @@ def insert_actions(conn: Connection, portal: str, run_id: int, planned: Sequence
     rows = [
         {"portal": portal, "key": p.key, "campaign": p.campaign, "action": p.action, "customer_id": p.customer_id,
          "entry_date": p.entry_date, "event": p.event, "responsible_id": p.responsible_id, "parent_key": p.parent_key,
-         "payload": json.dumps(p.payload, ensure_ascii=False), "status": "skipped" if p.skip_reason else "planned",
+         "payload": json.dumps(p.payload, ensure_ascii=False),
+         "status": getattr(p, "ledger_status", None) or ("skipped" if p.skip_reason else "planned"),
          "skip_reason": p.skip_reason, "result": None, "attempts": 0, "error": None, "planned_run": run_id,
          "updated_at": stamp}
         for p in planned if p.key not in have

@@ -10,6 +10,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from connector.store.base import Part, chunks, date_param, insert_tuples
+from connector.store.campaign_state import save_campaign_states
 from connector.store.ledger import insert_actions
 from connector.store.schema import membership, membership_events, segments
 
@@ -34,6 +35,7 @@ class Membership(Part):
         left: pl.DataFrame,
         definitions: dict[str, tuple[bool, str]],
         planned: Sequence[Any] = (),
+        campaign_states: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Record who entered and who left (frames of segment, customer_id) in one transaction, together
         with the campaign actions planned for them (``planned``: connector.campaigns.PlannedAction), so a
@@ -82,6 +84,7 @@ class Membership(Part):
                         )
                     )
             insert_actions(conn, self.portal, run_id, planned)
+            save_campaign_states(conn, self.portal, run_id, campaign_states)
             for kind, frame in (("enter", entered), ("exit", left)):
                 insert_tuples(
                     conn,

@@ -252,7 +252,7 @@ class Api:
             if n == 2 and parts[1] == "tags":
                 return {"GET": lambda r: self.list_tags(r, entity), "POST": lambda r: self.post_tags(r, entity)}
             if n == 2 and parts[1] == "custom_fields":
-                return {"GET": lambda r: self.custom_fields(r, entity)}
+                return {"GET": lambda r: self.custom_fields(r, entity), "POST": lambda r: self.post_custom_fields(r, entity)}
             if n == 3 and parts[1] == "custom_fields" and parts[2].isdigit():
                 return {"GET": lambda r: self.custom_field(entity, int(parts[2]))}
             if n == 2 and parts[1] == "notes":
@@ -450,6 +450,25 @@ class Api:
         if types:
             fields = [f for f in fields if f["type"] in types]
         return self._paged(req, "custom_fields", fields, dict, maximum=50, cap=True, total=True)
+
+    def post_custom_fields(self, req: Request, entity: str) -> tuple[int, Any]:
+        """``POST /api/v4/{entity}/custom_fields`` (crm_entities/custom-fields: an array of fields, ``name`` and
+        ``type`` required, ``code``, ``sort``, ``is_api_only`` optional; the answer lists the new fields with their
+        ``request_id``). The sandbox creates the simple types only (text, numeric, textarea, url, date, checkbox)."""
+        out = []
+        for i, item in enumerate(self._items(req)):
+            if not isinstance(item, dict) or not str(item.get("name") or "").strip():
+                raise ApiError(400, f"{i}.name: This value should not be blank.")
+            ftype = str(item.get("type") or "")
+            if ftype not in ("text", "numeric", "textarea", "url", "date", "checkbox"):
+                raise ApiError(400, f"{i}.type: The value you selected is not a valid choice.")
+            field = self.store.fields.add(entity, str(item["name"]).strip(), ftype, code=item.get("code") or None,
+                                          sort=item.get("sort"))
+            field["is_api_only"] = bool(item.get("is_api_only"))
+            out.append({**field, "request_id": str(item.get("request_id", i)),
+                        "_links": {"self": {"href": f"{self.acct.base_url}/api/v4/{entity}/custom_fields/{field['id']}"}}})
+        self.store.version += 1
+        return 200, {"_total_items": len(out), "_embedded": {"custom_fields": out}}
 
     def custom_field(self, entity: str, fid: int) -> tuple[int, Any]:
         for f in self.store.fields.render(entity, self.acct.base_url):

@@ -10,7 +10,11 @@ api-reference/crm/timeline/activities/todo/crm-activity-todo-add.md (top-level c
 ``{"id":N}``, errors 100 / OWNER_NOT_FOUND / WRONG_DATETIME_FORMAT),
 api-reference/crm/timeline/activities/activity-base/crm-activity-list.md (see ACTIVITY_FIELDS below),
 api-reference/crm/timeline/comments/crm-timeline-comment-add.md (only lower-case ``fields`` is read;
-OWNER_NOT_FOUND, INVALID_ARG_VALUE for an empty comment, 100 when fields are missing).
+OWNER_NOT_FOUND, INVALID_ARG_VALUE for an empty comment, 100 when fields are missing),
+api-reference/tasks/tasks-task-complete.md (``taskId``; the page gives no answer: the sandbox answers like
+the other tasks.task.* methods, ``{"task":{...}}``, status 5 = completed; completing a completed task is
+refused with ERROR_CORE, a choice), api-reference/tasks/comment-item/task-comment-item-add.md (``TASKID``,
+``FIELDS.POST_MESSAGE``; the new comment's id; ERROR_CORE for an empty text or a task not accessible).
 """
 
 from __future__ import annotations
@@ -176,7 +180,8 @@ def task_add(call: Call) -> Result:
         "RESPONSIBLE_ID": responsible, "CHANGED_BY": call.user_id, "CHANGED_DATE": moment,
         "STATUS_CHANGED_BY": call.user_id, "CLOSED_BY": None, "CLOSED_DATE": None, "ACTIVITY_DATE": moment,
         "DATE_START": None, "DEADLINE": deadline, "START_DATE_PLAN": None, "END_DATE_PLAN": None,
-        "GUID": "{" + f"{abs(hash((title, call.now))):032x}"[:32] + "}", "XML_ID": None, "COMMENTS_COUNT": None,
+        "GUID": "{" + f"{abs(hash((title, call.now))):032x}"[:32] + "}",
+        "XML_ID": str(fields["XML_ID"]) if fields.get("XML_ID") not in (None, "") else None, "COMMENTS_COUNT": None,
         "ALLOW_CHANGE_DEADLINE": "Y", "ALLOW_TIME_TRACKING": "N", "TASK_CONTROL": "N", "ADD_IN_REPORT": "N",
         "TIME_ESTIMATE": 0, "TIME_SPENT_IN_LOGS": None, "MATCH_WORK_TIME": "N", "DESCRIPTION_IN_BBCODE": "Y",
         "SUB_STATUS": 2, "UF_CRM_TASK": [str(x) for x in links if x not in (None, "")],
@@ -223,6 +228,33 @@ def task_get(call: Call) -> Result:
     if task is None:
         raise ApiError(400, "ERROR_CORE", "Task not found or not accessible")
     return Result({"task": _render_task(call, task, _task_select(call.params.get("select")))})
+
+
+@method("tasks.task.complete")
+def task_complete(call: Call) -> Result:
+    task = call.store.tasks.rows.get(php_intval(call.params.get("taskId")))
+    if task is None:
+        raise ApiError(400, "ERROR_CORE", "Task not found or not accessible")
+    if int(task["STATUS"]) == 5:
+        raise ApiError(400, "ERROR_CORE", "Action not allowed")
+    moment = datetime.fromtimestamp(call.now, timezone.utc)
+    task.update(STATUS=5, SUB_STATUS=5, CLOSED_BY=call.user_id, CLOSED_DATE=moment, CHANGED_BY=call.user_id,
+                CHANGED_DATE=moment, STATUS_CHANGED_BY=call.user_id)
+    return Result({"task": _render_task(call, task, _DEFAULT_TASK_SELECT)}, cost=WRITE_COST)
+
+
+@method("task.commentitem.add")
+def task_comment_add(call: Call) -> Result:
+    task = call.store.tasks.rows.get(php_intval(call.params.get("TASKID")))
+    fields = call.params.get("FIELDS")
+    if task is None:
+        raise ApiError(400, "ERROR_CORE", "Insufficient permissions to add a comment.<br>")
+    text = str((fields or {}).get("POST_MESSAGE") or "").strip() if isinstance(fields, dict) else ""
+    if not text:
+        raise ApiError(400, "ERROR_CORE", "Comment text not specified<br>")
+    row = {"TASK_ID": task["ID"], "POST_MESSAGE": text, "AUTHOR_ID": php_intval(fields.get("AUTHOR_ID")) or call.user_id,
+           "POST_DATE": _iso(call, call.now)}
+    return Result(call.store.task_comments.insert(row), cost=WRITE_COST)
 
 
 # -- activities and comments -----------------------------------------------------------------------

@@ -161,6 +161,7 @@ class Portal:
             out["tasks"] = [_jsonable(t, self.tz) for t in store.tasks.rows.values()]
             out["activities"] = list(store.activities.rows.values())
             out["comments"] = list(store.comments.rows.values())
+            out["task_comments"] = list(store.task_comments.rows.values())
             out["product_rows"] = [render_row(r) for r in store.product_rows.rows.values()]
             return out
 

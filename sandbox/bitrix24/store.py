@@ -130,6 +130,7 @@ class Store:
     tasks: Table = field(default_factory=Table)
     activities: Table = field(default_factory=Table)
     comments: Table = field(default_factory=Table)
+    task_comments: Table = field(default_factory=Table)  # task.commentitem.add
     # catalogue and deal product rows (sandbox/bitrix24/products.py)
     products: Table = field(default_factory=Table)
     sections: Table = field(default_factory=Table)

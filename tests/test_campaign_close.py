@@ -1,0 +1,115 @@
+"""Issue 18, stale work closed, over HTTP against both sandboxes: a customer who buys again leaves the win-back
+segment; the open task the campaign created for them is completed with a comment saying why, once; the open
+deal moves to ``close_deal_stage`` with a comment; a task a rep already closed is left alone."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+
+from connector.config import load_config
+from connector.pipeline import open_store, sync
+from tests.test_campaign_report import buy
+from tests.test_campaigns_e2e import CRMS
+
+CAMPAIGNS = """
+[[campaign]]
+name = "winback"
+segment = "status.former"
+auto_approve = true
+on_enter = [{{ action = "call_task", title = "Call {{name}}", description = "Script", due_in_days = 2 }}]
+
+[[campaign]]
+name = "repeat"
+segment = "status.former"
+auto_approve = true
+responsible = {users}
+close_deal_stage = "{lost}"
+on_enter = [{{ action = "deal", title = "Repeat sale: {{name}}", pipeline = "{pipeline}", script = "Offer", due_in_days = 3 }}]
+"""
+
+
+def ledger(config) -> list:
+    store = open_store(config)
+    try:
+        return store.ledger()
+    finally:
+        store.close()
+
+
+def close_task_by_rep(crm, handle, task_id: int) -> None:
+    if crm.name == "bitrix24":
+        status, body = handle.call("tasks.task.complete", {"taskId": task_id})
+    else:
+        for _ in range(20):  # wait out a 429 (the account's rate limit counts the connector's requests too)
+            status, body = handle.api("PATCH", "/api/v4/tasks", json=[{"id": task_id, "is_completed": True}])
+            if status != 429:
+                break
+            time.sleep(0.5)
+    assert status == 200, body
+
+
+def task_state(crm, handle, task_id: int) -> tuple[bool, list[str]]:
+    """(completed, comments) of a task."""
+    state = handle.state()
+    if crm.name == "bitrix24":
+        task = next(t for t in state["tasks"] if int(t["ID"]) == task_id)
+        return int(task["STATUS"]) == 5, [c["POST_MESSAGE"] for c in state["task_comments"] if int(c["TASK_ID"]) == task_id]
+    task = next(t for t in state["tasks"] if int(t["id"]) == task_id)
+    text = ((task.get("result") or {}).get("text") or "")
+    return bool(task["is_completed"]), [text] if text else []
+
+
+def deal_state(crm, handle, deal_id: int) -> tuple[str, list[str]]:
+    state = handle.state()
+    if crm.name == "bitrix24":
+        deal = next(d for d in state["deals"] if int(d["ID"]) == deal_id)
+        return str(deal["STAGE_ID"]), [c["COMMENT"] for c in state["comments"]
+                                       if c["ENTITY_TYPE"] == "deal" and int(c["ENTITY_ID"]) == deal_id]
+    lead = next(d for d in state["leads"] if int(d["id"]) == deal_id)
+    return str(lead["status_id"]), [n["params"].get("text") for n in state.get("notes", [])
+                                    if n.get("entity_id") == deal_id and n.get("note_type") == "common"]
+
+
+@pytest.mark.parametrize("crm", CRMS, ids=lambda c: c.name)
+def test_a_customer_who_buys_again_has_the_open_task_completed_once_and_a_rep_closed_task_is_left_alone(tmp_path, crm):
+    lost = "C1:LOSE" if crm.name == "bitrix24" else "143"
+    with crm.start(generate=(80, 240)) as handle:
+        path = tmp_path / "lifecycle.toml"
+        path.write_text("[crm]\n" + crm.crm_section(handle) + 'overlap_minutes = 0\n[state]\nurl = "sqlite:///state.db"\n'
+                        + "[ui]\nlanguage = \"en\"\n"
+                        + CAMPAIGNS.format(users=crm.users(handle)[:1], pipeline=crm.pipeline, lost=lost), encoding="utf-8")
+        config = load_config(path)
+        result = sync(config)
+        rows = ledger(config)
+        tasks = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "winback" and r.status == "done"}
+        deals = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "repeat" and r.action == "deal"
+                 and r.status == "done"}
+        assert len(tasks) >= 3 and set(deals) == set(tasks)
+        a, b, c = sorted(tasks)[:3]
+        close_task_by_rep(crm, handle, tasks[a])  # a rep closed A's task already
+        buy(crm, handle, [(a, 700.0), (b, 700.0)], result.as_of)  # A and B buy again; C does not
+        time.sleep(1.1)
+        second = sync(config)
+        left = {int(cid) for seg, cid in second.left.iter_rows() if seg == "status.former"}
+        assert {a, b} <= left and c not in left
+        day = result.as_of.isoformat()
+        done_b, comments_b = task_state(crm, handle, tasks[b])
+        assert done_b and comments_b == [f"Closed by crm-lifecycle: the customer bought on {day}."]
+        done_a, comments_a = task_state(crm, handle, tasks[a])
+        assert done_a and comments_a == []  # the rep's close stands, nothing added
+        assert task_state(crm, handle, tasks[c]) == (False, [])
+        stage, notes = deal_state(crm, handle, deals[b])
+        assert stage == lost and notes == [f"Closed by crm-lifecycle: the customer bought on {day}."]
+        assert deal_state(crm, handle, deals[c])[1] == []
+        closes = Counter((r.action, r.status, (r.result or {}).get("left")) for r in ledger(config)
+                         if r.action.startswith("close_"))
+        assert closes[("close_task", "done", None)] >= 1 and closes[("close_task", "done", "already completed")] == 1
+        time.sleep(1.1)
+        handle.reset_counters()
+        third = sync(config).summary()
+        assert third["actions_created"] == 0
+        assert task_state(crm, handle, tasks[b])[1] == comments_b  # never twice
+        assert deal_state(crm, handle, deals[b])[1] == notes
