@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lifecycle.executor")
 
-PHASES = (("deal", "call_task", "todo"), ("deal_task",))
+PHASES = (("deal", "call_task", "todo", "bizproc", "email", "salesbot", "stage"), ("deal_task",))
 PASSES = 3
 
 
@@ -58,11 +58,12 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
         parents = _parents(store)
     stage = or_none(progress).stage("campaign actions", sum(
         1 for r in store.ledger(["planned", "failed"]) if r["attempts"] < max_attempts))
+    later: set[str] = set()  # held back by the sink until the next run
     for phase in PHASES:
         for _ in range(PASSES):
             rows = [r for r in store.ledger(["planned", "failed"])
                     if r.action in phase and r.attempts < max_attempts]
-            ready = [r for r in rows if r.parent_key is None or r.parent_key in parents]
+            ready = [r for r in rows if (r.parent_key is None or r.parent_key in parents) and r.key not in later]
             if not ready:
                 break
             for chunk in _batches(ready, batch_size):
@@ -83,7 +84,13 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
                     errors = {k: f"{type(exc).__name__}: {exc}" for k in keys if k not in results}
                     summary["actions_recovered"] += len(results)
                 store.set_actions(list(results), "done", results=results, claimed_by=holder)
-                failed = {k: errors.get(k, "no answer for this action") for k in keys if k not in results}
+                # a sink may hold an action back without trying it (Bitrix24: two business processes
+                # already run on the customer): it waits for a later run, no attempt counted
+                held = set(getattr(sink, "deferred", None) or ()) - set(results)
+                if held:
+                    store.set_actions(list(held), "planned", claimed_by=holder)
+                    later |= held
+                failed = {k: errors.get(k, "no answer for this action") for k in keys if k not in results and k not in held}
                 store.set_actions(list(failed), "failed", errors=failed, count_attempt=True, claimed_by=holder)
                 summary["actions_created"] += len(results)
                 stage.advance(len(keys))

@@ -277,7 +277,8 @@ def _activity_row(activity: dict) -> dict:
         "END_TIME": activity["DEADLINE"], "DEADLINE": activity["DEADLINE"], "COMPLETED": "Y" if completed else "N",
         "STATUS": 2 if completed else 1, "RESPONSIBLE_ID": activity["RESPONSIBLE_ID"], "PRIORITY": 2,
         "NOTIFY_TYPE": 0, "NOTIFY_VALUE": 0, "DESCRIPTION": activity.get("DESCRIPTION", ""), "DESCRIPTION_TYPE": 1,
-        "DIRECTION": 0, "LOCATION": "", "SETTINGS": [], "ORIGINATOR_ID": None, "ORIGIN_ID": None,
+        "DIRECTION": activity.get("DIRECTION", 0), "LOCATION": "", "SETTINGS": [],
+        "ORIGINATOR_ID": activity.get("ORIGINATOR_ID"), "ORIGIN_ID": activity.get("ORIGIN_ID"),
         "AUTHOR_ID": activity["AUTHOR_ID"], "EDITOR_ID": activity["AUTHOR_ID"],
     }
     return {k: (None if v is None else v if isinstance(v, list) else str(v)) for k, v in row.items()}

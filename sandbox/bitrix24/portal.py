@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from . import crm_methods, other_methods, products  # noqa: F401  (they register their methods; so do batch, userfields)
+from . import bizproc, crm_methods, other_methods, products  # noqa: F401  (they register their methods; so do batch, userfields)
 from .auth import Auth, Identity
 from .batch import run_batch
 from .clock import Clock
@@ -161,6 +161,7 @@ class Portal:
             out["tasks"] = [_jsonable(t, self.tz) for t in store.tasks.rows.values()]
             out["activities"] = list(store.activities.rows.values())
             out["comments"] = list(store.comments.rows.values())
+            out["workflows"] = [{k: v for k, v in wf.items()} for wf in getattr(store, "bizproc", bizproc.Bizproc()).workflows]
             out["product_rows"] = [render_row(r) for r in store.product_rows.rows.values()]
             return out
 
