@@ -46,13 +46,16 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
     holder = holder or new_holder()
     summary = {"actions_created": 0, "actions_recovered": 0, "actions_failed": 0, "actions_waiting": 0}
     parents = _parents(store)
+    if hasattr(sink, "checkpoint"):  # a sink that sends in two steps records the first in the ledger (amoCRM Salesbot)
+        sink.checkpoint = lambda partial: store.set_actions(list(partial), "sending", results=partial, claimed_by=holder)
     in_doubt = [r for r in store.ledger(["sending"]) if r.claimed_by != holder]
     if in_doubt:
         found = {}
         for chunk in _batches(in_doubt, batch_size):
             found.update(sink.find(chunk, parents))
         store.set_actions(list(found), "done", results=found, not_claimed_by=holder)
-        store.set_actions([r.key for r in in_doubt if r.key not in found], "planned", not_claimed_by=holder)
+        again = [r.key for r in in_doubt if r.key not in found]  # planned again, a half-step's record cleared
+        store.set_actions(again, "planned", results={k: None for k in again}, not_claimed_by=holder)
         summary["actions_recovered"] = len(found)
         log.info("settled %d actions of an interrupted run: %d found in the CRM", len(in_doubt), len(found))
         parents = _parents(store)

@@ -35,6 +35,7 @@ class AmoActions:
         self.client: AmoClient = make_client(settings, store)
         self.targets: dict[tuple[str, str | None], tuple[int, int]] = {}  # (pipeline, stage) -> (pipeline id, status id)
         self.channels = AmoChannels(self)  # Salesbot runs and stage moves (adapters/amocrm/channels.py)
+        self.checkpoint: Any = lambda partial: None  # set by the executor: record a half-done step in the ledger
 
     @property
     def requests(self) -> int:

@@ -9,10 +9,12 @@
   (``GET /api/v4/events``), and only moves what it does not find.
 * ``salesbot``: ``POST /api/v2/salesbot/run`` with ``[{"bot_id", "entity_id", "entity_type": 1}]`` (a
   contact), at most 100 a call. amoCRM keeps nothing an API can list about a bot run (no event type, no
-  run list), so a note on the contact carrying the action's marker is written *before* the run: no note
-  means the bot was not started and may be started; a note without a confirmed run (a run killed between
-  the two) counts as started (``"unverified": true`` in the ledger): a bot is never started twice, at the
-  cost of possibly not at all in that narrow case.
+  run list), so the run goes in two recorded steps: a note on the contact carrying the action's marker
+  (what reps see), then the ledger records that step (``{"note": id, "step": "run"}``, still
+  ``sending``), then the run. A run that dies before that record never asked amoCRM to start the bot:
+  the action is sent again. One that dies after it (the run request in flight, or its answer lost) cannot
+  know: the action counts as done with ``"unverified": true`` and is never sent again. So a bot is never
+  started twice; it may not start only when a run dies while its run request is on the wire.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from adapters.amocrm.client import AmoHTTPError
+from adapters.amocrm.client import AmoError, AmoHTTPError
 from adapters.amocrm.source import iter_list
 from adapters.base import AdapterConfigError, marker, pick
 from connector.channels import CHANNELS, channel_actions, wrong_crm
@@ -38,6 +40,7 @@ class AmoChannels:
     def __init__(self, actions: AmoActions):
         self.actions = actions
         self.stages: dict[tuple[str, str], tuple[int, int]] = {}  # (pipeline, stage) -> (pipeline id, status id)
+        self.announced: set[str] = set()  # bot runs whose note this process recorded in the ledger
 
     @property
     def client(self) -> Any:
@@ -106,15 +109,24 @@ class AmoChannels:
                 errors[r["key"]] = "amoCRM did not add the note announcing this bot run"
         if not announced:
             return
+        # The second step's intent: from here on, a run that dies cannot know whether the bots started.
+        self.actions.checkpoint({r["key"]: {"note": int(note["id"]), "step": "run"} for r, note in announced})
+        self.announced |= {r["key"] for r, _ in announced}
         body = [{"bot_id": int(r["payload"]["bot_id"]), "entity_id": int(r["customer_id"]), "entity_type": CONTACT}
                 for r, _ in announced]
         try:
             self.client.post("/api/v2/salesbot/run", body)
         except AmoHTTPError as exc:
-            if exc.status >= 500:
-                raise
-            for r, _ in announced:  # refused: nothing ran; the note stays, a retry writes another
-                errors[r["key"]] = str(exc)
+            if exc.status < 500:  # refused: nothing ran; the note stays, a retry writes another
+                for r, _ in announced:
+                    errors[r["key"]] = str(exc)
+                return
+            for r, note in announced:  # the outcome is unknown and cannot be looked up: never start twice
+                done[r["key"]] = {"note": int(note["id"]), "bot_id": int(r["payload"]["bot_id"]), "unverified": True}
+            return
+        except AmoError:
+            for r, note in announced:
+                done[r["key"]] = {"note": int(note["id"]), "bot_id": int(r["payload"]["bot_id"]), "unverified": True}
             return
         for r, note in announced:
             done[r["key"]] = {"note": int(note["id"]), "bot_id": int(r["payload"]["bot_id"])}
@@ -188,11 +200,11 @@ class AmoChannels:
             tag = marker(row["key"])
             cid = int(row["customer_id"])
             if row["action"] == "salesbot":
-                params = {"filter[note_type]": "common"}
-                for page in iter_list(self.client, f"/api/v4/{self.actions.plural}/{cid}/notes", "notes", params):
-                    for note in page:
-                        if tag in str((note.get("params") or {}).get("text") or ""):
-                            found[row["key"]] = {"note": int(note["id"]), "unverified": True}
+                # Only a run whose second step was recorded may have started its bots: it counts as started
+                # (unverified). A note alone means the run died before asking amoCRM to start anything.
+                step = (row.get("result") or {}) if isinstance(row.get("result"), dict) else {}
+                if step.get("step") == "run" or row["key"] in self.announced:
+                    found[row["key"]] = {"note": step.get("note"), "bot_id": int(row["payload"]["bot_id"]), "unverified": True}
                 continue
             if row["action"] != "stage":
                 continue
