@@ -69,7 +69,7 @@ class Bitrix24Channels:
             if "ACCESS_DENIED" in text:
                 raise error(f"[[campaign]] {name!r}: only a Bitrix24 administrator may start business processes: "
                             f"give [crm] the webhook of an administrator ({text})") from None
-            if "insufficient_scope" in text:
+            if "insufficient_scope" in text or "higher privileges" in text:
                 raise error(f"[[campaign]] {name!r}: the webhook lacks the 'bizproc' scope; add it in Bitrix24 "
                             f"(Developer resources > webhook)") from None
             raise

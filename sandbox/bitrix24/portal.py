@@ -184,7 +184,8 @@ def _jsonable(row: dict, tz: ZoneInfo) -> dict:
 
 # Which scope a method needs (b24restdocs: each method page names its scope; "basic" ones need none).
 SCOPE_PREFIXES = (("crm.", ("crm",)), ("tasks.", ("task",)), ("task.", ("task",)), ("catalog.", ("catalog",)),
-                  ("user.", ("user", "user_brief", "user_basic")), ("department.", ("department",)))
+                  ("user.", ("user", "user_brief", "user_basic")), ("department.", ("department",)),
+                  ("bizproc.", ("bizproc",)))
 
 
 def scope_allows(scopes: frozenset[str], method: str) -> bool:
