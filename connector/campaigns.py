@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 from zoneinfo import ZoneInfo
 
 from adapters.base import marker  # noqa: F401 - re-exported: PlannedAction.marker, the tests
+from connector.channels import CHANNELS
+from connector.channels import payload as channel_payload
 from connector.templates import LIMITS, TemplateError, check_template, cut
 from connector.templates import render as render_template
 
@@ -88,6 +90,9 @@ def check_campaigns(settings: Any, engine: Any) -> None:
                         check_template(text, types, limit=LIMITS[attr])
                     except TemplateError as exc:
                         raise ValueError(f"{where} {when}[{i}].{attr}: {exc}") from None
+                from connector.channels import check_templates
+
+                check_templates(action, types, f"{where} {when}[{i}]")
     audiences = settings.audiences
     needs = {"yandex": ("yandex_token",), "vk": ("vk_client_id", "vk_client_secret"),
              "google": ("google_access_token",), "meta": ("meta_access_token",)}
@@ -311,7 +316,11 @@ def plan(
                                   responsible_id=responsible, skip_reason=reason,
                                   status=status if (reason is None or status == "holdout") else None)
                     deadline = calendar.deadline(as_of, action.due_in_days, tz).isoformat()
-                    if action.action == "call_task":
+                    if action.action in CHANNELS:  # the CRM's own channels (connector/channels.py)
+                        payload, own_skip = channel_payload(action, values)
+                        out.append(PlannedAction(key=base, action=action.action, payload=payload,
+                                                 **{**common, "skip_reason": reason or own_skip}))
+                    elif action.action == "call_task":
                         kind = "todo" if action.kind == "todo" else "call_task"
                         payload = {"title": render(action.title, values, "title"),
                                    "description": (render(action.description, values, "description") if action.description

@@ -33,7 +33,7 @@ from connector.kits import adapter_settings
 # -- check ------------------------------------------------------------------------------------------
 
 # Bitrix24 scopes a sync needs: crm always; user to check round-robin users; task for call tasks.
-SCOPE_NEEDS = {"crm": "reading contacts, companies and deals", "user": "checking the campaigns' users (user.get)",
+SCOPE_NEEDS = {"bizproc": "starting business processes (bizproc.workflow.start)", "crm": "reading contacts, companies and deals", "user": "checking the campaigns' users (user.get)",
                "task": "creating call tasks (tasks.task.add)"}
 
 
@@ -111,6 +111,8 @@ def _needed_scopes(config: LoadedConfig) -> list[str]:
     actions = [a for c in campaigns for a in (*c.on_enter, *c.on_exit)]
     if any((a.action == "call_task" and a.kind == "task") or a.action == "deal" for a in actions):
         needed.append("task")
+    if any(a.action == "bizproc" for a in actions):
+        needed.append("bizproc")
     return needed
 
 
@@ -171,6 +173,12 @@ def _check_campaigns(config: LoadedConfig, store: Any, report: CheckReport) -> N
                 parts.append(("pipelines and stages", campaign.model_copy(update={"responsible": "owner"})))
             if isinstance(campaign.responsible, tuple):
                 parts.append(("users", campaign.model_copy(update={"on_enter": (), "on_exit": ()})))
+            from connector.channels import CHANNELS
+
+            own = {when: tuple(a for a in getattr(campaign, when) if a.action in CHANNELS) for when in ("on_enter", "on_exit")}
+            if any(own.values()):  # the CRM's own channels: templates, stages, rights (connector/channels.py)
+                parts.append(("channels (business-process templates, stages, rights)",
+                              campaign.model_copy(update={"responsible": "owner", **own})))
             for what, part in parts:
                 try:
                     sink.resolve((part,))

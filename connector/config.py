@@ -205,7 +205,7 @@ class WritebackConfig(_Section):
 class ActionConfig(_Section):
     """One thing a campaign does for a customer (``on_enter`` / ``on_exit`` items)."""
 
-    action: Literal["call_task", "deal"]
+    action: Literal["call_task", "deal", "bizproc", "email", "salesbot", "stage"]
     title: str = Field(min_length=1, description="template over customer fields and features, e.g. 'Call {name}'")
     description: str = Field("", description="call_task: the task text (the script)")
     due_in_days: int = Field(1, ge=0, le=365, description="deadline in working days from the run")
@@ -214,11 +214,20 @@ class ActionConfig(_Section):
     stage: str | None = Field(None, description="deal: stage / status, name or id; default the pipeline's first")
     script: str = Field("", description="deal: the call script (deal COMMENTS, and the text of its call task)")
     task_title: str | None = Field(None, description="deal: title of the call task on the deal")
+    # The CRM's own channels (docs/campaigns.md "Channels"; connector/channels.py)
+    template: str | None = Field(None, description="bizproc: Bitrix24 workflow template, id or name")
+    parameters: dict[str, str] = Field(default_factory=dict, description="bizproc: template parameters (templates)")
+    body: str = Field("", description="email: the message body (template); title is the subject")
+    mailbox: str | None = Field(None, description="email: the sender, 'Name <address>' or an address of the portal")
+    bot_id: int | None = Field(None, ge=1, description="salesbot: the amoCRM Salesbot id")
 
     @model_validator(mode="after")
     def _deal_needs_pipeline(self) -> ActionConfig:
         if self.action == "deal" and not self.pipeline:
             raise ValueError("action 'deal' needs pipeline = '...' (the repeat-sales pipeline, by name or id)")
+        from connector.channels import check_action
+
+        check_action(self)
         return self
 
 

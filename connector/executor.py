@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lifecycle.executor")
 
-PHASES = (("deal", "call_task", "todo"), ("deal_task",), ("close_task", "close_deal"))
+PHASES = (("deal", "call_task", "todo", "bizproc", "email", "salesbot", "stage"), ("deal_task",),
+          ("close_task", "close_deal"))
 CLOSING = ("close_task", "close_deal")  # close_on_exit: through the sink's close / find_closed, never capped
 PASSES = 3
 
@@ -50,25 +51,29 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
     holder = holder or new_holder()
     summary = {"actions_created": 0, "actions_recovered": 0, "actions_failed": 0, "actions_waiting": 0}
     parents = _parents(store)
+    if hasattr(sink, "checkpoint"):  # a sink that sends in two steps records the first in the ledger (amoCRM Salesbot)
+        sink.checkpoint = lambda partial: store.set_actions(list(partial), "sending", results=partial, claimed_by=holder)
     in_doubt = [r for r in store.ledger(["sending"]) if r.claimed_by != holder]
     if in_doubt:
         found = {}
         for chunk in _batches(in_doubt, batch_size):
             found.update(_find(sink, chunk, parents))
         store.set_actions(list(found), "done", results=found, not_claimed_by=holder)
-        store.set_actions([r.key for r in in_doubt if r.key not in found], "planned", not_claimed_by=holder)
+        again = [r.key for r in in_doubt if r.key not in found]  # planned again, a half-step's record cleared
+        store.set_actions(again, "planned", results={k: None for k in again}, not_claimed_by=holder)
         summary["actions_recovered"] = len(found)
         log.info("settled %d actions of an interrupted run: %d found in the CRM", len(in_doubt), len(found))
         parents = _parents(store)
     allowed = _within_caps(store.ledger(["planned", "failed"]), max_attempts, max_per_run, max_per_campaign or {})
     stage = or_none(progress).stage("campaign actions", sum(
         1 for r in store.ledger(["planned", "failed"]) if r["attempts"] < max_attempts))
+    later: set[str] = set()  # held back by the sink until the next run
     for phase in PHASES:
         for _ in range(PASSES):
             rows = [r for r in store.ledger(["planned", "failed"])
                     if r.action in phase and r.attempts < max_attempts
                     and (allowed is None or r.parent_key is not None or r.key in allowed or r.action in CLOSING)]
-            ready = [r for r in rows if r.parent_key is None or r.parent_key in parents]
+            ready = [r for r in rows if (r.parent_key is None or r.parent_key in parents) and r.key not in later]
             if not ready:
                 break
             for chunk in _batches(ready, batch_size):
@@ -90,7 +95,13 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
                     errors = {k: f"{type(exc).__name__}: {exc}" for k in keys if k not in results}
                     summary["actions_recovered"] += len(results)
                 store.set_actions(list(results), "done", results=results, claimed_by=holder)
-                failed = {k: errors.get(k, "no answer for this action") for k in keys if k not in results}
+                # a sink may hold an action back without trying it (Bitrix24: two business processes
+                # already run on the customer): it waits for a later run, no attempt counted
+                held = set(getattr(sink, "deferred", None) or ()) - set(results)
+                if held:
+                    store.set_actions(list(held), "planned", claimed_by=holder)
+                    later |= held
+                failed = {k: errors.get(k, "no answer for this action") for k in keys if k not in results and k not in held}
                 store.set_actions(list(failed), "failed", errors=failed, count_attempt=True, claimed_by=holder)
                 summary["actions_created"] += len(results)
                 stage.advance(len(keys))

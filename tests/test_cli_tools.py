@@ -367,3 +367,29 @@ def test_runs_lists_the_per_record_errors_of_failed_campaign_actions(tmp_path, c
         assert all(e["error"] and isinstance(e["customer_id"], int) for e in errors)
         assert main(["runs", "--config", config]) == 0
         assert "campaign actions that failed" in capsys.readouterr().out
+
+
+def test_check_on_bitrix24_reports_a_missing_bizproc_scope_and_template_of_a_channel_campaign(tmp_path, capsys):
+    with running_portal(generate=(20, 40), time_scale=50) as portal:
+        scoped = portal.add_webhook(["crm", "user"])  # no "bizproc": business processes cannot be started
+        config = write(tmp_path, f'kind = "bitrix24"\nwebhook_url = "{scoped}"\nrequests_per_second = 500\n',
+                       '[[campaign]]\nname = "reach"\nsegment = "status.former"\n'
+                       'on_enter = [{ action = "bizproc", title = "Win back {name}", template = "Win-back e-mail" }]\n')
+        assert main(["check", "--config", config]) == 1
+        out, _ = capsys.readouterr()
+        problems = [line for line in out.splitlines() if line.startswith("PROBLEM")]
+        assert any("lacks scope 'bizproc'" in p for p in problems), out
+        assert any("'reach': the webhook lacks the 'bizproc' scope" in p for p in problems), out
+        path = write(tmp_path, f'kind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n',
+                     '[[campaign]]\nname = "reach"\nsegment = "status.former"\n'
+                     'on_enter = [{ action = "bizproc", title = "Win back {name}", template = "Nope" }]\n')
+        assert main(["check", "--config", path]) == 1
+        out, _ = capsys.readouterr()
+        assert "'reach': template 'Nope' is not a business-process template" in out
+        path = write(tmp_path, f'kind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n',
+                     '[[campaign]]\nname = "reach"\nsegment = "status.former"\n'
+                     'on_enter = [{ action = "bizproc", title = "Win back {name}", template = "Win-back e-mail" }]\n')
+        assert main(["check", "--config", path]) == 0
+        out, _ = capsys.readouterr()
+        assert "campaign 'reach': channels (business-process templates, stages, rights) exist" in out
+        assert portal.state()["workflows"] == []

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from adapters.amocrm.channels import AmoChannels, is_channel
 from adapters.amocrm.client import AmoClient, AmoHTTPError
 from adapters.amocrm.settings import ENTITIES, AmoSettings
 from adapters.amocrm.source import iter_list, make_client
@@ -38,6 +39,8 @@ class AmoActions:
         self.client: AmoClient = make_client(settings, store)
         self.targets: dict[tuple[str, str | None], tuple[int, int]] = {}  # (pipeline, stage) -> (pipeline id, status id)
         self.key_field: int | None = None  # the leads' custom field holding the marker (created on the first lead)
+        self.channels = AmoChannels(self)  # Salesbot runs and stage moves (adapters/amocrm/channels.py)
+        self.checkpoint: Any = lambda partial: None  # set by the executor: record a half-done step in the ledger
 
     @property
     def requests(self) -> int:
@@ -49,6 +52,7 @@ class AmoActions:
     # -- start-up checks -----------------------------------------------------------------------------
 
     def resolve(self, campaigns: Sequence[CampaignSpec]) -> None:
+        self.channels.resolve(campaigns)
         deals = [(c, a) for c in campaigns for a in (*c.on_enter, *c.on_exit) if a.action == "deal"]
         if deals:
             body = self.client.get("/api/v4/leads/pipelines") or {}
@@ -217,8 +221,9 @@ class AmoActions:
 
     def create(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]
                ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-        done: dict[str, dict[str, Any]] = {}
-        errors: dict[str, str] = {}
+        own = [r for r in rows if is_channel(r)]
+        done, errors = self.channels.create(own) if own else ({}, {})
+        rows = [r for r in rows if not is_channel(r)]
         leads = [r for r in rows if r["action"] == "deal"]
         tasks = [r for r in rows if r["action"] != "deal"]
         if leads:
@@ -287,9 +292,11 @@ class AmoActions:
     # -- finding what an interrupted run created ---------------------------------------------------
 
     def find(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, dict[str, Any]] = self.channels.find([r for r in rows if is_channel(r)])
         for row in rows:
             tag = marker(row["key"])
+            if is_channel(row):
+                continue
             if row["action"] == "deal":
                 for page in iter_list(self.client, "/api/v4/leads", "leads", {"query": tag}):
                     for lead in page:  # the marker in the key field; earlier versions: at the end of the name

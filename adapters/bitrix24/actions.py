@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.base import AdapterConfigError, CampaignSpec, TokenStore, check_users, marker, pick, round_robin_users
+from adapters.bitrix24.channels import Bitrix24Channels, is_channel
 from adapters.bitrix24.client import Bitrix24Client
 from adapters.bitrix24.paging import php_query
 from adapters.bitrix24.settings import ENTITIES, Bitrix24Settings
@@ -35,6 +36,8 @@ class Bitrix24Actions:
         self.client: Bitrix24Client = make_client(settings, store)
         self.loop.run_until_complete(self.client.__aenter__())
         self.targets: dict[tuple[str, str | None], tuple[int, str]] = {}  # (pipeline, stage) -> (category, stage id)
+        self.channels = Bitrix24Channels(self)  # business processes and CRM e-mail (adapters/bitrix24/channels.py)
+        self.deferred: set[str] = set()  # keys the last create held back for a later run
 
     @property
     def requests(self) -> int:
@@ -53,6 +56,7 @@ class Bitrix24Actions:
         self._run(self._resolve(campaigns, AdapterConfigError))
 
     async def _resolve(self, campaigns: Sequence[CampaignSpec], error: type[Exception]) -> None:
+        await self.channels.resolve(campaigns, error)
         deals = [(c, a) for c in campaigns for a in (*c.on_enter, *c.on_exit) if a.action == "deal"]
         if deals:
             answer = await self.client.call("crm.category.list", {"entityTypeId": 2})
@@ -214,6 +218,20 @@ class Bitrix24Actions:
 
     def create(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]
                ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        own = [r for r in rows if is_channel(r)]
+        self.deferred = set()
+        done: dict[str, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
+        if own:
+            done, errors, self.deferred = self._run(self.channels.create(own))
+        rest = [r for r in rows if not is_channel(r)]
+        if rest:
+            more, more_errors = self._create_objects(rest, parents)
+            done, errors = {**done, **more}, {**errors, **more_errors}
+        return done, errors
+
+    def _create_objects(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]
+                        ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         commands: dict[str, str] = {}
         by_cmd: dict[str, dict[str, Any]] = {}
         errors: dict[str, str] = {}
@@ -279,7 +297,9 @@ class Bitrix24Actions:
     # -- finding what an interrupted run created ---------------------------------------------------
 
     def find(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return self._run(self._find(rows, parents))
+        own = [r for r in rows if is_channel(r)]
+        found = self._run(self.channels.find(own)) if own else {}
+        return {**found, **self._run(self._find([r for r in rows if not is_channel(r)], parents))}
 
     async def _find(self, rows: list[dict[str, Any]], parents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}

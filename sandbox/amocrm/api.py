@@ -193,6 +193,14 @@ class Api:
         return f"{verb} " + re.sub(r"/\d+(?=/|$)", "/{id}", path.rstrip("/") or "/")
 
     def handle(self, req: Request) -> tuple[int, Any]:
+        if req.path.startswith("/api/v2/"):  # the one v2 route: Salesbot runs (sandbox/amocrm/salesbot.py)
+            if req.path.rstrip("/") != "/api/v2/salesbot/run":
+                raise ApiError(404, f"Cannot {req.verb} {self.acct.base_url}{req.path}")
+            if req.verb != "POST":
+                raise ApiError(405, f"Method {req.verb} is not allowed for {req.path}")
+            from .salesbot import run
+
+            return run(self, req)
         parts = [p for p in req.path[len("/api/v4/"):].split("/") if p]
         verb = req.verb
         routes = self._routes(parts)

@@ -151,7 +151,7 @@ class Handler(RestVerbs, BaseHandler):
     def _answer_unfaulted(self, account: Account, verb: str, path: str, query: str, raw: bytes):
         if path.rstrip("/") == "/oauth2/access_token":
             return self._token(account, verb, raw)
-        if not path.startswith("/api/v4/"):
+        if not path.startswith(("/api/v4/", "/api/v2/salesbot/")):
             return 404, problem(404, f"Cannot {verb} {account.base_url}{path}")
         refused = account.admit()
         if refused is not None:

@@ -690,6 +690,7 @@ class Store:
             out["users"] = list(self.users.values())
             out["pipelines"] = all_pipelines_json(self.account_id, self.base)
             out["deleted"] = {t: sorted(self.trash[t]) for t in ENTITY_TYPES}
+            out["salesbot_runs"] = list(getattr(self, "salesbot_runs", []))
         return out
 
 

@@ -99,6 +99,15 @@ def handle(portal: "Portal", info: dict, verb: str, path: str, query: str, body:
                 return 400, {"error": "BAD_CORRUPT", "error_description": "need entity (contact|company|deal), an existing id and fields"}
             row.setdefault("_raw", {}).update(body["fields"])
             return 200, {"corrupted": row["ID"], "fields": row["_raw"]}
+    if route == "/bizproc":  # business-process rights and templates (sandbox/bitrix24/bizproc.py)
+        from .bizproc import Bizproc
+
+        with portal.lock:
+            if not hasattr(portal.store, "bizproc"):
+                portal.store.bizproc = Bizproc()
+            if verb == "POST":
+                return 200, portal.store.bizproc.configure(body)
+            return 200, portal.store.bizproc.describe()
     if route == "/oauth/expire" and verb == "POST":
         with portal.lock:
             return 200, {"expired": portal.auth.expire(body.get("access_token"))}

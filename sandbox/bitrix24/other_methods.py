@@ -127,7 +127,7 @@ def profile(call: Call) -> Result:
 def scope(call: Call) -> Result:
     if call.scopes is not None:
         return Result(sorted(call.scopes))
-    return Result(["crm", "catalog", "task", "tasks", "user", "user_brief", "user_basic", "basic"])
+    return Result(["crm", "catalog", "task", "tasks", "user", "user_brief", "user_basic", "bizproc", "basic"])
 
 
 @method("server.time")
@@ -309,7 +309,8 @@ def _activity_row(activity: dict) -> dict:
         "END_TIME": activity["DEADLINE"], "DEADLINE": activity["DEADLINE"], "COMPLETED": "Y" if completed else "N",
         "STATUS": 2 if completed else 1, "RESPONSIBLE_ID": activity["RESPONSIBLE_ID"], "PRIORITY": 2,
         "NOTIFY_TYPE": 0, "NOTIFY_VALUE": 0, "DESCRIPTION": activity.get("DESCRIPTION", ""), "DESCRIPTION_TYPE": 1,
-        "DIRECTION": 0, "LOCATION": "", "SETTINGS": [], "ORIGINATOR_ID": None, "ORIGIN_ID": None,
+        "DIRECTION": activity.get("DIRECTION", 0), "LOCATION": "", "SETTINGS": [],
+        "ORIGINATOR_ID": activity.get("ORIGINATOR_ID"), "ORIGIN_ID": activity.get("ORIGIN_ID"),
         "AUTHOR_ID": activity["AUTHOR_ID"], "EDITOR_ID": activity["AUTHOR_ID"],
     }
     return {k: (None if v is None else v if isinstance(v, list) else str(v)) for k, v in row.items()}

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from . import crm_methods, other_methods, products  # noqa: F401  (they register their methods; so do batch, userfields)
+from . import bizproc, crm_methods, other_methods, products  # noqa: F401  (they register their methods; so do batch, userfields)
 from .auth import Auth, Identity
 from .batch import run_batch
 from .clock import Clock
@@ -162,6 +162,7 @@ class Portal:
             out["activities"] = list(store.activities.rows.values())
             out["comments"] = list(store.comments.rows.values())
             out["task_comments"] = list(store.task_comments.rows.values())
+            out["workflows"] = [{k: v for k, v in wf.items()} for wf in getattr(store, "bizproc", bizproc.Bizproc()).workflows]
             out["product_rows"] = [render_row(r) for r in store.product_rows.rows.values()]
             return out
 
@@ -184,7 +185,8 @@ def _jsonable(row: dict, tz: ZoneInfo) -> dict:
 
 # Which scope a method needs (b24restdocs: each method page names its scope; "basic" ones need none).
 SCOPE_PREFIXES = (("crm.", ("crm",)), ("tasks.", ("task",)), ("task.", ("task",)), ("catalog.", ("catalog",)),
-                  ("user.", ("user", "user_brief", "user_basic")), ("department.", ("department",)))
+                  ("user.", ("user", "user_brief", "user_basic")), ("department.", ("department",)),
+                  ("bizproc.", ("bizproc",)))
 
 
 def scope_allows(scopes: frozenset[str], method: str) -> bool:
