@@ -72,7 +72,7 @@ class SandboxServer(QuietServer):
     def portal_for_client(self, client_id: object) -> Portal:
         """The shared OAuth server (unprefixed ``/oauth/token/``) knows every portal's app by client id."""
         for portal in self.portals or [self.portal]:
-            if portal.auth.client_id == client_id:
+            if client_id in portal.auth.clients:
                 return portal
         return (self.portals or [self.portal])[0]  # answers invalid_client
 
