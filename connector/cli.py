@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(members)
     members.add_argument("segment", metavar="SEGMENT", help="segment name, e.g. lifecycle.regular_active")
     members.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    from connector.apps.amocrm_widget import add_parser as add_amocrm_parser
+
+    add_amocrm_parser(sub)  # lifecycle amocrm widget (issue 15)
     return finish_parser(parser)
 
 
@@ -196,6 +199,10 @@ def _main(argv: list[str] | None = None) -> int:
             from sandbox.bitrix24.cli import main as bitrix24_sandbox
 
             return bitrix24_sandbox(args.args)
+        if args.command == "amocrm":
+            from connector.apps.amocrm_widget import widget_command
+
+            return widget_command(args, out)
         if args.command == "model":
             from connector.model_cli import run_model
 

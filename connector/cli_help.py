@@ -48,6 +48,10 @@ HELP: dict[str, tuple[str, str]] = {
                   "lifecycle users add rep@example.com --role viewer --portal default"),
     "users list": ("The dashboard accounts with their roles and portals (never their passwords).", "lifecycle users list"),
     "users remove": ("Delete a dashboard account.", "lifecycle users remove rep@example.com"),
+    "amocrm": ("amoCRM integration tools.", "lifecycle amocrm widget --out widget.zip --public-url https://lifecycle.example.com"),
+    "amocrm widget": ("Build the amoCRM widget archive: a Lifecycle tab in the contact card that shows the customer page "
+                      "from this connector. Upload it in amoMarket > your integration.",
+                      "lifecycle amocrm widget --out widget.zip --public-url https://lifecycle.example.com"),
     "model": ("Fit or backtest the prediction model (P(alive), expected purchases).", "lifecycle model fit"),
     "model fit": ("Fit the prediction model on the portal's mirror (or a summary file) and print its parameters.",
                   "lifecycle model fit --format json"),
