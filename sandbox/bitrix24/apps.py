@@ -10,7 +10,9 @@ Sources (b24restdocs = apidocs.bitrix24.com, HEAD 5988ed1):
   ``event``, ``data[VERSION|ACTIVE|INSTALLED|LANGUAGE_ID]``, ``ts``, ``auth[domain|scope|access_token|
   refresh_token|expires_in|server_endpoint|status|client_endpoint|member_id|application_token]``).
   That the callback and the event are one request is what the docs' example implies (the handler finds
-  ``auth`` in the POST); a second, different callback body is not documented.
+  ``auth`` in the POST); a second, different callback body is not documented. ``event_handler_id`` is added
+  although on-app-install.md's example lacks it: events/index.md says "the set of top-level keys is the same
+  for all events", and b24pysdk's ``OAuthEventData`` requires it.
 * installation-master.md: an app with an "installation wizard" page is "not installed" (no events, widgets
   hidden) until ``BX24.installFinish()``; the wizard page, like any frame of the app, gets the frame form of
   api-reference/widgets/_includes/widget_data.md (``DOMAIN``, ``PROTOCOL``, ``LANG``, ``APP_SID`` in the
@@ -21,7 +23,9 @@ Sources (b24restdocs = apidocs.bitrix24.com, HEAD 5988ed1):
   ``event_handler_id``, ``data[FIELDS][ID]``, ``ts``, ``auth[access_token|expires_in|scope|domain|
   server_endpoint|status|client_endpoint|member_id|application_token]`` (no ``refresh_token`` except
   OnAppInstall); "No retries"; crm/contacts/events/on-crm-contact-*.md and the company/deal pages: the
-  same shape for ONCRM{CONTACT,COMPANY,DEAL}{ADD,UPDATE,DELETE}.
+  same shape for ONCRM{CONTACT,COMPANY,DEAL}{ADD,UPDATE,DELETE}. The docs' examples have no ``expires``
+  and no ``user_id`` in ``auth``; b24pysdk (the official SDK) requires ``expires`` and reads ``user_id``
+  when it parses an event, so the sandbox sends both (the acting user; ``expires`` = wall-clock epoch).
 * api-reference/common/events/on-app-uninstall.md: ``data[LANGUAGE_ID|CLEAN]``, ``auth`` without tokens
   (``domain, server_endpoint, client_endpoint, member_id, application_token``); all API access is revoked.
 * api-reference/events/event-{bind,get,unbind}.md: ``{"result":true}``; 400 ``ERROR_EVENT_NOT_FOUND``
@@ -118,21 +122,24 @@ class Apps:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _auth_block(self, app: App, *, tokens: bool, refresh: bool = False) -> dict:
+    def _auth_block(self, app: App, *, tokens: bool, refresh: bool = False, user_id: int = 1) -> dict:
         with self.portal.lock:
-            return self._auth_block_locked(app, tokens=tokens, refresh=refresh)
+            return self._auth_block_locked(app, tokens=tokens, refresh=refresh, user_id=user_id)
 
-    def _auth_block_locked(self, app: App, *, tokens: bool, refresh: bool) -> dict:
+    def _auth_block_locked(self, app: App, *, tokens: bool, refresh: bool, user_id: int) -> dict:
         ep = self.portal.endpoints()
         scope = ",".join(sorted((app.scope or frozenset({"crm"})) - {"basic"}))
         out: dict[str, Any] = {}
         if tokens:
+            auth = self.portal.auth
+            expires = str(int(auth.clock.to_real(auth.clock.portal() + 3600)))
             if refresh:
-                pair = self.portal.auth.issue(app.client_id)
-                out.update(access_token=pair["access_token"], expires_in=pair["expires_in"], scope=scope,
-                           refresh_token=pair["refresh_token"])
+                pair = auth.issue(app.client_id)
+                out.update(access_token=pair["access_token"], expires=str(pair["expires"]),
+                           expires_in=pair["expires_in"], scope=scope, user_id=str(user_id), refresh_token=pair["refresh_token"])
             else:
-                out.update(access_token=self.portal.auth.issue_access(app.client_id), expires_in="3600", scope=scope)
+                out.update(access_token=auth.issue_access(app.client_id), expires=expires, expires_in="3600",
+                           scope=scope, user_id=str(user_id))
         out.update(domain=ep["domain"], server_endpoint=ep["server_endpoint"])
         if tokens:
             out["status"] = "L"
@@ -175,7 +182,7 @@ class Apps:
                     continue
                 form = {"event": event, "event_handler_id": str(binding["id"]),
                         "data": {"FIELDS": {"ID": str(record_id)}}, "ts": str(int(self.portal.clock.real())),
-                        "auth": self._auth_block(app, tokens=True)}
+                        "auth": self._auth_block(app, tokens=True, user_id=user_id)}
                 url = binding["handler"]
                 self.outbox.put(lambda url=url, form=form, app=app: self._post(
                     "event", url, form, event=form["event"], client_id=app.client_id))
@@ -241,9 +248,13 @@ class Apps:
         if mode == "wizard":
             entry, _ = self._frame(app, handler, "DEFAULT", {}, user_id=int(body.get("user_id", 1)), kind="install")
         else:
-            form = {"event": "ONAPPINSTALL",
+            with self.portal.lock:  # "the set of top-level keys is the same for all events" (events/index.md)
+                handler_id = self.next_handler_id
+                self.next_handler_id += 1
+            form = {"event": "ONAPPINSTALL", "event_handler_id": str(handler_id),
                     "data": {"VERSION": app.version, "ACTIVE": "Y", "INSTALLED": "Y", "LANGUAGE_ID": app.language},
-                    "ts": str(int(self.portal.clock.real())), "auth": self._auth_block(app, tokens=True, refresh=True)}
+                    "ts": str(int(self.portal.clock.real())), "auth": self._auth_block(app, tokens=True, refresh=True,
+                                                                                 user_id=int(body.get("user_id", 1)))}
             entry, _ = self._post("install", handler, form, event="ONAPPINSTALL", client_id=app.client_id)
         return 200, {**app.describe(), "member_id": self.portal.auth.member_id, "delivery": entry}
 
