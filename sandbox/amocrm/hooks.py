@@ -163,18 +163,20 @@ class Hooks:
         unknown = [s for s in settings if s not in SETTINGS]
         if unknown:
             raise ValidationFailed([("0", [("InvalidChoice", "settings", f"Unknown action: {unknown[0]}")])])
-        sort = req.body.get("sort", 1)
-        if not isinstance(sort, int):
+        sort = req.body.get("sort")
+        if sort is not None and (not isinstance(sort, int) or isinstance(sort, bool)):
             raise ValidationFailed([("0", [("InvalidType", "sort", "This value should be of type int.")])])
         now = int(self.account.clock.real())
         for hook in self.hooks.values():
             if hook.destination == destination:
-                hook.settings, hook.sort, hook.updated_at = list(dict.fromkeys(settings)), sort, now
+                hook.settings, hook.updated_at = list(dict.fromkeys(settings)), now
+                hook.sort = hook.sort if sort is None else sort
                 hook.disabled, hook.failures = False, []
                 return 201, hook.render(self.account.account_id)
         if len(self.hooks) >= MAX_HOOKS:
             raise ApiError(400, f"No more than {MAX_HOOKS} webhooks per account")  # wording UNCONFIRMED
-        hook = Hook(self.next_id, destination, list(dict.fromkeys(settings)), sort, now, now, req.user_id)
+        hook = Hook(self.next_id, destination, list(dict.fromkeys(settings)), 1 if sort is None else sort, now, now,
+                    req.user_id)
         self.hooks[hook.id] = hook
         self.next_id += 1
         return 201, hook.render(self.account.account_id)
