@@ -254,6 +254,8 @@ class Hooks:
 
     def kick(self) -> None:
         if self._thread is None:
+            if not self.queue:
+                return  # nothing to send: no thread for accounts that never had a webhook
             self._thread = threading.Thread(target=self._run, name="amocrm-webhooks", daemon=True)
             self._thread.start()
         with self._wake:
