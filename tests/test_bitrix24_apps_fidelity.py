@@ -191,6 +191,7 @@ def test_a_failing_handler_is_not_retried(portal, rx):
     rx.clear()
     rx.answer = (500, "broken", {})
     portal.edit_record("contact", "update", id=3, fields={"NAME": "A"})
+    portal.deliveries()  # the queue has sent it
     portal.control("POST", "apps/delivery", {"timeout": 0.3})
     rx.answer, rx.delay = (200, "OK", {}), 1.0
     portal.edit_record("contact", "update", id=4, fields={"NAME": "B"})
@@ -275,3 +276,23 @@ def test_a_second_install_callback_keeps_one_app_and_its_bindings(portal, rx):
     assert second.auth.oauth_token.access_token != rx.requests[0]["form"]["auth[access_token]"]
     assert [a["client_id"] for a in portal.control("GET", "apps")["apps"]].count(answer["client_id"]) == 1
     assert [e["event"] for e in again["events"]] == ["ONCRMCONTACTUPDATE"]
+
+
+def test_an_app_in_one_of_many_portals_stays_in_that_portal(rx):
+    from sandbox.bitrix24 import running_portals
+
+    with running_portals(2, generate=(10, 10)) as sandbox:
+        second = sandbox.portals[1]
+        answer = second.install_app(rx.url + "/install", scope="crm")
+        callback = OAuthEventData.from_dict(rx.wait_for(1)[0]["form"])
+        assert callback.auth.member_id == second.info["member_id"] != sandbox.portals[0].info["member_id"]
+        assert callback.auth.domain == second.info["domain"]
+        token = callback.auth.oauth_token.access_token
+        elsewhere = requests.post(sandbox.portals[0].info["client_endpoint"] + "app.info", json={"auth": token}, timeout=10)
+        assert elsewhere.status_code == 401  # another portal does not know the app's token
+        # the shared OAuth server (unprefixed /oauth/token/) finds the portal by the app's client_id
+        fresh = requests.get(sandbox.info["oauth_token_url"], timeout=10, params={
+            "grant_type": "refresh_token", "client_id": answer["client_id"], "client_secret": answer["client_secret"],
+            "refresh_token": callback.auth.oauth_token.refresh_token})
+        assert fresh.status_code == 200 and fresh.json()["member_id"] == second.info["member_id"]
+        assert fresh.json()["client_endpoint"] == second.info["client_endpoint"]
