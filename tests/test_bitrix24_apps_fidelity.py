@@ -296,3 +296,18 @@ def test_an_app_in_one_of_many_portals_stays_in_that_portal(rx):
             "refresh_token": callback.auth.oauth_token.refresh_token})
         assert fresh.status_code == 200 and fresh.json()["member_id"] == second.info["member_id"]
         assert fresh.json()["client_endpoint"] == second.info["client_endpoint"]
+
+
+def test_a_frame_acts_for_the_user_who_opened_it(portal, rx):
+    _, _, client = _installed(portal, rx)
+    client.call("placement.bind", {"PLACEMENT": "CRM_CONTACT_DETAIL_TAB", "HANDLER": rx.url + "/tab"}, raw=True)
+    seen = {}
+    for user in (1, 5):
+        portal.open_placement("CRM_CONTACT_DETAIL_TAB", id=3, user_id=user)
+        auth_id = rx.requests[-1]["form"]["AUTH_ID"]
+        me = requests.post(portal.info["client_endpoint"] + "user.current", json={"auth": auth_id}, timeout=10).json()
+        admin = requests.post(portal.info["client_endpoint"] + "user.admin", json={"auth": auth_id}, timeout=10).json()
+        option = requests.post(portal.info["client_endpoint"] + "app.option.set", timeout=10,
+                               json={"auth": auth_id, "options": {"by": str(user)}})
+        seen[user] = (me["result"]["ID"], admin["result"], option.status_code)
+    assert seen == {1: ("1", True, 200), 5: ("5", False, 400)}  # app-option-set.md: "Administrator authorization required"

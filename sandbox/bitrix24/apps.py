@@ -44,6 +44,9 @@ Sources (b24restdocs = apidocs.bitrix24.com, HEAD 5988ed1):
 * api-reference/common/settings/app-option-{set,get}.md: ``options`` map -> true; 400
   ``ArgumentNullException`` "options is empty"; 400 ``AccessException`` "Application context required";
   get with ``option`` -> the value or null, without -> every option.
+* common/users/user-admin.md: ``user.admin`` -> true/false. Tokens (install, events, frames) act for the
+  user given (``user_id``, default 1 = the administrator), so ``user.current``/``user.admin`` with a frame's
+  ``AUTH_ID`` tell who opened it.
 * api-reference/common/system/app-info.md: ``ID, CODE, VERSION, STATUS, INSTALLED, PAYMENT_EXPIRED, DAYS,
   LANGUAGE_ID, LICENSE, LICENSE_TYPE, LICENSE_FAMILY``.
 
@@ -75,6 +78,7 @@ KNOWN_EVENTS = set(ENTITY_EVENTS) | {"ONAPPINSTALL", "ONAPPUNINSTALL", "ONAPPUPD
                                      "ONUSERADD", "ONOFFLINEEVENT", "ONCRMDEALMOVETOCATEGORY"}
 USER_MODE_PLACEMENTS = {"PAGE_BACKGROUND_WORKER"}
 WRONG_AUTH = (403, "WRONG_AUTH_TYPE", "Current authorization type is denied for this method Application context required")
+ADMIN_ID = 1  # the portal's administrator (store.ensure_user(1, name="Admin"))
 USER_AGENT = "Bitrix24 Webhook Engine"  # as handlers log it (third-party logs; not in the docs)
 
 
@@ -134,11 +138,11 @@ class Apps:
             auth = self.portal.auth
             expires = str(int(auth.clock.to_real(auth.clock.portal() + 3600)))
             if refresh:
-                pair = auth.issue(app.client_id)
+                pair = auth.issue(app.client_id, user_id)
                 out.update(access_token=pair["access_token"], expires=str(pair["expires"]),
                            expires_in=pair["expires_in"], scope=scope, user_id=str(user_id), refresh_token=pair["refresh_token"])
             else:
-                out.update(access_token=auth.issue_access(app.client_id), expires=expires, expires_in="3600",
+                out.update(access_token=auth.issue_access(app.client_id, user_id), expires=expires, expires_in="3600",
                            scope=scope, user_id=str(user_id))
         out.update(domain=ep["domain"], server_endpoint=ep["server_endpoint"])
         if tokens:
@@ -327,7 +331,8 @@ class Apps:
                lang: str | None = None, send_it: bool = True) -> tuple[dict, dict | None]:
         ep = self.portal.endpoints()
         with self.portal.lock:
-            pair = self.portal.auth.issue(app.client_id)
+            self.portal.store.ensure_user(user_id, self.portal.clock.real())
+            pair = self.portal.auth.issue(app.client_id, user_id)
         query = {"DOMAIN": ep["domain"], "PROTOCOL": "1" if self.portal.tls else "0", "LANG": lang or app.language,
                  "APP_SID": secrets.token_hex(16)}
         form = {"AUTH_ID": pair["access_token"], "AUTH_EXPIRES": str(pair["expires_in"]),
@@ -492,6 +497,8 @@ _NO_APP = (400, "AccessException", "Application context required")
 @method("app.option.set")
 def app_option_set(call: Call) -> Result:
     app = _app(call, _NO_APP)
+    if call.user_id != ADMIN_ID:
+        raise ApiError(400, "AccessException", "Administrator authorization required")
     options = call.params.get("options")
     if not isinstance(options, dict) or not options:
         raise ApiError(400, "ArgumentNullException", "options is empty")
@@ -506,6 +513,13 @@ def app_option_get(call: Call) -> Result:
     if name not in (None, ""):
         return Result(app.options.get(str(name)))
     return Result(dict(app.options) if app.options else [])
+
+
+@method("user.admin")
+def user_admin(call: Call) -> Result:
+    """common/users/user-admin.md: whether the current user may manage the app's settings (the sandbox's
+    administrator is user 1; every other user is not an administrator)."""
+    return Result(call.user_id == ADMIN_ID)
 
 
 @method("app.info")

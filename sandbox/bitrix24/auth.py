@@ -60,6 +60,7 @@ class Auth:
         self.client_scopes: dict[str, frozenset[str] | None] = {self.client_id: None}
         self.token_client: dict[str, str] = {}
         self.refresh_client: dict[str, str] = {}
+        self.token_user: dict[str, int] = {}  # OAuth token -> the portal user it acts for (default: user_id)
         self.initial = self.issue()
 
     # -- calls -----------------------------------------------------------------------------------
@@ -83,7 +84,8 @@ class Auth:
         if self.access[access_token] <= self.clock.portal():
             raise err(EXPIRED)
         client = self.token_client.get(access_token, self.client_id)
-        return Identity(f"app:{client}", self.user_id, "oauth", self.client_scopes.get(client), client)
+        user = self.token_user.get(access_token, self.user_id)
+        return Identity(f"app:{client}", user, "oauth", self.client_scopes.get(client), client)
 
     def expire(self, access_token: str | None = None) -> int:
         """Make one (or every) access token expire now; returns how many."""
@@ -106,11 +108,13 @@ class Auth:
         self.client_scopes[client_id] = scopes | {"basic"}
         return client_id, secret
 
-    def issue_access(self, client_id: str) -> str:
+    def issue_access(self, client_id: str, user_id: int | None = None) -> str:
         """An access token alone (what an event handler gets in ``auth[access_token]``)."""
         access = _alnum(32)
         self.access[access] = self.clock.portal() + ACCESS_LIFETIME
         self.token_client[access] = client_id
+        if user_id is not None:
+            self.token_user[access] = user_id
         return access
 
     def revoke_client(self, client_id: str) -> int:
@@ -118,6 +122,7 @@ class Auth:
         gone = [t for t, c in self.token_client.items() if c == client_id]
         for token in gone:
             self.access.pop(token, None)
+            self.token_user.pop(token, None)
             del self.token_client[token]
         dead = [t for t, c in self.refresh_client.items() if c == client_id]
         for token in dead:
@@ -127,13 +132,15 @@ class Auth:
 
     # -- tokens ----------------------------------------------------------------------------------
 
-    def issue(self, client_id: str | None = None) -> dict:
+    def issue(self, client_id: str | None = None, user_id: int | None = None) -> dict:
         now = self.clock.portal()
         client = client_id or self.client_id
         access, refresh = _alnum(32), _alnum(32)
         self.access[access] = now + ACCESS_LIFETIME
         self.refresh[refresh] = now + REFRESH_LIFETIME
         self.token_client[access] = self.refresh_client[refresh] = client
+        if user_id is not None:
+            self.token_user[access] = user_id
         scopes = self.client_scopes.get(client)
         return {
             "access_token": access,
@@ -142,7 +149,7 @@ class Auth:
             "scope": SCOPE if scopes is None else ",".join(sorted(scopes - {"basic"})),
             "status": "L",
             "member_id": self.member_id,
-            "user_id": self.user_id,
+            "user_id": self.user_id if user_id is None else user_id,
             "refresh_token": refresh,
         }
 
