@@ -311,3 +311,15 @@ def test_a_frame_acts_for_the_user_who_opened_it(portal, rx):
                                json={"auth": auth_id, "options": {"by": str(user)}})
         seen[user] = (me["result"]["ID"], admin["result"], option.status_code)
     assert seen == {1: ("1", True, 200), 5: ("5", False, 400)}  # app-option-set.md: "Administrator authorization required"
+    rep = rx.requests[-1]["form"]["AUTH_ID"]  # user 5, not an administrator
+
+    def call(method, **params):
+        answer = requests.post(portal.info["client_endpoint"] + method, json={"auth": rep, **params}, timeout=10)
+        return answer.status_code, answer.json()
+    assert call("placement.bind", PLACEMENT="CRM_DEAL_DETAIL_TAB", HANDLER=rx.url + "/x") == (
+        403, {"error": "ACCESS_DENIED", "error_description": "Access denied!"})
+    assert call("event.bind", event="ONCRMDEALADD", handler=rx.url + "/e", event_type="offline")[1]["error_description"] == (
+        "Access denied! Offline events binding requires administrator access rights")
+    assert call("event.bind", event="ONCRMDEALADD", handler=rx.url + "/e", auth_type=1)[0] == 403
+    status, body = call("event.bind", event="ONCRMDEALADD", handler=rx.url + "/e")  # own online handler: allowed
+    assert status == 200 and body["result"] is True  # events/index.md "Access Permissions"

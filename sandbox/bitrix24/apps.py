@@ -405,6 +405,10 @@ def event_bind(call: Call) -> Result:
         raise ApiError(400, "ERROR_ARGUMENT", "Argument 'handler' is null or empty")  # UNCONFIRMED wording
     auth_type = str(php_intval(call.params.get("auth_type"))) if call.params.get("auth_type") not in (None, "") else "0"
     offline = 1 if _text(call, "event_type").lower() == "offline" else 0
+    if call.user_id != ADMIN_ID and offline:
+        raise ApiError(403, "ACCESS_DENIED", "Access denied! Offline events binding requires administrator access rights")
+    if call.user_id != ADMIN_ID and auth_type not in ("0", str(call.user_id)):
+        raise ApiError(403, "ACCESS_DENIED", "Access denied! Event binding with AUTH_TYPE requires administrator access rights")
     for binding in app.events:
         if (binding["event"], binding["handler"], binding["auth_type"], binding["offline"]) == (event, handler, auth_type, offline):
             raise ApiError(400, "ERROR_CORE", "Handler already binded")
@@ -443,6 +447,8 @@ def event_unbind(call: Call) -> Result:
 @method("placement.bind")
 def placement_bind(call: Call) -> Result:
     app = _app(call)
+    if call.user_id != ADMIN_ID:  # "administrator" (placement-bind.md); the answer as placement-unbind.md gives it
+        raise ApiError(403, "ACCESS_DENIED", "Access denied!")
     placement = _text(call, "PLACEMENT").upper()
     handler = _text(call, "HANDLER")
     for name, value in (("PLACEMENT", placement), ("HANDLER", handler)):
@@ -475,6 +481,8 @@ def placement_get(call: Call) -> Result:
 @method("placement.unbind")
 def placement_unbind(call: Call) -> Result:
     app = _app(call)
+    if call.user_id != ADMIN_ID:
+        raise ApiError(403, "ACCESS_DENIED", "Access denied!")
     placement = _text(call, "PLACEMENT").upper()
     if not placement:
         raise ApiError(400, "ERROR_ARGUMENT", "Argument 'PLACEMENT' is null or empty")
