@@ -58,6 +58,7 @@ is retried. Every delivery is logged (``GET /_sandbox/apps/deliveries``).
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,7 @@ from urllib.parse import urlencode
 
 from sandbox.outbound import FORM, Outbox, send
 
+from .auth import ACCESS_LIFETIME
 from .decode import http_build_query, php_intval
 from .errors import ApiError
 from .records import apply_fields, create, delete
@@ -136,13 +138,14 @@ class Apps:
         out: dict[str, Any] = {}
         if tokens:
             auth = self.portal.auth
-            expires = str(int(auth.clock.to_real(auth.clock.portal() + 3600)))
+            expires = str(int(auth.clock.to_real(auth.clock.portal() + ACCESS_LIFETIME)))
+            expires_in = str(max(1, math.ceil(ACCESS_LIFETIME / auth.clock.scale)))  # wall seconds, as issue() gives
             if refresh:
                 pair = auth.issue(app.client_id, user_id)
                 out.update(access_token=pair["access_token"], expires=str(pair["expires"]),
                            expires_in=pair["expires_in"], scope=scope, user_id=str(user_id), refresh_token=pair["refresh_token"])
             else:
-                out.update(access_token=auth.issue_access(app.client_id, user_id), expires=expires, expires_in="3600",
+                out.update(access_token=auth.issue_access(app.client_id, user_id), expires=expires, expires_in=expires_in,
                            scope=scope, user_id=str(user_id))
         out.update(domain=ep["domain"], server_endpoint=ep["server_endpoint"])
         if tokens:
@@ -152,10 +155,11 @@ class Apps:
         return out
 
     def _log(self, kind: str, url: str, form: dict, result: dict, **extra: Any) -> dict:
-        entry = {"id": len(self.deliveries) + 1, "kind": kind, "url": url, "form": form, "status": result["status"],
+        entry = {"kind": kind, "url": url, "form": form, "status": result["status"],
                  "error": result["error"], "response": result["response"][:2000], "elapsed": result.get("elapsed"),
                  "ts": int(self.portal.clock.real()), **extra}
         with self.portal.lock:
+            entry = {"id": len(self.deliveries) + 1, **entry}
             self.deliveries.append(entry)
         return entry
 
