@@ -400,6 +400,12 @@ class Hooks:
                      "body": result["response"][:200000], "token": token["token"]}
 
     def control(self, verb: str, route: str, body: dict) -> tuple[int, Any]:
+        try:
+            return self._control(verb, route, body)
+        except (ValueError, TypeError) as exc:  # e.g. "ttl": "long"
+            return 400, {"error": "bad_request", "detail": f"bad value in the request: {exc}"}
+
+    def _control(self, verb: str, route: str, body: dict) -> tuple[int, Any]:
         if route == "/webhooks/deliveries":
             if verb == "DELETE":
                 with self.account.lock:

@@ -200,6 +200,12 @@ class Apps:
     # -- control routes --------------------------------------------------------------------------
 
     def control(self, verb: str, route: str, body: dict) -> tuple[int, Any]:
+        try:
+            return self._control(verb, route, body)
+        except (ValueError, TypeError) as exc:  # e.g. "user_id": "five"
+            return _bad(f"bad value in the request: {exc}")
+
+    def _control(self, verb: str, route: str, body: dict) -> tuple[int, Any]:
         if route == "/apps" and verb == "GET":
             with self.portal.lock:
                 return 200, {"apps": [a.describe() for a in self.apps.values()]}
