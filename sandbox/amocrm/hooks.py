@@ -417,8 +417,10 @@ class Hooks:
                     {"delivery": d.id, "hook_id": d.hook_id, "attempt": d.attempt, "due": d.due} for d in self.queue]}
         if route == "/webhooks" and verb == "GET":
             with self.account.lock:
-                return 200, {"webhooks": [h.render(self.account.account_id) | {"failures_2h": len(h.failures)}
-                                          for h in self.hooks.values()]}
+                since = self.account.clock.portal() - DISABLE_WINDOW
+                return 200, {"disconnected": self.disconnected, "webhooks": [
+                    h.render(self.account.account_id) | {"failures_2h": sum(t > since for t in h.failures)}
+                    for h in self.hooks.values()]}
         if route == "/webhooks/timeout" and verb == "POST":
             self.timeout = float(body.get("timeout", TIMEOUT))
             return 200, {"timeout": self.timeout}
