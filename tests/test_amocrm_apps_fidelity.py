@@ -260,3 +260,14 @@ def test_widget_token_is_hs256_with_the_integration_secret(acct, rx):
     assert sent["status"] == 200 and request["headers"]["origin"] == "https://sandbox.amocrm.ru"
     assert jwt.decode(request["headers"]["x-auth-token"], acct.info["client_secret"], algorithms=["HS256"],
                       audience=rx.url)["account_id"] == acct.info["account_id"]
+
+
+def test_retry_table_by_the_previous_answer():
+    from sandbox.amocrm.hooks import RETRY_DELAYS, retry_allowed
+
+    assert RETRY_DELAYS == {2: 300.0, 3: 900.0, 4: 900.0, 5: 3600.0}  # 5 min, 15 min, 15 min, 1 h
+    for code in (0, 99, 300, 404, 499, 500, 503, 599, 600):
+        assert retry_allowed(2, code) and retry_allowed(3, code), code
+    for code, later in ((0, False), (301, False), (404, False), (498, False), (499, True), (500, True), (599, True), (600, False)):
+        assert retry_allowed(4, code) is later and retry_allowed(5, code) is later, code
+    assert not retry_allowed(2, 200) and not retry_allowed(6, 500)
