@@ -57,6 +57,7 @@ is retried. Every delivery is logged (``GET /_sandbox/apps/deliveries``).
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import secrets
@@ -229,6 +230,8 @@ class Apps:
             return self.uninstall(body)
         if route == "/apps/open" and verb == "POST":
             return self.open_frame(body)
+        if route == "/apps/frame" and verb == "GET":
+            return self.frame_page(body)
         if route == "/records" and verb == "POST":
             return self.ui_edit(body)
         return 404, {"error": "NOT_FOUND", "error_description": f"no control route {verb} /_sandbox{route}"}
@@ -336,6 +339,24 @@ class Apps:
             out.update(status=result["status"], error=result["error"], headers=result["headers"],
                        body=result["response"], delivery=entry["id"])
         return 200, out
+
+    def frame_page(self, args: dict) -> tuple[int, Any]:
+        """``GET /_sandbox/apps/frame?placement=CRM_CONTACT_DETAIL_TAB&id=5&user_id=1&lang=ru``: a portal page
+        (text/html) that POSTs the frame form into an iframe, as the card's page does in a browser: the
+        handler's framing headers (X-Frame-Options, CSP frame-ancestors) are enforced by the browser itself."""
+        status, opened = self.open_frame({**args, "send": False})
+        if status != 200:
+            return status, opened
+        fields = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(str(v))}">'
+                         for k, v in opened["form"].items())
+        title = html.escape(f"{args.get('placement') or 'DEFAULT'} {args.get('id') or ''}".strip())
+        page = (f'<!doctype html><html><head><meta charset="utf-8"><title>Sandbox portal: {title}</title></head>'
+                f'<body><h1 id="portal-card">{title}</h1>'
+                f'<form id="placement-form" method="POST" target="placement-frame" action="{html.escape(opened["url"])}">'
+                f'{fields}</form><iframe name="placement-frame" id="placement-frame" title="{title}" '
+                f'style="width:100%;height:900px;border:0"></iframe>'
+                f'<script>document.getElementById("placement-form").submit();</script></body></html>')
+        return 200, page.encode("utf-8")
 
     def _frame(self, app: App, handler: str, placement: str, options: dict, *, user_id: int, kind: str = "placement",
                lang: str | None = None, send_it: bool = True) -> tuple[dict, dict | None]:

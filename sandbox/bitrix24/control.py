@@ -43,7 +43,7 @@ def handle(portal: "Portal", info: dict, verb: str, path: str, query: str, body:
     if route == "/info":
         return 200, info
     if route == "/apps" or route.startswith("/apps/") or route == "/records":
-        return portal.apps.control(verb, route, body)
+        return portal.apps.control(verb, route, args if route == "/apps/frame" else body)
     if route == "/state" and verb == "GET":
         return 200, portal.state(args.get("entity"))
     if route == "/counters":

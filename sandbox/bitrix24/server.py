@@ -166,7 +166,10 @@ class Handler(BaseHandler):
             except (UnicodeDecodeError, json.JSONDecodeError):
                 body = {}
             status, payload = control.handle(portal, self.info, verb, path, url.query, body)
-            self._send(status, payload)
+            if isinstance(payload, bytes):  # /_sandbox/apps/frame: a portal page for a browser
+                self._send(status, payload, "text/html; charset=utf-8")
+            else:
+                self._send(status, payload)
             return
         try:
             params = parse_php_query(url.query)
