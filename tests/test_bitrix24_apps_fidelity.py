@@ -183,6 +183,12 @@ def test_bound_events_are_sent_for_rest_and_ui_changes(portal, rx):
     deliveries = portal.deliveries()
     assert [d["status"] for d in deliveries if d["kind"] == "event"] == [200] * 5
     assert len(rx.requests) == 5
+    # a robot or workflow changed it: no tokens in auth (events/index.md), still the application token
+    portal.edit_record("contact", "update", id=5, fields={"NAME": "By a robot"}, automation=True)
+    robot = rx.wait_for(6)[5]
+    sdk = OAuthEventData.from_dict(robot["form"])
+    assert sdk.is_system and "auth[access_token]" not in robot["form"]
+    check_application_token(parse_bitrix24_event(robot["form"]).auth.application_token, answer["application_token"])
 
 
 def test_a_failing_handler_is_not_retried(portal, rx):

@@ -180,8 +180,10 @@ class Apps:
 
     # -- events the portal sends -----------------------------------------------------------------
 
-    def emit(self, event: str, record_id: int, user_id: int) -> int:
-        """Queue ``event`` for every installed app's online handlers (called under the portal lock)."""
+    def emit(self, event: str, record_id: int, user_id: int, *, tokens: bool = True) -> int:
+        """Queue ``event`` for every installed app's online handlers (called under the portal lock).
+        ``tokens=False``: the change came from an automation rule, workflow or agent, so ``auth`` carries no
+        tokens (events/index.md)."""
         queued = 0
         for app in self.apps.values():
             if not app.installed or app.uninstalled:
@@ -191,7 +193,7 @@ class Apps:
                     continue
                 form = {"event": event, "event_handler_id": str(binding["id"]),
                         "data": {"FIELDS": {"ID": str(record_id)}}, "ts": str(int(self.portal.clock.real())),
-                        "auth": self._auth_block(app, tokens=True, user_id=user_id)}
+                        "auth": self._auth_block(app, tokens=tokens, user_id=user_id)}
                 url = binding["handler"]
                 self.outbox.put(lambda url=url, form=form, app=app: self._post(
                     "event", url, form, event=form["event"], client_id=app.client_id))
@@ -380,8 +382,9 @@ class Apps:
         return entry, result
 
     def ui_edit(self, body: dict) -> tuple[int, Any]:
-        """``{"entity": "contact", "action": "add|update|delete", "id": 5, "fields": {...}, "user_id": 1}``: a
-        user changes a record in the portal's UI (the bound events go out as for a REST write)."""
+        """``{"entity": "contact", "action": "add|update|delete", "id": 5, "fields": {...}, "user_id": 1,
+        "automation": false}``: a user changes a record in the portal's UI (the bound events go out as for a
+        REST write); ``automation``: a robot or workflow did it (events without tokens)."""
         entity, action = body.get("entity"), body.get("action", "update")
         if entity not in ("contact", "company", "deal") or action not in ("add", "update", "delete"):
             return _bad("need entity (contact|company|deal) and action (add|update|delete)")
@@ -404,7 +407,8 @@ class Apps:
                         delete(portal.store, entity, record_id)
             except ApiError as exc:
                 return exc.status, exc.body()
-            queued = self.emit(f"ONCRM{entity.upper()}{action.upper()}", record_id, user_id)
+            queued = self.emit(f"ONCRM{entity.upper()}{action.upper()}", record_id, user_id,
+                               tokens=not body.get("automation"))
         return 200, {"id": record_id, "events_queued": queued}
 
 
