@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     from connector.portals_cli import add_parsers as add_portals_parsers
 
     add_portals_parsers(sub)  # portals ..., secrets ... (the portal registry)
+    from connector.apps.amocrm_widget import add_parser as add_amocrm_parser
+
+    add_amocrm_parser(sub)  # lifecycle amocrm widget (issue 15)
     return finish_parser(parser)
 
 
@@ -226,6 +229,10 @@ def _main(argv: list[str] | None = None) -> int:
             from sandbox.bitrix24.cli import main as bitrix24_sandbox
 
             return bitrix24_sandbox(args.args)
+        if args.command == "amocrm":
+            from connector.apps.amocrm_widget import widget_command
+
+            return widget_command(args, out)
         if args.command == "model":
             from connector.model_cli import run_model
 

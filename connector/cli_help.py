@@ -57,6 +57,10 @@ HELP: dict[str, tuple[str, str]] = {
                   "lifecycle campaigns approve winback"),
     "campaigns approve": ("Release a campaign's waiting actions (the next sync sends them); its later batches are "
                           "sent without asking.", "lifecycle campaigns approve winback --config lifecycle.toml"),
+    "amocrm": ("amoCRM integration tools.", "lifecycle amocrm widget --out widget.zip --public-url https://lifecycle.example.com"),
+    "amocrm widget": ("Build the amoCRM widget archive: a Lifecycle tab in the contact card that shows the customer page "
+                      "from this connector. Upload it in amoMarket > your integration.",
+                      "lifecycle amocrm widget --out widget.zip --public-url https://lifecycle.example.com"),
     "model": ("Fit or backtest the prediction model (P(alive), expected purchases).", "lifecycle model fit"),
     "model fit": ("Fit the prediction model on the portal's mirror (or a summary file) and print its parameters.",
                   "lifecycle model fit --format json"),

@@ -22,6 +22,7 @@ from .api import Api, Request
 from .auth import Auth
 from .errors import ApiError, blocked, too_many, unauthorized
 from .faults import Counters, Faults
+from .hooks import Hooks
 from .limits import RETRY_AFTER, RateLimiter
 from .model import ADMIN_USER_ID
 from .store import Store
@@ -47,6 +48,7 @@ class Account:
         self.faults = Faults(seed)
         self.counters = Counters()
         self.api = Api(self)
+        self.hooks = Hooks(self)  # webhooks, the OAuth redirect, the disconnect hook, widget tokens (hooks.py)
         self.base_url = ""
         self.request_ids = secrets.token_hex(4)
 

@@ -216,6 +216,8 @@ class Api:
         head = parts[0] if parts else ""
         if n == 1 and head == "account":
             return {"GET": self.account}
+        if n == 1 and head == "webhooks":
+            return self.acct.hooks.routes()
         if head == "users":
             if n == 1:
                 return {"GET": self.users}

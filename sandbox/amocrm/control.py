@@ -14,6 +14,10 @@ POST /_sandbox/oauth/expire    ``{"access_token": optional}``: that OAuth access
 POST /_sandbox/oauth/code      a fresh authorization code (20 minutes, single use)
 POST /_sandbox/delete          ``{"entity": "contacts", "id": 5}``: a user deletes it in the UI (API v4 has
                                no DELETE for contacts/companies/leads): recycle bin + ``*_deleted`` event
+/_sandbox/webhooks/...         sent webhooks (``POST .../deliveries`` waits for what is due), timeout (hooks.py)
+POST /_sandbox/oauth/redirect  a user allows the integration: GET redirect_uri?code=..&referer=.. (hooks.py)
+POST /_sandbox/oauth/disconnect  a user switches it off: tokens revoked, the disconnect hook called
+POST /_sandbox/widget/token    a widget JWT (``$authorizedAjax``'s X-Auth-Token); /widget/request sends one
 POST /_sandbox/corrupt         ``{"entity": "contacts", "id": 5, "fields": {"updated_at": "yesterday"}}``:
                                serve these raw JSON values for that entity from now on
 =============================  ======================================================================
@@ -41,6 +45,8 @@ def handle(account: "Account", info: dict, verb: str, path: str, query: str, bod
     body = body if isinstance(body, (dict, list)) else {}
     if route in ("/", "/info"):
         return 200, info
+    if route.startswith(("/webhooks", "/widget/")) or route in ("/oauth/redirect", "/oauth/disconnect"):
+        return account.hooks.control(verb, route, body if isinstance(body, dict) else {})
     if route == "/state" and verb == "GET":
         entity = args.get("entity")
         if entity is not None and entity not in (*ENTITY_TYPES, "catalog_elements"):
@@ -68,6 +74,7 @@ def handle(account: "Account", info: dict, verb: str, path: str, query: str, bod
     if route == "/clock":
         if verb == "POST":
             account.clock.advance(float(body.get("advance", 0)))
+            account.hooks.kick()  # webhook retries that have come due
         return 200, {"account_time": account.clock.portal(), "real_time": account.clock.real(),
                      "time_scale": account.clock.scale, "frozen": account.clock.frozen}
     if route == "/limits":

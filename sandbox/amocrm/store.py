@@ -100,6 +100,7 @@ class Store:
         self.version = 0  # bumped on every write (list caches key on it)
         self._next = {"contacts": 1, "companies": 1, "leads": 1, "tag": 500001, "task": 1, "note": 1}
         self._event_seq = 0
+        self.on_change = None  # hooks.py: called with (entity, actions, record, old values) after each write
         self.catalogs = Catalogs(account_id, int(clock_real()))
         self.ensure_user(ADMIN_USER_ID, name="Администратор")
 
@@ -445,6 +446,7 @@ class Store:
             rid = rec["id"]
         self._index(entity, rec, add=False)
         old_status, old_pipeline = rec.get("status_id"), rec.get("pipeline_id")
+        old_responsible = rec.get("responsible_user_id")
         old_tags = list(rec["tags"])
         sets = dict(plan["set"])
         rec.update({k: v for k, v in sets.items() if k not in ("updated_at", "updated_by")})
@@ -502,6 +504,14 @@ class Store:
         if removed:
             self.event("entity_tag_deleted", entity, rid, by=user_id,
                        before=[{"tag": {"name": self.tags[entity][t]["name"]}} for t in removed if t in self.tags[entity]])
+        if self.on_change is not None:
+            actions = ["add"] if create else ["update"]
+            if not create and entity == "leads" and (old_status, old_pipeline) != (rec["status_id"], rec["pipeline_id"]):
+                actions.append("status")
+            if not create and old_responsible != rec["responsible_user_id"]:
+                actions.append("responsible")
+            self.on_change(entity, actions, rec, {"status_id": old_status, "pipeline_id": old_pipeline,
+                                                  "responsible_user_id": old_responsible})
         out = {"id": rid, "request_id": request_id} if create else {"id": rid, "updated_at": rec["updated_at"]}
         if not create:
             out["request_id"] = request_id
@@ -527,6 +537,8 @@ class Store:
                         self.rows[table][other]["company_id"] = None
         self.version += 1
         self.event(f"{SINGULAR[entity]}_deleted", entity, rid, by=user_id)
+        if self.on_change is not None:
+            self.on_change(entity, ["delete"], rec, {})
         return True
 
     # -- tasks and notes -------------------------------------------------------------------------

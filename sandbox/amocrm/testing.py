@@ -139,6 +139,23 @@ class AccountHandle:
     def advance(self, seconds: float) -> dict:
         return self.control("POST", "clock", {"advance": seconds})
 
+    # -- what the account sends (hooks.py) -----------------------------------------------------
+
+    def redirect(self, redirect_uri: str | None = None, **options: Any) -> dict:
+        """A user allows the integration: the account GETs ``redirect_uri?code=..&referer=..&state=..``."""
+        return self.control("POST", "oauth/redirect", {"redirect_uri": redirect_uri, **options})
+
+    def disconnect(self, url: str | None = None) -> dict:
+        """A user switches the integration off (tokens revoked, the disconnect hook called)."""
+        return self.control("POST", "oauth/disconnect", {"url": url} if url else {})
+
+    def webhook_deliveries(self, drain: bool = True) -> dict:
+        """Sent webhooks (after everything due now has gone out) and the queued retries."""
+        return self.control("POST", "webhooks/deliveries", {"drain": drain})
+
+    def widget_token(self, **options: Any) -> dict:
+        return self.control("POST", "widget/token", options)
+
     def delete(self, entity: str, record_id: int) -> dict:
         return self.control("POST", "delete", {"entity": entity, "id": record_id})
 

@@ -39,6 +39,7 @@ class Identity:
     user_id: int
     via: str  # "webhook" | "oauth"
     scopes: frozenset[str] | None = None  # a webhook made with chosen scopes (POST /_sandbox/webhooks); None: all
+    app: str | None = None  # the application (client_id) whose OAuth token made the call; None: a webhook
 
 
 class Auth:
@@ -55,6 +56,12 @@ class Auth:
         self.access: dict[str, float] = {}   # token -> portal expiry
         self.refresh: dict[str, float] = {}  # token -> portal expiry
         self.refreshes = 0
+        # every application of this portal (apps.py): client_id -> secret / granted scope; token -> client_id
+        self.clients: dict[str, str] = {self.client_id: self.client_secret}
+        self.client_scopes: dict[str, frozenset[str] | None] = {self.client_id: None}
+        self.token_client: dict[str, str] = {}
+        self.refresh_client: dict[str, str] = {}
+        self.token_user: dict[str, int] = {}  # OAuth token -> the portal user it acts for (default: user_id)
         self.initial = self.issue()
 
     # -- calls -----------------------------------------------------------------------------------
@@ -85,7 +92,9 @@ class Auth:
             raise err(NO_AUTH)
         if self.access[access_token] <= self.clock.portal():
             raise err(EXPIRED)
-        return Identity(f"app:{self.client_id}", self.user_id, "oauth")
+        client = self.token_client.get(access_token, self.client_id)
+        user = self.token_user.get(access_token, self.user_id)
+        return Identity(f"app:{client}", user, "oauth", self.client_scopes.get(client), client)
 
     def expire(self, access_token: str | None = None) -> int:
         """Make one (or every) access token expire now; returns how many."""
@@ -98,21 +107,58 @@ class Auth:
                 count += 1
         return count
 
+    # -- applications (apps.py) -----------------------------------------------------------------
+
+    def add_client(self, scopes: frozenset[str]) -> tuple[str, str]:
+        """A new application of this portal: (client_id, client_secret), its tokens limited to ``scopes``."""
+        client_id = f"local.{secrets.token_hex(7)[:13]}.{secrets.randbelow(10**8):08d}"
+        secret = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(50))
+        self.clients[client_id] = secret
+        self.client_scopes[client_id] = scopes | {"basic"}
+        return client_id, secret
+
+    def issue_access(self, client_id: str, user_id: int | None = None) -> str:
+        """An access token alone (what an event handler gets in ``auth[access_token]``)."""
+        access = _alnum(32)
+        self.access[access] = self.clock.portal() + ACCESS_LIFETIME
+        self.token_client[access] = client_id
+        if user_id is not None:
+            self.token_user[access] = user_id
+        return access
+
+    def revoke_client(self, client_id: str) -> int:
+        """Every token of an application stops working at once (uninstall); returns how many."""
+        gone = [t for t, c in self.token_client.items() if c == client_id]
+        for token in gone:
+            self.access.pop(token, None)
+            self.token_user.pop(token, None)
+            del self.token_client[token]
+        dead = [t for t, c in self.refresh_client.items() if c == client_id]
+        for token in dead:
+            self.refresh.pop(token, None)
+            del self.refresh_client[token]
+        return len(gone) + len(dead)
+
     # -- tokens ----------------------------------------------------------------------------------
 
-    def issue(self) -> dict:
+    def issue(self, client_id: str | None = None, user_id: int | None = None) -> dict:
         now = self.clock.portal()
+        client = client_id or self.client_id
         access, refresh = _alnum(32), _alnum(32)
         self.access[access] = now + ACCESS_LIFETIME
         self.refresh[refresh] = now + REFRESH_LIFETIME
+        self.token_client[access] = self.refresh_client[refresh] = client
+        if user_id is not None:
+            self.token_user[access] = user_id
+        scopes = self.client_scopes.get(client)
         return {
             "access_token": access,
             "expires": int(self.clock.to_real(now + ACCESS_LIFETIME)),
             "expires_in": max(1, math.ceil(ACCESS_LIFETIME / self.clock.scale)),
-            "scope": SCOPE,
+            "scope": SCOPE if scopes is None else ",".join(sorted(scopes - {"basic"})),
             "status": "L",
             "member_id": self.member_id,
-            "user_id": self.user_id,
+            "user_id": self.user_id if user_id is None else user_id,
             "refresh_token": refresh,
         }
 
@@ -122,14 +168,18 @@ class Auth:
         if grant != "refresh_token":
             return 400, {"error": "invalid_request",
                          "error_description": "grant_type must be refresh_token in the sandbox"}
-        if params.get("client_id") != self.client_id or params.get("client_secret") != self.client_secret:
+        client = params.get("client_id")
+        if not isinstance(client, str) or client not in self.clients or params.get("client_secret") != self.clients[client]:
             return 400, {"error": "invalid_client", "error_description": "Invalid client credentials"}
         refresh = str(params.get("refresh_token") or "")
+        if self.refresh_client.get(refresh, self.client_id) != client:
+            return 400, {"error": "invalid_grant", "error_description": "Invalid refresh token"}
         expiry = self.refresh.pop(refresh, None)
+        self.refresh_client.pop(refresh, None)
         if expiry is None or expiry <= self.clock.portal():
             return 400, {"error": "invalid_grant", "error_description": "Invalid refresh token"}
         self.refreshes += 1
-        body = self.issue()
+        body = self.issue(client)
         ordered = {"access_token": body["access_token"], "expires": body["expires"], "expires_in": body["expires_in"],
                    "scope": body["scope"], "domain": endpoints["domain"], "server_endpoint": endpoints["server_endpoint"],
                    "status": body["status"], "client_endpoint": endpoints["client_endpoint"],

@@ -20,6 +20,8 @@ POST /_sandbox/webhooks        ``{"scopes": ["crm", "user"], "user_id": optional
                                outside them answers 401 ``insufficient_scope``; ``scope`` lists them
 POST /_sandbox/oauth/expire    ``{"access_token": optional}``: make it (or all) expire now
 POST /_sandbox/oauth/issue     a fresh access/refresh pair (token-endpoint shape)
+/_sandbox/apps/...             applications: install, uninstall, open a placement, delivery log (apps.py)
+POST /_sandbox/records         a user edits a record in the portal's UI (sends the bound events; apps.py)
 =============================  ======================================================================
 """
 
@@ -41,6 +43,8 @@ def handle(portal: "Portal", info: dict, verb: str, path: str, query: str, body:
     body = body if isinstance(body, (dict, list)) else {}
     if route == "/info":
         return 200, info
+    if route == "/apps" or route.startswith("/apps/") or route == "/records":
+        return portal.apps.control(verb, route, args if route == "/apps/frame" else body)
     if route == "/state" and verb == "GET":
         return 200, portal.state(args.get("entity"))
     if route == "/counters":

@@ -70,6 +70,7 @@ def _register(entity: str) -> None:
     def add(call: Call) -> Result:
         fields = _fields(call)
         new_id = create(call.store, entity, fields, user_id=call.user_id, now=call.now)
+        call.portal.apps.emit(f"ONCRM{entity.upper()}ADD", new_id, call.user_id)
         return Result(new_id, cost=WRITE_COST)
 
     @method(f"{prefix}.update")
@@ -82,6 +83,7 @@ def _register(entity: str) -> None:
         row = apply_fields(call.store, entity, table.rows[record_id], fields, is_new=False,
                            user_id=call.user_id, now=call.now)
         table.rows[record_id] = row
+        call.portal.apps.emit(f"ONCRM{entity.upper()}UPDATE", record_id, call.user_id)
         return Result(True, cost=WRITE_COST)
 
     @method(f"{prefix}.delete")
@@ -92,6 +94,7 @@ def _register(entity: str) -> None:
                 raise core("Element not found")
             raise legacy(_UPDATE_MISSING[entity])
         delete(call.store, entity, record_id)
+        call.portal.apps.emit(f"ONCRM{entity.upper()}DELETE", record_id, call.user_id)
         return Result(True, cost=WRITE_COST)
 
     @method(f"{prefix}.fields")

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, description: str):
+    def __init__(self, status: int, code: str, description: str, **extra: str):
         super().__init__(f"{status} {code}: {description}")
         self.status = status
         self.code = code
         self.description = description
+        self.extra = extra  # e.g. placement.bind's ``argument`` (widgets/placement-bind.md)
 
     def body(self) -> dict:
-        return {"error": self.code, "error_description": self.description}
+        return {"error": self.code, "error_description": self.description, **self.extra}
 
 
 def legacy(description: str) -> ApiError:

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from . import bizproc, crm_methods, other_methods, products  # noqa: F401  (they register their methods; so do batch, userfields)
+from . import apps, bizproc, crm_methods, other_methods, products  # noqa: F401  (they register their methods; so do batch, userfields)
 from .auth import Auth, Identity
 from .batch import run_batch
 from .clock import Clock
@@ -54,6 +54,7 @@ class Portal:
         self.base_url = ""  # set by the server once bound
         self.tls = False
         self.store.ensure_user(1, self.clock.real(), name="Admin")
+        self.apps = apps.Apps(self)  # installed applications, their bindings, and event delivery
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class Portal:
                 return self._error(err(OPERATION_LIMIT))
             start = self.clock.real()
             call = Call(self, self.store, Params(params, case_insensitive=not spec.exact_params), identity.user_id,
-                        start, method, identity.scopes)
+                        start, method, identity.scopes, identity.app)
             try:
                 result: Result = spec.handler(call)
                 status, error = 200, None
@@ -186,7 +187,8 @@ def _jsonable(row: dict, tz: ZoneInfo) -> dict:
 # Which scope a method needs (b24restdocs: each method page names its scope; "basic" ones need none).
 SCOPE_PREFIXES = (("crm.", ("crm",)), ("tasks.", ("task",)), ("task.", ("task",)), ("catalog.", ("catalog",)),
                   ("user.", ("user", "user_brief", "user_basic")), ("department.", ("department",)),
-                  ("bizproc.", ("bizproc",)))
+                  ("bizproc.", ("bizproc",)),
+                  ("placement.", ("placement",)))
 
 
 def scope_allows(scopes: frozenset[str], method: str) -> bool:

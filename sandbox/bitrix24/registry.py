@@ -30,6 +30,7 @@ class Call:
     now: float  # wall-clock epoch seconds
     method: str
     scopes: frozenset[str] | None = None  # the webhook's scopes (None: every scope)
+    app: str | None = None  # the calling application's client_id (OAuth); None: an inbound webhook
 
     def warn(self, text: str) -> None:
         self.portal.warn(text)

@@ -72,7 +72,7 @@ class SandboxServer(QuietServer):
     def portal_for_client(self, client_id: object) -> Portal:
         """The shared OAuth server (unprefixed ``/oauth/token/``) knows every portal's app by client id."""
         for portal in self.portals or [self.portal]:
-            if portal.auth.client_id == client_id:
+            if client_id in portal.auth.clients:
                 return portal
         return (self.portals or [self.portal])[0]  # answers invalid_client
 
@@ -166,7 +166,10 @@ class Handler(BaseHandler):
             except (UnicodeDecodeError, json.JSONDecodeError):
                 body = {}
             status, payload = control.handle(portal, self.info, verb, path, url.query, body)
-            self._send(status, payload)
+            if isinstance(payload, bytes):  # /_sandbox/apps/frame: a portal page for a browser
+                self._send(status, payload, "text/html; charset=utf-8")
+            else:
+                self._send(status, payload)
             return
         try:
             params = parse_php_query(url.query)

@@ -123,6 +123,29 @@ class PortalHandle:
     def issue_tokens(self) -> dict:
         return self.control("POST", "oauth/issue", {})
 
+    # -- applications (apps.py) ------------------------------------------------------------------
+
+    def install_app(self, handler: str, **options: Any) -> dict:
+        """Install an application; the portal POSTs its installation callback to ``handler`` first."""
+        return self.control("POST", "apps/install", {"handler": handler, **options})
+
+    def uninstall_app(self, client_id: str, clean: int = 1) -> dict:
+        return self.control("POST", "apps/uninstall", {"app": client_id, "clean": clean})
+
+    def open_placement(self, placement: str = "DEFAULT", **options: Any) -> dict:
+        """What the portal POSTs into a widget frame (``send=False``: only the URL and form)."""
+        return self.control("POST", "apps/open", {"placement": placement, **options})
+
+    def edit_record(self, entity: str, action: str = "update", **body: Any) -> dict:
+        """A user changes a record in the portal's UI (bound events go out)."""
+        return self.control("POST", "records", {"entity": entity, "action": action, **body})
+
+    def deliveries(self, drain: bool = True) -> list[dict]:
+        """What the portal has sent so far (after the event queue has emptied)."""
+        if drain:
+            self.control("POST", "apps/drain", {})
+        return self.control("GET", "apps/deliveries")["deliveries"]
+
 
 @contextmanager
 def running_portal(*, generate: tuple[int, int] | None = None, import_csv=None, time_scale: float = 1.0,
