@@ -388,6 +388,7 @@ STATE_NOTES = {"waiting": "waits for approval (lifecycle campaigns approve {camp
 def _plan(config, args, out: Console, pull: bool | None = None) -> int:
     import json
 
+    from rich.console import Console
     from rich.table import Table
 
     from connector.pipeline import preview_plan

@@ -74,6 +74,7 @@ remind_before_days = 7
 [[campaign]]
 name = "reorder"
 segment = "reorder.due"
+auto_approve = true            # the demo sends at once; a real campaign's first batch waits for `lifecycle campaigns approve`
 on_enter = [{{ action = "call_task", due_in_days = 1, title = "Скоро закончится: {{reorder_product}} ({{name}}), до {{reorder_due_date:%d.%m.%Y}}", description = "Предложите повторный заказ: {{reorder_product}} заканчивается {{reorder_due_date:%d.%m.%Y}}. / Offer a reorder: {{reorder_product}} runs out on {{reorder_due_date:%d.%m.%Y}}." }}]
 
 [audiences]

@@ -48,7 +48,8 @@ def _usable_config(config: Any) -> bool:
     """Whether a stored figure can equal a fresh compute under this configuration at all."""
     tag_field = config.settings.writeback.field
     sources = {(f.source or name) for name, f in config.settings.fields.items()}
-    return tag_field not in sources
+    # product cycles print what they learned from the product rows (not stored): those reports compute
+    return tag_field not in sources and not config.settings.product_cycle
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class StoredComputation:
     predictions: dict[str, object] | None = None
     run_id: int = 0
     frozen_members: dict[str, Any] = field(default_factory=dict)
+    product_cycles: tuple[dict[str, object], ...] = ()  # never stored (see _usable_config)
 
     @property
     def active_share(self) -> float | None:

@@ -29,7 +29,7 @@ def b24_config(folder: Path, portal, actions: str, extra: str = "") -> Path:
     path = folder / "lifecycle.toml"
     path.write_text(f'[crm]\nkind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n'
                     f'[state]\nurl = "sqlite:///{folder}/state.db"\n[executor]\nbatch_size = 7\n'
-                    f'[[campaign]]\nname = "reach"\nsegment = "status.former"\non_enter = [{actions}]\n{extra}', encoding="utf-8")
+                    f'[[campaign]]\nname = "reach"\nsegment = "status.former"\nauto_approve = true\non_enter = [{actions}]\n{extra}', encoding="utf-8")
     return path
 
 
@@ -37,7 +37,7 @@ def amo_config(folder: Path, acct, actions: str, extra: str = "") -> Path:
     path = folder / "lifecycle.toml"
     path.write_text(f'[crm]\nkind = "amocrm"\nbase_url = "{acct.info["base_url"]}"\naccess_token = "{acct.info["access_token"]}"\n'
                     f'[state]\nurl = "sqlite:///{folder}/state.db"\n[executor]\nbatch_size = 7\n'
-                    f'[[campaign]]\nname = "reach"\nsegment = "status.former"\non_enter = [{actions}]\n{extra}', encoding="utf-8")
+                    f'[[campaign]]\nname = "reach"\nsegment = "status.former"\nauto_approve = true\non_enter = [{actions}]\n{extra}', encoding="utf-8")
     return path
 
 
@@ -229,7 +229,7 @@ def test_amocrm_start_up_checks_name_the_campaign(tmp_path):
 def test_channel_config_errors_say_what_to_fix(tmp_path, text, message):
     path = tmp_path / "lifecycle.toml"
     path.write_text('[crm]\nkind = "bitrix24"\nwebhook_url = "http://127.0.0.1:1/rest/1/x/"\n'
-                    f'[[campaign]]\nname = "reach"\nsegment = "status.former"\non_enter = [{text}]\n', encoding="utf-8")
+                    f'[[campaign]]\nname = "reach"\nsegment = "status.former"\nauto_approve = true\non_enter = [{text}]\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         load_config(path)
 

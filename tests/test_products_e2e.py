@@ -292,7 +292,7 @@ def test_reorder_due_reminds_once_per_cycle_never_after_reordering_and_once_for_
         extra = (
             '[[product_cycle]]\nproduct = "Test lenses 30"\ncycle_days = 30\nremind_before_days = 5\n'
             '[[product_cycle]]\nproduct = "Test filter"\ncycle_days = 32\nremind_before_days = 9\n'
-            '[[campaign]]\nname = "reorder"\nsegment = "reorder.due"\n'
+            '[[campaign]]\nname = "reorder"\nsegment = "reorder.due"\nauto_approve = true\n'
             'on_enter = [{ action = "call_task", title = "Remind {name}: {reorder_product} due {reorder_due_date:%d.%m.%Y}", '
             'description = "due soon", due_in_days = 0 }]\n')
         config = load_config(bitrix_config(tmp_path, portal, extra))
