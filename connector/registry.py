@@ -275,6 +275,20 @@ class Registry:
             conn.execute(sa.delete(portals).where(portals.c.name == name))
 
 
+def read_config_file(path: Path) -> str:
+    """A portal's TOML file as text; ConfigError saying what is wrong with the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder; name the portal's TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
 def portal_tables(conn: Connection) -> list[sa.Table]:
     """Every table of the store keyed by ``portal`` that exists in this database (children first)."""
     import connector.dashboard.schema  # noqa: F401 - registers the dashboard's tables on the metadata
