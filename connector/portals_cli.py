@@ -256,47 +256,15 @@ def _show(registry: Any, name: str, fmt: str, out: Any) -> int:
 
 
 def sync_dir(registry: Any, folder: Path, out: Any) -> int:
-    """Add new and update changed portals from ``folder/*.toml``; every bad file is one error line (exit 2),
-    the good ones are imported all the same."""
-    from connector import crypto
-    from connector.logs import redact
-    from connector.registry import check_name
-
-    if not folder.is_dir():
-        raise ConfigError(f"portals folder {folder} does not exist or is not a folder")
-    known = {p.name: p for p in registry.list(include_removed=True)}
-    added, updated, same, errors = [], [], [], []
-    for path in sorted(folder.glob("*.toml")):
-        name = path.stem
-        try:
-            check_name(name)
-            text = _read(path)
-            base = str(path.resolve().parent)
-            if name in known and not known[name].removed:
-                with registry.engine.connect() as conn:
-                    from connector.store.schema import portals
-                    import sqlalchemy as sa
-
-                    row = conn.execute(sa.select(portals.c.config, portals.c.base_dir).where(portals.c.name == name)).first()
-                if crypto.decrypt(row.config) == text and row.base_dir == base:
-                    same.append(name)
-                    continue
-                registry.add(name, text, replace=True, base_dir=path.resolve().parent, origin=path)
-                updated.append(name)
-            else:
-                registry.add(name, text, base_dir=path.resolve().parent, origin=path)
-                added.append(name)
-        except ConfigError as exc:
-            if isinstance(exc, crypto.SecretKeyError):
-                raise
-            errors.append(f"{path.name}: {one_line(str(exc))}")
-    print(f"portals from {folder}: {len(added)} added, {len(updated)} updated, {len(same)} unchanged, "
-              f"{len(errors)} with errors")
-    for line in errors:
-        print(f"error: {redact(line)}", file=sys.stderr)
-    if added or updated:
+    """``portals sync-dir`` / ``--portals-dir``: Registry.sync_dir, then what it did; exit 2 if a file was bad."""
+    result = registry.sync_dir(folder)
+    print(f"portals from {folder}: {len(result.added)} added, {len(result.updated)} updated, "
+          f"{len(result.unchanged)} unchanged, {len(result.errors)} with errors")
+    for line in result.errors:
+        print(f"error: {line}", file=sys.stderr)
+    if result.added or result.updated:
         _warn_unencrypted()
-    return 2 if errors else 0
+    return 2 if result.errors else 0
 
 
 def _secrets(args: argparse.Namespace, out: Any) -> int:

@@ -115,6 +115,12 @@ class Registry:
         Without one: refuse a store that holds encrypted secrets."""
         fernet = crypto.cipher()
         with self.engine.begin() as conn:
+            if fernet is not None:  # processes starting together: one seals, the others then find it done
+                if conn.dialect.name == "postgresql":
+                    from connector.store.migrate import MIGRATION_LOCK_KEY
+
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                write_lock(conn)
             if fernet is None:
                 encrypted = conn.execute(sa.select(portals.c.name).where(portals.c.config.like(crypto.PREFIX + "%"))
                                          .limit(1)).first() or conn.execute(
@@ -130,7 +136,6 @@ class Registry:
             has_check = conn.execute(sa.select(meta_table.c.key).where(meta_table.c.key == crypto.CHECK_KEY)).first()
             sealed = bool(plain or not has_check)
             if sealed:
-                write_lock(conn)
                 reencrypt(conn, decrypt_with=fernet, encrypt_with=fernet)
         if sealed:
             vacuum(self.engine)
@@ -191,6 +196,41 @@ class Registry:
             raise ConfigError(f"portal {name!r} exists; pass --replace to replace its config")
         if crypto.cipher() is not None:
             crypto.ensure_check(conn)
+
+    def sync_dir(self, folder: str | Path) -> DirResult:
+        """Import ``folder/*.toml`` (one portal per file, name = file stem): add new portals, update changed ones
+        (config text or folder), leave the others. A bad file is one line in ``errors`` (file name and what to
+        fix); the good files are imported all the same. A missing folder or a wrong key raises."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ConfigError(f"portals folder {folder} does not exist or is not a folder")
+        with self.engine.connect() as conn:
+            known = {r.name: r for r in conn.execute(sa.select(portals.c.name, portals.c.config, portals.c.base_dir,
+                                                                 portals.c.removed))}
+        added, updated, same, errors = [], [], [], []
+        for path in sorted(folder.glob("*.toml")):
+            name = path.stem
+            try:
+                check_name(name)
+                text = read_config_file(path)
+                base = path.resolve().parent
+                row = known.get(name)
+                if row is not None and not row.removed:
+                    if crypto.decrypt(row.config) == text and row.base_dir == str(base):
+                        same.append(name)
+                        continue
+                    self.add(name, text, replace=True, base_dir=base, origin=path)
+                    updated.append(name)
+                else:
+                    self.add(name, text, base_dir=base, origin=path)
+                    added.append(name)
+            except crypto.SecretKeyError:
+                raise
+            except ConfigError as exc:
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                message = " ".join(lines[:1] + ["; ".join(lines[1:])]) if len(lines) > 1 else "".join(lines)
+                errors.append(_one_line(f"{path.name}: {message}") or path.name)
+        return DirResult(tuple(added), tuple(updated), tuple(same), tuple(errors))
 
     def get(self, name: str) -> Portal:
         with self.engine.connect() as conn:
@@ -273,6 +313,16 @@ class Registry:
             for table in portal_tables(conn):
                 conn.execute(sa.delete(table).where(table.c.portal == name))
             conn.execute(sa.delete(portals).where(portals.c.name == name))
+
+
+@dataclass(frozen=True)
+class DirResult:
+    """What :meth:`Registry.sync_dir` did: portal names, and one line per bad file."""
+
+    added: tuple[str, ...]
+    updated: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    errors: tuple[str, ...]
 
 
 def read_config_file(path: Path) -> str:
