@@ -71,10 +71,14 @@ def check_name(name: str) -> str:
     return name
 
 
-def _one_line(text: str | None) -> str | None:
+def _one_line(text: str | BaseException | None) -> str | None:
+    """An error for the registry: one redacted line (an exception through logs.safe_error), at most 500 chars."""
     if text is None:
         return None
-    from connector.logs import redact
+    from connector.logs import redact, safe_error
+
+    if isinstance(text, BaseException):
+        text = safe_error(text)
 
     line = " / ".join(part.strip() for part in str(text).splitlines() if part.strip())
     line = redact(line)
@@ -262,7 +266,7 @@ class Registry:
         logs.register_secrets(logs.secrets_of(loaded.settings))
         return self._as_portal(loaded, name)
 
-    def set_state(self, name: str, state: str, *, error: str | None = None) -> Portal:
+    def set_state(self, name: str, state: str, *, error: str | BaseException | None = None) -> Portal:
         if state not in PORTAL_STATES:
             raise ConfigError(f"portal state {state!r} is not one of: {', '.join(PORTAL_STATES)}")
         values: dict[str, Any] = {"state": state, "updated_at": now()}
@@ -276,7 +280,8 @@ class Registry:
             conn.execute(sa.update(portals).where(portals.c.name == name).values(**values))
         return self.get(name)
 
-    def record_result(self, name: str, *, ok: bool, error: str | None = None, failing_after: int = 5) -> Portal:
+    def record_result(self, name: str, *, ok: bool, error: str | BaseException | None = None,
+                      failing_after: int = 5) -> Portal:
         """Book a finished sync: success clears the failure count (a failing portal is active again); a
         failure counts, and the ``failing_after``-th in a row makes an active portal failing. Paused and
         uninstalled portals keep their state."""
@@ -296,6 +301,8 @@ class Registry:
         return self.get(name)
 
     def set_next_run(self, name: str, when: datetime | None) -> None:
+        """When the portal is due next (a naive datetime is taken as UTC)."""
+        when = _aware(when)
         with self.engine.begin() as conn:
             self._row(conn, name)
             conn.execute(sa.update(portals).where(portals.c.name == name).values(next_run_at=when))
