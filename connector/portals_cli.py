@@ -17,8 +17,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from connector.config import ConfigError
-from connector.registry import read_config_file as _read
 
 STATE_URL_VAR = "LIFECYCLE_STATE_URL"
 
@@ -104,6 +102,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def state_url(args: argparse.Namespace) -> str:
+    from connector.config import ConfigError  # not at import: `lifecycle --help` stays light
     from connector import logs
     from connector.envfiles import EnvFileError, expand_secret_files
 
@@ -128,11 +127,18 @@ def one_line(text: str) -> str:
 
 def run(args: argparse.Namespace, out: Any) -> int:
     """Run ``portals ...`` / ``secrets ...``; a ConfigError leaves as one line (cli.py prints it, exit 2)."""
+    from connector.config import ConfigError  # not at import: `lifecycle --help` stays light
     try:
         return _run(args, out)
     except ConfigError as exc:
         exc.args = (one_line(str(exc)),)
         raise
+
+
+def _read(path: Path) -> str:
+    from connector.registry import read_config_file
+
+    return read_config_file(path)
 
 
 def _run(args: argparse.Namespace, out: Any) -> int:
@@ -268,6 +274,7 @@ def sync_dir(registry: Any, folder: Path, out: Any) -> int:
 
 
 def _secrets(args: argparse.Namespace, out: Any) -> int:
+    from connector.config import ConfigError  # not at import: `lifecycle --help` stays light
     from connector import crypto
 
     if args.secrets_command == "new-key":
@@ -284,6 +291,7 @@ def _secrets(args: argparse.Namespace, out: Any) -> int:
 
 def rotate(url: str, new_key: str) -> int:
     """Re-encrypt every secret of the store at ``url`` with ``new_key``; the current key (if any) decrypts."""
+    from connector.config import ConfigError  # not at import: `lifecycle --help` stays light
     from connector import crypto
     from connector.registry import reencrypt, vacuum
     from connector.store import StateStore
