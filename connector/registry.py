@@ -310,6 +310,7 @@ class Registry:
     def remove(self, name: str, *, purge: bool = False) -> None:
         """Hide the portal (state uninstalled; its data stays, ``add`` brings it back); ``purge``: delete the
         portal and every row of it in every table of the store."""
+        folder = self._columnar_folder(name) if purge else None  # its files hold the same personal data
         with self.engine.begin() as conn:
             write_lock(conn)
             self._row(conn, name, removed_ok=purge, lock=True)
@@ -320,6 +321,27 @@ class Registry:
             for table in portal_tables(conn):
                 conn.execute(sa.delete(table).where(table.c.portal == name))
             conn.execute(sa.delete(portals).where(portals.c.name == name))
+        self._purge_columnar(name, folder)
+
+    def _columnar_folder(self, name: str) -> Path | None:
+        """Where the portal's columnar copy of the mirror lives (connector.store.columnar), if it can be told."""
+        from connector.store.columnar import ColumnarMirror, default_folder
+
+        try:
+            state = self.load(name).settings.state
+        except Exception:  # noqa: BLE001 - an undecryptable or broken config: the default folder then
+            state = None
+        if state is not None and not state.columnar:
+            return None
+        base = Path(state.columnar_dir) if state is not None and state.columnar_dir else default_folder(self.engine.url)
+        return ColumnarMirror(self.engine, name, base, lambda *_: None).folder  # type: ignore[arg-type]
+
+    @staticmethod
+    def _purge_columnar(name: str, folder: Path | None) -> None:
+        import shutil
+
+        if folder is not None and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -351,7 +373,9 @@ def portal_tables(conn: Connection) -> list[sa.Table]:
     import connector.dashboard.schema  # noqa: F401 - registers the dashboard's tables on the metadata
 
     present = set(sa.inspect(conn).get_table_names())
-    return [t for t in reversed(metadata.sorted_tables) if "portal" in t.c and t.name in present]
+    tables = [t for t in reversed(metadata.sorted_tables) if "portal" in t.c and t.name in present]
+    # mirror_state last: deleting the mirror's rows sets its flag again (connector.store.columnar's triggers)
+    return sorted(tables, key=lambda t: t.name == "mirror_state")
 
 
 def vacuum(engine: Engine) -> None:

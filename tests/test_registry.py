@@ -198,9 +198,12 @@ def test_remove_keeps_data_and_purge_deletes_every_row_of_one_portal_only(tmp_pa
         assert (again.state, again.removed) == ("active", False)
         assert rows_of(registry, "a") == before_a
 
+        copy_a, copy_b = registry._columnar_folder("a"), registry._columnar_folder("b")
+        assert list(copy_a.glob("*.parquet")) and list(copy_b.glob("*.parquet"))  # the mirror's columnar copies
         registry.remove("a", purge=True)
         assert set(rows_of(registry, "a").values()) == {0}
         assert rows_of(registry, "b") == before_b
+        assert not copy_a.exists() and list(copy_b.glob("*.parquet"))  # personal data on disk goes too
         assert [p.name for p in registry.list(include_removed=True)] == ["b"]
         with pytest.raises(ConfigError, match="no portal named 'a'"):
             registry.remove("a", purge=True)
