@@ -816,7 +816,10 @@ def test_readme_rule_language_examples_compile():
     examples = [ex for row in rows for ex in re.findall(r"`([^`]+)`", row.rsplit("|", 2)[1])]
     assert len(rows) >= 10 and len(examples) >= 15
     schema = {**NUM_SCHEMA, "tier": "string", "city": "string", "a": "number", "b": "number", "c": "number",
-              "d": "number", "birthday": "date", "first_purchase": "date", "last_purchase": "date"}
+              "d": "number", "birthday": "date", "first_purchase": "date", "last_purchase": "date",
+              # with [[product_cycle]] (docs/products.md): the preset segment and the reorder features
+              "reorder.due": "bool", "reorder_product": "string", "reorder_due_date": "date",
+              "reorder_overdue_days": "number"}
     for example in examples:
         compiled = compile_rule(example, schema, segment="readme")
         assert isinstance(compiled.expr, pl.Expr), example
