@@ -414,12 +414,12 @@ def _plan(config, args, out: Console, pull: bool | None = None) -> int:
     if any(r.get("status") == "waiting" for r in rows):
         for name in sorted({r["campaign"] for r in rows if r.get("status") == "waiting"}):
             out.print(f"campaign {name!r} is new: its actions wait for `lifecycle campaigns approve {name}` "
-                      "(or auto_approve = true)", markup=False)
+                      "(or auto_approve = true)", markup=False, soft_wrap=True)
     for c in config.settings.campaign:
         if c.include_current_members:
             n = sum(1 for r in rows if r["campaign"] == c.name and r.get("existing_member"))
             out.print(f"campaign {c.name!r}: include_current_members = true, {n} actions for customers already in "
-                      f"{c.segment} (once)", markup=False)
+                      f"{c.segment} (once)", markup=False, soft_wrap=True)
     if rows:
         detail = Table(title="Actions")
         for col in ("campaign", "action", "customer", "responsible", "title", "due", "skip reason / state"):

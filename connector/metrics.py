@@ -22,7 +22,7 @@ prometheus_client.disable_created_metrics()
 log = logging.getLogger("lifecycle.metrics")
 # Lifetime of a refresh token from its last rotation (shared/research: amoCRM 3 months, Bitrix24 180 days).
 REFRESH_DAYS = {"amocrm": 90, "bitrix24": 180}
-LEDGER_STATUSES = ("pending", "failed", "done", "skipped")  # pending = planned + sending
+LEDGER_STATUSES = ("pending", "failed", "done", "skipped", "waiting", "holdout")  # pending = planned + sending; waiting = for approval
 
 
 class Metrics:

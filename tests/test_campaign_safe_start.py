@@ -101,6 +101,10 @@ def test_include_current_members_acts_once_on_the_existing_members_and_never_aga
         # the same campaign with include_current_members (under a new name: added now)
         path = write(tmp_path, crm, handle, WINBACK.replace('"winback"', '"winback2"').format(
             extra="auto_approve = true\ninclude_current_members = true"))
+        plan = subprocess.run([sys.executable, "-m", "connector.cli", "plan", "--config", str(path)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert plan.returncode == 0, plan.stderr
+        assert f"include_current_members = true, {len(former)} actions for customers already in" in plan.stdout
         time.sleep(1.1)
         first = sync(load_config(path)).summary()
         acted = {r.customer_id for r in ledger(load_config(path)) if r.campaign == "winback2" and r.status == "done"}
