@@ -302,3 +302,14 @@ def test_aioamocrm_and_amocrm_api_wrapper_move_a_lead_and_run_a_salesbot():
         assert status == 400 and "100" in json.dumps(body, ensure_ascii=False)
         client.close()
         assert len(acct.state()["salesbot_runs"]) == 2  # the refused call ran nothing
+
+
+def test_the_channels_example_in_the_docs_loads(tmp_path):
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "campaigns.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(.*?)```", text[text.index("## Channels"):], re.S).group(1)
+    path = tmp_path / "lifecycle.toml"
+    path.write_text('[crm]\nkind = "bitrix24"\nwebhook_url = "https://example.bitrix24.ru/rest/1/x/"\n' + block, encoding="utf-8")
+    loaded = load_config(path)
+    assert [[a.action for a in c.on_enter] for c in loaded.settings.campaign] == [["bizproc", "email"], ["email"], ["salesbot", "stage"]]
