@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.base import marker, pick
 from adapters.bitrix24.client import BitrixError
 from adapters.bitrix24.paging import php_query
-from connector.channels import CHANNELS, channel_actions, wrong_crm
+from adapters.channels import channel_actions, is_channel, wrong_crm  # noqa: F401 - is_channel: used by actions.py
 
 if TYPE_CHECKING:
     from adapters.bitrix24.actions import Bitrix24Actions
@@ -193,6 +193,3 @@ class Bitrix24Channels:
                     break
         return found
 
-
-def is_channel(row: dict[str, Any]) -> bool:
-    return row["action"] in CHANNELS
