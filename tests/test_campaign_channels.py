@@ -149,6 +149,11 @@ def test_bitrix24_email_refused_by_the_portal_is_a_failed_action_with_the_portal
     with running_portal(generate=(40, 120), time_scale=50, seed=7) as portal:
         bad = MAIL.replace("Shop <shop@example.com>", "Shop <shop@localhost>")
         config = load_config(b24_config(tmp_path, portal, bad))
+        with pytest.raises(ConfigError, match=r"'reach': mailbox 'Shop <shop@localhost>' is not an e-mail sender of the "
+                                              r"webhook's user in Bitrix24 .*senders: .*Shop <shop@example.com>"):
+            sync(config)
+        assert ledger(config) == []
+        portal.control("POST", "bizproc", {"senders": ["Shop <shop@localhost>"]})  # a sender Bitrix24 refuses to send from
         summary = sync(config).summary()
         failed = [r for r in ledger(config) if r.status == "failed"]
         assert summary["actions_failed"] == len(failed) > 0
