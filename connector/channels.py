@@ -23,12 +23,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from adapters.channels import AMOCRM_ONLY, BITRIX24_ONLY, CHANNELS, channel_actions, wrong_crm  # noqa: F401 - re-exported
 from connector.templates import TEXT_LIMIT, TITLE_LIMIT, TemplateError, check_template
 from connector.templates import render as render_template
 
-CHANNELS = ("bizproc", "email", "salesbot", "stage")
-BITRIX24_ONLY = ("bizproc", "email")
-AMOCRM_ONLY = ("salesbot", "stage")
 PARAMETER_LIMIT = 2000
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAILBOX = re.compile(r"^(?:[^<>]{0,100}<)?[^@\s<>]{1,64}@[^@\s<>]{1,255}>?$")
@@ -85,17 +83,3 @@ def payload(action: Any, values: dict[str, Any]) -> tuple[dict[str, Any], str | 
     if action.action == "salesbot":
         return {"title": title, "bot_id": int(action.bot_id)}, None
     return {"title": title, "pipeline": action.pipeline, "stage": action.stage}, None
-
-
-def wrong_crm(campaigns: Any, crm: str) -> tuple[str, str] | None:
-    """(campaign, action) of the first channel action the CRM ``crm`` ("bitrix24" | "amocrm") cannot take."""
-    foreign = AMOCRM_ONLY if crm == "bitrix24" else BITRIX24_ONLY
-    for campaign in campaigns:
-        for action in (*campaign.on_enter, *campaign.on_exit):
-            if action.action in foreign:
-                return campaign.name, action.action
-    return None
-
-
-def channel_actions(campaigns: Any, kind: str) -> list[tuple[Any, Any]]:
-    return [(c, a) for c in campaigns for a in (*c.on_enter, *c.on_exit) if a.action == kind]

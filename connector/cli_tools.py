@@ -33,7 +33,8 @@ from connector.kits import adapter_settings
 # -- check ------------------------------------------------------------------------------------------
 
 # Bitrix24 scopes a sync needs: crm always; user to check round-robin users; task for call tasks.
-SCOPE_NEEDS = {"bizproc": "starting business processes (bizproc.workflow.start)", "crm": "reading contacts, companies and deals", "user": "checking the campaigns' users (user.get)",
+SCOPE_NEEDS = {"bizproc": "starting business processes (bizproc.workflow.start)",
+               "mail": "checking the e-mail senders (mail.mailbox.senders)", "crm": "reading contacts, companies and deals", "user": "checking the campaigns' users (user.get)",
                "task": "creating call tasks (tasks.task.add)"}
 
 
@@ -113,6 +114,8 @@ def _needed_scopes(config: LoadedConfig) -> list[str]:
         needed.append("task")
     if any(a.action == "bizproc" for a in actions):
         needed.append("bizproc")
+    if any(a.action == "email" for a in actions):
+        needed.append("mail")
     return needed
 
 

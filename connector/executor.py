@@ -60,7 +60,8 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
             found.update(_find(sink, chunk, parents))
         store.set_actions(list(found), "done", results=found, not_claimed_by=holder)
         again = [r.key for r in in_doubt if r.key not in found]  # planned again, a half-step's record cleared
-        store.set_actions(again, "planned", results={k: None for k in again}, not_claimed_by=holder)
+        store.set_actions(again, "planned", results={r.key: None for r in in_doubt if r.key in again and r.result},
+                          not_claimed_by=holder)
         summary["actions_recovered"] = len(found)
         log.info("settled %d actions of an interrupted run: %d found in the CRM", len(in_doubt), len(found))
         parents = _parents(store)

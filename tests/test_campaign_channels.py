@@ -149,6 +149,11 @@ def test_bitrix24_email_refused_by_the_portal_is_a_failed_action_with_the_portal
     with running_portal(generate=(40, 120), time_scale=50, seed=7) as portal:
         bad = MAIL.replace("Shop <shop@example.com>", "Shop <shop@localhost>")
         config = load_config(b24_config(tmp_path, portal, bad))
+        with pytest.raises(ConfigError, match=r"'reach': mailbox 'Shop <shop@localhost>' is not an e-mail sender of the "
+                                              r"webhook's user in Bitrix24 .*senders: .*Shop <shop@example.com>"):
+            sync(config)
+        assert ledger(config) == []
+        portal.control("POST", "bizproc", {"senders": ["Shop <shop@localhost>"]})  # a sender Bitrix24 refuses to send from
         summary = sync(config).summary()
         failed = [r for r in ledger(config) if r.status == "failed"]
         assert summary["actions_failed"] == len(failed) > 0
@@ -302,3 +307,14 @@ def test_aioamocrm_and_amocrm_api_wrapper_move_a_lead_and_run_a_salesbot():
         assert status == 400 and "100" in json.dumps(body, ensure_ascii=False)
         client.close()
         assert len(acct.state()["salesbot_runs"]) == 2  # the refused call ran nothing
+
+
+def test_the_channels_example_in_the_docs_loads(tmp_path):
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "campaigns.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(.*?)```", text[text.index("## Channels"):], re.S).group(1)
+    path = tmp_path / "lifecycle.toml"
+    path.write_text('[crm]\nkind = "bitrix24"\nwebhook_url = "https://example.bitrix24.ru/rest/1/x/"\n' + block, encoding="utf-8")
+    loaded = load_config(path)
+    assert [[a.action for a in c.on_enter] for c in loaded.settings.campaign] == [["bizproc", "email"], ["email"], ["salesbot", "stage"]]

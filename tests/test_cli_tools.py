@@ -393,3 +393,21 @@ def test_check_on_bitrix24_reports_a_missing_bizproc_scope_and_template_of_a_cha
         out, _ = capsys.readouterr()
         assert "campaign 'reach': channels (business-process templates, stages, rights) exist" in out
         assert portal.state()["workflows"] == []
+
+
+def test_check_on_bitrix24_reports_a_missing_mail_scope_and_an_unknown_sender(tmp_path, capsys):
+    with running_portal(generate=(20, 40), time_scale=50) as portal:
+        mail = ('on_enter = [{ action = "email", title = "Hi {name}", body = "Hello", mailbox = "%s" }]\n')
+        scoped = portal.add_webhook(["crm", "user"])  # no "mail": the senders cannot be listed
+        config = write(tmp_path, f'kind = "bitrix24"\nwebhook_url = "{scoped}"\nrequests_per_second = 500\n',
+                       '[[campaign]]\nname = "reach"\nsegment = "status.former"\n' + mail % "Shop <shop@example.com>")
+        assert main(["check", "--config", config]) == 1
+        out, _ = capsys.readouterr()
+        assert "lacks scope 'mail'" in out and "'reach': the webhook lacks the 'mail' scope" in out, out
+        path = write(tmp_path, f'kind = "bitrix24"\nwebhook_url = "{portal.webhook_url}"\nrequests_per_second = 500\n',
+                     '[[campaign]]\nname = "reach"\nsegment = "status.former"\n' + mail % "Nobody <nobody@example.com>")
+        assert main(["check", "--config", path]) == 1
+        out, _ = capsys.readouterr()
+        assert "mailbox 'Nobody <nobody@example.com>' is not an e-mail sender" in out
+        assert "Admin Sandbox <user1@sandbox.local>" in out and "Shop <shop@example.com>" in out
+        assert portal.state()["activities"] == []

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.amocrm.client import AmoError, AmoHTTPError
 from adapters.amocrm.source import iter_list
 from adapters.base import AdapterConfigError, marker, pick
-from connector.channels import CHANNELS, channel_actions, wrong_crm
+from adapters.channels import channel_actions, is_channel, wrong_crm  # noqa: F401 - is_channel: used by actions.py
 
 if TYPE_CHECKING:
     from adapters.amocrm.actions import AmoActions
@@ -234,6 +234,3 @@ def _day_start(value: Any) -> int:
     day = value if isinstance(value, date) else date.fromisoformat(str(value)[:10]) if value else date.today()
     return int(datetime.combine(day - timedelta(days=1), time(0), timezone.utc).timestamp())
 
-
-def is_channel(row: dict[str, Any]) -> bool:
-    return row["action"] in CHANNELS

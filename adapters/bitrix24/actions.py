@@ -32,6 +32,7 @@ ORIGINATOR = "crm-lifecycle"
 class Bitrix24Actions:
     def __init__(self, settings: Bitrix24Settings, store: TokenStore):
         self.kind = ENTITIES[settings.customer]
+        self.settings = settings
         self.loop = asyncio.new_event_loop()
         self.client: Bitrix24Client = make_client(settings, store)
         self.loop.run_until_complete(self.client.__aenter__())

@@ -10,7 +10,8 @@
   per item and queues the rest: a customer who already has two running (``bizproc.workflow.instances``)
   is held back to a later run, without an attempt counted.
 * ``email``: ``crm.activity.add`` with TYPE_ID 4, DIRECTION 2, COMPLETED Y (which makes the portal send
-  it), the configured ``MESSAGE_FROM``, ``COMMUNICATIONS`` with the customer's first e-mail as the card
+  it), the configured ``MESSAGE_FROM`` (checked at start-up against the webhook user's senders, REST 3.0
+  ``mail.mailbox.senders``), ``COMMUNICATIONS`` with the customer's first e-mail as the card
   has it when sending (the ledger never stores the address), marked ``ORIGINATOR_ID = "crm-lifecycle"`` /
   ``ORIGIN_ID = <action key>`` and found again with ``crm.activity.list`` by both.
 
@@ -20,13 +21,16 @@ at start-up is a configuration error naming the campaign.
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from adapters.base import marker, pick
 from adapters.bitrix24.client import BitrixError
 from adapters.bitrix24.paging import php_query
-from connector.channels import CHANNELS, channel_actions, wrong_crm
+from adapters.channels import channel_actions, is_channel, wrong_crm  # noqa: F401 - is_channel: used by actions.py
 
 if TYPE_CHECKING:
     from adapters.bitrix24.actions import Bitrix24Actions
@@ -34,6 +38,13 @@ if TYPE_CHECKING:
 ORIGINATOR = "crm-lifecycle"
 DOCUMENTS = {3: ("CCrmDocumentContact", "CONTACT", "contact"), 4: ("CCrmDocumentCompany", "COMPANY", "company")}
 RUNNING_LIMIT = 2  # helpdesk.bitrix24.com/open/22381584: two running workflows per CRM item
+log = logging.getLogger("lifecycle.bitrix24")
+
+
+def _address(mailbox: str) -> str:
+    """The address of ``Name <address>`` (or the whole text)."""
+    m = re.search(r"<([^<>]*)>\s*$", mailbox)
+    return (m.group(1) if m else mailbox).strip()
 
 
 class Bitrix24Channels:
@@ -53,6 +64,9 @@ class Bitrix24Channels:
         if wrong:
             raise error(f"[[campaign]] {wrong[0]!r}: action {wrong[1]!r} is an amoCRM channel; Bitrix24 campaigns "
                         f"send through 'bizproc' (a business process) or 'email' (a CRM e-mail)")
+        mails = channel_actions(campaigns, "email")
+        if mails:
+            await self._check_mailboxes(mails, error)
         starts = channel_actions(campaigns, "bizproc")
         if not starts:
             return
@@ -80,6 +94,47 @@ class Bitrix24Channels:
                 raise error(f"[[campaign]] {campaign.name!r}: template {action.template!r} is not a business-process "
                             f"template for {self.entity_type} cards in Bitrix24; templates: {names}")
             self.templates[str(action.template)] = int(template["ID"])
+
+    async def _check_mailboxes(self, mails: list[tuple[Any, Any]], error: type[Exception]) -> None:
+        """Each e-mail action's sender is one the webhook's user may send from (REST 3.0
+        ``mail.mailbox.senders`` at ``/rest/api/{user}/{code}/``). Only a webhook can be checked so; a
+        portal without the method is not checked (logged)."""
+        settings = self.actions.settings
+        if not settings.webhook_url or "/rest/" not in settings.webhook_url:
+            log.warning("e-mail senders not checked: only an inbound webhook can list them (mail.mailbox.senders)")
+            return
+        import ssl
+
+        import aiohttp
+
+        base, _, rest = settings.webhook_url.partition("/rest/")
+        url = f"{base}/rest/api/{rest.rstrip('/')}/mail.mailbox.senders"
+        context = ssl.create_default_context(cafile=str(settings.ca_file)) if settings.ca_file else None
+        name = mails[0][0].name
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context) if context else None,
+                                             timeout=aiohttp.ClientTimeout(total=30)) as session:
+                async with session.post(url, json={"pagination": {"limit": 100}}) as response:
+                    status = response.status
+                    body = await response.json(content_type=None)
+        except (aiohttp.ClientError, ValueError, TimeoutError) as exc:
+            raise error(f"[[campaign]] {name!r}: could not list the portal's e-mail senders "
+                        f"(mail.mailbox.senders): {type(exc).__name__}") from None
+        text = json.dumps(body, ensure_ascii=False)[:300] if not isinstance(body, dict) or status >= 300 else ""
+        if status in (401, 403) and ("scope" in text or "privileges" in text):
+            raise error(f"[[campaign]] {name!r}: the webhook lacks the 'mail' scope needed to check the e-mail "
+                        f"sender; add it in Bitrix24 (Developer resources > webhook)")
+        if status >= 300 or not isinstance(body, dict):
+            log.warning("e-mail senders not checked: mail.mailbox.senders answered HTTP %s", status)
+            return
+        items = ((body.get("result") or {}).get("items") or []) if isinstance(body.get("result"), dict) else []
+        senders = {str(i.get("email") or "").strip().casefold() for i in items if isinstance(i, dict)}
+        for campaign, action in mails:
+            address = _address(action.mailbox)
+            if address.casefold() not in senders:
+                known = ", ".join(sorted(str(i.get("sender") or i.get("email")) for i in items if isinstance(i, dict))) or "none"
+                raise error(f"[[campaign]] {campaign.name!r}: mailbox {action.mailbox!r} is not an e-mail sender of the "
+                            f"webhook's user in Bitrix24 (connect it to the CRM); senders: {known}")
 
     # -- sending -------------------------------------------------------------------------------------
 
@@ -193,6 +248,3 @@ class Bitrix24Channels:
                     break
         return found
 
-
-def is_channel(row: dict[str, Any]) -> bool:
-    return row["action"] in CHANNELS

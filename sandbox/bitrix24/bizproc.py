@@ -15,6 +15,8 @@ them finishes), tutorials/crm/how-to-add-crm-objects/how-to-send-email.md and
 api-reference/crm/timeline/activities/activity-base/crm-activity-add.md (TYPE_ID 4 + DIRECTION 2 +
 COMPLETED Y sends the e-mail; "Email send error. \\"To\\" is not found" / "\\"From\\" is not found" /
 "Invalid email is specified": the activity is created, the e-mail not sent; answer: the new id),
+api-reference/mail/mailbox/mail-mailbox-senders.md (REST 3.0: ``{"result": {"items": [{"email", "name",
+"sender"}]}}``),
 api-reference/crm/timeline/comments/crm-timeline-comment-list.md (filter ENTITY_ID + ENTITY_TYPE
 required, order by ID/CREATED/AUTHOR_ID, 50 a page).
 
@@ -56,6 +58,7 @@ class Bizproc:
         self.templates: dict[int, dict] = {t["ID"]: {**t, "PARAMETERS": {}, "AUTO_EXECUTE": 0, "USER_ID": 1}
                                            for t in DEFAULT_TEMPLATES}
         self.workflows: list[dict] = []  # every start: id, template, document, started, ends, state
+        self.senders = ["Shop <shop@example.com>"]  # mail.mailbox.senders of the webhook's user (besides its own)
         self.admin = True  # the webhook's user is an administrator
         self.paid = True  # the plan allows business processes through REST
 
@@ -64,6 +67,8 @@ class Bizproc:
             self.admin = bool(body["admin"])
         if "paid" in body:
             self.paid = bool(body["paid"])
+        if "senders" in body:
+            self.senders = [str(x) for x in body["senders"]]
         for t in body.get("templates") or []:
             tid = int(t["ID"])
             self.templates[tid] = {"ID": tid, "NAME": str(t["NAME"]), "ENTITY": str(t.get("ENTITY", "CCrmDocumentContact")),
@@ -72,7 +77,7 @@ class Bizproc:
         return self.describe()
 
     def describe(self) -> dict:
-        return {"admin": self.admin, "paid": self.paid,
+        return {"admin": self.admin, "paid": self.paid, "senders": self.senders,
                 "templates": [{k: v for k, v in t.items()} for t in self.templates.values()]}
 
     def tick(self, now: float) -> None:
@@ -298,3 +303,19 @@ def comment_list(call: Call) -> Result:
     page = _page(call, rows)
     page.result = [{k: r[k] for k in wanted if k in r} for r in page.result]
     return page
+
+
+@method("mail.mailbox.senders")
+def mailbox_senders(call: Call) -> Result:
+    """REST 3.0 (api-reference/mail/mailbox/mail-mailbox-senders.md): ``{"items": [{"email", "name",
+    "sender"}]}`` for the current user: its own address, then the configured mailboxes."""
+    bp = _bp(call)
+    user = call.store.users.get(call.user_id) or {}
+    own = f"{user.get('NAME', '')} {user.get('LAST_NAME', '')}".strip()
+    senders = ([f"{own} <{user['EMAIL']}>"] if user.get("EMAIL") else []) + list(bp.senders)
+    items = []
+    for text in senders:
+        address = _address(text)
+        name = text[: text.rfind("<")].strip() if "<" in text else address
+        items.append({"email": address, "name": name, "sender": f"{name} <{address}>"})
+    return Result({"items": items})

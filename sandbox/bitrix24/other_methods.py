@@ -127,7 +127,7 @@ def profile(call: Call) -> Result:
 def scope(call: Call) -> Result:
     if call.scopes is not None:
         return Result(sorted(call.scopes))
-    return Result(["crm", "catalog", "task", "tasks", "user", "user_brief", "user_basic", "bizproc", "basic"])
+    return Result(["crm", "catalog", "task", "tasks", "user", "user_brief", "user_basic", "bizproc", "mail", "basic"])
 
 
 @method("server.time")

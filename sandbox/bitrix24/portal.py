@@ -187,7 +187,7 @@ def _jsonable(row: dict, tz: ZoneInfo) -> dict:
 # Which scope a method needs (b24restdocs: each method page names its scope; "basic" ones need none).
 SCOPE_PREFIXES = (("crm.", ("crm",)), ("tasks.", ("task",)), ("task.", ("task",)), ("catalog.", ("catalog",)),
                   ("user.", ("user", "user_brief", "user_basic")), ("department.", ("department",)),
-                  ("bizproc.", ("bizproc",)),
+                  ("bizproc.", ("bizproc",)), ("mail.", ("mail",)),
                   ("placement.", ("placement",)))
 
 

@@ -212,6 +212,8 @@ class Handler(BaseHandler):
     def _rest(self, path: str, params: dict) -> None:
         portal = self.portal
         parts = [p for p in path[len("/rest/"):].split("/") if p]
+        if parts[:1] == ["api"]:  # REST 3.0 (/rest/api/{user}/{code}/{method}): the methods the sandbox has
+            parts = parts[1:]
         method = parts[-1] if parts else ""
         for suffix in (".json", ".xml"):
             if method.lower().endswith(suffix):
