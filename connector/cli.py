@@ -366,6 +366,7 @@ def _audiences_verdict(summary: dict) -> int:
 
 
 def _campaigns(config, args, out: Console) -> int:
+    from connector.config import ConfigError
     from connector.pipeline import open_store
 
     names = [c.name for c in config.settings.campaign]

@@ -199,7 +199,8 @@ def write_config(folder: Path, crm, handle, *, batch: int = 50, extra: str = "",
     through that channel of the CRM."""
     path = folder / "lifecycle.toml"
     users = crm.users(handle)
-    campaigns = (f'[[campaign]]\nname = "{channel}"\nsegment = "status.former"\non_enter = [{crm.channels[channel]}]\n'
+    campaigns = (f'[[campaign]]\nname = "{channel}"\nsegment = "status.former"\nauto_approve = true\n'
+                 f'on_enter = [{crm.channels[channel]}]\n'
                  f"\n[executor]\nbatch_size = {batch}\n" if channel
                  else CAMPAIGNS.format(users=json.dumps(users), pipeline=crm.pipeline, batch=batch))
     fast = getattr(crm, "channel_crm", "") if channel else ""  # the channel kill runs: a looser rate limit
