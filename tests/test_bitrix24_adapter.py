@@ -231,7 +231,9 @@ def test_operating_time_limit_is_waited_out_and_the_pull_completes(tmp_path):
         config = load_config(write_config(tmp_path, portal, extra=""))
         result = sync(config).summary()
         refused = portal.counters()["operation_time_limit_by_method"]
-        assert refused.get("crm.deal.list", 0) > 0, refused
+        # which list method runs into the budget first depends on how fast this machine answers (the
+        # window reopens every 0.2 s of wall time); that the pull and the write-back both did is what counts
+        assert refused.get("crm.deal.list", 0) + refused.get("crm.contact.list", 0) > 0, refused
         assert refused.get("crm.contact.update", 0) > 0, refused
         assert result["tags_failed"] == 0
         assert_mirror_equals_portal(config, portal)
