@@ -246,7 +246,7 @@ class Workers:
             else:
                 delay = self.backoff(booked.failures)
                 self.defer_sync(portal, "retry", delay=delay)
-                log.error("portal %s: sync (%s) failed (%d in a row), retried in %.0f s: %s", portal, reason,
+                log.error("portal %s: sync (%s) failed (%d in a row), retried in %.1f s: %s", portal, reason,
                           booked.failures, delay, error)
             raise SyncFailed(f"portal {portal}: {error}") from None
         registry.record_result(portal, ok=True)

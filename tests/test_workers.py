@@ -280,7 +280,8 @@ def test_three_workers_twenty_portals_schedules_burst_and_a_failing_portal(postg
                 return {p: sum(1 for r in runs.get(p, []) if r[0] == "ok") for p in scheduled}
 
             wait_for(lambda: min(ok_counts().values()) >= 2, 150, "two scheduled syncs of each of 18 portals")
-            failing = wait_for(lambda: registry.get("p19").state == "failing" and registry.get("p19"), 60,
+            # each failed sync spends the adapter's own retry budget (about 25 s here) before it gives up
+            failing = wait_for(lambda: registry.get("p19").state == "failing" and registry.get("p19"), 180,
                                "p19 failing")
             assert failing.failures >= 3 and "500" in (failing.last_error or "")
             # the others went on after p19 failed
@@ -323,6 +324,12 @@ def test_three_workers_twenty_portals_schedules_burst_and_a_failing_portal(postg
             assert 'lifecycle_queue_depth{status="todo"}' in text
             assert 'lifecycle_webhooks_total{portal="p18",result="accepted",source="bitrix24"} 100.0' in text
 
+            # SIGTERM while syncs run: they stop at a safe point (run recorded), every process exits 0
+            def busy() -> bool:
+                with engine.connect() as conn:
+                    return bool(conn.exec_driver_sql("SELECT count(*) FROM locks").scalar())
+
+            wait_for(busy, 60, "a sync in flight", every=0.05)
             codes = cluster.stop()
             assert codes == [0, 0, 0, 0], cluster.logs()
         finally:
