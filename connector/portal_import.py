@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from connector import crypto
 from connector.config import ConfigError, load_config
-from connector.registry import Registry, check_name, portal_tables
+from connector.registry import Registry, check_name, portal_tables, read_config_file
 from connector.store.base import CHUNK, write_lock
 from connector.store.schema import oauth_tokens, runs
 
@@ -44,12 +44,11 @@ def import_state(registry: Registry, name: str, config_path: Path) -> dict[str, 
     """Register ``name`` from ``config_path`` and copy its store's rows; returns rows copied per table."""
     import time
 
-    from connector.portals_cli import _read
     from connector.store import StateStore
 
     check_name(name)
     source = load_config(config_path)  # as the single-portal deployment read it (environment included)
-    text = _read(config_path)
+    text = read_config_file(config_path)
     try:
         loaded = registry.validate(name, text, base_dir=config_path.resolve().parent, origin=config_path)
     except ConfigError as exc:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.config import ConfigError
+from connector.registry import read_config_file as _read
 
 STATE_URL_VAR = "LIFECYCLE_STATE_URL"
 
@@ -119,7 +120,22 @@ def state_url(args: argparse.Namespace) -> str:
     return url
 
 
+def one_line(text: str) -> str:
+    """A configuration's list of problems on one line: ``FILE: invalid configuration: a: ...; b: ...``."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return " ".join(lines[:1] + ["; ".join(lines[1:])]) if len(lines) > 1 else (lines[0] if lines else "")
+
+
 def run(args: argparse.Namespace, out: Any) -> int:
+    """Run ``portals ...`` / ``secrets ...``; a ConfigError leaves as one line (cli.py prints it, exit 2)."""
+    try:
+        return _run(args, out)
+    except ConfigError as exc:
+        exc.args = (one_line(str(exc)),)
+        raise
+
+
+def _run(args: argparse.Namespace, out: Any) -> int:
     if args.command == "secrets":
         return _secrets(args, out)
     from connector.registry import Registry
@@ -134,7 +150,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
         if command == "add":
             path = Path(args.config)
             portal = registry.add(args.name, _read(path), replace=args.replace, base_dir=path.resolve().parent, origin=path)
-            out.print(f"portal {portal.name!r} ({portal.kind}) {'updated' if args.replace else 'added'}, state {portal.state}")
+            print(f"portal {portal.name!r} ({portal.kind}) {'updated' if args.replace else 'added'}, state {portal.state}")
             _warn_unencrypted()
             return 0
         if command == "list":
@@ -143,15 +159,15 @@ def run(args: argparse.Namespace, out: Any) -> int:
             return _show(registry, args.name, args.format, out)
         if command == "pause":
             registry.set_state(args.name, "paused")
-            out.print(f"portal {args.name!r} paused")
+            print(f"portal {args.name!r} paused")
             return 0
         if command == "resume":
             registry.set_state(args.name, "active")
-            out.print(f"portal {args.name!r} active")
+            print(f"portal {args.name!r} active")
             return 0
         if command == "remove":
             registry.remove(args.name, purge=args.purge)
-            out.print(f"portal {args.name!r} removed and its data deleted" if args.purge else
+            print(f"portal {args.name!r} removed and its data deleted" if args.purge else
                       f"portal {args.name!r} removed; its data stays until `lifecycle portals remove {args.name} --purge`")
             return 0
         if command == "import-state":
@@ -159,7 +175,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
 
             counts = import_state(registry, args.name, Path(args.config))
             moved = ", ".join(f"{table} {n}" for table, n in counts.items() if n)
-            out.print(f"portal {args.name!r}: imported {moved or 'no rows (the source store is empty)'}")
+            print(f"portal {args.name!r}: imported {moved or 'no rows (the source store is empty)'}")
             _warn_unencrypted()
             return 0
         if command == "sync-dir":
@@ -167,19 +183,6 @@ def run(args: argparse.Namespace, out: Any) -> int:
     finally:
         registry.close()
     return 2  # pragma: no cover - argparse requires a command
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a folder; name the portal's TOML file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _warn_unencrypted() -> None:
@@ -203,7 +206,7 @@ def _list(registry: Any, fmt: str, out: Any) -> int:
                            "last_error": p.last_error} for p in portals], ensure_ascii=False))
         return 0
     if not portals:
-        out.print("no portal registered; add one with `lifecycle portals add NAME --config FILE`")
+        print("no portal registered; add one with `lifecycle portals add NAME --config FILE`")
         return 0
     from rich.table import Table
     from rich.text import Text
@@ -242,7 +245,7 @@ def _show(registry: Any, name: str, fmt: str, out: Any) -> int:
     from rich.text import Text
 
     for key, value in head.items():
-        out.print(Text(f"{key}: {value}"))
+        print(f"{key}: {value}")
     table = Table(title=f"Settings of portal {name!r}")
     for col in ("key", "value", "source"):
         table.add_column(col, overflow="fold")
@@ -253,47 +256,15 @@ def _show(registry: Any, name: str, fmt: str, out: Any) -> int:
 
 
 def sync_dir(registry: Any, folder: Path, out: Any) -> int:
-    """Add new and update changed portals from ``folder/*.toml``; every bad file is one error line (exit 2),
-    the good ones are imported all the same."""
-    from connector import crypto
-    from connector.logs import redact
-    from connector.registry import check_name
-
-    if not folder.is_dir():
-        raise ConfigError(f"portals folder {folder} does not exist or is not a folder")
-    known = {p.name: p for p in registry.list(include_removed=True)}
-    added, updated, same, errors = [], [], [], []
-    for path in sorted(folder.glob("*.toml")):
-        name = path.stem
-        try:
-            check_name(name)
-            text = _read(path)
-            base = str(path.resolve().parent)
-            if name in known and not known[name].removed:
-                with registry.engine.connect() as conn:
-                    from connector.store.schema import portals
-                    import sqlalchemy as sa
-
-                    row = conn.execute(sa.select(portals.c.config, portals.c.base_dir).where(portals.c.name == name)).first()
-                if crypto.decrypt(row.config) == text and row.base_dir == base:
-                    same.append(name)
-                    continue
-                registry.add(name, text, replace=True, base_dir=path.resolve().parent, origin=path)
-                updated.append(name)
-            else:
-                registry.add(name, text, base_dir=path.resolve().parent, origin=path)
-                added.append(name)
-        except ConfigError as exc:
-            if isinstance(exc, crypto.SecretKeyError):
-                raise
-            errors.append(f"{path.name}: {' / '.join(line.strip() for line in str(exc).splitlines())}")
-    out.print(f"portals from {folder}: {len(added)} added, {len(updated)} updated, {len(same)} unchanged, "
-              f"{len(errors)} with errors")
-    for line in errors:
-        print(f"error: {redact(line)}", file=sys.stderr)
-    if added or updated:
+    """``portals sync-dir`` / ``--portals-dir``: Registry.sync_dir, then what it did; exit 2 if a file was bad."""
+    result = registry.sync_dir(folder)
+    print(f"portals from {folder}: {len(result.added)} added, {len(result.updated)} updated, "
+          f"{len(result.unchanged)} unchanged, {len(result.errors)} with errors")
+    for line in result.errors:
+        print(f"error: {line}", file=sys.stderr)
+    if result.added or result.updated:
         _warn_unencrypted()
-    return 2 if errors else 0
+    return 2 if result.errors else 0
 
 
 def _secrets(args: argparse.Namespace, out: Any) -> int:
@@ -306,7 +277,7 @@ def _secrets(args: argparse.Namespace, out: Any) -> int:
     if not new_key:
         raise ConfigError(f"{args.new_key_file} is empty; write a key made by `lifecycle secrets new-key` into it")
     count = rotate(state_url(args), new_key)
-    out.print(f"re-encrypted {count} secrets with the new key; start every process with {crypto.KEY_VAR} set to it "
+    print(f"re-encrypted {count} secrets with the new key; start every process with {crypto.KEY_VAR} set to it "
               "(the old key no longer opens this store)")
     return 0
 

@@ -71,10 +71,14 @@ def check_name(name: str) -> str:
     return name
 
 
-def _one_line(text: str | None) -> str | None:
+def _one_line(text: str | BaseException | None) -> str | None:
+    """An error for the registry: one redacted line (an exception through logs.safe_error), at most 500 chars."""
     if text is None:
         return None
-    from connector.logs import redact
+    from connector.logs import redact, safe_error
+
+    if isinstance(text, BaseException):
+        text = safe_error(text)
 
     line = " / ".join(part.strip() for part in str(text).splitlines() if part.strip())
     line = redact(line)
@@ -115,6 +119,12 @@ class Registry:
         Without one: refuse a store that holds encrypted secrets."""
         fernet = crypto.cipher()
         with self.engine.begin() as conn:
+            if fernet is not None:  # processes starting together: one seals, the others then find it done
+                if conn.dialect.name == "postgresql":
+                    from connector.store.migrate import MIGRATION_LOCK_KEY
+
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                write_lock(conn)
             if fernet is None:
                 encrypted = conn.execute(sa.select(portals.c.name).where(portals.c.config.like(crypto.PREFIX + "%"))
                                          .limit(1)).first() or conn.execute(
@@ -130,7 +140,6 @@ class Registry:
             has_check = conn.execute(sa.select(meta_table.c.key).where(meta_table.c.key == crypto.CHECK_KEY)).first()
             sealed = bool(plain or not has_check)
             if sealed:
-                write_lock(conn)
                 reencrypt(conn, decrypt_with=fernet, encrypt_with=fernet)
         if sealed:
             vacuum(self.engine)
@@ -192,6 +201,41 @@ class Registry:
         if crypto.cipher() is not None:
             crypto.ensure_check(conn)
 
+    def sync_dir(self, folder: str | Path) -> DirResult:
+        """Import ``folder/*.toml`` (one portal per file, name = file stem): add new portals, update changed ones
+        (config text or folder), leave the others. A bad file is one line in ``errors`` (file name and what to
+        fix); the good files are imported all the same. A missing folder or a wrong key raises."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ConfigError(f"portals folder {folder} does not exist or is not a folder")
+        with self.engine.connect() as conn:
+            known = {r.name: r for r in conn.execute(sa.select(portals.c.name, portals.c.config, portals.c.base_dir,
+                                                                 portals.c.removed))}
+        added, updated, same, errors = [], [], [], []
+        for path in sorted(folder.glob("*.toml")):
+            name = path.stem
+            try:
+                check_name(name)
+                text = read_config_file(path)
+                base = path.resolve().parent
+                row = known.get(name)
+                if row is not None and not row.removed:
+                    if crypto.decrypt(row.config) == text and row.base_dir == str(base):
+                        same.append(name)
+                        continue
+                    self.add(name, text, replace=True, base_dir=base, origin=path)
+                    updated.append(name)
+                else:
+                    self.add(name, text, base_dir=base, origin=path)
+                    added.append(name)
+            except crypto.SecretKeyError:
+                raise
+            except ConfigError as exc:
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                message = " ".join(lines[:1] + ["; ".join(lines[1:])]) if len(lines) > 1 else "".join(lines)
+                errors.append(_one_line(f"{path.name}: {message}") or path.name)
+        return DirResult(tuple(added), tuple(updated), tuple(same), tuple(errors))
+
     def get(self, name: str) -> Portal:
         with self.engine.connect() as conn:
             return _portal(self._row(conn, name))
@@ -222,7 +266,7 @@ class Registry:
         logs.register_secrets(logs.secrets_of(loaded.settings))
         return self._as_portal(loaded, name)
 
-    def set_state(self, name: str, state: str, *, error: str | None = None) -> Portal:
+    def set_state(self, name: str, state: str, *, error: str | BaseException | None = None) -> Portal:
         if state not in PORTAL_STATES:
             raise ConfigError(f"portal state {state!r} is not one of: {', '.join(PORTAL_STATES)}")
         values: dict[str, Any] = {"state": state, "updated_at": now()}
@@ -236,7 +280,8 @@ class Registry:
             conn.execute(sa.update(portals).where(portals.c.name == name).values(**values))
         return self.get(name)
 
-    def record_result(self, name: str, *, ok: bool, error: str | None = None, failing_after: int = 5) -> Portal:
+    def record_result(self, name: str, *, ok: bool, error: str | BaseException | None = None,
+                      failing_after: int = 5) -> Portal:
         """Book a finished sync: success clears the failure count (a failing portal is active again); a
         failure counts, and the ``failing_after``-th in a row makes an active portal failing. Paused and
         uninstalled portals keep their state."""
@@ -256,6 +301,8 @@ class Registry:
         return self.get(name)
 
     def set_next_run(self, name: str, when: datetime | None) -> None:
+        """When the portal is due next (a naive datetime is taken as UTC)."""
+        when = _aware(when)
         with self.engine.begin() as conn:
             self._row(conn, name)
             conn.execute(sa.update(portals).where(portals.c.name == name).values(next_run_at=when))
@@ -273,6 +320,30 @@ class Registry:
             for table in portal_tables(conn):
                 conn.execute(sa.delete(table).where(table.c.portal == name))
             conn.execute(sa.delete(portals).where(portals.c.name == name))
+
+
+@dataclass(frozen=True)
+class DirResult:
+    """What :meth:`Registry.sync_dir` did: portal names, and one line per bad file."""
+
+    added: tuple[str, ...]
+    updated: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    errors: tuple[str, ...]
+
+
+def read_config_file(path: Path) -> str:
+    """A portal's TOML file as text; ConfigError saying what is wrong with the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder; name the portal's TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def portal_tables(conn: Connection) -> list[sa.Table]:

@@ -220,3 +220,29 @@ def test_single_portal_tokens_are_encrypted_when_a_key_is_set(sandbox, tmp_path,
     monkeypatch.delenv(crypto.KEY_VAR)
     result = run_cli(["sync", "--config", str(path)])
     assert result.returncode == 2 and "no key is set" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow  # starts 3 Python processes (about 20 s on a loaded 2-core machine)
+def test_processes_starting_together_seal_a_plain_store_once(state_url, tmp_path):
+    """A key arrives for a store written without one: several processes open it at once; each succeeds and
+    every secret ends encrypted with that key."""
+    import subprocess
+    import sys
+
+    registry = Registry.open(state_url)
+    for n in range(5):
+        registry.add(f"p{n}", AMO_CONFIG)
+    registry.close()
+    key = crypto.new_key()
+    code = "import sys; from connector.registry import Registry; Registry.open(sys.argv[1], key=sys.argv[2]).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, state_url, key], stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert AMO_TOKEN not in dump(state_url)
+    registry = Registry.open(state_url, key=key)
+    try:
+        assert all(AMO_TOKEN in registry.config_text(f"p{n}") for n in range(5))
+    finally:
+        registry.close()

@@ -153,6 +153,8 @@ def test_state_transitions(tmp_path, state_url):
         when = datetime(2026, 11, 24, 7, 0, tzinfo=timezone.utc)
         registry.set_next_run("a", when)
         assert registry.get("a").next_run_at == when
+        registry.set_next_run("a", datetime(2026, 11, 24, 8, 0))  # naive: UTC
+        assert registry.get("a").next_run_at == datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
         registry.set_next_run("a", None)
         assert registry.get("a").next_run_at is None
     finally:
@@ -168,6 +170,8 @@ def test_an_error_recorded_for_a_portal_is_redacted(tmp_path, state_url):
         logs.register_secrets(["s3cr3t-token-value"])
         p = registry.record_result("a", ok=False, error="401 for token s3cr3t-token-value")
         assert "s3cr3t" not in p.last_error and "***" in p.last_error
+        p = registry.record_result("a", ok=False, error=RuntimeError("refused s3cr3t-token-value\n" + "x" * 900))
+        assert p.last_error.startswith("RuntimeError: refused *** / xxx") and len(p.last_error) == 500
     finally:
         logs._secrets.clear()
         registry.close()
