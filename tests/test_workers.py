@@ -488,3 +488,52 @@ def test_chaos_sigkill_workers_during_syncs_creating_call_tasks(postgres_url, re
             total += len(have)
         assert total > 20
         print(f"chaos: {total} call tasks in 6 CRMs, each exactly once")
+
+
+def test_web_service_queues_webhook_syncs_folded_and_guards_status(postgres_url, registry, tmp_path):
+    """In-process, no worker: ``--portals-dir`` import, the amoCRM receiver per portal (secret in the path),
+    two webhooks -> one queued sync with the debounce, /status and /metrics behind the bearer token."""
+    from rich.console import Console
+
+    from connector.portals_cli import sync_dir
+    from connector.portals_web import PortalService
+
+    folder = tmp_path / "portals"
+    folder.mkdir()
+    (folder / "shop-a.toml").write_text(
+        '[crm]\nkind = "amocrm"\nbase_url = "http://127.0.0.1:9/"\naccess_token = "tok-a-0123456789"\n'
+        '[daemon]\ndebounce_seconds = 30\namocrm_webhook_secret = "hook-secret-a-0123"\n', encoding="utf-8")
+    service = PortalService(postgres_url, host="127.0.0.1", port=0, token=STATUS_TOKEN)
+    assert sync_dir(service.workers.registry(), folder, Console(file=open(os.devnull, "w"))) == 0
+    from connector.worker import ensure_schema
+
+    ensure_schema(postgres_url)
+    service.workers.app.open()
+    service.server.start()
+    cluster = Cluster(postgres_url, tmp_path)
+    cluster.port = service.server.port
+    try:
+        body = b"leads%5Bupdate%5D%5B0%5D%5Bid%5D=5"
+        assert cluster.post("/webhooks/amocrm/shop-a/wrong", body)[0] == 401
+        assert cluster.post("/webhooks/amocrm/shop-a/hook-secret-a-0123", body)[0] == 200
+        assert cluster.post("/webhooks/amocrm/shop-a/hook-secret-a-0123", body)[0] == 200
+        assert cluster.post("/webhooks/amocrm/shop-a/hook-secret-a-0123", b"x=1")[0] == 400
+        assert cluster.post("/webhooks/bitrix24/shop-a", b"event=ONCRMDEALUPDATE")[0] == 404  # not its CRM
+        with registry.engine.connect() as conn:
+            jobs = conn.exec_driver_sql("SELECT status::text, lock, queueing_lock, scheduled_at > now() + interval "
+                                        "'20 seconds' FROM procrastinate_jobs").all()
+        assert jobs == [("todo", "portal:shop-a", "sync:shop-a", True)]  # folded, due after the debounce
+        assert cluster.get("/status")[0] == 401 and cluster.get("/status", "nope")[0] == 401
+        code, raw = cluster.get("/status", STATUS_TOKEN)
+        answer = json.loads(raw)
+        assert code == 200 and answer["queue"] == {"todo": 1, "doing": 0}
+        assert answer["portals"][0]["portal"] == "shop-a" and answer["portals"][0]["queued"] is True
+        assert answer["portals"][0]["last_run"] is None and "tok-a" not in raw.decode()
+        code, metrics = cluster.get("/metrics", STATUS_TOKEN)
+        assert code == 200 and b'lifecycle_portal_sync_queued{portal="shop-a"} 1.0' in metrics
+        assert b'lifecycle_webhooks_total{portal="shop-a",result="folded",source="amocrm"} 1.0' in metrics
+        assert cluster.get("/readyz")[0] == 200
+    finally:
+        service.server.stop()
+        service.workers.app.close()
+        service.workers.close()
