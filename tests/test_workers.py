@@ -406,7 +406,7 @@ def test_chaos_sigkill_workers_during_syncs_creating_call_tasks(postgres_url, re
                 return {w.pid: w for i, w in enumerate(cluster.workers, 1) if w.poll() is None
                         and "worker started" in (tmp_path / f"worker-{i}.log").read_text(errors="replace")}
 
-            deadline = time.monotonic() + 150
+            deadline = time.monotonic() + 170
             while len(kills) < 16 and time.monotonic() < deadline:
                 pids = ready()
                 if len(pids) < 2:  # keep a sweeper alive beside the victim (process starts are slow here)
