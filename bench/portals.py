@@ -95,14 +95,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=3, help="syncs at once per worker (default 3)")
     parser.add_argument("--generate", default="20:60", help="contacts:deals per portal (default 20:60)")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds every CRM request waits (default 0.2)")
-    parser.add_argument("--state-url", default=os.environ.get("LIFECYCLE_TEST_POSTGRES_URL"))
+    parser.add_argument("--state-url", help="an empty PostgreSQL database (default: a fresh one on the server of "
+                        "$LIFECYCLE_TEST_POSTGRES_URL, dropped afterwards)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if not args.state_url:
-        print("error: needs PostgreSQL: run under scripts/test-postgres.sh run -- ..., or pass --state-url", file=sys.stderr)
-        return 2
-    counts = [int(x) for x in args.workers.split(",")]
+    import sqlalchemy as sa
 
+    admin = None
+    if not args.state_url:
+        base = os.environ.get("LIFECYCLE_TEST_POSTGRES_URL")
+        if not base:
+            print("error: needs PostgreSQL: run under scripts/test-postgres.sh run -- ..., or pass --state-url",
+                  file=sys.stderr)
+            return 2
+        admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        dbname = f"bench_portals_{os.getpid()}"
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{dbname}"')
+        args.state_url = sa.make_url(base).set(database=dbname).render_as_string(hide_password=False)
+    try:
+        return run(args)
+    finally:
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            admin.dispose()
+
+
+def run(args: argparse.Namespace) -> int:
+    counts = [int(x) for x in args.workers.split(",")]
     import sqlalchemy as sa
 
     from connector.registry import Registry
@@ -138,13 +159,17 @@ def main(argv: list[str] | None = None) -> int:
                                                 "'lifecycle.sync_portal' AND status IN ('todo', 'doing')")).scalar()
 
         def round_(n_workers: int, *, defer: bool) -> dict:
-            log = open(work / f"workers-{n_workers}.log", "a")
+            logs = [work / f"round-{n_workers}-{defer}-worker-{i}.log" for i in range(n_workers)]
             before = finished_syncs()
             workers = [lifecycle("worker", "--state-url", args.state_url, "--concurrency", str(args.concurrency),
-                                 "--tick", "5", env={"LIFECYCLE_WORKER_BACKOFF_BASE": "2"}, log=log)
-                       for _ in range(n_workers)]
+                                 "--tick", "5", env={"LIFECYCLE_WORKER_BACKOFF_BASE": "2"}, log=open(path, "w"))
+                       for path in logs]
             procs.extend(workers)
-            time.sleep(3)  # workers start (imports, schema check) before the clock starts
+            deadline = time.monotonic() + 300
+            while not all("worker started" in path.read_text(errors="replace") for path in logs):
+                if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+                    raise SystemExit(f"the workers did not start; see {work}")
+                time.sleep(0.2)  # the clock starts once every worker serves (imports take seconds)
             started = time.monotonic()
             if defer:
                 deferrer = Workers(args.state_url)

@@ -246,7 +246,7 @@ class Workers:
             else:
                 delay = self.backoff(booked.failures)
                 self.defer_sync(portal, "retry", delay=delay)
-                log.error("portal %s: sync (%s) failed (%d in a row), retried in %.0f s: %s", portal, reason,
+                log.error("portal %s: sync (%s) failed (%d in a row), retried in %.1f s: %s", portal, reason,
                           booked.failures, delay, error)
             raise SyncFailed(f"portal {portal}: {error}") from None
         registry.record_result(portal, ok=True)
@@ -362,10 +362,22 @@ class Workers:
 
         loop = asyncio.get_running_loop()
         async with self.app.open_async():
-            worker_task = asyncio.ensure_future(self.app.run_worker_async(
-                concurrency=concurrency, name=name, install_signal_handlers=False, wait=True,
-                delete_jobs="never"))
+            worker = self.app._worker(concurrency=concurrency, name=name, install_signal_handlers=False, wait=True,
+                                      delete_jobs="never")  # as App.run_worker_async, keeping the Worker at hand
+            worker_task = asyncio.ensure_future(worker.run())
             signals = 0
+            beats: list[asyncio.Task] = []
+
+            async def keep_beating() -> None:
+                """procrastinate stops the heartbeat first when it shuts down, then waits for the running
+                jobs: a sync longer than ``stalled_after`` would be swept (retried) under its feet. Go on
+                beating until the worker has unregistered."""
+                while worker.worker_id is not None:
+                    try:
+                        await self.app.job_manager.update_heartbeat(worker.worker_id)
+                    except Exception:  # noqa: BLE001 - unregistered meanwhile, or the database away a moment
+                        pass
+                    await asyncio.sleep(self.settings.heartbeat)
 
             def on_signal(signum: int) -> None:
                 nonlocal signals
@@ -376,6 +388,7 @@ class Workers:
                 log.info("signal %s: running syncs stop at their next safe point, then the worker exits",
                          signal.Signals(signum).name)
                 pipeline.STOP.set()
+                beats.append(asyncio.ensure_future(keep_beating()))
                 worker_task.cancel()  # procrastinate: stop fetching, wait for the running jobs
 
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -388,6 +401,8 @@ class Workers:
                 pass
             finally:
                 sweeper.cancel()
+                for beat in beats:
+                    beat.cancel()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
 
