@@ -238,7 +238,7 @@ def _main(argv: list[str] | None = None) -> int:
 
             return run_model(args, out)
         if args.command == "worker" or (args.command == "run" and args.state_url):
-            from connector.worker import many_portal_command
+            from connector.many_cli import many_portal_command
 
             return many_portal_command(args)
         if args.command in ("portals", "secrets"):
