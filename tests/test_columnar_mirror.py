@@ -222,11 +222,12 @@ def test_a_file_left_half_written_by_a_killed_process_is_ignored_and_removed(sto
     assert not stale.exists() and mine.exists()
 
 
-def test_sqlite_reads_without_connectorx_equal_the_rows(store, monkeypatch):
-    from connector.store import frames as frames_module
-
+def test_sqlite_reads_equal_the_rows_written(store):
+    """SQLite is read through pysqlite, never connectorx (whose own SQLite may delete the WAL under this
+    process's connections): the frames hold exactly what was inserted."""
     _seed(store)
-    with_cx = _sql_frames(store)
-    monkeypatch.setattr(frames_module, "_has_connectorx", lambda: False)
-    without = _sql_frames(store)
-    assert without[0].equals(with_cx[0]) and without[1].equals(with_cx[1])
+    cust, deal = _sql_frames(store)
+    assert cust.get_column("id").to_list() == list(range(1, 51))
+    assert cust.get_column("phone").to_list() == [f"+7900000{i:04d}" for i in range(1, 51)]
+    assert deal.get_column("amount").to_list() == [100.0 * i for i in range(1, 51)]
+    assert deal.get_column("company_id").null_count() == 50

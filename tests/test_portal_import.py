@@ -57,6 +57,7 @@ tag_segments = ["lifecycle.*"]
 [[campaign]]
 name = "winback"
 segment = "status.former"
+auto_approve = true
 on_enter = [{{ action = "call_task", title = "Call {{name}}", description = "Why did you stop?", due_in_days = 1 }}]
 """, encoding="utf-8")
     config = load_config(path)

@@ -348,6 +348,7 @@ CAMPAIGN = """
 [[campaign]]
 name = "winback"
 segment = "status.former"
+auto_approve = true
 cooldown_days = 30
 on_enter = [{ action = "call_task", title = "Call {name}: win back", description = "Script: {purchases} orders", due_in_days = 2 }]
 
