@@ -231,14 +231,14 @@ def _main(argv: list[str] | None = None) -> int:
     except (ConfigError, SourceError) as exc:
         print(f"error: {logs.redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except (SyncLocked, LockLost) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_LOCKED
     except Exception as exc:
         if not _crm_error(exc):
             raise
         print(f"error: {logs.redact(str(exc))}", file=sys.stderr)
         return 1
-    except (SyncLocked, LockLost) as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_LOCKED
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
 
 
