@@ -50,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, required=True)
     parser.add_argument("--deals", type=int, required=True)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--keep", type=Path, help="keep the base (config and state) in this new folder")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     out: dict[str, object] = {"customers": args.customers, "deals": args.deals}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(tmp) if args.keep is None else args.keep
+        work.mkdir(parents=True, exist_ok=True)
         (work / "crm").mkdir()
         config_path = work / "bench.toml"
         config_path.write_text(seg.config_text(work / "crm", work / "state.db"), encoding="utf-8")

@@ -7,7 +7,12 @@ is synced three times by ``connector.pipeline.sync`` with ``[writeback] tag_segm
 
 1. the first sync (full pull, every contact tagged): the write-back's wall time against its rate-limit floor,
    ``requests / (2 * X)`` (the bucket's rate at that time scale; the burst of 50 is not subtracted, so the
-   floor is generous to us by 25 s / X at most) -- target within 1.3x;
+   floor is generous to us by 25 s / X at most) -- target within 1.3x. Also printed: the operating-time
+   floor, which binds first on a large write-back: every ``crm.contact.update`` costs the method
+   ``BASE_COST + WRITE_COST`` = 0.024 s of operating time in the sandbox's cost model
+   (sandbox/bitrix24/limits.py), and a method may spend 480 s per 600 s, so ``U`` updates need at least
+   ``(0.024 U - 480) * 600 / 480`` portal seconds, i.e. that / X of wall clock (100,000 updates at X = 20:
+   120 s against the bucket's 52 s);
 2. the sync right after it, with the CRM untouched: its HTTP requests (sandbox counter), pull and write-back
    together -- target at most 5 (before issue 20: every written contact read back, ~C / 2500 + 3 requests);
 3. a quiet sync (nothing moved, nothing edited): the write-back step's local time (planning; it sends no
@@ -132,10 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, serve as portal:
         config = load_config(write_config(Path(tmp), portal.webhook_url, args.time_scale, args.in_flight))
         first = one_sync(config, portal, timed)
+        from sandbox.bitrix24.limits import BASE_COST, OPERATING_LIMIT, OPERATING_WINDOW, WRITE_COST
+
         rate = 2.0 * args.time_scale
         floor = first["writeback_requests"] / rate
         first["writeback_floor_seconds"] = round(floor, 3)
         first["writeback_vs_floor"] = round(first["writeback_seconds"] / floor, 2) if floor else None
+        operating = first["tags_updated"] * (BASE_COST + WRITE_COST)  # crm.contact.update's operating time
+        op_floor = max(0.0, operating - OPERATING_LIMIT) * OPERATING_WINDOW / OPERATING_LIMIT / args.time_scale
+        first["operating_floor_seconds"] = round(op_floor, 3)
+        binding = max(floor, op_floor)
+        first["writeback_vs_binding_floor"] = round(first["writeback_seconds"] / binding, 2) if binding else None
         time.sleep(1.1)
         second = one_sync(config, portal, timed)
         time.sleep(1.1)
@@ -152,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"portal: {args.contacts} contacts, {args.deals} deals, limits on, time scale {args.time_scale:g} "
           f"(bucket {2 * args.time_scale:g} req/s), {args.in_flight} batches in flight, sandbox in a {out['sandbox']}")
     print(f"1st sync: write-back {f['tags_updated']} contacts, {f['writeback_requests']} requests in "
-          f"{f['writeback_seconds']} s; floor {f['writeback_floor_seconds']} s; ratio {f['writeback_vs_floor']} "
-          f"(target <= 1.3); refused {f['refused'] or 0}; whole sync {f['wall_seconds']} s")
+          f"{f['writeback_seconds']} s; bucket floor {f['writeback_floor_seconds']} s, ratio {f['writeback_vs_floor']} "
+          f"(target <= 1.3); operating-time floor {f['operating_floor_seconds']} s; ratio to the binding floor "
+          f"{f['writeback_vs_binding_floor']}; refused {f['refused'] or 0}; whole sync {f['wall_seconds']} s")
     print(f"2nd sync (CRM untouched): {s['http_requests']} requests (target <= 5): pull {s['pull_requests']}, "
           f"write-back {s['writeback_requests']}; {s['customers_read']} contacts read back; {s['wall_seconds']} s")
     print(f"quiet sync: write-back step {q['writeback_seconds']} s = {q['writeback_seconds_per_100k']} s per 100,000 "

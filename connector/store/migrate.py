@@ -74,9 +74,8 @@ def current_revision(conn: Connection) -> str | None:
 
 def upgrade(conn: Connection) -> None:
     """Bring the store on ``conn`` to the newest revision, in the caller's transaction (begun, nothing
-    executed yet): fresh, legacy or already Alembic-managed."""
-    from alembic import command
-
+    executed yet): fresh, legacy or already Alembic-managed. A store already at head is recognised with two
+    plain queries, without loading Alembic (a command like ``lifecycle report`` starts faster)."""
     # Processes may start together on an empty database: one migrates, the others wait here (the lock ends
     # with the transaction) and then find the work done.
     if conn.dialect.name == "postgresql":
@@ -90,6 +89,12 @@ def upgrade(conn: Connection) -> None:
     if version > SCHEMA_VERSION:
         raise NewerStoreError(f"state store schema is version {version}, newer than this program ({SCHEMA_VERSION}); "
                               "upgrade crm-lifecycle")
+    if version == SCHEMA_VERSION and "alembic_version" in tables:
+        stamped = [r[0] for r in conn.execute(sa.text("SELECT version_num FROM alembic_version"))]
+        if stamped == [HEAD]:
+            return  # at head: nothing to do
+    from alembic import command
+
     revision = current_revision(conn) if "alembic_version" in tables else None
     if revision is not None and revision not in _revisions():
         raise NewerStoreError(f"state store schema is at revision {revision}, unknown to this program (newest: {HEAD}); "
