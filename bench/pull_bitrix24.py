@@ -357,6 +357,8 @@ def run(contacts: int, deals: int, time_scale: float, *, change_share: float = 0
                 inc["lower_bound"] = lower_bound(changed)
                 inc["ratio_to_lower_bound"] = round(inc["requests"] / inc["lower_bound"], 3) if inc["lower_bound"] else None
                 inc["request_budget"] = 1.1 * inc["lower_bound"] + 10
+                if products:  # the changed won deals' rows, and the catalogue again
+                    inc["request_budget"] += 1.2 * inc["product_rows_lower_bound"] + 4
                 result["incremental"] = inc
                 del inc_pull
             finally:
