@@ -115,7 +115,7 @@ def add_reorder_features(features: pl.DataFrame, rows: pl.DataFrame | None, cycl
     for index, cycle in enumerate(cycles):
         observations = 0
         if cycle.cycle_days == "learn":
-            days, observations = learned_cycle(base, cycle.product, as_of=as_of)
+            days, observations = learned_cycle(base, cycle.product, as_of=as_of, timezone=timezone)
             length = days if observations >= min_observations else None
         else:
             length = float(cycle.cycle_days)

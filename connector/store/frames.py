@@ -86,20 +86,25 @@ class Frames(Part):
             },
         )
 
-    def products_frame(self, entity: Entity, deals_frame: pl.DataFrame | None = None) -> pl.DataFrame:
+    def products_frame(self, entity: Entity, deals_frame: pl.DataFrame | None = None,
+                       timezone: str | None = None) -> pl.DataFrame:
         """Product rows of won deals with the deal's customer and close moment (rules.products' input).
         ``deals_frame``: the deals already read (deals_frame()). Rows (numbers only), products and deals are
-        read apart and joined here: much faster than SQLite's join, or reading the names per row."""
+        read apart and joined here: much faster than SQLite's join, or reading the names per row. With
+        ``timezone``, ``closed_on`` (the close date there) is added once per deal, not per row."""
+        from rules.features import local_date
+
         if deals_frame is None:
             deals_frame = self.deals_frame()
         link = "contact_id" if entity == "contact" else "company_id"
         won = deals_frame.lazy().filter(pl.col("status") == "won").select(
-            pl.col("id").alias("deal_id"), pl.col(link).alias("customer_id"), "closed_ts")
+            pl.col("id").alias("deal_id"), pl.col(link).alias("customer_id"), "closed_ts",
+            *([local_date("closed_ts", timezone).alias("closed_on")] if timezone else []))
         rows = self._rows()
         kinds = self._products().lazy()
         return (rows.lazy().join(won, on="deal_id", how="inner").join(kinds, on="product_key", how="left")
                 .select("customer_id", "deal_id", "product_id", "product_name", "section", "quantity", "price",
-                        "closed_ts").collect())
+                        "closed_ts", *(["closed_on"] if timezone else [])).collect())
 
     def _rows(self) -> pl.DataFrame:
         query = sa.select(product_rows.c.deal_id, product_rows.c.line, product_rows.c.product_key,
