@@ -85,9 +85,14 @@ def _prepared(rows: pl.DataFrame, as_of: date, timezone: str) -> pl.LazyFrame:
 def learned_cycle(rows: pl.DataFrame, product: str, *, as_of: date, timezone: str = "UTC") -> tuple[float | None, int]:
     """(median gap in days, number of gaps) between consecutive distinct purchase days of ``product`` per
     customer, pooled over customers; (None, 0) without any gap."""
-    gaps = (_prepared(rows, as_of, timezone)
-            .filter(match_expr(ProductCall("bought", product), Lookup.of(rows)).fill_null(False))
-            .select("customer_id", "_day").unique().sort("customer_id", "_day")
+    matched = (_prepared(rows, as_of, timezone)
+               .filter(match_expr(ProductCall("bought", product), Lookup.of(rows)).fill_null(False))
+               .select("customer_id", "_day").collect())
+    return _median_gap(matched)
+
+
+def _median_gap(matched: pl.DataFrame) -> tuple[float | None, int]:
+    gaps = (matched.lazy().select("customer_id", "_day").unique().sort("customer_id", "_day")
             .select((pl.col("_day") - pl.col("_day").shift(1)).over("customer_id").alias("gap"))
             .drop_nulls().collect())
     if gaps.height == 0:
@@ -107,19 +112,23 @@ def add_reorder_features(features: pl.DataFrame, rows: pl.DataFrame | None, cycl
                    for c in cycles]
         return features.with_columns(empty), reports
     as_of_day = (as_of - date(1970, 1, 1)).days
-    base = _prepared(rows, as_of, timezone).with_columns(
-        pl.col("quantity").cast(pl.Float64).fill_null(1.0).alias("_qty")).collect()
-    lookup = Lookup.of(base)
+    prepared = _prepared(rows, as_of, timezone)
+    lookup = Lookup.of(rows)
     parts: list[pl.LazyFrame] = []
     reports: list[CycleReport] = []
     for index, cycle in enumerate(cycles):
+        # only this product's rows, only the columns needed (millions of rows: no copy of the whole frame)
+        collected = (prepared.filter(match_expr(ProductCall("bought", cycle.product), lookup).fill_null(False))
+                     .select("customer_id", "deal_id", "product_name", "_day",
+                             pl.col("quantity").cast(pl.Float64).fill_null(1.0).alias("_qty"))
+                     .collect())
         observations = 0
         if cycle.cycle_days == "learn":
-            days, observations = learned_cycle(base, cycle.product, as_of=as_of, timezone=timezone)
+            days, observations = _median_gap(collected)
             length = days if observations >= min_observations else None
         else:
             length = float(cycle.cycle_days)
-        matched = base.lazy().filter(match_expr(ProductCall("bought", cycle.product), lookup).fill_null(False))
+        matched = collected.lazy()
         if length is None:
             customers = matched.select(pl.col("customer_id").n_unique()).collect().item()
             reports.append(CycleReport(cycle.product, cycle.cycle_days, None, observations, int(customers), 0))

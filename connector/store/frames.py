@@ -106,11 +106,11 @@ class Frames(Part):
                 .select("customer_id", "deal_id", "product_id", "product_name", "section", "quantity", "price",
                         "closed_ts", *(["closed_on"] if timezone else [])).collect())
 
-    def _rows(self) -> pl.DataFrame:
-        query = sa.select(product_rows.c.deal_id, product_rows.c.line, product_rows.c.product_key,
-                          product_rows.c.quantity, product_rows.c.price).where(product_rows.c.portal == self.portal)
-        return self.read_frame(query, {"deal_id": pl.Int64, "line": pl.Int64, "product_key": pl.Int64,
-                                       "quantity": pl.Float64, "price": pl.Float64})
+    def _rows(self, line: bool = False) -> pl.DataFrame:
+        columns = {"deal_id": pl.Int64, **({"line": pl.Int64} if line else {}), "product_key": pl.Int64,
+                   "quantity": pl.Float64, "price": pl.Float64}
+        query = sa.select(*(product_rows.c[name] for name in columns)).where(product_rows.c.portal == self.portal)
+        return self.read_frame(query, columns)
 
     def _products(self) -> pl.DataFrame:
         query = sa.select(products.c.key, products.c.product_id, products.c.product_name, products.c.section,
@@ -121,7 +121,7 @@ class Frames(Part):
 
     def product_rows_frame(self) -> pl.DataFrame:
         """Every stored product row with what it names, as pulled (tests and exports)."""
-        return (self._rows().join(self._products(), on="product_key", how="left")
+        return (self._rows(line=True).join(self._products(), on="product_key", how="left")
                 .select("deal_id", "line", "product_id", "product_name", "section", "sku", "quantity", "price")
                 .with_columns(pl.col("product_id", "product_name", "section", "sku").cast(pl.String)))
 
