@@ -92,9 +92,9 @@ def learned_cycle(rows: pl.DataFrame, product: str, *, as_of: date, timezone: st
 
 
 def _median_gap(matched: pl.DataFrame) -> tuple[float | None, int]:
-    gaps = (matched.lazy().select("customer_id", "_day").unique().sort("customer_id", "_day")
-            .select((pl.col("_day") - pl.col("_day").shift(1)).over("customer_id").alias("gap"))
-            .drop_nulls().collect())
+    days = matched.lazy().select("customer_id", "_day").unique().sort("customer_id", "_day")
+    gaps = days.select((pl.col("_day") - pl.col("_day").shift(1)).filter(
+        pl.col("customer_id") == pl.col("customer_id").shift(1)).alias("gap")).collect()
     if gaps.height == 0:
         return None, 0
     return float(gaps.get_column("gap").median()), gaps.height  # type: ignore[arg-type]
@@ -133,11 +133,13 @@ def add_reorder_features(features: pl.DataFrame, rows: pl.DataFrame | None, cycl
             customers = matched.select(pl.col("customer_id").n_unique()).collect().item()
             reports.append(CycleReport(cycle.product, cycle.cycle_days, None, observations, int(customers), 0))
             continue
-        last = (matched.sort("customer_id", "_day", "deal_id")
-                .group_by("customer_id")
-                .agg(pl.col("_day").max().alias("_last"),
-                     pl.col("_qty").filter(pl.col("_day") == pl.col("_day").max()).sum().alias("_q"),
-                     pl.col("product_name").drop_nulls().last().alias("_name")))
+        # per customer and day first (quantity summed, a name kept), then each customer's last day: plain
+        # aggregations only (a filter inside an aggregation is evaluated group by group)
+        last = (matched.group_by("customer_id", "_day")
+                .agg(pl.col("_qty").sum().alias("_q"), pl.col("product_name").drop_nulls().max().alias("_name"))
+                .sort("customer_id", "_day")
+                .group_by("customer_id", maintain_order=True)
+                .agg(pl.col("_day").last().alias("_last"), pl.col("_q").last(), pl.col("_name").last()))
         stretch = (pl.col("_q") / cycle.units_per_cycle) if cycle.units_per_cycle else pl.lit(1.0)
         overdue_max = cycle.max_overdue_days
         part = (last.with_columns((pl.lit(length) * stretch).round(0).cast(pl.Int64).clip(lower_bound=1).alias("_len"))
