@@ -17,7 +17,7 @@ For each customer and cycle, from the product rows of won deals dated on or befo
 
 The features describe one product per customer: of the cycles not yet lapsed, the one with the earliest
 due date (ties: the first ``[[product_cycle]]``), so a customer due for two products hears about the
-earlier one. ``reorder_product`` is the product's name (of the customer's last row of it),
+earlier one. ``reorder_product`` is the product's name (as the last purchase of it names it),
 ``reorder_due_date`` the due date, ``reorder_overdue_days`` = ``as_of - D`` (negative: days left). The
 preset segment ``reorder.due`` holds the customers with at least one open window. A reorder moves ``L``, so the
 customer leaves the segment until the next cycle's window opens: a campaign on ``reorder.due`` reminds
