@@ -182,7 +182,9 @@ def adapter_pull(config: Any, store: Any, portal: Any, time_scale: float) -> tup
         figures["product_row_commands"] = figures["counters"]["commands"].get("crm.item.productrow.list", 0)
     # List commands the portal ran vs the pages the chains needed (every full page + one short page per
     # chain): the rest ran after a chain had ended, inside its last batch.
-    list_commands = sum(v for k, v in figures["counters"]["commands"].items() if k.endswith(".list") and ".userfield." not in k)
+    list_commands = sum(v for k, v in figures["counters"]["commands"].items()
+                        if k.endswith(".list") and ".userfield." not in k and not k.startswith("catalog.")
+                        and k != "crm.item.productrow.list")  # the product rows are reported on their own
     needed = len(pull.customers) // 50 + 1 + len(pull.deals) // 50 + 1
     figures["list_commands"] = list_commands
     figures["list_commands_needed"] = needed
@@ -357,6 +359,8 @@ def run(contacts: int, deals: int, time_scale: float, *, change_share: float = 0
                 inc["lower_bound"] = lower_bound(changed)
                 inc["ratio_to_lower_bound"] = round(inc["requests"] / inc["lower_bound"], 3) if inc["lower_bound"] else None
                 inc["request_budget"] = 1.1 * inc["lower_bound"] + 10
+                if products:  # the changed won deals' rows, and the catalogue again
+                    inc["request_budget"] += 1.2 * inc["product_rows_lower_bound"] + 4
                 result["incremental"] = inc
                 del inc_pull
             finally:

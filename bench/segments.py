@@ -225,7 +225,7 @@ def breakdown(store: StateStore, config, as_of: date) -> dict[str, float]:
     lap("features")
     products = None
     if engine.uses_products:
-        products = store.products_frame(crm.customer, deals)
+        products = store.products_frame(crm.customer, deals, crm.timezone)
         lap("read_products")
         if engine.cycles:
             from rules.reorder import add_reorder_features

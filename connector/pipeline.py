@@ -246,7 +246,7 @@ def _product_rows(store: StateStore, config: LoadedConfig, deals_frame: pl.DataF
     engine: SegmentEngine = config.rules
     if not engine.uses_products or not store.products_pulled():
         return None
-    rows = store.products_frame(config.crm.customer, deals_frame)
+    rows = store.products_frame(config.crm.customer, deals_frame, config.crm.timezone)
     from rules.language import product_warnings
     from rules.products import ProductCall, ProductCatalogue
 

@@ -17,7 +17,7 @@ For each customer and cycle, from the product rows of won deals dated on or befo
 
 The features describe one product per customer: of the cycles not yet lapsed, the one with the earliest
 due date (ties: the first ``[[product_cycle]]``), so a customer due for two products hears about the
-earlier one. ``reorder_product`` is the product's name (of the customer's last row of it),
+earlier one. ``reorder_product`` is the product's name (as the last purchase of it names it),
 ``reorder_due_date`` the due date, ``reorder_overdue_days`` = ``as_of - D`` (negative: days left). The
 preset segment ``reorder.due`` holds the customers with at least one open window. A reorder moves ``L``, so the
 customer leaves the segment until the next cycle's window opens: a campaign on ``reorder.due`` reminds
@@ -85,11 +85,16 @@ def _prepared(rows: pl.DataFrame, as_of: date, timezone: str) -> pl.LazyFrame:
 def learned_cycle(rows: pl.DataFrame, product: str, *, as_of: date, timezone: str = "UTC") -> tuple[float | None, int]:
     """(median gap in days, number of gaps) between consecutive distinct purchase days of ``product`` per
     customer, pooled over customers; (None, 0) without any gap."""
-    gaps = (_prepared(rows, as_of, timezone)
-            .filter(match_expr(ProductCall("bought", product), Lookup.of(rows)).fill_null(False))
-            .select("customer_id", "_day").unique().sort("customer_id", "_day")
-            .select((pl.col("_day") - pl.col("_day").shift(1)).over("customer_id").alias("gap"))
-            .drop_nulls().collect())
+    matched = (_prepared(rows, as_of, timezone)
+               .filter(match_expr(ProductCall("bought", product), Lookup.of(rows)).fill_null(False))
+               .select("customer_id", "_day").collect())
+    return _median_gap(matched)
+
+
+def _median_gap(matched: pl.DataFrame) -> tuple[float | None, int]:
+    days = matched.lazy().select("customer_id", "_day").unique().sort("customer_id", "_day")
+    gaps = days.select((pl.col("_day") - pl.col("_day").shift(1)).filter(
+        pl.col("customer_id") == pl.col("customer_id").shift(1)).alias("gap")).collect()
     if gaps.height == 0:
         return None, 0
     return float(gaps.get_column("gap").median()), gaps.height  # type: ignore[arg-type]
@@ -107,28 +112,34 @@ def add_reorder_features(features: pl.DataFrame, rows: pl.DataFrame | None, cycl
                    for c in cycles]
         return features.with_columns(empty), reports
     as_of_day = (as_of - date(1970, 1, 1)).days
-    base = _prepared(rows, as_of, timezone).with_columns(
-        pl.col("quantity").cast(pl.Float64).fill_null(1.0).alias("_qty")).collect()
-    lookup = Lookup.of(base)
+    prepared = _prepared(rows, as_of, timezone)
+    lookup = Lookup.of(rows)
     parts: list[pl.LazyFrame] = []
     reports: list[CycleReport] = []
     for index, cycle in enumerate(cycles):
+        # only this product's rows, only the columns needed (millions of rows: no copy of the whole frame)
+        collected = (prepared.filter(match_expr(ProductCall("bought", cycle.product), lookup).fill_null(False))
+                     .select("customer_id", "deal_id", "product_name", "_day",
+                             pl.col("quantity").cast(pl.Float64).fill_null(1.0).alias("_qty"))
+                     .collect())
         observations = 0
         if cycle.cycle_days == "learn":
-            days, observations = learned_cycle(base, cycle.product, as_of=as_of)
+            days, observations = _median_gap(collected)
             length = days if observations >= min_observations else None
         else:
             length = float(cycle.cycle_days)
-        matched = base.lazy().filter(match_expr(ProductCall("bought", cycle.product), lookup).fill_null(False))
+        matched = collected.lazy()
         if length is None:
             customers = matched.select(pl.col("customer_id").n_unique()).collect().item()
             reports.append(CycleReport(cycle.product, cycle.cycle_days, None, observations, int(customers), 0))
             continue
-        last = (matched.sort("customer_id", "_day", "deal_id")
-                .group_by("customer_id")
-                .agg(pl.col("_day").max().alias("_last"),
-                     pl.col("_qty").filter(pl.col("_day") == pl.col("_day").max()).sum().alias("_q"),
-                     pl.col("product_name").drop_nulls().last().alias("_name")))
+        # per customer and day first (quantity summed, a name kept), then each customer's last day: plain
+        # aggregations only (a filter inside an aggregation is evaluated group by group)
+        last = (matched.group_by("customer_id", "_day")
+                .agg(pl.col("_qty").sum().alias("_q"), pl.col("product_name").drop_nulls().max().alias("_name"))
+                .sort("customer_id", "_day")
+                .group_by("customer_id", maintain_order=True)
+                .agg(pl.col("_day").last().alias("_last"), pl.col("_q").last(), pl.col("_name").last()))
         stretch = (pl.col("_q") / cycle.units_per_cycle) if cycle.units_per_cycle else pl.lit(1.0)
         overdue_max = cycle.max_overdue_days
         part = (last.with_columns((pl.lit(length) * stretch).round(0).cast(pl.Int64).clip(lower_bound=1).alias("_len"))

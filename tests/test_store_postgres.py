@@ -258,3 +258,25 @@ def test_workers_opening_a_new_database_at_once_migrate_it_once(postgres_url):
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(meta_table)).scalar() == 1
     engine.dispose()
+
+
+def test_product_rows_are_replaced_per_deal_and_read_with_their_products(postgres_url):
+    from adapters.base import Deal, ProductRow, PullResult
+
+    store = StateStore.open(postgres_url, "p")
+    try:
+        deals = [Deal(id=1, status="won", contact_id=5, amount=10, closed_ts=1_700_000_000),
+                 Deal(id=2, status="won", contact_id=6, amount=10, closed_ts=1_700_000_000)]
+        rows = [ProductRow(1, 1, "101", "Lenses", "Optics", 2.0, 45.0), ProductRow(2, 2, None, "Gift", None, 1.0, 5.0)]
+        store.apply_pull(PullResult(customers=[], deals=deals, snapshot=True, product_rows=rows,
+                                    product_deals=frozenset({1, 2})))
+        assert store.products_pulled()
+        frame = store.products_frame("contact").sort("deal_id")
+        assert frame.select("customer_id", "product_id", "product_name", "section", "quantity").rows() == [
+            (5, "101", "Lenses", "Optics", 2.0), (6, None, "Gift", None, 1.0)]
+        store.apply_pull(PullResult(customers=[], deals=[], snapshot=False, deleted_deal_ids=frozenset({2}),
+                                    product_rows=[ProductRow(1, 7, "102", "Solution", "Optics", 1.0, 9.0)],
+                                    product_deals=frozenset({1})))
+        assert store.product_rows_frame().select("deal_id", "line", "product_id").rows() == [(1, 7, "102")]
+    finally:
+        store.close()

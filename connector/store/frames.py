@@ -131,26 +131,31 @@ class Frames(Part):
             return self.columnar.deals().select(list(schema))
         return self.read_frame(query, schema)
 
-    def products_frame(self, entity: Entity, deals_frame: pl.DataFrame | None = None) -> pl.DataFrame:
+    def products_frame(self, entity: Entity, deals_frame: pl.DataFrame | None = None,
+                       timezone: str | None = None) -> pl.DataFrame:
         """Product rows of won deals with the deal's customer and close moment (rules.products' input).
         ``deals_frame``: the deals already read (deals_frame()). Rows (numbers only), products and deals are
-        read apart and joined here: much faster than SQLite's join, or reading the names per row."""
+        read apart and joined here: much faster than SQLite's join, or reading the names per row. With
+        ``timezone``, ``closed_on`` (the close date there) is added once per deal, not per row."""
+        from rules.features import local_date
+
         if deals_frame is None:
             deals_frame = self.deals_frame()
         link = "contact_id" if entity == "contact" else "company_id"
         won = deals_frame.lazy().filter(pl.col("status") == "won").select(
-            pl.col("id").alias("deal_id"), pl.col(link).alias("customer_id"), "closed_ts")
+            pl.col("id").alias("deal_id"), pl.col(link).alias("customer_id"), "closed_ts",
+            *([local_date("closed_ts", timezone).alias("closed_on")] if timezone else []))
         rows = self._rows()
         kinds = self._products().lazy()
         return (rows.lazy().join(won, on="deal_id", how="inner").join(kinds, on="product_key", how="left")
                 .select("customer_id", "deal_id", "product_id", "product_name", "section", "quantity", "price",
-                        "closed_ts").collect())
+                        "closed_ts", *(["closed_on"] if timezone else [])).collect())
 
-    def _rows(self) -> pl.DataFrame:
-        query = sa.select(product_rows.c.deal_id, product_rows.c.line, product_rows.c.product_key,
-                          product_rows.c.quantity, product_rows.c.price).where(product_rows.c.portal == self.portal)
-        return self.read_frame(query, {"deal_id": pl.Int64, "line": pl.Int64, "product_key": pl.Int64,
-                                       "quantity": pl.Float64, "price": pl.Float64})
+    def _rows(self, line: bool = False) -> pl.DataFrame:
+        columns = {"deal_id": pl.Int64, **({"line": pl.Int64} if line else {}), "product_key": pl.Int64,
+                   "quantity": pl.Float64, "price": pl.Float64}
+        query = sa.select(*(product_rows.c[name] for name in columns)).where(product_rows.c.portal == self.portal)
+        return self.read_frame(query, columns)
 
     def _products(self) -> pl.DataFrame:
         query = sa.select(products.c.key, products.c.product_id, products.c.product_name, products.c.section,
@@ -161,7 +166,7 @@ class Frames(Part):
 
     def product_rows_frame(self) -> pl.DataFrame:
         """Every stored product row with what it names, as pulled (tests and exports)."""
-        return (self._rows().join(self._products(), on="product_key", how="left")
+        return (self._rows(line=True).join(self._products(), on="product_key", how="left")
                 .select("deal_id", "line", "product_id", "product_name", "section", "sku", "quantity", "price")
                 .with_columns(pl.col("product_id", "product_name", "section", "sku").cast(pl.String)))
 

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from adapters.base import Customer, Deal, Entity, ProductRow, PullResult
-from connector.store.base import Part, chunks, now, upsert
+from connector.store.base import Part, chunks, insert_tuples, now, upsert
 from connector.store.schema import cursors, customers, deals, product_rows, products
 from connector.store.tokens import save_cursors
 
@@ -87,18 +87,21 @@ class Mirror(Part):
             conn.execute(sa.delete(product_rows).where(product_rows.c.portal == self.portal,
                                                        product_rows.c.deal_id.in_(part)))
         keep = set(replaced)
-        rows: dict[tuple[int, int], dict[str, Any]] = {}
+        rows: dict[tuple[int, int], tuple] = {}
         kinds: dict[int, dict[str, Any]] = {}
+        keys: dict[tuple, int] = {}
         for r in pull.product_rows:
             if r.deal_id in keep:
-                key = product_key(r)
-                kinds.setdefault(key, {"portal": self.portal, "key": key, "product_id": r.product_id,
-                                       "product_name": r.product_name, "section": r.section, "sku": r.sku})
-                rows[(r.deal_id, r.line)] = {"portal": self.portal, "deal_id": r.deal_id, "line": r.line,
-                                             "product_key": key, "quantity": r.quantity, "price": r.price}
+                what = (r.product_id, r.product_name, r.section, r.sku)
+                key = keys.get(what)
+                if key is None:
+                    key = keys[what] = product_key(r)
+                    kinds[key] = {"portal": self.portal, "key": key, "product_id": r.product_id,
+                                  "product_name": r.product_name, "section": r.section, "sku": r.sku}
+                rows[(r.deal_id, r.line)] = (self.portal, r.deal_id, r.line, key, r.quantity, r.price)
         upsert(conn, products, list(kinds.values()))
-        for part in chunks(list(rows.values()), 20_000):
-            conn.execute(sa.insert(product_rows), list(part))
+        insert_tuples(conn, product_rows, ("portal", "deal_id", "line", "product_key", "quantity", "price"),
+                      rows.values())
         if pull.snapshot:  # rows of deals no longer in the mirror (a snapshot deleted them above)
             conn.execute(sa.delete(product_rows).where(
                 product_rows.c.portal == self.portal,
