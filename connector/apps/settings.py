@@ -78,10 +78,7 @@ class AppSettings:
                 template = tomllib.loads(Path(path).read_text(encoding="utf-8"))
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"LIFECYCLE_APPS_PORTAL_TEMPLATE {path}: {type(exc).__name__}: fix the TOML file") from None
-        try:
-            retention = float(_env("LIFECYCLE_APPS_RETENTION_DAYS") or 30)
-        except ValueError:
-            raise ConfigError("LIFECYCLE_APPS_RETENTION_DAYS must be a number of days") from None
+        retention = retention_days()
         secrets = [s for s in (_env("LIFECYCLE_BITRIX24_CLIENT_SECRET"), _env("LIFECYCLE_AMOCRM_CLIENT_SECRET"),
                                _env("LIFECYCLE_APPS_SIGNING_KEY")) if s]
         logs.register_secrets(secrets)
@@ -97,6 +94,14 @@ class AppSettings:
     def amo_base_url(self, referer: str) -> str:
         host = referer.strip().lower()
         return self.amo_accounts.get(host) or f"https://{host}"
+
+
+def retention_days() -> float:
+    """LIFECYCLE_APPS_RETENTION_DAYS (default 30): how long an uninstalled portal's data is kept."""
+    try:
+        return float(_env("LIFECYCLE_APPS_RETENTION_DAYS") or 30)
+    except ValueError:
+        raise ConfigError("LIFECYCLE_APPS_RETENTION_DAYS must be a number of days") from None
 
 
 def portal_name(prefix: str, key: str) -> str:
