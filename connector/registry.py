@@ -280,8 +280,13 @@ class Registry:
                 conn.execute(sa.update(portals).where(portals.c.name == name)
                              .values(removed=True, state="uninstalled", next_run_at=None, updated_at=now()))
                 return
-            for table in portal_tables(conn):
+            tables = portal_tables(conn)
+            for table in tables:
                 conn.execute(sa.delete(table).where(table.c.portal == name))
+            # the columnar triggers (revision 0006) mark mirror_state again while customers and deals go
+            for table in tables:
+                if table.name == "mirror_state":
+                    conn.execute(sa.delete(table).where(table.c.portal == name))
             conn.execute(sa.delete(portals).where(portals.c.name == name))
 
 

@@ -78,12 +78,11 @@ def test_install_sync_event_tab_uninstall_purge(postgres_url, tmp_path, monkeypa
             assert [p.name for p in registry.list()] == [name]
 
             # a contact without purchases buys today: the portal's event moves its segment
-            with engine.connect() as conn:
-                buyers = {r[0] for r in conn.execute(sa.text(
-                    "SELECT DISTINCT customer_id FROM membership WHERE portal = :p"), {"p": name})}
-                candidates = [r[0] for r in conn.execute(sa.text(
-                    "SELECT customer_id FROM members WHERE portal = :p ORDER BY customer_id"), {"p": name})]
-            customer = next(c for c in candidates if c in buyers)
+            with engine.connect() as conn:  # a customer with a segment and a card (dash_members) to open
+                customer = conn.execute(sa.text(
+                    "SELECT min(m.customer_id) FROM membership m JOIN dash_members d ON d.portal = m.portal AND "
+                    "d.customer_id = m.customer_id WHERE m.portal = :p"), {"p": name}).scalar()
+            assert customer is not None
             before = segments_of(engine, name, customer)
             runs_before = len(sync_runs(engine, name))
             portal.edit_record("deal", "add", fields={"TITLE": "Order", "CONTACT_ID": customer, "STAGE_ID": "WON",
@@ -109,6 +108,7 @@ def test_install_sync_event_tab_uninstall_purge(postgres_url, tmp_path, monkeypa
             ru = portal.open_placement("CRM_CONTACT_DETAIL_TAB", id=customer, lang="ru")
             assert ru["status"] == 200 and "Сегменты сейчас" in ru["body"]
 
+            frame = portal.open_placement("CRM_CONTACT_DETAIL_TAB", id=customer, lang="en", send=False)
             # uninstall: tokens gone at once, state uninstalled, no more syncs or events
             portal.uninstall_app(app["client_id"])
             assert registry.get(name).state == "uninstalled"
@@ -120,8 +120,12 @@ def test_install_sync_event_tab_uninstall_purge(postgres_url, tmp_path, monkeypa
             portal.edit_record("contact", "update", id=customer, fields={"NAME": "Renamed"})
             wait_for(lambda: _jobs_done(engine, name), 30, "the deferred sync to be dropped")
             assert len(sync_runs(engine, name)) == runs_after
-            tab = portal.open_placement("CRM_CONTACT_DETAIL_TAB", id=customer, lang="en", app=app["client_id"])
-            assert tab.get("status") in (None, 404)  # the portal dropped the tab; the connector refuses anyway
+            assert form_post(frame["url"], frame["form"])[0] == 404  # the tab of an uninstalled portal is refused
+            event = {"event": "ONCRMCONTACTUPDATE", "data[FIELDS][ID]": str(customer), "ts": "1700000000",
+                     "auth[domain]": "x", "auth[member_id]": portal.info["member_id"],
+                     "auth[application_token]": answer["application_token"]}
+            assert form_post(f"http://127.0.0.1:{port}/apps/bitrix24/events/{name}", event)[0] == 404
+            assert _jobs_done(engine, name)
 
     # the purge: `lifecycle portals remove NAME --purge` leaves no row of the portal in any table
     from tests.conftest import run_cli
