@@ -167,11 +167,22 @@ def test_forged_requests_are_refused_with_nothing_changed(postgres_url, tmp_path
         with web_service(postgres_url, env, port, monkeypatch) as service:
             engine = service.workers.registry().engine
             base = f"http://127.0.0.1:{port}"
-            answer = _install(portal, port)
+            answer = _install(portal, port, main_url=base + "/apps/bitrix24/app")
             assert answer["delivery"]["status"] == 200
             name = name_of(portal.info["member_id"])
             wait_for(lambda: _bound(portal, port, name), 30, "the bindings")
             token = answer["application_token"]
+
+            # the app's own page: administrators see the settings, other users a read-only view
+            admin = portal.open_placement("DEFAULT", user_id=1, lang="en")
+            assert admin["status"] == 200 and 'id="settings"' in admin["body"] and "Settings (administrators)" in admin["body"]
+            rep = portal.open_placement("DEFAULT", user_id=3, lang="ru")
+            assert rep["status"] == 200 and 'id="settings"' not in rep["body"] and "Только просмотр" in rep["body"]
+            headers = {k.lower(): v for k, v in rep["headers"].items()}
+            assert headers["content-security-policy"].endswith(f"frame-ancestors {portal.base_url}")
+            page = portal.open_placement("DEFAULT", user_id=3, send=False)
+            assert form_post(page["url"], {**page["form"], "AUTH_ID": "n" * 32})[0] == 403  # not a user of the portal
+            assert form_post(page["url"], {k: v for k, v in page["form"].items() if k != "AUTH_ID"})[0] == 403
             form = answer["delivery"]["form"]
             flat = {"event": "ONAPPINSTALL", "ts": "1700000000",
                     **{f"auth[{k}]": str(v) for k, v in form["auth"].items()}}

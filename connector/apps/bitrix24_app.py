@@ -9,6 +9,9 @@ POST /apps/bitrix24/events/{portal}         the events the app binds: ``ONCRM{CO
                                             {ADD,UPDATE,DELETE}`` (a debounced sync) and
                                             ``ONAPPUNINSTALL`` (tokens deleted, portal uninstalled)
 POST /apps/bitrix24/placement               the "Lifecycle" tab of the contact (company) card
+POST /apps/bitrix24/app                     the app's own page (its left-menu entry, ``PLACEMENT=DEFAULT``):
+                                            the portal's segments; settings for portal administrators
+                                            (``user.admin`` asked with the viewer's ``AUTH_ID``)
 ==========================================  ===========================================================
 
 Trust: a first installation is believed only when the OAuth server (``LIFECYCLE_BITRIX24_OAUTH_URL``,
@@ -38,7 +41,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from connector.apps import verify
-from connector.apps.common import Installations, customer_page, language, refusal_page
+from connector.apps.common import Installations, customer_page, language, main_page, refusal_page
 from connector.apps.settings import portal_name
 from connector.http import BodyRefused, read_body, text
 
@@ -180,6 +183,16 @@ class Bitrix24App:
         verify.check_application_token(token, stored.get_secret_value() if stored else None)
         return name, config
 
+    def viewer_is_admin(self, config: Any, auth_id: str | None) -> bool:
+        """Whether the portal user who opened the page administers the portal: asked of the portal with that
+        user's own ``AUTH_ID`` (which also proves the frame came from a signed-in user of this portal)."""
+        if not auth_id:
+            raise verify.Refused("missing_token", "the frame carries no AUTH_ID: open the app from the portal")
+        try:
+            return rest(config.crm.client_endpoint, "user.admin", auth_id) is True
+        except RestError:
+            raise verify.Refused("forged", "the portal did not confirm the user who opened the page") from None
+
     # -- routes ----------------------------------------------------------------------------------------
 
     def routes(self) -> list[Route]:
@@ -223,7 +236,7 @@ class Bitrix24App:
             service.count(name, "bitrix24_app", await service._defer(name, config))
             return text(200, "ok\n")
 
-        async def placement(request: Request) -> Response:
+        async def frame(request: Request, main: bool) -> Response:
             lang = language(request.query_params.get("LANG"))
             try:
                 form = dict(await form_of(request))
@@ -233,24 +246,36 @@ class Bitrix24App:
                 origin = _origin(config.crm.client_endpoint)
                 if urlsplit(origin).netloc.lower() != opened.domain.lower():
                     raise verify.Refused("forged", "the frame's DOMAIN is not this portal's")
-                if opened.placement != tab_for(config.crm.customer) or opened.entity_id is None:
+                if main:
+                    admin = await run_in_threadpool(self.viewer_is_admin, config, opened.auth_id)
+                elif opened.placement != tab_for(config.crm.customer) or opened.entity_id is None:
                     raise verify.Refused("malformed", "this tab shows the customer card's PLACEMENT_OPTIONS ID only")
             except BodyRefused as refused:
                 return refused.response
             except verify.Refused as refused:
-                log.warning("Bitrix24 placement refused: %s", refused.reason)
+                log.warning("Bitrix24 frame refused: %s", refused.reason)
                 status = 404 if refused.reason == "unknown_portal" else 403 if refused.reason in (
                     "forged", "missing_token") else 400
                 return HTMLResponse(refusal_page(lang, str(refused)), status,
                                     headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+            if main:
+                body, headers = await run_in_threadpool(main_page, self.inst, name, lang, admin, [origin])
+                return HTMLResponse(body, 200, headers=headers)
             status, body, headers = await run_in_threadpool(customer_page, self.inst, name, opened.entity_id, lang,
                                                             [origin])
             return HTMLResponse(body, status, headers=headers)
 
+        async def placement(request: Request) -> Response:
+            return await frame(request, main=False)
+
+        async def app_page(request: Request) -> Response:
+            return await frame(request, main=True)
+
         return [Route("/apps/bitrix24/install", install, methods=["POST"]),
                 Route("/apps/bitrix24/events/{portal}", events, methods=["POST"]),
                 Route("/apps/bitrix24/events", events, methods=["POST"]),
-                Route("/apps/bitrix24/placement", placement, methods=["POST"])]
+                Route("/apps/bitrix24/placement", placement, methods=["POST"]),
+                Route("/apps/bitrix24/app", app_page, methods=["POST"])]
 
 
 def _origin(endpoint: str) -> str:
