@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 from typing import Any
 
@@ -28,8 +27,6 @@ class Installations:
     def __init__(self, service: Any, settings: AppSettings | None = None):
         self.service = service
         self.settings = settings or AppSettings.from_env()
-        self._stores: dict[str, Any] = {}
-        self._lock = threading.Lock()
 
     def registry(self) -> Any:
         return self.service.workers.registry()
@@ -49,12 +46,10 @@ class Installations:
         return self.registry().load(name)
 
     def store(self, name: str) -> Any:
+        """The portal's part of the store, on the registry's engine (one pool for every portal's pages)."""
         from connector.store import StateStore
 
-        with self._lock:
-            if name not in self._stores:
-                self._stores[name] = StateStore.open(self.registry().url, name)
-            return self._stores[name]
+        return StateStore(self.registry().engine, name)
 
     def register(self, name: str, crm: dict[str, Any], daemon: dict[str, Any], tokens: tuple[str, str, int]) -> Any:
         """Add or update the portal with a generated config; store the OAuth pair (encrypted by the registry's
