@@ -27,6 +27,9 @@ class Installations:
     def __init__(self, service: Any, settings: AppSettings | None = None):
         self.service = service
         self.settings = settings or AppSettings.from_env()
+        for lang in TEXTS:  # compile the pages' templates and catalogues now, not on a portal's first request
+            for template in ("app_customer.html", "app_main.html", "app_message.html"):
+                _env(lang).get_template(template)
 
     def registry(self) -> Any:
         return self.service.workers.registry()
