@@ -70,12 +70,16 @@ def test_install_sync_event_tab_uninstall_purge(postgres_url, tmp_path, monkeypa
             # the first sync runs on the worker, nothing edited by hand
             wait_for(lambda: ("ok" in [s for s, _ in sync_runs(engine, name)]), 90, "the first sync on the worker")
 
-            # a second installation callback (re-install): no duplicate bindings, same portal
+            # a second installation callback (re-install): no duplicate bindings, same portal, settings kept
+            edited = registry.config_text(name).replace('every = "1h"', 'every = "2h"')
+            assert edited != registry.config_text(name)
+            registry.add(name, edited, replace=True)
             again = _install(portal, port, app=app["client_id"])
             assert again["delivery"]["status"] == 200
             wait_for(lambda: _app(portal)["options"] and len(_app(portal)["events"]) == len(APP_EVENTS), 30, "re-install")
             assert len(_app(portal)["placements"]) == 1
             assert [p.name for p in registry.list()] == [name]
+            assert registry.load(name).settings.schedule.every == "2h"
 
             # a contact without purchases buys today: the portal's event moves its segment
             with engine.connect() as conn:  # a customer with a segment and a card (dash_members) to open
@@ -118,6 +122,7 @@ def test_install_sync_event_tab_uninstall_purge(postgres_url, tmp_path, monkeypa
             with engine.connect() as conn:
                 assert conn.exec_driver_sql("SELECT count(*) FROM oauth_tokens WHERE portal = %(n)s",
                                             {"n": name}).scalar() == 0
+            wait_for(lambda: _jobs_done(engine, name), 60, "a sync started before the uninstall to end")
             runs_after = len(sync_runs(engine, name))
             service.workers.defer_sync(name, "test")
             portal.edit_record("contact", "update", id=customer, fields={"NAME": "Renamed"})

@@ -101,8 +101,6 @@ class AmoApp:
                   if previous is not None and previous.settings.daemon.amocrm_webhook_secret else secrets.token_urlsafe(24))
         crm = {"kind": "amocrm", "base_url": base, "client_id": self.settings.amo_client_id,
                "client_secret": self.settings.amo_client_secret, "redirect_uri": self.settings.amo_redirect_uri}
-        if previous is not None:
-            crm["customer"] = previous.crm.customer
         expires = int(time.time() + int(tokens.get("expires_in") or 86400))
         self.inst.register(name, crm, {"amocrm_webhook_secret": secret},
                            (access, str(tokens.get("refresh_token") or ""), expires))

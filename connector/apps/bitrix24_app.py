@@ -128,8 +128,6 @@ class Bitrix24App:
             raise verify.Refused("malformed", "the OAuth server named no client endpoint for the portal")
         crm = {"kind": "bitrix24", "client_endpoint": endpoint, "client_id": self.settings.b24_client_id,
                "client_secret": self.settings.b24_client_secret, "oauth_token_url": self.settings.b24_oauth_url}
-        if previous is not None:
-            crm["customer"] = previous.crm.customer
         expires = int(fresh.get("expires") or time.time() + int(fresh.get("expires_in") or 3600))
         self.inst.register(name, crm, {"bitrix24_application_token": event.auth.application_token},
                            (fresh["access_token"], fresh["refresh_token"], expires))

@@ -59,8 +59,14 @@ class Installations:
         key); an uninstalled portal becomes active again, keeping its data."""
         from connector.store.tokens import Tokens
 
+        import tomllib
+
         registry = self.registry()
-        text = portal_config(self.settings, crm, daemon)
+        try:
+            previous = tomllib.loads(registry.config_text(name))
+        except (ConfigError, tomllib.TOMLDecodeError):  # a new portal (or one purged): the template
+            previous = None
+        text = portal_config(self.settings, crm, daemon, previous)
         registry.validate(name, text)  # a clear ConfigError before anything is written
         registry.add(name, text, replace=True)
         if registry.get(name).state == "uninstalled":

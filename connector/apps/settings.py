@@ -121,6 +121,10 @@ def _value(v: Any) -> str:
         return repr(v)
     if isinstance(v, str):
         return json.dumps(v, ensure_ascii=False)  # a JSON string is a TOML basic string
+    import datetime as dt
+
+    if isinstance(v, (dt.datetime, dt.date, dt.time)):
+        return v.isoformat()  # TOML's own date and time literals
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_value(x) for x in v) + "]"
     if isinstance(v, dict):
@@ -157,11 +161,13 @@ def dump_toml(data: dict[str, Any], prefix: str = "") -> str:
     return out
 
 
-def portal_config(settings: AppSettings, crm: dict[str, Any], daemon: dict[str, Any]) -> str:
-    """The template's settings with the app's ``[crm]`` connection and ``[daemon]`` receiver keys on top."""
+def portal_config(settings: AppSettings, crm: dict[str, Any], daemon: dict[str, Any],
+                  previous: dict[str, Any] | None = None) -> str:
+    """The portal's config: its ``previous`` settings (a re-installation keeps what was set since), else the
+    template's, with the app's ``[crm]`` connection and ``[daemon]`` receiver keys on top."""
     import copy
 
-    data = copy.deepcopy(settings.template)
+    data = copy.deepcopy(previous if previous is not None else settings.template)
     data["crm"] = {**data.get("crm", {}), **crm}
     data["daemon"] = {**data.get("daemon", {}), **daemon}
     return dump_toml(data)
