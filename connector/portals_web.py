@@ -10,6 +10,8 @@ GET  /metrics                               Prometheus text: per-portal state, l
 POST /webhooks/bitrix24/<portal>            the portal's Bitrix24 outbound events (checks as the
                                             single-portal receiver: connector/http.py)
 POST /webhooks/amocrm/<portal>/<secret>     the portal's amoCRM webhooks
+/apps/bitrix24/..., /apps/amocrm/...        the connector as a Bitrix24 application and an amoCRM
+                                            integration (connector/apps/bitrix24_app.py, amocrm_app.py)
 ==========================================  =============================================================
 
 ``/status`` and ``/metrics`` want ``Authorization: Bearer <token>`` when ``LIFECYCLE_STATUS_TOKEN`` is set;
@@ -155,6 +157,11 @@ class PortalService:
             key = (portal, source, result)
             self.webhooks[key] = self.webhooks.get(key, 0) + 1
 
+    def forget(self, portal: str) -> None:
+        """Drop the cached config of ``portal`` (installed, uninstalled or re-configured just now)."""
+        with self._configs_lock:
+            self._configs.pop(portal, None)
+
     # -- HTTP ----------------------------------------------------------------------------------------
 
     def authorized(self, request: Request) -> Response | None:
@@ -251,6 +258,12 @@ class PortalService:
             Route("/webhooks/amocrm/{portal}", amocrm, methods=["POST"]),
             Route("/webhooks/amocrm/{portal}/{secret:path}", amocrm, methods=["POST"]),
         ]
+        from connector.apps.amocrm_app import AmoApp
+        from connector.apps.bitrix24_app import Bitrix24App
+        from connector.apps.common import Installations
+
+        self.installations = Installations(self)
+        routes += Bitrix24App(self.installations).routes() + AmoApp(self.installations).routes()
         app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
         app.router.redirect_slashes = False
         return app

@@ -307,6 +307,16 @@ class Registry:
             self._row(conn, name)
             conn.execute(sa.update(portals).where(portals.c.name == name).values(next_run_at=when))
 
+    def purge_uninstalled(self, before: datetime) -> list[str]:
+        """Purge every portal whose CRM app was uninstalled (state ``uninstalled``, not ``remove``d by hand)
+        before ``before``: connector/apps keeps an uninstalled portal's data for a retention, then this."""
+        with self.engine.connect() as conn:
+            names = [r.name for r in conn.execute(sa.select(portals.c.name, portals.c.updated_at).where(
+                portals.c.state == "uninstalled", portals.c.removed == sa.false())) if _aware(r.updated_at) < before]
+        for name in names:
+            self.remove(name, purge=True)
+        return names
+
     def remove(self, name: str, *, purge: bool = False) -> None:
         """Hide the portal (state uninstalled; its data stays, ``add`` brings it back); ``purge``: delete the
         portal and every row of it in every table of the store."""
@@ -318,8 +328,13 @@ class Registry:
                 conn.execute(sa.update(portals).where(portals.c.name == name)
                              .values(removed=True, state="uninstalled", next_run_at=None, updated_at=now()))
                 return
-            for table in portal_tables(conn):
+            tables = portal_tables(conn)
+            for table in tables:
                 conn.execute(sa.delete(table).where(table.c.portal == name))
+            # the columnar triggers (revision 0006) mark mirror_state again while customers and deals go
+            for table in tables:
+                if table.name == "mirror_state":
+                    conn.execute(sa.delete(table).where(table.c.portal == name))
             conn.execute(sa.delete(portals).where(portals.c.name == name))
         self._purge_columnar(name, folder)
 

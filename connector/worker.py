@@ -291,6 +291,13 @@ class Workers:
                 due += 1
             except Exception as exc:  # noqa: BLE001 - one portal's broken config never stops the others
                 log.error("portal %s: cannot schedule: %s", portal.name, safe_error(exc))
+        try:
+            from connector.apps.settings import retention_days
+
+            for name in registry.purge_uninstalled(now - timedelta(days=retention_days())):
+                log.info("portal %s: uninstalled longer than the retention: its data is purged", name)
+        except Exception as exc:  # noqa: BLE001 - tried again on the next tick
+            log.error("purging uninstalled portals failed: %s", safe_error(exc))
         return due
 
     async def recover(self, timestamp: int) -> int:

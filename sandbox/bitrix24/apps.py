@@ -240,7 +240,9 @@ class Apps:
 
     def install(self, body: dict) -> tuple[int, Any]:
         """``{"handler": url, "scope": "crm,placement", "main_url": url, "mode": "callback"|"wizard",
-        "language": "ru", "version": "1", "app": client_id (re-install)}``."""
+        "language": "ru", "version": "1", "app": client_id (re-install), "client_id"/"client_secret": the
+        credentials of an app registered before its installation (a Market app, or a local app whose form
+        the connector was configured from)}``."""
         handler = body.get("handler")
         if not isinstance(handler, str) or not handler.startswith(("http://", "https://")):
             return _bad('give {"handler": "http://host/path"}: the installation callback URL')
@@ -253,8 +255,12 @@ class Apps:
             app = self.find(body["app"]) if body.get("app") else None
             if body.get("app") and app is None:
                 return _bad(f"no application {body['app']!r} in this portal")
+            if app is None and body.get("client_id"):  # the app's credentials, given before its installation
+                app = self.find(str(body["client_id"]))
             if app is None:
-                client_id, secret = self.portal.auth.add_client(frozenset(scopes))
+                client_id, secret = self.portal.auth.add_client(
+                    frozenset(scopes), str(body["client_id"]) if body.get("client_id") else None,
+                    str(body["client_secret"]) if body.get("client_secret") else None)
                 app = App(client_id, secret, secrets.token_hex(16), app_id=len(self.apps) + 1)
                 self.apps[client_id] = app
             else:

@@ -109,10 +109,12 @@ class Auth:
 
     # -- applications (apps.py) -----------------------------------------------------------------
 
-    def add_client(self, scopes: frozenset[str]) -> tuple[str, str]:
-        """A new application of this portal: (client_id, client_secret), its tokens limited to ``scopes``."""
-        client_id = f"local.{secrets.token_hex(7)[:13]}.{secrets.randbelow(10**8):08d}"
-        secret = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(50))
+    def add_client(self, scopes: frozenset[str], client_id: str | None = None,
+                   secret: str | None = None) -> tuple[str, str]:
+        """A new application of this portal: (client_id, client_secret), its tokens limited to ``scopes``;
+        ``client_id``/``secret``: credentials the developer form showed before the installation."""
+        client_id = client_id or f"local.{secrets.token_hex(7)[:13]}.{secrets.randbelow(10**8):08d}"
+        secret = secret or "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(50))
         self.clients[client_id] = secret
         self.client_scopes[client_id] = scopes | {"basic"}
         return client_id, secret

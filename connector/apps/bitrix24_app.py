@@ -1,0 +1,281 @@
+"""The connector as a Bitrix24 application, on the many-portal web service (connector/portals_web.py).
+
+==========================================  ===========================================================
+POST /apps/bitrix24/install                 the installation callback (the ``ONAPPINSTALL`` body with
+                                            ``auth[...]`` tokens): registers or re-activates the portal
+                                            keyed by ``member_id``, then binds events, the card tab and
+                                            the app's options, and queues the first sync
+POST /apps/bitrix24/events/{portal}         the events the app binds: ``ONCRM{CONTACT,COMPANY,DEAL}
+                                            {ADD,UPDATE,DELETE}`` (a debounced sync) and
+                                            ``ONAPPUNINSTALL`` (tokens deleted, portal uninstalled)
+POST /apps/bitrix24/placement               the "Lifecycle" tab of the contact (company) card
+POST /apps/bitrix24/app                     the app's own page (its left-menu entry, ``PLACEMENT=DEFAULT``):
+                                            the portal's segments; settings for portal administrators
+                                            (``user.admin`` asked with the viewer's ``AUTH_ID``)
+==========================================  ===========================================================
+
+Trust: a first installation is believed only when the OAuth server (``LIFECYCLE_BITRIX24_OAUTH_URL``,
+reached with the app's own client id and secret) renews the callback's refresh token and names the same
+``member_id``: made-up tokens, or tokens of another application, are refused. The renewed pair is stored
+(the callback's pair is then spent) and the client endpoint is the OAuth server's, not the callback's.
+A portal that is installed (not ``uninstalled``) also needs ``auth[application_token]`` equal to the stored
+one (constant time) for every later callback, event and tab. Nothing is changed by a refused request, and
+no answer or log line repeats a token.
+
+The portal's registry name is ``b24-`` + 12 hex characters of SHA-256(member_id): a renamed domain keeps
+its portal and its data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from connector.apps import verify
+from connector.apps.common import Installations, customer_page, language, main_page, refusal_page
+from connector.apps.settings import portal_name
+from connector.http import BodyRefused, read_body, text
+
+log = logging.getLogger("lifecycle.apps.bitrix24")
+
+CRM_EVENTS = tuple(f"ONCRM{e}{a}" for e in ("CONTACT", "COMPANY", "DEAL") for a in ("ADD", "UPDATE", "DELETE"))
+APP_EVENTS = (*CRM_EVENTS, "ONAPPUNINSTALL")
+TAB_TITLES = {"ru": "Жизненный цикл", "en": "Lifecycle"}
+
+
+def name_of(member_id: str) -> str:
+    return portal_name("b24", member_id)
+
+
+def tab_for(customer: str) -> str:
+    return "CRM_COMPANY_DETAIL_TAB" if customer == "company" else "CRM_CONTACT_DETAIL_TAB"
+
+
+class RestError(Exception):
+    """A REST call of the app failed; the message carries the method and the portal's error code only."""
+
+
+def rest(endpoint: str, method: str, token: str, params: dict[str, Any] | None = None) -> Any:
+    """One REST call with the app's access token (JSON body; ``auth`` as the docs' OAuth calls pass it)."""
+    try:
+        answer = requests.post(f"{endpoint.rstrip('/')}/{method}", json={**(params or {}), "auth": token},
+                               timeout=15)
+    except requests.RequestException as exc:
+        raise RestError(f"{method}: {type(exc).__name__}") from None
+    try:
+        body = answer.json()
+    except ValueError:
+        body = {}
+    if answer.status_code != 200 or not isinstance(body, dict) or "error" in body:
+        code = body.get("error", f"HTTP {answer.status_code}") if isinstance(body, dict) else f"HTTP {answer.status_code}"
+        raise RestError(f"{method}: {code}")
+    return body.get("result")
+
+
+class Bitrix24App:
+    def __init__(self, inst: Installations):
+        self.inst = inst
+        self.settings = inst.settings
+
+    # -- install ---------------------------------------------------------------------------------------
+
+    def handler_url(self, path: str) -> str:
+        return f"{self.settings.public_url}{path}"
+
+    def renew(self, refresh_token: str) -> dict[str, Any]:
+        """The OAuth server's fresh pair for the callback's refresh token (proves the tokens are this app's)."""
+        try:
+            answer = requests.get(self.settings.b24_oauth_url, timeout=15, params={
+                "grant_type": "refresh_token", "client_id": self.settings.b24_client_id,
+                "client_secret": self.settings.b24_client_secret, "refresh_token": refresh_token})
+            body = answer.json()
+        except (requests.RequestException, ValueError):
+            raise verify.Refused("unverified", "the OAuth server could not confirm the installation's tokens") from None
+        if answer.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
+            raise verify.Refused("forged", "the OAuth server did not accept the installation's tokens for this application")
+        return body
+
+    def install(self, pairs: list[tuple[str, str]]) -> tuple[int, str, str | None, str | None]:
+        """(status, answer, portal, access token for the bindings); nothing is written on a refusal."""
+        if not (self.settings.b24_client_id and self.settings.b24_client_secret and self.settings.public_url):
+            return 503, ("the Bitrix24 application is not configured: set LIFECYCLE_PUBLIC_URL, "
+                         "LIFECYCLE_BITRIX24_CLIENT_ID and LIFECYCLE_BITRIX24_CLIENT_SECRET\n"), None, None
+        event = verify.parse_bitrix24_event(pairs, need_tokens=True)
+        if event.event != "ONAPPINSTALL":
+            raise verify.Refused("malformed", "the installation callback must carry event=ONAPPINSTALL")
+        name = name_of(event.auth.member_id)
+        known = self.inst.portal(name)
+        previous = None
+        if known is not None and known.state != "uninstalled":
+            previous = self.inst.registry().load(name)
+            stored = previous.settings.daemon.bitrix24_application_token
+            verify.check_application_token(event.auth.application_token,
+                                           stored.get_secret_value() if stored else None)
+        fresh = self.renew(event.auth.refresh_token or "")
+        if str(fresh.get("member_id") or "") != event.auth.member_id:
+            raise verify.Refused("forged", "the installation's tokens belong to another portal")
+        endpoint = str(fresh.get("client_endpoint") or event.auth.client_endpoint)
+        if not endpoint.startswith(("http://", "https://")):
+            raise verify.Refused("malformed", "the OAuth server named no client endpoint for the portal")
+        crm = {"kind": "bitrix24", "client_endpoint": endpoint, "client_id": self.settings.b24_client_id,
+               "client_secret": self.settings.b24_client_secret, "oauth_token_url": self.settings.b24_oauth_url}
+        expires = int(fresh.get("expires") or time.time() + int(fresh.get("expires_in") or 3600))
+        self.inst.register(name, crm, {"bitrix24_application_token": event.auth.application_token},
+                           (fresh["access_token"], fresh["refresh_token"], expires))
+        log.info("portal %s: Bitrix24 application installed (%s)", name, "again" if known else "new")
+        return 200, "installed\n", name, fresh["access_token"]
+
+    def bind(self, name: str, token: str) -> dict[str, int]:
+        """Events, the card tab and the app's options; idempotent (reads back first, binds what is missing)."""
+        config = self.inst.registry().load(name)
+        endpoint = config.crm.client_endpoint
+        handler = self.handler_url(f"/apps/bitrix24/events/{name}")
+        bound = {(str(b.get("event", "")).upper(), b.get("handler")) for b in rest(endpoint, "event.get", token) or []}
+        added = {"events": 0, "placements": 0}
+        for event in APP_EVENTS:
+            if (event, handler) not in bound:
+                rest(endpoint, "event.bind", token, {"event": event, "handler": handler})
+                added["events"] += 1
+        tab = tab_for(config.crm.customer)
+        tab_handler = self.handler_url("/apps/bitrix24/placement")
+        placements = rest(endpoint, "placement.get", token) or []
+        if not any(p.get("placement") == tab and p.get("handler") == tab_handler for p in placements):
+            rest(endpoint, "placement.bind", token, {
+                "PLACEMENT": tab, "HANDLER": tab_handler, "TITLE": TAB_TITLES["ru"],
+                "LANG_ALL": {lang: {"TITLE": title} for lang, title in TAB_TITLES.items()}})
+            added["placements"] += 1
+        rest(endpoint, "app.option.set", token, {"options": {
+            "lifecycle_portal": name, "lifecycle_url": self.settings.public_url, "customer": config.crm.customer}})
+        return added
+
+    def after_install(self, name: str, token: str) -> None:
+        from connector.logs import safe_error
+
+        try:
+            added = self.bind(name, token)
+            log.info("portal %s: bound %d events and %d placements", name, added["events"], added["placements"])
+        except Exception as exc:  # noqa: BLE001 - logged; a second install callback binds what is missing
+            log.error("portal %s: binding events and the tab failed: %s", name, safe_error(exc))
+        self.inst.defer_first_sync(name)
+
+    # -- events ----------------------------------------------------------------------------------------
+
+    def authentic(self, member_id: str, token: str, portal: str | None = None) -> tuple[str, Any]:
+        """(portal name, config) of an installed portal whose stored application token is ``token``."""
+        name = name_of(member_id)
+        if portal is not None and portal != name:
+            raise verify.Refused("unknown_portal", "the event's member_id is not this receiver's portal")
+        config = self.inst.config(name)
+        if config is None or config.crm.kind != "bitrix24":
+            raise verify.Refused("unknown_portal", "no installed portal has this member_id")
+        stored = config.settings.daemon.bitrix24_application_token
+        verify.check_application_token(token, stored.get_secret_value() if stored else None)
+        return name, config
+
+    def viewer_is_admin(self, config: Any, auth_id: str | None) -> bool:
+        """Whether the portal user who opened the page administers the portal: asked of the portal with that
+        user's own ``AUTH_ID`` (which also proves the frame came from a signed-in user of this portal)."""
+        if not auth_id:
+            raise verify.Refused("missing_token", "the frame carries no AUTH_ID: open the app from the portal")
+        try:
+            return rest(config.crm.client_endpoint, "user.admin", auth_id) is True
+        except RestError:
+            raise verify.Refused("forged", "the portal did not confirm the user who opened the page") from None
+
+    # -- routes ----------------------------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        service = self.inst.service
+
+        async def form_of(request: Request) -> list[tuple[str, str]]:
+            return verify.to_pairs(await read_body(request))
+
+        async def install(request: Request) -> Response:
+            try:
+                pairs = await form_of(request)
+                status, answer, name, token = await run_in_threadpool(self.install, pairs)
+            except BodyRefused as refused:
+                return refused.response
+            except verify.Refused as refused:
+                log.warning("Bitrix24 installation refused: %s", refused.reason)
+                return text(401 if refused.reason in ("forged", "missing_token", "unverified") else 400, f"{refused}\n")
+            if name is None or token is None:
+                return text(status, answer)
+            return Response(answer, status, media_type="text/plain; charset=utf-8",
+                            background=BackgroundTask(run_in_threadpool, self.after_install, name, token))
+
+        async def events(request: Request) -> Response:
+            try:
+                event = verify.parse_bitrix24_event(await form_of(request))
+                name, config = await run_in_threadpool(self.authentic, event.auth.member_id,
+                                                       event.auth.application_token, request.path_params.get("portal"))
+            except BodyRefused as refused:
+                return refused.response
+            except verify.Refused as refused:
+                log.warning("Bitrix24 app event refused: %s", refused.reason)
+                return text(404 if refused.reason == "unknown_portal" else
+                            401 if refused.reason in ("forged", "missing_token") else 400, f"{refused}\n")
+            if event.event == "ONAPPUNINSTALL":
+                await run_in_threadpool(self.inst.uninstall, name)
+                return text(200, "uninstalled\n")
+            if event.event not in CRM_EVENTS or event.entity_id is None:
+                service.count(name, "bitrix24_app", "malformed")
+                return text(400, f"unsupported event; expected one of {', '.join(APP_EVENTS)}\n")
+            service.count(name, "bitrix24_app", "accepted")
+            service.count(name, "bitrix24_app", await service._defer(name, config))
+            return text(200, "ok\n")
+
+        async def frame(request: Request, main: bool) -> Response:
+            lang = language(request.query_params.get("LANG"))
+            try:
+                form = dict(await form_of(request))
+                opened = verify.parse_placement(form, dict(request.query_params))
+                lang = language(opened.lang)
+                name, config = await run_in_threadpool(self.authentic, opened.member_id, opened.application_token)
+                origin = _origin(config.crm.client_endpoint)
+                if urlsplit(origin).netloc.lower() != opened.domain.lower():
+                    raise verify.Refused("forged", "the frame's DOMAIN is not this portal's")
+                if main:
+                    admin = await run_in_threadpool(self.viewer_is_admin, config, opened.auth_id)
+                elif opened.placement != tab_for(config.crm.customer) or opened.entity_id is None:
+                    raise verify.Refused("malformed", "this tab shows the customer card's PLACEMENT_OPTIONS ID only")
+            except BodyRefused as refused:
+                return refused.response
+            except verify.Refused as refused:
+                log.warning("Bitrix24 frame refused: %s", refused.reason)
+                status = 404 if refused.reason == "unknown_portal" else 403 if refused.reason in (
+                    "forged", "missing_token") else 400
+                return HTMLResponse(refusal_page(lang, str(refused)), status,
+                                    headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+            if main:
+                body, headers = await run_in_threadpool(main_page, self.inst, name, lang, admin, [origin])
+                return HTMLResponse(body, 200, headers=headers)
+            status, body, headers = await run_in_threadpool(customer_page, self.inst, name, opened.entity_id, lang,
+                                                            [origin])
+            return HTMLResponse(body, status, headers=headers)
+
+        async def placement(request: Request) -> Response:
+            return await frame(request, main=False)
+
+        async def app_page(request: Request) -> Response:
+            return await frame(request, main=True)
+
+        return [Route("/apps/bitrix24/install", install, methods=["POST"]),
+                Route("/apps/bitrix24/events/{portal}", events, methods=["POST"]),
+                Route("/apps/bitrix24/events", events, methods=["POST"]),
+                Route("/apps/bitrix24/placement", placement, methods=["POST"]),
+                Route("/apps/bitrix24/app", app_page, methods=["POST"])]
+
+
+def _origin(endpoint: str) -> str:
+    parts = urlsplit(endpoint)
+    return f"{parts.scheme}://{parts.netloc}"
