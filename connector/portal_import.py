@@ -24,7 +24,7 @@ from connector.store.base import CHUNK, write_lock
 from connector.store.schema import oauth_tokens, runs
 
 RUN_REFS = ("entered_run", "frozen_run", "planned_run", "run_id")  # columns holding a runs.id
-NOT_COPIED = {"locks"}
+NOT_COPIED = {"locks", "mirror_state"}  # mirror_state: set by the mirror's own triggers as its rows are copied
 
 
 def _same_database(a: str, b: str) -> bool:
