@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from connector import crypto
 from connector.config import load_config
 from connector.pipeline import open_store, sync
+from connector.portal_import import NOT_COPIED
 from connector.registry import Registry, portal_tables
 from connector.store import runs
 from sandbox.bitrix24 import running_portal
@@ -137,7 +138,7 @@ def test_import_state_moves_everything_and_the_portal_keeps_working(tmp_path, st
             other_runs = {r["id"] for r in table_rows(registry.engine, runs, "other")}
             assert not other_runs & set(dst_runs) and len(other_runs) == 3
             with registry.engine.connect() as conn:
-                tables = [t for t in portal_tables(conn) if t.name in src_tables and t.name != "locks"]
+                tables = [t for t in portal_tables(conn) if t.name in src_tables and t.name not in NOT_COPIED]
             compared = {}
             for t in tables:
                 want = table_rows(source.engine, t, "shop")
