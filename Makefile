@@ -28,12 +28,12 @@ demo: $(BIN)/.demo-installed
 # LIFECYCLE_TEST_POSTGRES_URL set, stops the cluster and exits with pytest's status.
 # scripts/test-browser.sh installs Debian's chromium + chromium-driver for the dashboard's browser test.
 test: $(BIN)/.installed
-	scripts/test-browser.sh run -- scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q
+	scripts/test-browser.sh run -- scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q -n $(WORKERS)
 
 # Everything but the tests marked `slow` (SIGKILL trials, concurrent syncs, the bench smoke tests); the
 # PostgreSQL tests stay in. Tests spend much of their time waiting (rate limits, sandbox clocks, the
-# daemon's debounce), so pytest-xdist runs them in WORKERS processes. `make test` (and .ci/run) still run
-# everything, one at a time.
+# daemon's debounce), so pytest-xdist runs them in WORKERS processes; `make test` (and .ci/run) runs
+# everything, slow tests included, the same way (about 9 minutes on 2 cores; one at a time it took over 25).
 WORKERS ?= 3
 test-fast: $(BIN)/.installed
 	scripts/test-browser.sh run -- scripts/test-postgres.sh run -- $(BIN)/python -m pytest -q -m "not slow" -n $(WORKERS)
