@@ -231,3 +231,19 @@ def test_sqlite_reads_equal_the_rows_written(store):
     assert cust.get_column("phone").to_list() == [f"+7900000{i:04d}" for i in range(1, 51)]
     assert deal.get_column("amount").to_list() == [100.0 * i for i in range(1, 51)]
     assert deal.get_column("company_id").null_count() == 50
+
+
+def test_sqlite_reads_in_chunks_equal_one_read(store, monkeypatch):
+    """Chunks whose columns differ in inferred type (all null in one chunk, text in the next; ints then
+    floats) make the same frame as one read."""
+    from connector.store import frames as frames_module
+
+    _seed(store)
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(customers).where(customers.c.id > 45).values(email="late@example.com"))
+        conn.execute(sa.update(deals).where(deals.c.id == 1050).values(amount=10.5))
+    whole = _sql_frames(store)
+    monkeypatch.setattr(frames_module, "SQLITE_CHUNK", 7)
+    chunked = _sql_frames(store)
+    assert chunked[0].equals(whole[0]) and chunked[1].equals(whole[1])
+    assert chunked[0].get_column("email").null_count() == 45

@@ -59,6 +59,24 @@ def _copy_csv(engine: sa.Engine, sql: str, schema: dict[str, pl.DataType]) -> pl
                        quote_char='"')
 
 
+SQLITE_CHUNK = 250_000  # rows turned into a frame at a time: Python tuples cost ~100 bytes a value
+
+
+def _sqlite_frame(cursor: object, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """The cursor's rows as one frame, built a chunk at a time so that only one chunk of Python tuples is
+    alive at once (10 million product rows as tuples would take gigabytes)."""
+    parts = []
+    while True:
+        rows = cursor.fetchmany(SQLITE_CHUNK)  # type: ignore[attr-defined]
+        if not rows:
+            break
+        parts.append(pl.DataFrame(rows, schema=list(schema), orient="row", infer_schema_length=None))
+        del rows
+    if not parts:
+        return pl.DataFrame(schema=list(schema))
+    return pl.concat(parts, how="vertical_relaxed", rechunk=True)
+
+
 class Frames(Part):
     """Polars frames of the mirror and of membership. The mirror's customers and deals come from its columnar
     copy (connector.store.columnar) when the store has one, else from the database."""
@@ -77,10 +95,10 @@ class Frames(Part):
             with self.engine.connect() as conn:
                 if conn.dialect.name == "sqlite":  # plain tuples from the driver: no per-row SQLAlchemy processing
                     sql = str(query.compile(self.engine, compile_kwargs={"literal_binds": True}))
-                    rows = conn.exec_driver_sql(sql).cursor.fetchall()
+                    frame = _sqlite_frame(conn.exec_driver_sql(sql).cursor, schema)
                 else:
                     rows = conn.execute(query).all()
-            frame = pl.DataFrame(rows, schema=list(schema), orient="row", infer_schema_length=None)
+                    frame = pl.DataFrame(rows, schema=list(schema), orient="row", infer_schema_length=None)
         if frame.height == 0:
             return pl.DataFrame(schema=schema)
         frame.columns = list(schema)
