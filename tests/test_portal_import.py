@@ -18,23 +18,9 @@ from connector.registry import Registry, portal_tables
 from connector.store import runs
 from sandbox.bitrix24 import running_portal
 from tests.conftest import run_cli
+from tests.registry_fixtures import _no_process_key, state_url  # noqa: F401 - fixtures
 
 RUN_REFS = ("entered_run", "frozen_run", "planned_run", "run_id")
-
-
-@pytest.fixture(autouse=True)
-def _no_process_key(monkeypatch):
-    monkeypatch.delenv(crypto.KEY_VAR, raising=False)
-    crypto.configure(None)
-    yield
-    crypto.configure(None)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def state_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    return request.getfixturevalue("postgres_url")
 
 
 def single_portal(tmp_path, portal):

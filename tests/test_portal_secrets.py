@@ -17,24 +17,10 @@ from connector.registry import Registry
 from connector.store import StateStore
 from sandbox.bitrix24 import running_portals
 from tests.conftest import run_cli
+from tests.registry_fixtures import _no_process_key, state_url  # noqa: F401 - fixtures
 
 AMO_TOKEN = "amo-long-lived-token-5f0c9e2b7d1a"
 YANDEX_TOKEN = "y0_AgAAAABcabinet-token-77aa"
-
-
-@pytest.fixture(autouse=True)
-def _no_process_key(monkeypatch):
-    monkeypatch.delenv(crypto.KEY_VAR, raising=False)
-    crypto.configure(None)
-    yield
-    crypto.configure(None)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def state_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

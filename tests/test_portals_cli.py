@@ -6,33 +6,16 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 
-import pytest
 import sqlalchemy as sa
 
-from connector import crypto
 from connector.pipeline import open_store, sync
 from connector.registry import Registry
 from connector.store import actions
 from tests.conftest import run_cli
+from tests.registry_fixtures import _no_process_key, state_url  # noqa: F401 - fixtures
 
 AS_OF = date(2026, 11, 23)
 WEBHOOK = "https://b24-shop.example.ru/rest/1/k3yc0de9x7w2/"
-
-
-@pytest.fixture(autouse=True)
-def _no_process_key(monkeypatch):
-    monkeypatch.delenv(crypto.KEY_VAR, raising=False)
-    monkeypatch.delenv("LIFECYCLE_STATE_URL", raising=False)
-    crypto.configure(None)
-    yield
-    crypto.configure(None)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def state_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    return request.getfixturevalue("postgres_url")
 
 
 def write_crm(folder, names: dict[int, str], deals: list[tuple[int, int, int]]) -> None:

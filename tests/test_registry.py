@@ -10,29 +10,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from connector import crypto
 from connector.config import ConfigError
 from connector.pipeline import sync
 from connector.registry import PORTAL_STATES, Registry, portal_tables
 from tests.conftest import CONTACT_HEADER, DEAL_HEADER
+from tests.registry_fixtures import _no_process_key, state_url  # noqa: F401 - fixtures
 
 AS_OF = date(2026, 11, 23)
-
-
-@pytest.fixture(autouse=True)
-def _no_process_key(monkeypatch):
-    """Each test starts with no secret key configured for the process."""
-    monkeypatch.delenv(crypto.KEY_VAR, raising=False)
-    crypto.configure(None)
-    yield
-    crypto.configure(None)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def state_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    return request.getfixturevalue("postgres_url")
 
 
 def csv_crm(folder: Path, contacts: list[int], deals: list[tuple[int, int, int]]) -> Path:
