@@ -7,8 +7,7 @@ import logging
 import sys
 from datetime import date
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a fast --help)
 if TYPE_CHECKING:  # loaded when a command runs, not for --help (docs/benchmarks.md: fast start)
     from rich.console import Console
 
@@ -27,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lifecycle", description="Lifecycle segments for existing CRMs.")
     from connector.cli_help import add_global_options, finish_parser
 
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -146,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_amocrm_parser(sub)  # lifecycle amocrm widget (issue 15)
     return finish_parser(parser)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, looked up only when asked (importlib.metadata costs a fast start)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the program's version number and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(f"{parser.prog} {_version()}")  # on stdout, as argparse's own version action does
+        parser.exit()
 
 
 def _version() -> str:

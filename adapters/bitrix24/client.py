@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 import time
 from collections import Counter
@@ -39,6 +40,10 @@ from fast_bitrix24 import BitrixAsync
 from fast_bitrix24.srh import ServerError, TokenRejectedError
 
 from adapters.retry import Backoff, CallPolicy, Decision, Outcome, Rule, decide
+
+# fast_bitrix24 sets its own logger to DEBUG when it is imported, which would log every request's parameters
+# (customers' personal data) whatever the command's level, when the import comes after logs.setup()
+logging.getLogger("fast_bitrix24").setLevel(logging.WARNING)
 
 
 
