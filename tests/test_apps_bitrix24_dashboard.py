@@ -207,6 +207,26 @@ def test_app_sessions_expire_and_stay_in_their_portal():
     assert app_user({"portal": "b24-aaaa"}) is None and app_user("junk") is None
 
 
+def test_the_session_cookie_works_in_a_third_party_frame_over_https():
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from connector.dashboard.web import session_middleware
+
+    def opened(request):
+        request.session["app"] = {"portal": "b24-aaaa"}
+        return PlainTextResponse("ok")
+
+    for secure, flags, absent in ((True, ("samesite=none", "secure", "partitioned", "httponly"), ()),
+                                  (False, ("samesite=lax", "httponly"), ("secure", "samesite=none"))):
+        app = Starlette(routes=[Route("/", opened)], middleware=session_middleware("k" * 32, secure=secure))
+        cookie = TestClient(app, base_url="https://testserver").get("/").headers["set-cookie"].lower()
+        parts = {p.strip() for p in cookie.split(";")}
+        assert all(f in parts for f in flags) and not any(a in parts for a in absent), (secure, cookie)
+
+
 def test_the_installation_page_registers_the_portal_and_finishes(postgres_url, tmp_path, monkeypatch):
     port = free_port()
     with running_portals(2, generate=(5, 5), limits=False) as sandbox:
