@@ -170,6 +170,20 @@ def test_forged_foreign_and_uninstalled_frames_open_no_session(postgres_url, tmp
             assert answer.status_code == 404 and "set-cookie" not in {k.lower() for k in answer.headers}
             assert session_b.get(f"{base}/ui/p/{name_b}/", timeout=20).status_code == 404
 
+            # a password account (lifecycle users add) signs in on the many-portal dashboard as on the daemon's
+            from connector.dashboard.auth import add_user
+
+            add_user(engine, "ops@example.com", "admin", [], "correct-horse-battery")
+            ops = requests.Session()
+            login = ops.get(f"{base}/ui/login", timeout=20)
+            assert login.status_code == 200 and login.headers["x-frame-options"] == "SAMEORIGIN"
+            csrf = re.search(r'name="csrf" value="([^"]+)"', login.text).group(1)
+            signed = ops.post(f"{base}/ui/login", data={"email": "ops@example.com", "password": "correct-horse-battery",
+                                                      "csrf": csrf}, allow_redirects=False, timeout=20)
+            assert signed.status_code == 303
+            assert [p["portal"] for p in ops.get(f"{base}/api/v1/portals", timeout=20).json()] == [name_a]  # B is gone
+            assert ops.get(f"{base}/ui/p/{name_a}/settings", timeout=20).status_code == 200
+
             # a session cookie cannot be made up or moved to another portal: the signature covers it
             admin = requests.Session()
             assert _open(admin, a, user_id=1).status_code == 200
@@ -259,12 +273,20 @@ def test_the_installation_page_registers_the_portal_and_finishes(postgres_url, t
                     assert secret not in answer.text, f"{what}: the answer repeats a secret"
                 assert snapshot(engine, name_of(b.info["member_id"]))["portal"] is None, what
 
-            # the portal POSTs its installation page's frame form: registered, bound, a page calling installFinish
+            # the portal POSTs its installation page's frame form while event.bind fails: registered, but the
+            # page says so and does not finish the installation (the portal shows it again next time)
+            a.control("POST", "faults", {"kind": "status", "method": "event.bind", "status": 500, "count": 1})
             answer = a.install_app(base + "/apps/bitrix24/install", mode="wizard", scope="crm,placement,user_brief",
                                    client_id=B24_CLIENT_ID, client_secret=B24_CLIENT_SECRET)
             delivery = answer["delivery"]
-            assert delivery["status"] == 200, delivery["response"][:300]
-            page = delivery["response"]
+            assert delivery["status"] == 502 and "installFinish" not in delivery["response"]
+            assert 'data-state="failed"' in delivery["response"]
+            name = name_of(a.info["member_id"])
+            assert registry.get(name).state == "active" and not _bound(a)
+            # opened again: bound now, a page calling installFinish
+            again = a.open_placement(install=True, user_id=1, lang="en")
+            assert again["status"] == 200, again["body"][:300]
+            page = again["body"]
             assert f'<script src="{js}"></script>' in page and "BX24.installFinish()" in page
             nonce = re.search(r'<script nonce="([^"]+)">', page).group(1)
             sent = a.open_placement(install=True, user_id=1, lang="ru")  # opened again (not finished yet)
@@ -274,7 +296,6 @@ def test_the_installation_page_registers_the_portal_and_finishes(postgres_url, t
             origin = "http://" + urlsplit(a.base_url).netloc
             assert csp.endswith(f"frame-ancestors {origin}") and f"script-src {origin} 'nonce-" in csp
             assert "x-frame-options" not in portal_headers and nonce not in csp  # a fresh nonce per page
-            name = name_of(a.info["member_id"])
             assert registry.get(name).state == "active"
             assert _bound(a), "the events, the tab and the options are bound before installFinish is called (once)"
             assert registry.load(name).settings.daemon.bitrix24_application_token.get_secret_value() == \

@@ -139,13 +139,13 @@ class Bitrix24App:
         log.info("portal %s: Bitrix24 application installed (%s)", name, "again" if known else "new")
         return 200, "installed\n", name, fresh["access_token"]
 
-    def install_in_frame(self, form: dict[str, str], query: dict[str, str]) -> tuple[str, str, str]:
+    def install_in_frame(self, form: dict[str, str], query: dict[str, str]) -> tuple[str, str, str, bool]:
         """The installation page opened in the portal's frame (an app with an installation wizard): the
         frame form instead of ``auth[...]``. The same checks as the callback (a known portal's application
         token; the OAuth server renews ``REFRESH_ID`` and names the same ``member_id``; ``DOMAIN`` is the
         portal those tokens belong to); then registers, binds and queues the first sync.
-        Returns (portal, language, the portal's origin); raises ``Refused``, or ``RestError`` when the
-        binding failed (the portal is registered; opening the page again retries)."""
+        Returns (portal, language, the portal's origin, bound): ``bound`` False when binding failed (the
+        portal is registered; opening the page again retries); raises ``Refused``."""
         if not (self.settings.b24_client_id and self.settings.b24_client_secret and self.settings.public_url):
             raise verify.Refused("not_configured", "the Bitrix24 application is not configured: set LIFECYCLE_PUBLIC_URL, "
                                                    "LIFECYCLE_BITRIX24_CLIENT_ID and LIFECYCLE_BITRIX24_CLIENT_SECRET")
@@ -172,10 +172,14 @@ class Bitrix24App:
                            (fresh["access_token"], fresh["refresh_token"], expires))
         log.info("portal %s: Bitrix24 application installed from its installation page (%s)", name,
                  "again" if known else "new")
-        added = self.bind(name, fresh["access_token"])
+        try:
+            added = self.bind(name, fresh["access_token"])
+        except RestError as exc:
+            log.error("portal %s: binding events and the tab failed: %s", name, exc)
+            return name, language(opened.lang), _origin(endpoint), False
         log.info("portal %s: bound %d events and %d placements", name, added["events"], added["placements"])
         self.inst.defer_first_sync(name)
-        return name, language(opened.lang), _origin(endpoint)
+        return name, language(opened.lang), _origin(endpoint), True
 
     def bind(self, name: str, token: str) -> dict[str, int]:
         """Events, the card tab and the app's options; idempotent (reads back first, binds what is missing)."""
@@ -253,19 +257,15 @@ class Bitrix24App:
             query = dict(request.query_params)
             lang = language(query.get("LANG") or form.get("LANG") or "ru")
             try:
-                name, lang, origin = await run_in_threadpool(self.install_in_frame, form, query)
+                name, lang, origin, bound = await run_in_threadpool(self.install_in_frame, form, query)
             except verify.Refused as refused:
                 log.warning("Bitrix24 installation page refused: %s", refused.reason)
                 status = 503 if refused.reason == "not_configured" else 403 if refused.reason in (
                     "forged", "missing_token", "unverified") else 400
                 return HTMLResponse(refusal_page(lang, str(refused)), status,
                                     headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
-            except RestError as exc:
-                log.error("Bitrix24 installation page: binding failed: %s", exc)
-                body, headers = install_page(self.settings, lang, None, finished=False)
-                return HTMLResponse(body, 502, headers=headers)
-            body, headers = install_page(self.settings, lang, origin, finished=True)
-            return HTMLResponse(body, 200, headers=headers)
+            body, headers = install_page(self.settings, lang, origin, finished=bound)
+            return HTMLResponse(body, 200 if bound else 502, headers=headers)
 
         async def events(request: Request) -> Response:
             try:
