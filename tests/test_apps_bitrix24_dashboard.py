@@ -201,6 +201,21 @@ def test_forged_foreign_and_uninstalled_frames_open_no_session(postgres_url, tmp
             stolen.cookies.set("lifecycle_session", forged, domain="127.0.0.1", path="/")
             assert stolen.get(f"{base}/ui/p/{name_b}/", allow_redirects=False, timeout=20).status_code == 303  # sign in
 
+            # an expired app session (signed with the service's key): a framable page saying so, no data
+            import time
+
+            import itsdangerous
+
+            signer = itsdangerous.TimestampSigner(env["LIFECYCLE_SECRET_KEY"])
+            expired = {"app": {**data["app"], "portal": name_a, "lang": "ru", "exp": int(time.time()) - 1}, "csrf": "c"}
+            late_session = requests.Session()
+            late_session.cookies.set("lifecycle_session", signer.sign(base64.b64encode(json.dumps(expired).encode()))
+                                     .decode(), domain="127.0.0.1", path="/")
+            answer = late_session.get(f"{base}/ui/p/{name_a}/", allow_redirects=False, timeout=20)
+            assert answer.status_code == 401 and "Сеанс истёк" in answer.text and 'id="kpi"' not in answer.text
+            _framed_by(answer, "http://" + urlsplit(a.base_url).netloc)
+            assert late_session.get(f"{base}/api/v1/portals/{name_a}/overview", timeout=20).status_code == 401
+
 
 def test_app_sessions_expire_and_stay_in_their_portal():
     from connector.dashboard import auth

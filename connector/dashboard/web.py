@@ -181,8 +181,10 @@ class Dashboard:
 
     # -- rendering -----------------------------------------------------------------------------------
 
-    def page(self, request: Request, template: str, user: dict[str, Any] | None, status: int = 200, **ctx: Any) -> Response:
-        lang = self.language(request, user)
+    def page(self, request: Request, template: str, user: dict[str, Any] | None, status: int = 200, *,
+             frame_origin: str | None = None, lang: str | None = None, **ctx: Any) -> Response:
+        lang = lang if lang in LANGUAGES else self.language(request, user)
+        frame_origin = frame_origin or (user.get("origin") if user else None)
         env = self.envs[lang]
         body = env.get_template(template).render(
             user=user, lang=lang, csrf=auth.csrf_token(request.session), path=request.url.path,
@@ -192,10 +194,10 @@ class Dashboard:
             url=lambda **kw: "?" + urlencode({**dict(request.query_params), **{k: v for k, v in kw.items() if v is not None}}),
             **ctx)
         csp = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; script-src 'none'"
-        if user and user.get("origin"):  # an app session: framed by its portal only, nothing else
+        if frame_origin:  # an app session: framed by its portal only, nothing else
             return Response(body, status, media_type="text/html; charset=utf-8", headers={
                 "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
-                "Content-Security-Policy": f"{csp}; frame-ancestors {user['origin']}"})
+                "Content-Security-Policy": f"{csp}; frame-ancestors {frame_origin}"})
         return Response(body, status, media_type="text/html; charset=utf-8",
                         headers={"Cache-Control": "no-store", "X-Frame-Options": "SAMEORIGIN",
                                  "Content-Security-Policy": csp})
@@ -434,6 +436,12 @@ def routes(dash: Dashboard, middleware: list[Middleware]) -> list[BaseRoute]:
     async def ui_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
         if status == 303:
+            expired = request.session.get("app")
+            if isinstance(expired, dict) and isinstance(expired.get("origin"), str):
+                # an app session ran out inside the portal's frame: say so there (a login page is not framable)
+                return await run_in_threadpool(dash.page, request, "error.html", None, 401, status_code=401,
+                                               message="expired", frame_origin=expired["origin"],
+                                               lang=expired.get("lang"))
             nxt = request.url.path if request.method == "GET" else "/ui/"
             return RedirectResponse("/ui/login?" + urlencode({"next": nxt}), 303)
         user = await run_in_threadpool(dash.user, request)
