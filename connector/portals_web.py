@@ -12,6 +12,9 @@ POST /webhooks/bitrix24/<portal>            the portal's Bitrix24 outbound event
 POST /webhooks/amocrm/<portal>/<secret>     the portal's amoCRM webhooks
 /apps/bitrix24/..., /apps/amocrm/...        the connector as a Bitrix24 application and an amoCRM
                                             integration (connector/apps/bitrix24_app.py, amocrm_app.py)
+/ui/..., /api/v1/...                        the dashboard over every registered portal (needs
+                                            LIFECYCLE_SECRET_KEY); the Bitrix24 app's main page opens it
+                                            scoped to one portal and user (connector/apps/app_session.py)
 ==========================================  =============================================================
 
 ``/status`` and ``/metrics`` want ``Authorization: Bearer <token>`` when ``LIFECYCLE_STATUS_TOKEN`` is set;
@@ -259,11 +262,16 @@ class PortalService:
             Route("/webhooks/amocrm/{portal}/{secret:path}", amocrm, methods=["POST"]),
         ]
         from connector.apps.amocrm_app import AmoApp
+        from connector.apps.app_session import RegistryPortals
         from connector.apps.bitrix24_app import Bitrix24App
         from connector.apps.common import Installations
+        from connector.dashboard.web import build_many
 
         self.installations = Installations(self)
-        routes += Bitrix24App(self.installations).routes() + AmoApp(self.installations).routes()
+        # the dashboard over the registry (/ui, /api/v1): password accounts and the Bitrix24 app's sessions
+        dashboard, self.dashboard, self.dashboard_middleware = build_many(
+            RegistryPortals(self), self.url, self.installations.settings.public_url)
+        routes += Bitrix24App(self.installations).routes() + AmoApp(self.installations).routes() + dashboard
         app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
         app.router.redirect_slashes = False
         return app

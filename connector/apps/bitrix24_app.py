@@ -4,14 +4,18 @@
 POST /apps/bitrix24/install                 the installation callback (the ``ONAPPINSTALL`` body with
                                             ``auth[...]`` tokens): registers or re-activates the portal
                                             keyed by ``member_id``, then binds events, the card tab and
-                                            the app's options, and queues the first sync
+                                            the app's options, and queues the first sync; opened in the
+                                            portal's frame (an app with an installation page: the frame
+                                            form, ``AUTH_ID``/``REFRESH_ID``/``PLACEMENT=DEFAULT``) it does
+                                            the same and answers a page calling ``BX24.installFinish()``
 POST /apps/bitrix24/events/{portal}         the events the app binds: ``ONCRM{CONTACT,COMPANY,DEAL}
                                             {ADD,UPDATE,DELETE}`` (a debounced sync) and
                                             ``ONAPPUNINSTALL`` (tokens deleted, portal uninstalled)
 POST /apps/bitrix24/placement               the "Lifecycle" tab of the contact (company) card
 POST /apps/bitrix24/app                     the app's own page (its left-menu entry, ``PLACEMENT=DEFAULT``):
-                                            the portal's segments; settings for portal administrators
-                                            (``user.admin`` asked with the viewer's ``AUTH_ID``)
+                                            the portal's dashboard signed in as the portal user who opened
+                                            it (``user.current`` / ``user.admin`` asked with the frame's
+                                            ``AUTH_ID``; connector/apps/app_session.py)
 ==========================================  ===========================================================
 
 Trust: a first installation is believed only when the OAuth server (``LIFECYCLE_BITRIX24_OAUTH_URL``,
@@ -41,7 +45,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from connector.apps import verify
-from connector.apps.common import Installations, customer_page, language, main_page, refusal_page
+from connector.apps.app_session import who_opened
+from connector.apps.common import Installations, customer_page, frame_headers, install_page, language, refusal_page
 from connector.apps.settings import portal_name
 from connector.http import BodyRefused, read_body, text
 
@@ -134,6 +139,48 @@ class Bitrix24App:
         log.info("portal %s: Bitrix24 application installed (%s)", name, "again" if known else "new")
         return 200, "installed\n", name, fresh["access_token"]
 
+    def install_in_frame(self, form: dict[str, str], query: dict[str, str]) -> tuple[str, str, str, bool]:
+        """The installation page opened in the portal's frame (an app with an installation wizard): the
+        frame form instead of ``auth[...]``. The same checks as the callback (a known portal's application
+        token; the OAuth server renews ``REFRESH_ID`` and names the same ``member_id``; ``DOMAIN`` is the
+        portal those tokens belong to); then registers, binds and queues the first sync.
+        Returns (portal, language, the portal's origin, bound): ``bound`` False when binding failed (the
+        portal is registered; opening the page again retries); raises ``Refused``."""
+        if not (self.settings.b24_client_id and self.settings.b24_client_secret and self.settings.public_url):
+            raise verify.Refused("not_configured", "the Bitrix24 application is not configured: set LIFECYCLE_PUBLIC_URL, "
+                                                   "LIFECYCLE_BITRIX24_CLIENT_ID and LIFECYCLE_BITRIX24_CLIENT_SECRET")
+        opened = verify.parse_placement(form, query)
+        if not opened.refresh_id:
+            raise verify.Refused("missing_token", "the installation page was opened without REFRESH_ID")
+        name = name_of(opened.member_id)
+        known = self.inst.portal(name)
+        if known is not None and known.state != "uninstalled":
+            stored = self.inst.registry().load(name).settings.daemon.bitrix24_application_token
+            verify.check_application_token(opened.application_token, stored.get_secret_value() if stored else None)
+        fresh = self.renew(opened.refresh_id)
+        if str(fresh.get("member_id") or "") != opened.member_id:
+            raise verify.Refused("forged", "the installation's tokens belong to another portal")
+        endpoint = str(fresh.get("client_endpoint") or "")
+        if not endpoint.startswith(("http://", "https://")):
+            raise verify.Refused("malformed", "the OAuth server named no client endpoint for the portal")
+        if portal_address(endpoint) != opened.domain.lower():
+            raise verify.Refused("forged", "the frame's DOMAIN is not the portal the tokens belong to")
+        crm = {"kind": "bitrix24", "client_endpoint": endpoint, "client_id": self.settings.b24_client_id,
+               "client_secret": self.settings.b24_client_secret, "oauth_token_url": self.settings.b24_oauth_url}
+        expires = int(fresh.get("expires") or time.time() + int(fresh.get("expires_in") or 3600))
+        self.inst.register(name, crm, {"bitrix24_application_token": opened.application_token},
+                           (fresh["access_token"], fresh["refresh_token"], expires))
+        log.info("portal %s: Bitrix24 application installed from its installation page (%s)", name,
+                 "again" if known else "new")
+        try:
+            added = self.bind(name, fresh["access_token"])
+        except RestError as exc:
+            log.error("portal %s: binding events and the tab failed: %s", name, exc)
+            return name, language(opened.lang), _origin(endpoint), False
+        log.info("portal %s: bound %d events and %d placements", name, added["events"], added["placements"])
+        self.inst.defer_first_sync(name)
+        return name, language(opened.lang), _origin(endpoint), True
+
     def bind(self, name: str, token: str) -> dict[str, int]:
         """Events, the card tab and the app's options; idempotent (reads back first, binds what is missing)."""
         config = self.inst.registry().load(name)
@@ -181,16 +228,6 @@ class Bitrix24App:
         verify.check_application_token(token, stored.get_secret_value() if stored else None)
         return name, config
 
-    def viewer_is_admin(self, config: Any, auth_id: str | None) -> bool:
-        """Whether the portal user who opened the page administers the portal: asked of the portal with that
-        user's own ``AUTH_ID`` (which also proves the frame came from a signed-in user of this portal)."""
-        if not auth_id:
-            raise verify.Refused("missing_token", "the frame carries no AUTH_ID: open the app from the portal")
-        try:
-            return rest(config.crm.client_endpoint, "user.admin", auth_id) is True
-        except RestError:
-            raise verify.Refused("forged", "the portal did not confirm the user who opened the page") from None
-
     # -- routes ----------------------------------------------------------------------------------------
 
     def routes(self) -> list[Route]:
@@ -202,6 +239,9 @@ class Bitrix24App:
         async def install(request: Request) -> Response:
             try:
                 pairs = await form_of(request)
+                form = dict(pairs)
+                if "event" not in form and "AUTH_ID" in form and "PLACEMENT" in form:
+                    return await wizard(request, form)
                 status, answer, name, token = await run_in_threadpool(self.install, pairs)
             except BodyRefused as refused:
                 return refused.response
@@ -212,6 +252,20 @@ class Bitrix24App:
                 return text(status, answer)
             return Response(answer, status, media_type="text/plain; charset=utf-8",
                             background=BackgroundTask(run_in_threadpool, self.after_install, name, token))
+
+        async def wizard(request: Request, form: dict[str, str]) -> Response:
+            query = dict(request.query_params)
+            lang = language(query.get("LANG") or form.get("LANG") or "ru")
+            try:
+                name, lang, origin, bound = await run_in_threadpool(self.install_in_frame, form, query)
+            except verify.Refused as refused:
+                log.warning("Bitrix24 installation page refused: %s", refused.reason)
+                status = 503 if refused.reason == "not_configured" else 403 if refused.reason in (
+                    "forged", "missing_token", "unverified") else 400
+                return HTMLResponse(refusal_page(lang, str(refused)), status,
+                                    headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+            body, headers = install_page(self.settings, lang, origin, finished=bound)
+            return HTMLResponse(body, 200 if bound else 502, headers=headers)
 
         async def events(request: Request) -> Response:
             try:
@@ -242,10 +296,10 @@ class Bitrix24App:
                 lang = language(opened.lang)
                 name, config = await run_in_threadpool(self.authentic, opened.member_id, opened.application_token)
                 origin = _origin(config.crm.client_endpoint)
-                if urlsplit(origin).netloc.lower() != opened.domain.lower():
+                if portal_address(config.crm.client_endpoint) != opened.domain.lower():
                     raise verify.Refused("forged", "the frame's DOMAIN is not this portal's")
                 if main:
-                    admin = await run_in_threadpool(self.viewer_is_admin, config, opened.auth_id)
+                    user_id, admin = await run_in_threadpool(who_opened, config.crm.client_endpoint, opened.auth_id)
                 elif opened.placement != tab_for(config.crm.customer) or opened.entity_id is None:
                     raise verify.Refused("malformed", "this tab shows the customer card's PLACEMENT_OPTIONS ID only")
             except BodyRefused as refused:
@@ -257,8 +311,17 @@ class Bitrix24App:
                 return HTMLResponse(refusal_page(lang, str(refused)), status,
                                     headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
             if main:
-                body, headers = await run_in_threadpool(main_page, self.inst, name, lang, admin, [origin])
-                return HTMLResponse(body, 200, headers=headers)
+                dash = getattr(service, "dashboard", None)
+                if dash is None:
+                    return HTMLResponse(refusal_page(lang, "the dashboard is off: set LIFECYCLE_SECRET_KEY"), 503,
+                                        headers=frame_headers([origin]))
+                from connector.dashboard.web import open_app_session
+
+                open_app_session(request.session, portal=name, user_id=user_id, admin=admin, lang=lang, origin=origin)
+                user = dash.user(request)
+                log.info("portal %s: app session opened for portal user %d (%s)", name, user_id,
+                         "admin" if admin else "viewer")
+                return await run_in_threadpool(dash.overview, request, user, name, config, dash.portals.store(name))
             status, body, headers = await run_in_threadpool(customer_page, self.inst, name, opened.entity_id, lang,
                                                             [origin])
             return HTMLResponse(body, status, headers=headers)
@@ -273,9 +336,19 @@ class Bitrix24App:
                 Route("/apps/bitrix24/events/{portal}", events, methods=["POST"]),
                 Route("/apps/bitrix24/events", events, methods=["POST"]),
                 Route("/apps/bitrix24/placement", placement, methods=["POST"]),
-                Route("/apps/bitrix24/app", app_page, methods=["POST"])]
+                Route("/apps/bitrix24/app", app_page, methods=["POST"],
+                      middleware=getattr(service, "dashboard_middleware", None) or None)]
 
 
 def _origin(endpoint: str) -> str:
     parts = urlsplit(endpoint)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def portal_address(endpoint: str) -> str:
+    """The portal's address as a frame's ``DOMAIN`` names it: the client endpoint's host (and any path before
+    ``/rest/``, as a sandbox serving several portals under ``/p/{i}`` has), lower case."""
+    parts = urlsplit(endpoint)
+    prefix = parts.path.rstrip("/")
+    prefix = prefix[: -len("/rest")] if prefix.endswith("/rest") else prefix
+    return (parts.netloc + prefix).lower()

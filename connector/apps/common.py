@@ -28,7 +28,7 @@ class Installations:
         self.service = service
         self.settings = settings or AppSettings.from_env()
         for lang in TEXTS:  # compile the pages' templates and catalogues now, not on a portal's first request
-            for template in ("app_customer.html", "app_main.html", "app_message.html"):
+            for template in ("app_customer.html", "app_install.html", "app_message.html"):
                 _env(lang).get_template(template)
 
     def registry(self) -> Any:
@@ -131,19 +131,9 @@ class Installations:
 
 TEXTS = {
     "en": {"title": "Lifecycle", "missing": "This customer is not in the connector's data yet (the first sync may "
-                                            "still be running).", "refused": "This page cannot be shown: {why}",
-           "segments": "Segments", "customers": "customers", "as_of": "As of", "none": "No sync has finished yet.",
-           "active_share": "Active buyers", "settings": "Settings (administrators)", "state": "State",
-           "customer": "Customer card", "schedule": "Schedule", "timezone": "Time zone", "last_run": "Last sync",
-           "next_run": "Next sync", "last_error": "Last error", "rules": "Segments defined",
-           "read_only": "Read-only view: settings are shown to portal administrators."},
+                                            "still be running).", "refused": "This page cannot be shown: {why}"},
     "ru": {"title": "Жизненный цикл", "missing": "Этого клиента пока нет в данных коннектора (возможно, первая "
-                                                 "синхронизация ещё идёт).", "refused": "Страницу нельзя показать: {why}",
-           "segments": "Сегменты", "customers": "клиентов", "as_of": "На дату", "none": "Ни одна синхронизация ещё не "
-           "завершилась.", "active_share": "Активные покупатели", "settings": "Настройки (администраторы)",
-           "state": "Состояние", "customer": "Карточка клиента", "schedule": "Расписание", "timezone": "Часовой пояс",
-           "last_run": "Последняя синхронизация", "next_run": "Следующая синхронизация", "last_error": "Последняя ошибка",
-           "rules": "Заданных сегментов", "read_only": "Только просмотр: настройки видят администраторы портала."},
+                                                 "синхронизация ещё идёт).", "refused": "Страницу нельзя показать: {why}"},
 }
 
 
@@ -179,32 +169,24 @@ def customer_page(inst: Installations, name: str, customer_id: int, lang: str, a
     return 200, body, frame_headers(ancestors)
 
 
-def main_page(inst: Installations, name: str, lang: str, admin: bool, ancestors: list[str]) -> tuple[str, dict]:
-    """The app's own page (the left-menu entry): the portal's segments now and, for administrators, its
-    settings (no secret)."""
-    from connector.dashboard import queries
-    from connector.dashboard.labels import label
+def install_page(settings: AppSettings, lang: str, origin: str | None, *, finished: bool) -> tuple[str, dict]:
+    """The installation page in the portal's frame (an app with an installation wizard): loads the BX24 JS
+    library (``LIFECYCLE_BITRIX24_JS_URL``) and, when the portal is registered and bound, calls
+    ``BX24.installFinish()`` (settings/app-installation/installation-finish.md: "called only from the
+    frontend, from the application setup page"); the inline script runs by its CSP nonce only."""
+    import secrets
+    from urllib.parse import urlsplit
 
-    config = inst.registry().load(name)
-    portal = inst.registry().get(name)
-    snap = queries.latest_snapshot(inst.store(name))
-    labels = dict(config.settings.labels)
-    order = {n: i for i, n in enumerate(config.rules.segment_names)}
-    segments = sorted(((s, label(s, lang, labels), n) for s, n in (snap["counts"] if snap else {}).items()),
-                      key=lambda x: (order.get(x[0], len(order)), x[0]))
-    schedule = config.settings.schedule
-    settings = None
-    if admin:
-        settings = [("state", portal.state), ("customer", config.crm.customer),
-                    ("schedule", schedule.every or ", ".join(schedule.at) or "1h"), ("timezone", config.crm.timezone),
-                    ("rules", str(len(config.rules.segment_names))),
-                    ("last_run", portal.last_run_at.isoformat(timespec="minutes") if portal.last_run_at else "–"),
-                    ("next_run", portal.next_run_at.isoformat(timespec="minutes") if portal.next_run_at else "–"),
-                    ("last_error", portal.last_error or "–")]
-    body = _env(lang).get_template("app_main.html").render(
-        lang=lang, t=TEXTS[lang], segments=segments, as_of=snap["as_of"].isoformat() if snap else None,
-        active=(snap["active"] / snap["buyers"]) if snap and snap["buyers"] else None, settings=settings)
-    return body, frame_headers(ancestors)
+    nonce = secrets.token_urlsafe(16)
+    library = settings.b24_js_url
+    parts = urlsplit(library)
+    source = f"{parts.scheme}://{parts.netloc}" if parts.scheme else library
+    env = _env(lang)
+    body = env.get_template("app_install.html").render(lang=lang, library=library, nonce=nonce, finished=finished)
+    ancestors = origin or "'none'"
+    csp = (f"default-src 'none'; style-src 'unsafe-inline'; script-src {source} 'nonce-{nonce}'; "
+           f"frame-ancestors {ancestors}")
+    return body, {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "Content-Security-Policy": csp}
 
 
 def refusal_page(lang: str, why: str) -> str:

@@ -7,6 +7,8 @@ LIFECYCLE_PUBLIC_URL                 the connector's https address as the CRM an
 LIFECYCLE_BITRIX24_CLIENT_ID         the application's ``client_id`` (Developer resources / Market version card)
 LIFECYCLE_BITRIX24_CLIENT_SECRET     its ``client_secret`` (``_FILE`` variants work: connector/envfiles.py)
 LIFECYCLE_BITRIX24_OAUTH_URL         the OAuth server (default https://oauth.bitrix.info/oauth/token/)
+LIFECYCLE_BITRIX24_JS_URL            the BX24 JS library the installation page loads (default
+                                     https://api.bitrix24.com/api/v1/; tests point it at the sandbox's stand-in)
 LIFECYCLE_AMOCRM_CLIENT_ID           the integration's id (``client_uuid`` of the widget's JWT)
 LIFECYCLE_AMOCRM_CLIENT_SECRET       its secret key (signs the widget's JWT and the disconnect hook)
 LIFECYCLE_AMOCRM_REDIRECT_URI        default ``<public URL>/apps/amocrm/oauth``
@@ -31,6 +33,7 @@ from typing import Any
 from connector.config import ConfigError
 
 DEFAULT_B24_OAUTH = "https://oauth.bitrix.info/oauth/token/"
+DEFAULT_B24_JS = "https://api.bitrix24.com/api/v1/"
 
 
 def _env(name: str) -> str | None:
@@ -44,6 +47,7 @@ class AppSettings:
     b24_client_id: str | None = None
     b24_client_secret: str | None = field(default=None, repr=False)
     b24_oauth_url: str = DEFAULT_B24_OAUTH
+    b24_js_url: str = DEFAULT_B24_JS
     amo_client_id: str | None = None
     amo_client_secret: str | None = field(default=None, repr=False)
     amo_redirect_uri: str | None = None
@@ -87,6 +91,7 @@ class AppSettings:
         return cls(public_url=public, b24_client_id=_env("LIFECYCLE_BITRIX24_CLIENT_ID"),
                    b24_client_secret=_env("LIFECYCLE_BITRIX24_CLIENT_SECRET"),
                    b24_oauth_url=_env("LIFECYCLE_BITRIX24_OAUTH_URL") or DEFAULT_B24_OAUTH,
+                   b24_js_url=_js_url(_env("LIFECYCLE_BITRIX24_JS_URL")),
                    amo_client_id=_env("LIFECYCLE_AMOCRM_CLIENT_ID"), amo_client_secret=_env("LIFECYCLE_AMOCRM_CLIENT_SECRET"),
                    amo_redirect_uri=redirect, amo_accounts=accounts, template=template, retention_days=retention,
                    signing_key=hashlib.sha256(b"lifecycle-apps|" + signing.encode()).digest() if signing else b"")
@@ -94,6 +99,12 @@ class AppSettings:
     def amo_base_url(self, referer: str) -> str:
         host = referer.strip().lower()
         return self.amo_accounts.get(host) or f"https://{host}"
+
+
+def _js_url(value: str | None) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise ConfigError("LIFECYCLE_BITRIX24_JS_URL must be an http(s) address, e.g. https://api.bitrix24.com/api/v1/")
+    return value or DEFAULT_B24_JS
 
 
 def retention_days() -> float:

@@ -116,7 +116,14 @@ def set_language(engine: sa.Engine, user_id: int, language: str | None) -> None:
 
 
 def may_see(user: dict[str, Any], portal: str) -> bool:
+    if user.get("scope"):  # a Bitrix24 app session: its own portal, whatever the role
+        return portal == user["scope"]
     return user["role"] == "admin" or portal in user["portals"]
+
+
+def may_configure(user: dict[str, Any], portal: str) -> bool:
+    """Administrators see the settings (an app session's admin role is the portal's ``user.admin``)."""
+    return user["role"] == "admin" and may_see(user, portal)
 
 
 def secret_key(state_url: str) -> str:

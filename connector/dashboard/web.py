@@ -11,7 +11,12 @@ GET  /ui/p/{portal}/flows                   transition table between ``from`` an
 GET  /ui/p/{portal}/segments/{segment}      members: sort, search, paging, CSV / XLSX export
 GET  /ui/p/{portal}/customers/{id}          one customer: segments, history, features, actions, audiences
 GET  /ui/p/{portal}/campaigns|audiences|runs
+GET  /ui/p/{portal}/settings                the portal's settings (administrators only; 403 for viewers)
 ==========================================  ================================================================
+
+Many-portal mode (:func:`build_many`, on ``lifecycle run --state-url``): the same pages over the portal
+registry, and the Bitrix24 application's main page opens them as an *app session*: a session scoped to one
+portal and one portal user (connector/apps/app_session.py), framed by that portal only.
 
 JSON API (same data, same access rules; 401 without a session, 404 for a portal the account may not see):
 
@@ -42,6 +47,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -82,6 +88,16 @@ class Portals:
         config = self.daemon.config
         return {config.crm.name: config}
 
+    def config(self, portal: str) -> Any | None:
+        return self.configs().get(portal)
+
+    def default_language(self) -> str:
+        return self.daemon.config.settings.ui.language
+
+    def status(self, portal: str) -> Any | None:
+        """The registry row (state, last and next run, last error); the single-portal daemon has none."""
+        return None
+
     def store(self, portal: str) -> Any:
         from connector.store import StateStore
 
@@ -95,8 +111,8 @@ class Portals:
 
 
 class Dashboard:
-    def __init__(self, daemon: Any):
-        self.portals = Portals(daemon)
+    def __init__(self, daemon: Any = None, portals: Any = None):
+        self.portals = portals if portals is not None else Portals(daemon)
         self.throttle = auth.LoginThrottle()
         self.envs = {}
         for lang in LANGUAGES:
@@ -110,6 +126,9 @@ class Dashboard:
     # -- who is asking -----------------------------------------------------------------------------
 
     def user(self, request: Request) -> dict[str, Any] | None:
+        app = request.session.get("app")
+        if app is not None:
+            return app_user(app)
         uid = request.session.get("uid")
         if not isinstance(uid, int):
             return None
@@ -118,34 +137,111 @@ class Dashboard:
     def language(self, request: Request, user: dict[str, Any] | None) -> str:
         if user and user.get("language") in LANGUAGES:
             return user["language"]
-        return self.portals.daemon.config.settings.ui.language
+        return self.portals.default_language()
 
     def portal(self, request: Request, user: dict[str, Any]) -> tuple[str, Any, Any]:
         """(name, config, store) of the portal in the path, 404 if unknown or not granted to ``user``."""
         name = request.path_params["portal"]
-        configs = self.portals.configs()
-        if name not in configs or not auth.may_see(user, name):
+        if not auth.may_see(user, name):
             raise HTTPException(404, "no such portal")
-        return name, configs[name], self.portals.store(name)
+        config = self.portals.config(name)
+        if config is None:
+            raise HTTPException(404, "no such portal")
+        return name, config, self.portals.store(name)
 
     def visible(self, user: dict[str, Any]) -> dict[str, Any]:
+        if user.get("scope"):  # an app session: its portal only
+            config = self.portals.config(user["scope"])
+            return {user["scope"]: config} if config is not None else {}
         return {n: c for n, c in self.portals.configs().items() if auth.may_see(user, n)}
+
+    def settings_rows(self, name: str, config: Any) -> list[tuple[str, str]]:
+        """The portal's settings as (key, value) rows for administrators; no secret among them."""
+        schedule = config.settings.schedule
+        rows = [("customer", config.crm.customer), ("schedule", schedule.every or ", ".join(schedule.at) or "1h"),
+                ("timezone", str(config.crm.timezone)), ("rules", str(len(config.rules.segment_names)))]
+        row = self.portals.status(name)
+        if row is not None:
+            rows = [("state", row.state), *rows,
+                    ("last_run", row.last_run_at.isoformat(timespec="minutes") if row.last_run_at else "–"),
+                    ("next_run", row.next_run_at.isoformat(timespec="minutes") if row.next_run_at else "–"),
+                    ("last_error", row.last_error or "–")]
+        return rows
+
+    def overview(self, request: Request, user: dict[str, Any], name: str, config: Any, store: Any) -> Response:
+        """The portal's overview; an app session also gets the settings (administrators) or a read-only note."""
+        lang = self.language(request, user)
+        data = queries.overview(store, config, lang)
+        from connector.dashboard.charts import kpi_chart
+
+        chart = kpi_chart(data["history"], data["kpi"]["target"], translations(lang).gettext("Active base")) if data["history"] else None
+        settings = self.settings_rows(name, config) if user.get("app") and auth.may_configure(user, name) else None
+        return self.page(request, "overview.html", user, portal=name, config=config, data=data, chart=chart,
+                         settings=settings)
 
     # -- rendering -----------------------------------------------------------------------------------
 
-    def page(self, request: Request, template: str, user: dict[str, Any] | None, status: int = 200, **ctx: Any) -> Response:
-        lang = self.language(request, user)
+    def page(self, request: Request, template: str, user: dict[str, Any] | None, status: int = 200, *,
+             frame_origin: str | None = None, lang: str | None = None, **ctx: Any) -> Response:
+        lang = lang if lang in LANGUAGES else self.language(request, user)
+        frame_origin = frame_origin or (user.get("origin") if user else None)
         env = self.envs[lang]
         body = env.get_template(template).render(
             user=user, lang=lang, csrf=auth.csrf_token(request.session), path=request.url.path,
+            may_configure=bool(user and ctx.get("portal") and auth.may_configure(user, ctx["portal"])),
             query=str(request.url.query), portals=sorted(self.visible(user)) if user else [],
             label=lambda s, cfg=ctx.get("config"): label(s, lang, dict(cfg.settings.labels) if cfg else None),
             url=lambda **kw: "?" + urlencode({**dict(request.query_params), **{k: v for k, v in kw.items() if v is not None}}),
             **ctx)
+        csp = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; script-src 'none'"
+        if frame_origin:  # an app session: framed by its portal only, nothing else
+            return Response(body, status, media_type="text/html; charset=utf-8", headers={
+                "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                "Content-Security-Policy": f"{csp}; frame-ancestors {frame_origin}"})
         return Response(body, status, media_type="text/html; charset=utf-8",
                         headers={"Cache-Control": "no-store", "X-Frame-Options": "SAMEORIGIN",
-                                 "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                                            "img-src 'self' data:; script-src 'none'"})
+                                 "Content-Security-Policy": csp})
+
+
+# -- app sessions (the Bitrix24 application's main page: connector/apps/app_session.py) ------------------
+
+APP_SESSION_SECONDS = 3600  # as long as the frame's AUTH_ID lives; opening the app again starts a new one
+
+
+def open_app_session(session: dict[str, Any], *, portal: str, user_id: int, admin: bool, lang: str,
+                     origin: str, now: float | None = None) -> None:
+    """Replace whatever the cookie held with a session of ``user_id`` of ``portal`` (no token is kept in it:
+    the cookie is signed, not encrypted)."""
+    session.clear()
+    session["app"] = {"portal": portal, "user": int(user_id), "admin": bool(admin),
+                      "lang": lang if lang in LANGUAGES else "ru", "origin": origin,
+                      "exp": int((time.time() if now is None else now) + APP_SESSION_SECONDS)}
+    auth.csrf_token(session)
+
+
+def app_user(app: Any, now: float | None = None) -> dict[str, Any] | None:
+    """The account of an app session, scoped to its portal; None when malformed or expired."""
+    if not isinstance(app, dict) or not isinstance(app.get("portal"), str) or not isinstance(app.get("exp"), int):
+        return None
+    if app["exp"] <= (time.time() if now is None else now):
+        return None
+    return {"id": None, "email": f"Bitrix24 #{app.get('user')}", "role": "admin" if app.get("admin") else "viewer",
+            "portals": [app["portal"]], "scope": app["portal"], "language": app.get("lang"),
+            "origin": app.get("origin"), "app": True}
+
+
+def session_middleware(key: str, *, secure: bool) -> list[Middleware]:
+    """The session cookie. ``secure`` (the service is reached over https): ``SameSite=None; Secure;
+    Partitioned`` so it works inside the CRM's third-party frame; over plain http browsers drop
+    ``SameSite=None`` cookies, so it is ``Lax`` there (loopback tests frame from the same site)."""
+    import inspect
+
+    options: dict[str, Any] = {"same_site": "none", "https_only": True} if secure else {"same_site": "lax",
+                                                                                         "https_only": False}
+    if secure and "partitioned" in inspect.signature(SessionMiddleware.__init__).parameters:
+        options["partitioned"] = True
+    return [Middleware(SessionMiddleware, secret_key=key, session_cookie=SESSION_COOKIE, max_age=SESSION_SECONDS,
+                       **options)]
 
 
 def _dates(request: Request) -> tuple[date, date]:
@@ -185,9 +281,25 @@ def build(daemon: Any) -> list[BaseRoute]:
     except Exception as exc:  # noqa: BLE001 - the daemon still serves health, metrics and webhooks
         log.warning("dashboard disabled: %s", safe_error(exc))
         return []
-    dash = Dashboard(daemon)
-    middleware = [Middleware(SessionMiddleware, secret_key=key, session_cookie=SESSION_COOKIE, max_age=SESSION_SECONDS,
-                             same_site="lax", https_only=False)]
+    return routes(Dashboard(daemon), session_middleware(key, secure=False))
+
+
+def build_many(portals: Any, state_url: str, public_url: str | None) -> tuple[list[BaseRoute], Dashboard | None, list[Middleware]]:
+    """The dashboard over the many-portal registry (``portals``: connector/apps/app_session.RegistryPortals):
+    routes, the Dashboard and the session middleware (the app's main page opens sessions with it); no routes
+    when there is no session key (logged)."""
+    try:
+        key = auth.secret_key(state_url)
+    except Exception as exc:  # noqa: BLE001 - the service still serves status, webhooks and the apps
+        log.warning("dashboard disabled: %s", safe_error(exc))
+        return [], None, []
+    dash = Dashboard(portals=portals)
+    middleware = session_middleware(key, secure=bool(public_url and public_url.startswith("https://")))
+    return routes(dash, middleware), dash, middleware
+
+
+def routes(dash: Dashboard, middleware: list[Middleware]) -> list[BaseRoute]:
+    """The ``/ui`` and ``/api/v1`` mounts of ``dash``."""
 
     # -- pages -------------------------------------------------------------------------------------
 
@@ -233,26 +345,32 @@ def build(daemon: Any) -> list[BaseRoute]:
         if not auth.csrf_ok(request.session, form.get("csrf")):
             raise HTTPException(403, "the form's CSRF token is missing or stale; reload the page")
         lang = str(form.get("language", ""))
-        await run_in_threadpool(auth.set_language, dash.portals.users_engine(), user["id"], lang if lang in LANGUAGES else None)
+        if user.get("app"):  # an app session keeps its language in the session
+            request.session["app"] = {**request.session["app"], "lang": lang if lang in LANGUAGES else "ru"}
+        else:
+            await run_in_threadpool(auth.set_language, dash.portals.users_engine(), user["id"],
+                                    lang if lang in LANGUAGES else None)
         back = str(form.get("next", "/ui/"))
         return RedirectResponse(back if back.startswith("/ui/") else "/ui/", 303)
 
     def portfolio_page(request: Request) -> Response:
         user = signed_in(request)
         rows = [queries.portfolio_entry(dash.portals.store(n), c) for n, c in sorted(dash.visible(user).items())]
-        if len(rows) == 1 and user["role"] != "admin":
+        if len(rows) == 1 and (user["role"] != "admin" or user.get("scope")):
             return RedirectResponse(f"/ui/p/{rows[0]['portal']}/", 303)
         return dash.page(request, "portfolio.html", user, rows=rows)
 
     def overview_page(request: Request) -> Response:
         user = signed_in(request)
-        name, config, store = dash.portal(request, user)
-        lang = dash.language(request, user)
-        data = queries.overview(store, config, lang)
-        from connector.dashboard.charts import kpi_chart
+        return dash.overview(request, user, *dash.portal(request, user))
 
-        chart = kpi_chart(data["history"], data["kpi"]["target"], translations(lang).gettext("Active base")) if data["history"] else None
-        return dash.page(request, "overview.html", user, portal=name, config=config, data=data, chart=chart)
+    def settings_page(request: Request) -> Response:
+        user = signed_in(request)
+        name, config, _ = dash.portal(request, user)
+        if not auth.may_configure(user, name):
+            raise HTTPException(403, "the settings are for administrators")
+        return dash.page(request, "settings.html", user, portal=name, config=config,
+                         settings=dash.settings_rows(name, config))
 
     def flows_page(request: Request) -> Response:
         user = signed_in(request)
@@ -318,6 +436,12 @@ def build(daemon: Any) -> list[BaseRoute]:
     async def ui_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
         if status == 303:
+            expired = request.session.get("app")
+            if isinstance(expired, dict) and isinstance(expired.get("origin"), str):
+                # an app session ran out inside the portal's frame: say so there (a login page is not framable)
+                return await run_in_threadpool(dash.page, request, "error.html", None, 401, status_code=401,
+                                               message="expired", frame_origin=expired["origin"],
+                                               lang=expired.get("lang"))
             nxt = request.url.path if request.method == "GET" else "/ui/"
             return RedirectResponse("/ui/login?" + urlencode({"next": nxt}), 303)
         user = await run_in_threadpool(dash.user, request)
@@ -338,6 +462,7 @@ def build(daemon: Any) -> list[BaseRoute]:
         Route("/p/{portal}/campaigns", campaigns_page, methods=["GET"]),
         Route("/p/{portal}/audiences", audiences_page, methods=["GET"]),
         Route("/p/{portal}/runs", runs_page, methods=["GET"]),
+        Route("/p/{portal}/settings", settings_page, methods=["GET"]),
     ], middleware=middleware, exception_handlers={HTTPException: ui_error})
     ui.router.redirect_slashes = False
 

@@ -63,7 +63,7 @@ import math
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from sandbox.outbound import FORM, Outbox, send
 
@@ -109,6 +109,30 @@ class App:
                 "installed": self.installed, "uninstalled": self.uninstalled,
                 "events": [dict(e) for e in self.events], "placements": [dict(p) for p in self.placements],
                 "options": dict(self.options)}
+
+
+# A stand-in for the BX24 JS library (https://api.bitrix24.com/api/v1/) as far as an installation page uses it:
+# ``BX24.init(cb)`` runs ``cb`` once the page is loaded, ``BX24.installFinish()`` tells the portal's window
+# (the frame's parent: ``PROTOCOL``/``DOMAIN`` of the frame URL, with its ``APP_SID``) that the installation
+# is finished; the real library talks to the portal by ``postMessage`` the same way. Calls are recorded
+# in ``window.BX24.calls``.
+BX24_JS = """(function () {
+  var q = new URLSearchParams(window.location.search);
+  var portal = (q.get("PROTOCOL") === "1" ? "https://" : "http://") + (q.get("DOMAIN") || "").split("/")[0];
+  var calls = [];
+  function send(method) { calls.push(method); window.parent.postMessage({method: method, app_sid: q.get("APP_SID")}, portal); }
+  window.BX24 = {
+    calls: calls,
+    init: function (callback) {
+      if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", function () { callback(); }); }
+      else { callback(); }
+    },
+    installFinish: function () { send("installFinish"); },
+    getLang: function () { return q.get("LANG"); },
+    getDomain: function () { return q.get("DOMAIN"); }
+  };
+})();
+"""
 
 
 def _bad(text: str, status: int = 400) -> tuple[int, dict]:
@@ -234,6 +258,8 @@ class Apps:
             return self.open_frame(body)
         if route == "/apps/frame" and verb == "GET":
             return self.frame_page(body)
+        if route == "/apps/bx24.js" and verb == "GET":
+            return 200, BX24_JS.encode("utf-8")
         if route == "/records" and verb == "POST":
             return self.ui_edit(body)
         return 404, {"error": "NOT_FOUND", "error_description": f"no control route {verb} /_sandbox{route}"}
@@ -270,7 +296,9 @@ class Apps:
             app.version, app.language = str(body.get("version", app.version)), str(body.get("language", app.language))
             app.uninstalled = False
             app.installed = mode == "callback"
-        if mode == "wizard":
+        if mode == "wizard" and body.get("send") is False:  # the browser opens the page: apps/frame?install=1
+            entry = None
+        elif mode == "wizard":
             entry, _ = self._frame(app, handler, "DEFAULT", {}, user_id=int(body.get("user_id", 1)), kind="install")
         else:
             with self.portal.lock:  # "the set of top-level keys is the same for all events" (events/index.md)
@@ -316,16 +344,20 @@ class Apps:
 
     def open_frame(self, body: dict) -> tuple[int, Any]:
         """``{"app": client_id, "placement": "CRM_CONTACT_DETAIL_TAB", "id": 5, "user_id": 1, "lang": "ru",
-        "send": true}``: what the portal's page POSTs into the widget frame (``DEFAULT`` = the app's page)."""
+        "send": true, "install": false}``: what the portal's page POSTs into the widget frame (``DEFAULT`` = the
+        app's page; ``install``: the installation page of an app with a wizard, shown until installFinish)."""
         app = self.find(body.get("app")) if body.get("app") else None
         placement = str(body.get("placement") or "DEFAULT").upper()
+        install = body.get("install") not in (None, False, "", "0", 0)
         with self.portal.lock:
-            candidates = [app] if app else [a for a in self.apps.values() if a.installed]
+            candidates = [app] if app else [a for a in self.apps.values() if a.installed or install]
             handler, owner = None, None
             for each in candidates:
-                if not each.installed or each.uninstalled:
+                if each.uninstalled or not (each.installed or install):
                     continue
-                if placement == "DEFAULT":
+                if install:
+                    handler, owner, placement = each.handler, each, "DEFAULT"
+                elif placement == "DEFAULT":
                     handler, owner = each.main_url, each
                 else:
                     bound = [p for p in each.placements if p["placement"] == placement]
@@ -341,8 +373,10 @@ class Apps:
         if isinstance(body.get("options"), dict):
             options.update(body["options"])
         entry, result = self._frame(owner, handler, placement, options, user_id=int(body.get("user_id", 1)),
-                                    lang=str(body.get("lang", owner.language)), send_it=body.get("send", True))
-        out = {"url": entry["url"], "form": entry["form"], "app": owner.client_id}
+                                    lang=str(body.get("lang", owner.language)), send_it=body.get("send", True),
+                                    kind="install" if install else "placement")
+        out = {"url": entry["url"], "form": entry["form"], "app": owner.client_id,
+               "sid": parse_qs(urlsplit(entry["url"]).query).get("APP_SID", [""])[0]}
         if result is not None:
             out.update(status=result["status"], error=result["error"], headers=result["headers"],
                        body=result["response"], delivery=entry["id"])
@@ -351,10 +385,23 @@ class Apps:
     def frame_page(self, args: dict) -> tuple[int, Any]:
         """``GET /_sandbox/apps/frame?placement=CRM_CONTACT_DETAIL_TAB&id=5&user_id=1&lang=ru``: a portal page
         (text/html) that POSTs the frame form into an iframe, as the card's page does in a browser: the
-        handler's framing headers (X-Frame-Options, CSP frame-ancestors) are enforced by the browser itself."""
+        handler's framing headers (X-Frame-Options, CSP frame-ancestors) are enforced by the browser itself.
+        ``install=1``: the installation page of a wizard app; the page listens for the frame's
+        ``BX24.installFinish()`` (the stand-in library ``GET /_sandbox/apps/bx24.js`` posts it to this window)
+        and then marks the app installed (``POST apps/finish``), showing ``#install-state`` = ``finished``."""
         status, opened = self.open_frame({**args, "send": False})
         if status != 200:
             return status, opened
+        from urllib.parse import urlsplit
+
+        target = urlsplit(opened["url"])
+        listener = ('<p id="install-state">waiting</p><script>window.addEventListener("message", function (e) {'
+                    f'if (e.origin !== {json.dumps(f"{target.scheme}://{target.netloc}")} || !e.data || '
+                    f'e.data.method !== "installFinish" || e.data.app_sid !== {json.dumps(opened["sid"])}) return;'
+                    'fetch("finish", {method: "POST", body: JSON.stringify({app: '
+                    f'{json.dumps(opened["app"])}, sid: e.data.app_sid}})}}).then(function (r) {{'
+                    'document.getElementById("install-state").textContent = r.ok ? "finished" : "failed"; });'
+                    '});</script>') if args.get("install") not in (None, "", "0") else ""
         fields = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(str(v))}">'
                          for k, v in opened["form"].items())
         title = html.escape(f"{args.get('placement') or 'DEFAULT'} {args.get('id') or ''}".strip())
@@ -362,7 +409,7 @@ class Apps:
                 f'<body><h1 id="portal-card">{title}</h1>'
                 f'<form id="placement-form" method="POST" target="placement-frame" action="{html.escape(opened["url"])}">'
                 f'{fields}</form><iframe name="placement-frame" id="placement-frame" title="{title}" '
-                f'style="width:100%;height:900px;border:0"></iframe>'
+                f'style="width:100%;height:900px;border:0"></iframe>{listener}'
                 f'<script>document.getElementById("placement-form").submit();</script></body></html>')
         return 200, page.encode("utf-8")
 

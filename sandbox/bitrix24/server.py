@@ -69,12 +69,15 @@ class SandboxServer(QuietServer):
                 return self.portals[int(index)], self.infos[int(index)], "/" + rest
         return None, self.info, path
 
-    def portal_for_client(self, client_id: object) -> Portal:
-        """The shared OAuth server (unprefixed ``/oauth/token/``) knows every portal's app by client id."""
-        for portal in self.portals or [self.portal]:
-            if client_id in portal.auth.clients:
+    def portal_for_client(self, client_id: object, refresh_token: object = None) -> Portal:
+        """The shared OAuth server (unprefixed ``/oauth/token/``) knows every portal's app by client id; one
+        application (a Market app, or the same local app's credentials) installed in several portals is told
+        apart by the refresh token being renewed."""
+        having = [p for p in (self.portals or [self.portal]) if client_id in p.auth.clients]
+        for portal in having:
+            if refresh_token is not None and refresh_token in portal.auth.refresh:
                 return portal
-        return (self.portals or [self.portal])[0]  # answers invalid_client
+        return (having or self.portals or [self.portal])[0]  # answers invalid_client / invalid_grant
 
     def finish_request(self, request, client_address):
         if self.ssl_context is not None:
@@ -166,8 +169,9 @@ class Handler(BaseHandler):
             except (UnicodeDecodeError, json.JSONDecodeError):
                 body = {}
             status, payload = control.handle(portal, self.info, verb, path, url.query, body)
-            if isinstance(payload, bytes):  # /_sandbox/apps/frame: a portal page for a browser
-                self._send(status, payload, "text/html; charset=utf-8")
+            if isinstance(payload, bytes):  # /_sandbox/apps/frame: a portal page for a browser (bx24.js: a script)
+                self._send(status, payload, "text/javascript; charset=utf-8" if path.endswith(".js")
+                           else "text/html; charset=utf-8")
             else:
                 self._send(status, payload)
             return
@@ -200,7 +204,7 @@ class Handler(BaseHandler):
             except DecodeError as exc:
                 self._send(400, {"error": "INVALID_REQUEST", "error_description": str(exc)})
                 return
-            portal = self.server.portal_for_client(params.get("client_id"))
+            portal = self.server.portal_for_client(params.get("client_id"), params.get("refresh_token"))
             with portal.lock:
                 portal.counters.oauth_requests += 1
                 status, payload = portal.auth.token_endpoint(params, portal.endpoints())
