@@ -66,14 +66,18 @@ copy_path "$py"
 exe=$(readlink -f "$py")
 stdlib=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 dynload=$("$py" -c 'import sys; print(next(p for p in sys.path if p.endswith("lib-dynload")))')
-mkdir -p "$dest$(dirname "$stdlib")"
-# -L: Debian's sitecustomize.py is a link into /etc/python3.x
-cp -RL "$stdlib" "$dest$(dirname "$stdlib")/"
 s="$dest$stdlib"
-rm -rf "$s/test" "$s/idlelib" "$s/tkinter" "$s/turtledemo" "$s/ensurepip" "$s/lib2to3" "$s/pydoc_data" \
-  "$s/turtle.py" "$s"/config-* "$s/site-packages" "$s/dist-packages"
+mkdir -p "$s"
+for entry in "$stdlib"/* "$stdlib"/.[!.]*; do
+  [ -e "$entry" ] || continue
+  case ${entry##*/} in
+    test | idlelib | tkinter | turtledemo | turtle.py | ensurepip | lib2to3 | pydoc_data | site-packages \
+      | dist-packages | config-* | __pycache__) ;;
+    *) cp -RL "$entry" "$s/" ;;   # -L: Debian's sitecustomize.py is a link into /etc/python3.x
+  esac
+done
 find "$s" -name '__pycache__' -type d -prune -exec rm -rf {} +
-find "$s" -type d \( -name tests -o -name idle_test \) -prune -exec rm -rf {} +
+find "$s" -type d \( -name test -o -name tests -o -name idle_test \) -prune -exec rm -rf {} +
 case $dynload in
   "$stdlib"/*) ;;
   *) mkdir -p "$dest$(dirname "$dynload")" && cp -RL "$dynload" "$dest$(dirname "$dynload")/" ;;
@@ -121,16 +125,17 @@ rm -rf "$dest/usr/share/zoneinfo/right"   # leap-second variants: nothing here a
 printf 'root:x:0:0:root:/root:/sbin/nologin\nlifecycle:x:10001:10001:crm-lifecycle:/data:/sbin/nologin\n' \
   >"$dest/etc/passwd"
 printf 'root:x:0:\nlifecycle:x:10001:\n' >"$dest/etc/group"
-mkdir -p "$dest/tmp" "$dest/root"
+mkdir -p "$dest/tmp"
 chmod 1777 "$dest/tmp"
-chmod 700 "$dest/root"
 
 # -- check: the app's imports, time zones and TLS, inside the new tree ------------------------------
-chroot "$dest" "$py" -I -c '
+# (IMAGE_ROOTFS_IMPORTS: the modules to import, the app's by default; tests/test_container.py gives others)
+imports=${IMAGE_ROOTFS_IMPORTS:-polars, scipy.special, scipy.optimize, numpy, psycopg, sqlalchemy, cryptography.fernet, \
+pydantic, aiohttp, uvicorn, connector.cli}
+chroot "$dest" "$py" -I -B -c "
 import ssl, sqlite3, zoneinfo, ctypes, lzma, bz2, zlib, uuid, decimal, json, hashlib
-import polars, scipy.special, numpy, psycopg, sqlalchemy, cryptography.fernet, pydantic, aiohttp, uvicorn
-import connector.cli
-zoneinfo.ZoneInfo("Europe/Moscow")
-assert ssl.create_default_context().cert_store_stats()["x509_ca"] > 0, "no CA certificates"
-'
+import $imports
+zoneinfo.ZoneInfo('Europe/Moscow')
+assert ssl.create_default_context().cert_store_stats()['x509_ca'] > 0, 'no CA certificates'
+"
 echo "image-rootfs: $(du -sh "$dest" | cut -f1) in $dest"
