@@ -18,6 +18,7 @@ from connector.pipeline import open_store, sync
 from sandbox.amocrm import running_account
 from tests.conftest import mirror
 from tests.test_amocrm_adapter import next_second, write_config
+from tests.test_bitrix24_own_writes import _cursors
 
 OTHER_USER = 7
 
@@ -26,14 +27,6 @@ OTHER_USER = 7
 def acct():
     with running_account(generate=(200, 600)) as handle:
         yield handle
-
-
-def _cursors(config) -> dict[str, str]:
-    store = open_store(config)
-    try:
-        return store.cursors()
-    finally:
-        store.close()
 
 
 def _contact(acct, cid: int) -> dict:
@@ -94,15 +87,14 @@ def test_a_third_party_client_sees_the_other_users_writes():
 
 def test_the_pull_after_a_write_back_skips_our_writes_and_sees_everyone_elses(tmp_path, acct):
     config = load_config(write_config(tmp_path, acct))
-    # the first three PATCH answers are held 1.2 s each (their writes are stored at once), so the four PATCHes
-    # of 50 contacts are stamped in four different seconds: the middle two are strictly inside the window
+    # the first PATCH answer is held 1.2 s (its writes are stored at once): the write-back spans two seconds
     store = open_store(config)
     source = AmoSource(adapter_settings(config), store)
 
     class Spread:
         def pull(self, progress=None):
             result = source.pull(progress)
-            acct.faults(kind="slow_after", path="/api/v4/contacts", method="PATCH", count=3, delay=1.2)
+            acct.faults(kind="slow_after", path="/api/v4/contacts", method="PATCH", count=1, delay=1.2)
             return result
 
     try:
@@ -113,18 +105,21 @@ def test_the_pull_after_a_write_back_skips_our_writes_and_sees_everyone_elses(tm
     assert written == 200
     own = json.loads(_cursors(config)["own_writes"])
     stamps = sorted(c["updated_at"] for c in acct.state("contacts")["contacts"])
-    assert own["user"] == 1 and own["from"] <= stamps[0] and own["until"] >= stamps[-1]
-    assert stamps[49] < stamps[50] < stamps[100] < stamps[150]
+    assert own["user"] == 1 and own["from"] <= stamps[0] < stamps[-1] <= own["until"]
+    cursor = int(_cursors(config)["updated_since"])  # the first pull's start
     next_second()
 
     acct.reset_counters()
     second = sync(config).summary()  # nobody touched the account
-    # only our writes of the window's first and last seconds are read again (updated_at has one-second
-    # resolution, both ends are inclusive): not the middle PATCHes' 100; before this change all 200 were
-    assert second["customers_upserted"] <= written - 100
+    # none of our 200 writes is read back (before this change all were: one more page per 250 written)
+    assert second["customers_upserted"] == 0
     routes = acct.counters()["by_route"]
-    assert routes["GET /api/v4/contacts"] <= 3 and routes["GET /api/v4/users"] == 1
-    assert second["pull_requests"] <= 8 and second["writeback_requests"] == 0
+    # everyone else since the cursor, our user after the window, our user before it (unless the window began
+    # in the cursor's second): empty lists
+    before = 1 if own["from"] > cursor else 0
+    assert routes["GET /api/v4/contacts"] == 2 + before and routes["GET /api/v4/users"] == 1
+    assert routes["GET /api/v4/events"] == 2  # deletions, and the other users' events (the race)
+    assert second["pull_requests"] == 7 + before and second["writeback_requests"] == 0
     assert _cursors(config)["own_writes"] == ""  # used once
     next_second()
 
@@ -184,8 +179,8 @@ def test_customer_filters_split_only_while_the_window_reaches_into_the_pull() ->
     assert own == {"user": 1, "from": 1300, "until": 1420}
     assert customer_filters(since, own, [0, 5, 7]) == [
         {**since, "filter[updated_by][]": [0, 5, 7]},
-        {**since, "filter[updated_by][]": [1], "filter[updated_at][from]": 1420},
-        {**since, "filter[updated_by][]": [1], "filter[updated_at][to]": 1300},
+        {**since, "filter[updated_by][]": [1], "filter[updated_at][from]": 1421},
+        {**since, "filter[updated_by][]": [1], "filter[updated_at][to]": 1299},
     ]
     many = customer_filters(since, own, list(range(2, 120)))
     assert [len(f["filter[updated_by][]"]) for f in many] == [50, 50, 18, 1, 1]
@@ -194,4 +189,4 @@ def test_customer_filters_split_only_while_the_window_reaches_into_the_pull() ->
     assert own_window({"own_writes": ""}, 1000) is None and own_window({"own_writes": "{bad"}, 1000) is None
     later = own_window(cursors, 1350)
     assert customer_filters({**since, "filter[updated_at][from]": 1350}, later, [0])[1:] == [
-        {**since, "filter[updated_at][from]": 1420, "filter[updated_by][]": [1]}]
+        {**since, "filter[updated_at][from]": 1421, "filter[updated_by][]": [1]}]

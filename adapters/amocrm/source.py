@@ -13,13 +13,15 @@
   the integration's user and the account-time window of its writes (``own_writes``). ``filter[updated_by]``
   has no negation, so the next incremental customer list is split by user: everyone else (the account's
   users from ``/api/v4/users`` and 0, amoCRM's robot, at most :data:`USERS_PER_LIST` ids a request) since the
-  cursor, and our user only after the window ended or before it began (both ends inclusive: ``updated_at``
-  has one-second resolution, so our writes of those seconds are read again). A change someone else made
-  after our pull and before our write is hidden by our write (``updated_by`` and ``updated_at`` become
-  ours), so the events feed is read for what the other users did to customers from the cursor to the
-  window's end (``filter[created_by]``, at most :data:`USERS_PER_EVENTS` ids a request); customers it names
-  that the lists did not bring are read by id. The window is used once. What our own user changed by hand
-  strictly inside the window is not seen until that customer changes again.
+  cursor, and our user only after the window ended or before it began. The window holds every
+  ``updated_at`` our writes got (from the account's clock before the first PATCH to the later of the last
+  answer's clock and the latest ``updated_at`` the answers gave), so none of our writes is read back. A
+  change someone else made after our pull and before our write is hidden by our write (``updated_by`` and
+  ``updated_at`` become ours), so the events feed is read for what the other users did to customers from
+  the cursor to the window's end (``filter[created_by]``, at most :data:`USERS_PER_EVENTS` ids a request);
+  customers it names that the lists did not bring are read by id. The window is used once. What our own
+  user changed by hand inside the window (its seconds included) is not seen until that customer changes
+  again.
 * Products (``products`` set): leads are read ``with=contacts,catalog_elements``, and the names, SKU,
   price and group of the elements they link from their lists (adapters/amocrm/products.py); the rows
   of every lead read replace the stored ones. The first pull with products reads every lead once.
@@ -278,12 +280,12 @@ def own_window(cursors: dict[str, str], since: int | None) -> dict[str, int] | N
 def customer_filters(filters: dict[str, Any], own: dict[str, int] | None, others: list[int]) -> list[dict[str, Any]]:
     """The customer list's filters: ``filters`` alone, or, when ``own`` (:func:`own_window`) holds, the split
     that leaves out what our user modified inside the window: everyone else since the cursor (a list per
-    :data:`USERS_PER_LIST` ids), our user from the window's end, and our user up to its start."""
+    :data:`USERS_PER_LIST` ids), our user after the window's last second, and our user before its first."""
     if own is None:
         return [filters]
     since = int(filters["filter[updated_at][from]"])
     out = [{**filters, "filter[updated_by][]": others[i : i + USERS_PER_LIST]} for i in range(0, len(others), USERS_PER_LIST)]
-    out.append({**filters, "filter[updated_by][]": [own["user"]], "filter[updated_at][from]": max(since, own["until"])})
-    if own["from"] > since:
-        out.append({**filters, "filter[updated_by][]": [own["user"]], "filter[updated_at][to]": own["from"]})
+    out.append({**filters, "filter[updated_by][]": [own["user"]], "filter[updated_at][from]": max(since, own["until"] + 1)})
+    if own["from"] > since:  # ranges are inclusive: the window's own seconds stay out
+        out.append({**filters, "filter[updated_by][]": [own["user"]], "filter[updated_at][to]": own["from"] - 1})
     return out
