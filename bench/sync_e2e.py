@@ -18,6 +18,15 @@ is synced three times by ``connector.pipeline.sync`` with ``[writeback] tag_segm
 3. a quiet sync (nothing moved, nothing edited): the write-back step's local time (planning; it sends no
    request) per 100,000 customers -- target under 0.3 s; and the whole sync's wall time.
 
+``--crm amocrm`` runs the same three syncs against the amoCRM sandbox account
+(``sandbox.amocrm.running_account``: 7 requests per second per account, 429 above it, the window X times
+faster; the adapter runs with ``requests_per_second = 7 * X``): the write-back's floor is then
+``requests / (7 * X)`` and there is no operating-time limit. Its second sync reads the contacts our own user
+modified outside the write-back's window only (adapters/amocrm/source.py), plus the account's users and the
+other users' events: a handful of requests whatever the base's size. ``--read-own-writes`` forgets the
+write-back's window before the second sync (the behaviour before issue 20: every written contact is read
+back), for a side-by-side figure.
+
 The sandbox runs in its own process by default (``--in-process``: in a thread of this one, where its request
 handling competes with the connector for the interpreter lock), as a real portal is another machine.
 
@@ -26,6 +35,7 @@ clock runs X times faster than the wall clock, so the default 10 minutes would r
 and ``reconcile_hours = 24``. The bench waits 1.1 s between syncs: DATE_MODIFY has one-second resolution.
 
     python bench/sync_e2e.py --contacts 100000 --deals 300000 --time-scale 20 [--in-flight 3] [--json]
+    python bench/sync_e2e.py --crm amocrm --contacts 20000 --deals 60000 --time-scale 20 [--read-own-writes]
 """
 
 from __future__ import annotations
@@ -52,31 +62,56 @@ from sandbox.bitrix24.testing import PortalHandle  # noqa: E402
 
 
 @contextlib.contextmanager
-def portal_process(contacts: int, deals: int, time_scale: float):
-    """The sandbox portal as a separate process (``lifecycle sandbox bitrix24``); a handle over its control routes."""
-    code = "import sys; from sandbox.bitrix24.cli import main; sys.exit(main(sys.argv[1:]))"
+def sandbox_process(crm: str, contacts: int, deals: int, time_scale: float):
+    """A sandbox (``lifecycle sandbox bitrix24|amocrm``) as a separate process; a handle over its control routes."""
+    if crm == "amocrm":
+        from sandbox.amocrm.testing import AccountHandle as Handle
+    else:
+        Handle = PortalHandle
+    code = f"import sys; from sandbox.{crm}.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "--generate", f"{contacts}:{deals}", "--time-scale",
                              str(time_scale)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         if not line:
-            raise RuntimeError("the sandbox portal did not start")
-        yield PortalHandle(types.SimpleNamespace(portal=None, info=json.loads(line)))
+            raise RuntimeError(f"the {crm} sandbox did not start")
+        yield Handle(types.SimpleNamespace(portal=None, account=None, info=json.loads(line)))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
+def write_amocrm_config(folder: Path, info: dict, time_scale: float, in_flight: int) -> Path:
+    return _write(folder, f"""kind = "amocrm"
+base_url = "{info["base_url"]}"
+access_token = "{info["access_token"]}"
+requests_per_second = {7 * time_scale}
+overlap_minutes = 0""", in_flight)
+
+
+def forget_own_writes(config: Any) -> None:
+    """As before issue 20: the next pull knows nothing of the write-back's window."""
+    store = pipeline.open_store(config)
+    try:
+        store.save_cursors({"own_writes": ""})
+    finally:
+        store.close()
+
+
 def write_config(folder: Path, webhook_url: str, time_scale: float, in_flight: int) -> Path:
-    path = folder / "bench.toml"
-    path.write_text(f"""
-[crm]
-kind = "bitrix24"
+    return _write(folder, f"""kind = "bitrix24"
 webhook_url = "{webhook_url}"
 requests_per_second = {2 * time_scale}
 burst = 50
 overlap_minutes = 0
-reconcile_hours = 24
+reconcile_hours = 24""", in_flight)
+
+
+def _write(folder: Path, crm: str, in_flight: int) -> Path:
+    path = folder / "bench.toml"
+    path.write_text(f"""
+[crm]
+{crm}
 [state]
 url = "sqlite:///{(folder / 'state.db').as_posix()}"
 [writeback]
@@ -102,7 +137,8 @@ class Timed:
 
 
 def one_sync(config: Any, portal: Any, timed: Timed) -> dict[str, Any]:
-    portal.limits(reset=True)
+    if config.crm.kind == "bitrix24":
+        portal.limits(reset=True)
     portal.reset_counters()
     started = time.perf_counter()
     summary = pipeline.sync(config).summary()
@@ -126,13 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=3, help="[writeback] batches_in_flight (default 3)")
     parser.add_argument("--in-process", action="store_true", help="serve the sandbox from a thread of this process")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--crm", choices=("bitrix24", "amocrm"), default="bitrix24")
+    parser.add_argument("--read-own-writes", action="store_true",
+                        help="forget the write-back's window before the second sync (before issue 20)")
     args = parser.parse_args(argv)
+    if args.crm == "amocrm":
+        return amocrm_main(args)
     timed = Timed()
     pipeline.write_tags = timed  # type: ignore[assignment]
     out: dict[str, Any] = {"contacts": args.contacts, "deals": args.deals, "time_scale": args.time_scale,
                            "batches_in_flight": args.in_flight}
     serve = (running_portal(generate=(args.contacts, args.deals), time_scale=args.time_scale) if args.in_process
-             else portal_process(args.contacts, args.deals, args.time_scale))
+             else sandbox_process("bitrix24", args.contacts, args.deals, args.time_scale))
     out["sandbox"] = "thread" if args.in_process else "process"
     with tempfile.TemporaryDirectory() as tmp, serve as portal:
         config = load_config(write_config(Path(tmp), portal.webhook_url, args.time_scale, args.in_flight))
@@ -171,6 +212,54 @@ def main(argv: list[str] | None = None) -> int:
           f"write-back {s['writeback_requests']}; {s['customers_read']} contacts read back; {s['wall_seconds']} s")
     print(f"quiet sync: write-back step {q['writeback_seconds']} s = {q['writeback_seconds_per_100k']} s per 100,000 "
           f"customers (target < 0.3), {q['http_requests']} requests; whole sync {q['wall_seconds']} s")
+    return 0
+
+
+def amocrm_main(args: argparse.Namespace) -> int:
+    from sandbox.amocrm import running_account
+
+    timed = Timed()
+    pipeline.write_tags = timed  # type: ignore[assignment]
+    out: dict[str, Any] = {"crm": "amocrm", "contacts": args.contacts, "deals": args.deals,
+                           "time_scale": args.time_scale, "read_own_writes": args.read_own_writes}
+    serve = (running_account(generate=(args.contacts, args.deals), time_scale=args.time_scale) if args.in_process
+             else sandbox_process("amocrm", args.contacts, args.deals, args.time_scale))
+    out["sandbox"] = "thread" if args.in_process else "process"
+    try:
+        with tempfile.TemporaryDirectory() as tmp, serve as acct:
+            config = load_config(write_amocrm_config(Path(tmp), acct.info, args.time_scale, args.in_flight))
+            first = one_sync(config, acct, timed)
+            rate = 7.0 * args.time_scale
+            floor = first["writeback_requests"] / rate
+            first["writeback_floor_seconds"] = round(floor, 3)
+            first["writeback_vs_floor"] = round(first["writeback_seconds"] / floor, 2) if floor else None
+            if args.read_own_writes:
+                forget_own_writes(config)
+            time.sleep(1.1)
+            second = one_sync(config, acct, timed)
+            second["by_route"] = acct.counters()["by_route"]
+            time.sleep(1.1)
+            quiet = one_sync(config, acct, timed)
+            per = 100_000 / max(1, args.contacts)
+            quiet["writeback_seconds_per_100k"] = round(quiet["writeback_seconds"] * per, 3)
+            quiet["wall_seconds_per_100k"] = round(quiet["wall_seconds"] * per, 3)
+            out.update(first_sync=first, second_sync=second, quiet_sync=quiet)
+    finally:
+        pipeline.write_tags = timed.original  # type: ignore[assignment]
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    f, s, q = out["first_sync"], out["second_sync"], out["quiet_sync"]
+    print(f"amoCRM account: {args.contacts} contacts, {args.deals} leads, limits on, time scale {args.time_scale:g} "
+          f"({7 * args.time_scale:g} req/s), sandbox in a {out['sandbox']}"
+          + (", write-back window forgotten (before issue 20)" if args.read_own_writes else ""))
+    print(f"1st sync: write-back {f['tags_updated']} contacts, {f['writeback_requests']} requests in "
+          f"{f['writeback_seconds']} s; rate floor {f['writeback_floor_seconds']} s, ratio {f['writeback_vs_floor']}; "
+          f"refused {f['refused'] or 0}; whole sync {f['wall_seconds']} s")
+    print(f"2nd sync (CRM untouched): {s['http_requests']} requests: pull {s['pull_requests']}, write-back "
+          f"{s['writeback_requests']}; {s['customers_read']} contacts read back; {s['wall_seconds']} s; {s['by_route']}")
+    print(f"quiet sync: write-back step {q['writeback_seconds']} s = {q['writeback_seconds_per_100k']} s per 100,000 "
+          f"customers, {q['http_requests']} requests; whole sync {q['wall_seconds']} s")
     return 0
 
 

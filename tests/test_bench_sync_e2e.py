@@ -29,6 +29,19 @@ def test_bench_sync_e2e_reports_the_write_back_and_the_next_syncs() -> None:
 
 
 @pytest.mark.slow
+def test_bench_sync_e2e_on_amocrm_reads_none_of_our_writes_back() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "sync_e2e.py"), "--crm", "amocrm", "--contacts", "600",
+                           "--deals", "1800", "--time-scale", "50", "--json"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout)
+    first, second = r["first_sync"], r["second_sync"]
+    assert first["tags_updated"] == 600 and first["tags_failed"] == 0 and not first["refused"]
+    assert second["customers_read"] == 0 and second["writeback_requests"] == 0 and not second["refused"]
+    assert second["http_requests"] <= 8 and second["by_route"]["GET /api/v4/contacts"] in (2, 3)
+
+
+@pytest.mark.slow
 def test_bench_report_prints_the_stored_figures_equal_to_a_compute() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "report.py"), "--customers", "2000", "--deals", "8000",
                            "--repeat", "1", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from connector.store import StateStore, customers, deals
-from connector.store.columnar import CUSTOMER_SCHEMA, DEAL_SCHEMA
+from connector.store.columnar import CUSTOMER_SCHEMA, DEAL_SCHEMA, PRODUCT_ROW_SCHEMA, PRODUCT_SCHEMA
+from connector.store.schema import product_rows, products
 from tests.conftest import run_cli
 
 PORTAL = "acme"
@@ -59,7 +60,7 @@ def test_the_copy_equals_the_database_and_is_reused_until_something_changes(stor
     assert col.rebuilds == 1
     assert first[0].equals(_sql_frames(store)[0]) and first[1].equals(_sql_frames(store)[1])
     files = sorted(p.name for p in col.folder.glob("*.parquet"))
-    assert len(files) == 2 and col.folder.is_relative_to(tmp_path)
+    assert len(files) == 4 and col.folder.is_relative_to(tmp_path)  # customers, deals, product rows, products
     again = _frames(store)
     assert col.rebuilds == 1, "an unchanged mirror is read from the copy"
     assert again[0].equals(first[0]) and again[1].equals(first[1])
@@ -141,6 +142,143 @@ def test_switched_off_reads_the_database(tmp_path):
 def test_the_schemas_match_the_tables():
     assert set(CUSTOMER_SCHEMA) <= {c.name for c in customers.columns}
     assert set(DEAL_SCHEMA) <= {c.name for c in deals.columns}
+    assert set(PRODUCT_ROW_SCHEMA) <= {c.name for c in product_rows.columns}
+    assert set(PRODUCT_SCHEMA) <= {c.name for c in products.columns}
+
+
+# -- product rows and products (issue 20, item 3; revision 0009_columnar_products) --------------------------
+
+def _seed_products(store: StateStore, portal: str = PORTAL) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(products), [
+            {"portal": portal, "key": k, "product_id": str(100 + k), "product_name": f"Товар {k}", "section": "Кофе",
+             "sku": f"SKU-{k}"} for k in range(1, 4)])
+        conn.execute(sa.insert(product_rows), [
+            {"portal": portal, "deal_id": 1000 + i, "line": 1, "product_key": 1 + i % 3, "quantity": 1.0 + i % 2,
+             "price": 10.0 * i} for i in range(1, 21)])
+
+
+def _product_frames(store: StateStore) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return (store.frames_part.product_rows_frame().sort("deal_id", "line"),
+            store.frames_part.products_frame("contact").sort("deal_id"))
+
+
+def _sql_product_frames(store: StateStore) -> tuple[pl.DataFrame, pl.DataFrame]:
+    frames = store.frames_part
+    columnar, frames.columnar = frames.columnar, None
+    try:
+        return _product_frames(store)
+    finally:
+        frames.columnar = columnar
+
+
+def _change_products(conn: sa.Connection, change: str) -> None:
+    if change == "row_insert":
+        conn.execute(sa.insert(product_rows).values(portal=PORTAL, deal_id=1030, line=1, product_key=2, quantity=4.0,
+                                                    price=1.5))
+    elif change == "row_update":
+        conn.execute(sa.update(product_rows).where(product_rows.c.deal_id == 1005).values(quantity=9.0))
+    elif change == "row_delete":
+        conn.execute(sa.delete(product_rows).where(product_rows.c.deal_id == 1006))
+    elif change == "product_update":
+        conn.execute(sa.update(products).where(products.c.key == 2).values(product_name="Переименован"))
+    else:
+        conn.execute(sa.delete(products).where(products.c.key == 3))
+
+
+PRODUCT_CHANGES = ["row_insert", "row_update", "row_delete", "product_update", "product_delete"]
+
+
+def test_product_rows_and_products_are_read_from_the_copy(store):
+    _seed(store)
+    _seed_products(store)
+    col = store.frames_part.columnar
+    got = _product_frames(store)
+    assert col.rebuilds == 1
+    want = _sql_product_frames(store)
+    assert got[0].equals(want[0]) and got[1].equals(want[1])
+    assert got[0].height == 20 and got[1].height == 20
+    names = {p.name.split("-", 1)[0] for p in col.folder.glob("*.parquet")}
+    assert names == {"customers", "deals", "product_rows", "products"}
+    assert _product_frames(store)[1].equals(got[1]) and col.rebuilds == 1, "unchanged: read from the copy"
+
+
+@pytest.mark.parametrize("change", PRODUCT_CHANGES)
+def test_a_product_change_behind_the_copys_back_is_seen(store, tmp_path, change):
+    """Another connection changes product rows or products directly; the next read sees it (SQLite)."""
+    _seed(store)
+    _seed_products(store)
+    before = _product_frames(store)
+    other = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    with other.begin() as conn:
+        _change_products(conn, change)
+    other.dispose()
+    got = _product_frames(store)
+    want = _sql_product_frames(store)
+    assert got[0].equals(want[0]) and got[1].equals(want[1])
+    assert not got[0].equals(before[0])
+    assert store.frames_part.columnar.rebuilds == 2
+
+
+def test_postgresql_product_changes_behind_the_copys_back_are_seen(postgres_url, tmp_path):
+    store = StateStore.open(postgres_url, PORTAL, columnar_dir=tmp_path)
+    other = sa.create_engine(postgres_url)
+    try:
+        _seed(store)
+        _seed_products(store)
+        col = store.frames_part.columnar
+        for change in PRODUCT_CHANGES:
+            before = _product_frames(store)
+            rebuilds = col.rebuilds
+            assert _product_frames(store)[0].equals(before[0]) and col.rebuilds == rebuilds  # clean: the copy
+            with other.begin() as conn:
+                _change_products(conn, change)
+            got = _product_frames(store)
+            want = _sql_product_frames(store)
+            assert got[0].equals(want[0]) and got[1].equals(want[1]), change
+            assert not got[0].equals(before[0]), change
+            assert col.rebuilds == rebuilds + 1, change
+    finally:
+        other.dispose()
+        store.close()
+
+
+def test_a_store_upgraded_from_0008_flags_product_changes_and_rebuilds_its_old_copy(tmp_path):
+    """A store left at revision 0008 (no triggers on the product tables, a clean copy of customers and deals
+    only) is upgraded by revision 0009_columnar_products on open: its old copy is marked stale and a change
+    to product rows from another connection is seen afterwards."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store = StateStore.open(url, PORTAL)
+    _seed(store)
+    _seed_products(store)
+    _frames(store)
+    folder = store.frames_part.columnar.folder
+    store.close()
+    for path in folder.glob("product*.parquet"):
+        path.unlink()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # back to what revision 0008 left
+        for table in ("product_rows", "products"):
+            for event in ("INSERT", "UPDATE", "DELETE"):
+                conn.exec_driver_sql(f"DROP TRIGGER {table}_mirror_{event}")
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0008'")
+        conn.exec_driver_sql("UPDATE meta SET value = '13' WHERE key = 'schema_version'")
+        _change_products(conn, "row_update")  # unseen by any trigger
+        assert conn.exec_driver_sql("SELECT dirty FROM mirror_state").all() == [(0,)]
+    store = StateStore.open(url, PORTAL)
+    try:
+        col = store.frames_part.columnar
+        assert _frames(store)[1].equals(_sql_frames(store)[1]) and col.rebuilds == 1  # the upgrade flagged it
+        got = _product_frames(store)
+        assert got[0].equals(_sql_product_frames(store)[0]) and col.rebuilds == 1
+        with engine.begin() as conn:
+            _change_products(conn, "row_delete")
+        got = _product_frames(store)
+        assert got[0].equals(_sql_product_frames(store)[0]) and col.rebuilds == 2
+        assert got[0].filter(pl.col("deal_id") == 1006).height == 0
+    finally:
+        engine.dispose()
+        store.close()
 
 
 def test_postgresql_triggers_flag_changes_per_statement(postgres_url, tmp_path):

@@ -221,6 +221,7 @@ class AmoClient:
         self.requests = 0
         self.statuses: dict[int, int] = {}
         self.server_time: int | None = None  # unix seconds of the first answer's Date header
+        self.last_time: int | None = None  # unix seconds of the latest answer's Date header
         self._lock = threading.Lock()
 
     @property
@@ -325,11 +326,14 @@ class AmoClient:
         with self._lock:
             self.requests += 1
             self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
-            if self.server_time is None and response.headers.get("Date"):
+            if response.headers.get("Date"):
                 try:
-                    self.server_time = int(email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp())
+                    stamp = int(email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp())
                 except (TypeError, ValueError):
-                    pass
+                    return
+                if self.server_time is None:
+                    self.server_time = stamp
+                self.last_time = max(stamp, self.last_time or stamp)
 
 
 def unreachable(exc: requests.RequestException, base_url: str) -> str | None:

@@ -9,6 +9,19 @@
   read. The cursor is the account's own clock (the ``Date`` header of the run's first answer).
 * Deletions: lists never show deleted records, so ``/api/v4/events`` is read for ``contact_deleted`` /
   ``company_deleted`` and ``lead_deleted`` since the cursor (minus the overlap).
+* Our own writes are not read back. After a tag write-back (adapters/amocrm/writeback.py) the cursors hold
+  the integration's user and the account-time window of its writes (``own_writes``). ``filter[updated_by]``
+  has no negation, so the next incremental customer list is split by user: everyone else (the account's
+  users from ``/api/v4/users`` and 0, amoCRM's robot, at most :data:`USERS_PER_LIST` ids a request) since the
+  cursor, and our user only after the window ended or before it began. The window holds every
+  ``updated_at`` our writes got (from the account's clock before the first PATCH to the later of the last
+  answer's clock and the latest ``updated_at`` the answers gave), so none of our writes is read back. A
+  change someone else made after our pull and before our write is hidden by our write (``updated_by`` and
+  ``updated_at`` become ours), so the events feed is read for what the other users did to customers from
+  the cursor to the window's end (``filter[created_by]``, at most :data:`USERS_PER_EVENTS` ids a request);
+  customers it names that the lists did not bring are read by id. The window is used once. What our own
+  user changed by hand inside the window (its seconds included) is not seen until that customer changes
+  again.
 * Products (``products`` set): leads are read ``with=contacts,catalog_elements``, and the names, SKU,
   price and group of the elements they link from their lists (adapters/amocrm/products.py); the rows
   of every lead read replace the stored ones. The first pull with products reads every lead once.
@@ -17,6 +30,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +46,11 @@ from adapters.base import AdapterStore, BadValue, Customer, Deal, Entity, PullRe
 from adapters.progress import or_none
 
 EVENTS_PAGE = 100  # the RU docs say 100 per page for events (Kommo's say 250): the lower one is safe
+OWN_WRITES = "own_writes"  # written by adapters.amocrm.writeback
+ROBOT = 0  # updated_by / created_by of changes made by amoCRM itself (robots, the digital pipeline)
+USERS_PER_LIST = 50  # user ids per filter[updated_by][] (the docs give no maximum: kept to short URLs)
+USERS_PER_EVENTS = 10  # filter[created_by][] of /api/v4/events takes at most 10 (research §7)
+IDS_PER_LIST = 100  # filter[id][] of the customers read again by id
 log = logging.getLogger("lifecycle.amocrm")
 
 
@@ -78,13 +97,18 @@ class AmoSource:
             full_products = crm.products and not self.store.products_pulled()
             if since is not None and not full_products:
                 filters["filter[updated_at][from]"] = since - int(crm.overlap_minutes * 60)
+            own = own_window(cursors, filters.get("filter[updated_at][from]"))
+            others = self._other_users(client, own["user"]) if own else []
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="amocrm-pull") as pool:
-                customers_job = pool.submit(self._collect, client, f"/api/v4/{self.plural}", self.plural, filters,
-                                            progress.stage(f"pull {self.plural}"))
+                customers_job = pool.submit(self._collect_all, client, f"/api/v4/{self.plural}", self.plural,
+                                            customer_filters(filters, own, others), progress.stage(f"pull {self.plural}"))
                 lead_with = "contacts,catalog_elements" if crm.products else "contacts"
                 leads_job = pool.submit(self._collect, client, "/api/v4/leads", "leads", {**filters, "with": lead_with},
                                         progress.stage("pull leads"))
                 customer_rows, lead_rows = customers_job.result(), leads_job.result()
+            if own:
+                customer_rows += self._changed_by_others(client, own, others, filters["filter[updated_at][from]"],
+                                                         {i for r in customer_rows if (i := record_id(r)) is not None})
             deleted_c: set[int] = set()
             deleted_l: set[int] = set()
             if since is not None:
@@ -113,7 +137,7 @@ class AmoSource:
             # A record deleted and then seen again in the lists (restored) stays.
             deleted_customer_ids=frozenset((self.entity, i) for i in deleted_c - listed_c),
             deleted_deal_ids=frozenset(deleted_l - listed_l),
-            cursors={"updated_since": str(started)},
+            cursors={"updated_since": str(started), **({OWN_WRITES: ""} if cursors.get(OWN_WRITES) else {})},
             requests=requests,
             **products,
         )
@@ -134,6 +158,46 @@ class AmoSource:
             return str(match[0]["id"])
         born = [f for f in fields if f.get("type") == "birthday"]
         return str(born[0]["id"]) if born else None
+
+    def _collect_all(self, client: AmoClient, path: str, key: str, specs: list[dict[str, Any]], stage: Any = None
+                     ) -> list[dict]:
+        """The rows of several filtered lists, one after another (a record in two of them is mapped once)."""
+        rows: list[dict] = []
+        for params in specs[:-1]:
+            rows += self._collect(client, path, key, params, None if stage is None else _NoDone(stage))
+        return rows + self._collect(client, path, key, specs[-1], stage)
+
+    @staticmethod
+    def _other_users(client: AmoClient, own: int) -> list[int]:
+        """Every user of the account but ``own``, and amoCRM's robot (0)."""
+        ids = {ROBOT}
+        for page in iter_list(client, "/api/v4/users", "users", {}):
+            ids.update(i for u in page if (i := record_id(u)) is not None)
+        ids.discard(own)
+        return sorted(ids)
+
+    def _changed_by_others(self, client: AmoClient, own: dict[str, int], others: list[int], since: int,
+                           listed: set[int]) -> list[dict]:
+        """The race: customers another user changed between the cursor and the end of our write window, which
+        our write may have stamped as ours since. Named by the events feed; those the lists missed are read."""
+        kind = self.kind.kind
+        ids: set[int] = set()
+        for start in range(0, len(others), USERS_PER_EVENTS):
+            params = {"filter[entity]": kind, "filter[created_at][from]": since, "filter[created_at][to]": own["until"],
+                      "filter[created_by][]": others[start : start + USERS_PER_EVENTS]}
+            for page in iter_list(client, "/api/v4/events", "events", params, limit=EVENTS_PAGE):
+                for event in page:
+                    if event.get("entity_type") == kind and not str(event.get("type", "")).endswith("_deleted"):
+                        try:
+                            ids.add(valid_id(event.get("entity_id")))
+                        except BadValue:
+                            continue
+        missing = sorted(ids - listed)
+        rows: list[dict] = []
+        for start in range(0, len(missing), IDS_PER_LIST):
+            params = {"order[id]": "asc", "filter[id][]": missing[start : start + IDS_PER_LIST]}
+            rows += self._collect(client, f"/api/v4/{self.plural}", self.plural, params)
+        return rows
 
     @staticmethod
     def _collect(client: AmoClient, path: str, key: str, params: dict[str, Any], stage: Any = None) -> list[dict]:
@@ -185,3 +249,43 @@ class AmoSource:
         bad_c = {e.record_id for e in errors if e.file != "leads"}
         bad_l = {e.record_id for e in errors if e.file == "leads"}
         return ([c for i, c in customers.items() if i not in bad_c], [d for i, d in deals.items() if i not in bad_l], errors)
+
+
+class _NoDone:
+    """A progress stage that passes ``advance`` on and ignores ``done`` (one stage over several lists)."""
+
+    def __init__(self, stage: Any):
+        self.stage = stage
+
+    def advance(self, n: int) -> None:
+        self.stage.advance(n)
+
+    def done(self) -> None:
+        pass
+
+
+def own_window(cursors: dict[str, str], since: int | None) -> dict[str, int] | None:
+    """The last write-back's ``{"user", "from", "until"}`` if an incremental pull from ``since`` reaches
+    into it (a full pull reads everything anyway)."""
+    if since is None:
+        return None
+    try:
+        own = json.loads(cursors.get(OWN_WRITES) or "null")
+        window = {k: int(own[k]) for k in ("user", "from", "until")}
+    except (ValueError, TypeError, KeyError):
+        return None
+    return window if window["until"] >= int(since) and window["from"] <= window["until"] else None
+
+
+def customer_filters(filters: dict[str, Any], own: dict[str, int] | None, others: list[int]) -> list[dict[str, Any]]:
+    """The customer list's filters: ``filters`` alone, or, when ``own`` (:func:`own_window`) holds, the split
+    that leaves out what our user modified inside the window: everyone else since the cursor (a list per
+    :data:`USERS_PER_LIST` ids), our user after the window's last second, and our user before its first."""
+    if own is None:
+        return [filters]
+    since = int(filters["filter[updated_at][from]"])
+    out = [{**filters, "filter[updated_by][]": others[i : i + USERS_PER_LIST]} for i in range(0, len(others), USERS_PER_LIST)]
+    out.append({**filters, "filter[updated_by][]": [own["user"]], "filter[updated_at][from]": max(since, own["until"] + 1)})
+    if own["from"] > since:  # ranges are inclusive: the window's own seconds stay out
+        out.append({**filters, "filter[updated_by][]": [own["user"]], "filter[updated_at][to]": own["from"] - 1})
+    return out

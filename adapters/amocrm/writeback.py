@@ -11,6 +11,11 @@
   record (deleted meanwhile, say) does not hold back the other 49; the failures are reported per card.
 * The tags now on the written cards come back as ``mirror_updates`` (the mirror's ``tags`` field, as
   :func:`adapters.amocrm.mapping.card_tags` reads it) for the connector to merge into the mirror.
+* Our own writes are not read back: before the first PATCH the account is asked who we are
+  (``GET /api/v4/account``: ``current_user_id``; its ``Date`` is the window's start), and the result's
+  cursors record that user and the account-time window of the writes (``own_writes``: from that answer to
+  the last PATCH's answer or the latest ``updated_at`` it returned). The next incremental pull leaves out
+  what that user modified inside the window (:mod:`adapters.amocrm.source`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from adapters.base import TagWriteResult, TokenStore
 from adapters.progress import or_none
 
 BATCH = 50
+OWN_WRITES = "own_writes"  # cursor: {"user", "from", "until"} (account unix seconds) of the last write-back
 
 
 def plan_tags(wanted: dict[int, set[str]], current: dict[int, set[str]], managed: set[str]
@@ -48,6 +54,7 @@ class AmoTagWriter:
         self.settings = settings
         self.store = store
         self.path = ENTITIES[settings.customer].path
+        self.written_at: list[int] = []  # updated_at stamps of the PATCH answers of this write-back
 
     def write(self, wanted: Mapping[int, Sequence[str]], labels: Mapping[str, str],
               mirror: Mapping[int, Mapping[str, Any]], progress: Any = None) -> TagWriteResult:
@@ -64,19 +71,45 @@ class AmoTagWriter:
         if not changes:
             return result
         with make_client(self.settings, self.store) as client:
+            user = self._own_user(client)
+            began = client.last_time
+            self.written_at = []
             ids = sorted(changes)
             for start in range(0, len(ids), BATCH):
                 chunk = ids[start : start + BATCH]
                 self._write_chunk(client, chunk, changes, current, result)
                 stage.advance(len(chunk))
+            if result.updated and user is not None and began is not None and client.last_time is not None:
+                start = min([began, *self.written_at])
+                until = max([client.last_time, *self.written_at])
+                result.cursors[OWN_WRITES] = json.dumps({"user": user, "from": start, "until": until})
             result.requests = client.requests
         return result
+
+    @staticmethod
+    def _own_user(client: AmoClient) -> int | None:
+        """The id of the user the integration's token acts as (``current_user_id`` of ``/api/v4/account``);
+        None if the account does not say (the next pull then reads our writes back, as before)."""
+        try:
+            answer = client.get("/api/v4/account")
+            return int(answer["current_user_id"])
+        except (AmoError, KeyError, TypeError, ValueError):
+            return None
+
+    def _note_written(self, answer: Any) -> None:
+        """The ``updated_at`` stamps a PATCH answer gives (bulk: ``_embedded.<entity>[]``; single: the object)."""
+        if isinstance(answer, dict):
+            items = (answer.get("_embedded") or {}).get(self.path.rsplit("/", 1)[-1]) if "_embedded" in answer else [answer]
+            for item in items if isinstance(items, list) else []:
+                stamp = item.get("updated_at") if isinstance(item, dict) else None
+                if isinstance(stamp, int) and not isinstance(stamp, bool):
+                    self.written_at.append(stamp)
 
     def _write_chunk(self, client: AmoClient, chunk: list[int], changes: dict[int, tuple[list[str], list[str]]],
                      current: dict[int, set[str]], result: TagWriteResult) -> None:
         body = [self._item(cid, changes[cid]) for cid in chunk]
         try:
-            client.patch(self.path, body)
+            self._note_written(client.patch(self.path, body))
             done = chunk
         except AmoHTTPError as exc:
             if exc.status not in (400, 422) or len(chunk) == 1:
@@ -86,7 +119,7 @@ class AmoTagWriter:
             done = []
             for cid in chunk:  # find the card that spoiled the batch
                 try:
-                    client.patch(f"{self.path}/{cid}", self._item(cid, changes[cid], single=True))
+                    self._note_written(client.patch(f"{self.path}/{cid}", self._item(cid, changes[cid], single=True)))
                     done.append(cid)
                 except AmoHTTPError as one:
                     result.failed[cid] = str(one)

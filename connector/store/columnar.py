@@ -1,12 +1,13 @@
-"""A columnar copy of each portal's mirror (customers and deals as Parquet files), read by the segment
-recompute instead of the database.
+"""A columnar copy of each portal's mirror (customers, deals, product rows and products as Parquet files), read
+by the segment recompute instead of the database.
 
 Reading millions of rows out of SQLite or PostgreSQL was most of a recompute; a Parquet file of the same rows
 is read several times faster and is a tenth of the database's size. The copy is never stale:
 
 * ``mirror_state`` holds, per portal, a ``dirty`` flag and the ``token`` of the copy that matches the mirror.
-  Triggers on ``customers`` and ``deals`` (revision 0006) set ``dirty`` on every insert, update or delete of
-  that portal's rows, whoever makes it: a pull, the tag write-back, another process, a hand-made SQL fix.
+  Triggers on ``customers`` and ``deals`` (revision 0006) and on ``product_rows`` and ``products`` (revision
+  0009_columnar_products) set ``dirty`` on every insert, update or delete of that portal's rows, whoever makes
+  it: a pull, the tag write-back, another process, a hand-made SQL fix.
 * A read that finds the flag clear and a file named by the token uses the file. Otherwise it rebuilds: it
   first clears the flag under a new token (committed), then reads the tables and writes the files under that
   token. A change committed after the flag was cleared sets it again, so the next read rebuilds; a change
@@ -33,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from connector.store.base import write_lock
-from connector.store.schema import customers, deals, mirror_state
+from connector.store.schema import customers, deals, mirror_state, product_rows, products
 
 log = logging.getLogger("lifecycle.store")
 
@@ -45,7 +46,16 @@ DEAL_SCHEMA: dict[str, Any] = {
     "id": pl.Int64, "contact_id": pl.Int64, "company_id": pl.Int64, "status": pl.String, "amount": pl.Float64,
     "created_ts": pl.Int64, "closed_ts": pl.Int64,
 }
-TABLES = {"customers": (customers, CUSTOMER_SCHEMA), "deals": (deals, DEAL_SCHEMA)}
+PRODUCT_ROW_SCHEMA: dict[str, Any] = {
+    "deal_id": pl.Int64, "line": pl.Int64, "product_key": pl.Int64, "quantity": pl.Float64, "price": pl.Float64,
+}
+PRODUCT_SCHEMA: dict[str, Any] = {  # products.key is read as product_key (the name product_rows join on)
+    "key": pl.Int64, "product_id": pl.String, "product_name": pl.String, "section": pl.String, "sku": pl.String,
+}
+TABLES = {"customers": (customers, CUSTOMER_SCHEMA), "deals": (deals, DEAL_SCHEMA),
+          "product_rows": (product_rows, PRODUCT_ROW_SCHEMA), "products": (products, PRODUCT_SCHEMA)}
+MIRROR_TABLES = ("customers", "deals")  # flagged by revision 0006's triggers
+PRODUCT_TABLES = ("product_rows", "products")  # by revision 0009_columnar_products's
 
 ReadSql = Callable[[sa.Select, dict[str, Any]], pl.DataFrame]
 
@@ -76,6 +86,14 @@ class ColumnarMirror:
 
     def deals(self) -> pl.DataFrame:
         return self._frame("deals")
+
+    def product_rows(self) -> pl.DataFrame:
+        """Every stored product row of the portal, columns :data:`PRODUCT_ROW_SCHEMA`."""
+        return self._frame("product_rows")
+
+    def products(self) -> pl.DataFrame:
+        """The products the rows name, columns :data:`PRODUCT_SCHEMA` (``key`` as ``product_key``)."""
+        return self._frame("products").rename({"key": "product_key"})
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -176,18 +194,19 @@ REFERENCING {which} TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION li
 """
 
 
-def create_triggers(conn: Connection) -> None:
-    """Flag a portal's mirror as changed on every write to its customers or deals: row triggers on SQLite,
-    statement triggers with transition tables on PostgreSQL (one flag write per statement, not per row)."""
+def create_triggers(conn: Connection, tables: tuple[str, ...] = MIRROR_TABLES) -> None:
+    """Flag a portal's mirror as changed on every write to ``tables`` (its customers and deals; revision 0009
+    adds its product rows and products): row triggers on SQLite, statement triggers with transition tables
+    on PostgreSQL (one flag write per statement, not per row)."""
     events = {"INSERT": "NEW", "UPDATE": "NEW", "DELETE": "OLD"}
     if conn.dialect.name == "sqlite":
-        for table in ("customers", "deals"):
+        for table in tables:
             for event, row in events.items():
                 conn.exec_driver_sql(_SQLITE_TRIGGER.format(table=table, event=event, row=row))
         return
     for which in ("NEW", "OLD"):
         conn.exec_driver_sql(_PG_FUNCTION.format(which=which.lower()))
-    for table in ("customers", "deals"):
+    for table in tables:
         for event, which in events.items():
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_mirror_{event} ON {table}")
             conn.exec_driver_sql(_PG_TRIGGER.format(table=table, event=event, which=which, which_l=which.lower()))

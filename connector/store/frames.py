@@ -78,8 +78,8 @@ def _sqlite_frame(cursor: object, schema: dict[str, pl.DataType]) -> pl.DataFram
 
 
 class Frames(Part):
-    """Polars frames of the mirror and of membership. The mirror's customers and deals come from its columnar
-    copy (connector.store.columnar) when the store has one, else from the database."""
+    """Polars frames of the mirror and of membership. The mirror's customers, deals, product rows and products
+    come from its columnar copy (connector.store.columnar) when the store has one, else from the database."""
 
     columnar: ColumnarMirror | None = None
 
@@ -172,14 +172,19 @@ class Frames(Part):
     def _rows(self, line: bool = False) -> pl.DataFrame:
         columns = {"deal_id": pl.Int64, **({"line": pl.Int64} if line else {}), "product_key": pl.Int64,
                    "quantity": pl.Float64, "price": pl.Float64}
+        if self.columnar:
+            return self.columnar.product_rows().select(list(columns))
         query = sa.select(*(product_rows.c[name] for name in columns)).where(product_rows.c.portal == self.portal)
         return self.read_frame(query, columns)
 
     def _products(self) -> pl.DataFrame:
-        query = sa.select(products.c.key, products.c.product_id, products.c.product_name, products.c.section,
-                          products.c.sku).where(products.c.portal == self.portal)
-        frame = self.read_frame(query, {"product_key": pl.Int64, "product_id": pl.String, "product_name": pl.String,
-                                        "section": pl.String, "sku": pl.String})
+        if self.columnar:
+            frame = self.columnar.products()
+        else:
+            query = sa.select(products.c.key, products.c.product_id, products.c.product_name, products.c.section,
+                              products.c.sku).where(products.c.portal == self.portal)
+            frame = self.read_frame(query, {"product_key": pl.Int64, "product_id": pl.String, "product_name": pl.String,
+                                            "section": pl.String, "sku": pl.String})
         return frame.with_columns(pl.col("product_id", "product_name", "section", "sku").cast(pl.Categorical))
 
     def product_rows_frame(self) -> pl.DataFrame:

@@ -74,11 +74,12 @@ class Account:
     def run_api(self, verb: str, path: str, query: str, params: dict, body: Any, authorization: str | None) -> tuple[int, Any]:
         """Authorization, routing and the handler (after faults and limits). Returns (status, body|None)."""
         with self.lock:
-            if not self.auth.check_bearer(authorization):
+            user = self.auth.user_of(authorization)
+            if user is None:
                 self.counters.unauthorized_401 += 1
                 raise unauthorized()
             try:
-                return self.api.handle(Request(verb, path, query, params, body, ADMIN_USER_ID))
+                return self.api.handle(Request(verb, path, query, params, body, user))
             except ApiError:
                 raise
             except Exception:  # a sandbox bug must look like amoCRM's 500, and be visible

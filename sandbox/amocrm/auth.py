@@ -55,6 +55,7 @@ class Grant:
     expires: float              # account clock
     kind: str                   # "oauth" | "long_lived"
     parent_refresh: str | None  # the refresh token this pair replaced (revoked on first use)
+    user_id: int | None = None  # whose token: None is the integration's user (Auth.user_id)
 
 
 class Auth:
@@ -81,11 +82,19 @@ class Auth:
 
     # -- issuing ---------------------------------------------------------------------------------
 
-    def _jwt(self, expires_account: float, grant: str) -> str:
+    def issue_long_lived(self, user_id: int) -> str:
+        """A long-lived token another user of the account made in the integration's settings: the API then acts
+        as that user (``updated_by``, ``created_by`` of events, ``current_user_id``)."""
+        until = self.clock.portal() + LONG_LIVED_LIFETIME * self.clock.scale
+        token = self._jwt(until, "long_lived", user_id)
+        self.access[token] = Grant(until, "long_lived", None, user_id)
+        return token
+
+    def _jwt(self, expires_account: float, grant: str, user_id: int | None = None) -> str:
         now_real = self.clock.real()
         header = {"typ": "JWT", "alg": "HS256"}
         claims = {"aud": self.client_id, "jti": secrets.token_hex(20), "iat": int(now_real), "nbf": int(now_real),
-                  "exp": int(self.clock.to_real(expires_account)), "sub": str(self.user_id), "grant_type": grant,
+                  "exp": int(self.clock.to_real(expires_account)), "sub": str(user_id or self.user_id), "grant_type": grant,
                   "account_id": self.account_id, "base_domain": "amocrm.ru", "version": 2,
                   "scopes": ["crm", "notifications"], "hash_uuid": str(uuid.uuid4()), "api_domain": API_DOMAIN}
         signing = _b64(json.dumps(header, separators=(",", ":")).encode()) + "." + _b64(json.dumps(claims, separators=(",", ":")).encode())
@@ -154,13 +163,17 @@ class Auth:
     # -- API authorization -----------------------------------------------------------------------
 
     def check_bearer(self, header: str | None) -> bool:
+        return self.user_of(header) is not None
+
+    def user_of(self, header: str | None) -> int | None:
+        """The user a valid ``Authorization: Bearer`` header acts as; None when it is missing or not valid."""
         if not header or not header.lower().startswith("bearer "):
-            return False
+            return None
         grant = self.access.get(header[7:].strip())
         if grant is None or grant.expires <= self.clock.portal():
-            return False
+            return None
         self._revoke_parent(grant)
-        return True
+        return grant.user_id or self.user_id
 
     def expire(self, token: str | None = None) -> int:
         """Expire one OAuth access token or all of them (the long-lived token is never touched)."""

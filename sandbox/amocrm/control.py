@@ -12,6 +12,8 @@ POST /_sandbox/unblock         lift the 403 block (and forget recent 429s)
 POST /_sandbox/oauth/expire    ``{"access_token": optional}``: that OAuth access token (or all) expires now;
                                the long-lived token is never touched
 POST /_sandbox/oauth/code      a fresh authorization code (20 minutes, single use)
+POST /_sandbox/oauth/long_lived  ``{"user_id": 7}``: a long-lived token of that user (added to the account's
+                               users if new); requests with it act as that user (``updated_by``, events)
 POST /_sandbox/delete          ``{"entity": "contacts", "id": 5}``: a user deletes it in the UI (API v4 has
                                no DELETE for contacts/companies/leads): recycle bin + ``*_deleted`` event
 /_sandbox/webhooks/...         sent webhooks (``POST .../deliveries`` waits for what is due), timeout (hooks.py)
@@ -99,6 +101,13 @@ def handle(account: "Account", info: dict, verb: str, path: str, query: str, bod
     if route == "/oauth/code" and verb == "POST":
         with account.lock:
             return 200, {"authorization_code": account.auth.issue_code()}
+    if route == "/oauth/long_lived" and verb == "POST":
+        user = body.get("user_id")
+        if not isinstance(user, int) or isinstance(user, bool) or user <= 0:
+            return _bad("need user_id, a positive integer")
+        with account.lock:
+            account.store.ensure_user(user)
+            return 200, {"access_token": account.auth.issue_long_lived(user), "user_id": user}
     if route == "/delete" and verb == "POST":
         entity, rid = body.get("entity"), body.get("id")
         if entity not in ENTITY_TYPES or not isinstance(rid, int):

@@ -260,6 +260,29 @@ class Store:
             "account_id": self.account_id, "_seq": self._event_seq,
         })
 
+    def _field_events(self, entity: str, rec: dict, old_name: Any, old_fields: dict, user_id: int) -> None:
+        """An update that changes the name or custom field values leaves ``name_field_changed`` and
+        ``custom_field_{FIELD_ID}_value_changed`` events (docs events-and-notes: the event types; Kommo
+        events-filtration: the per-field type name). Choice: ``value_before``/``value_after`` carry
+        ``{"name_field_value": {"name"}}`` and ``{"custom_field_value": {"field_id", "field_type", "text"}}``."""
+        if rec.get("name") != old_name:
+            self.event("name_field_changed", entity, rec["id"], by=user_id,
+                       before=[{"name_field_value": {"name": old_name}}],
+                       after=[{"name_field_value": {"name": rec.get("name")}}])
+        new_fields = {v["field_id"]: v for v in rec.get("custom_fields_values") or []}
+
+        def shown(item: dict | None) -> list[dict]:
+            if item is None:
+                return []
+            text = ", ".join(str(v.get("value", "")) for v in item.get("values") or [])
+            return [{"custom_field_value": {"field_id": item["field_id"], "field_type": item["field_type"], "text": text}}]
+
+        for field_id in sorted(old_fields.keys() | new_fields.keys()):
+            before, after = old_fields.get(field_id), new_fields.get(field_id)
+            if (before or {}).get("values") != (after or {}).get("values"):
+                self.event(f"custom_field_{field_id}_value_changed", entity, rec["id"], by=user_id,
+                           before=shown(before), after=shown(after))
+
     def render_event(self, ev: dict) -> dict:
         out = {k: v for k, v in ev.items() if k != "_seq"}
         entity = ev["entity_type"] + ("s" if ev["entity_type"] != "company" else "")
@@ -448,6 +471,8 @@ class Store:
         old_status, old_pipeline = rec.get("status_id"), rec.get("pipeline_id")
         old_responsible = rec.get("responsible_user_id")
         old_tags = list(rec["tags"])
+        old_name = rec.get("name")
+        old_fields = {v["field_id"]: v for v in rec.get("custom_fields_values") or []}
         sets = dict(plan["set"])
         rec.update({k: v for k, v in sets.items() if k not in ("updated_at", "updated_by")})
         if "fields" in plan:
@@ -496,6 +521,8 @@ class Store:
             self.event("lead_status_changed", entity, rid, by=user_id,
                        before=[{"lead_status": {"id": old_status, "pipeline_id": old_pipeline}}],
                        after=[{"lead_status": {"id": rec["status_id"], "pipeline_id": rec["pipeline_id"]}}])
+        if not create:
+            self._field_events(entity, rec, old_name, old_fields, user_id)
         added = [t for t in rec["tags"] if t not in old_tags]
         removed = [t for t in old_tags if t not in rec["tags"]]
         if added:

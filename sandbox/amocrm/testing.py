@@ -136,6 +136,10 @@ class AccountHandle:
     def new_code(self) -> str:
         return self.control("POST", "oauth/code", {})["authorization_code"]
 
+    def user_token(self, user_id: int) -> str:
+        """A long-lived token of another user of the account (``api(..., token=...)`` then acts as that user)."""
+        return self.control("POST", "oauth/long_lived", {"user_id": user_id})["access_token"]
+
     def advance(self, seconds: float) -> dict:
         return self.control("POST", "clock", {"advance": seconds})
 
