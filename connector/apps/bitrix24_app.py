@@ -19,8 +19,13 @@ POST /apps/bitrix24/app                     the app's own page (its left-menu en
 ==========================================  ===========================================================
 
 Trust: a first installation is believed only when the OAuth server (``LIFECYCLE_BITRIX24_OAUTH_URL``,
-reached with the app's own client id and secret) renews the callback's refresh token and names the same
-``member_id``: made-up tokens, or tokens of another application, are refused. The renewed pair is stored
+reached with one of the configured applications' client id and secret) renews the callback's refresh
+token and names the same ``member_id``: made-up tokens, or tokens of an application not configured here,
+are refused. Several applications (a local application per portal: connector/apps/b24_credentials.py)
+are told apart the same way, since the callback does not name its application: the pairs are tried in
+turn, the handler URL's ``?client_id=`` hint and the pair recorded for the portal first, up to the first
+the OAuth server accepts; that pair is recorded in the portal's (encrypted) config and serves every later
+token refresh of the portal. The renewed pair is stored
 (the callback's pair is then spent) and the client endpoint is the OAuth server's, not the callback's.
 A portal that is installed (not ``uninstalled``) also needs ``auth[application_token]`` equal to the stored
 one (constant time) for every later callback, event and tab. Nothing is changed by a refused request, and
@@ -46,6 +51,7 @@ from starlette.routing import Route
 
 from connector.apps import verify
 from connector.apps.app_session import who_opened
+from connector.apps.b24_credentials import ClientPair
 from connector.apps.common import Installations, customer_page, frame_headers, install_page, language, refusal_page
 from connector.apps.settings import portal_name
 from connector.http import BodyRefused, read_body, text
@@ -96,24 +102,71 @@ class Bitrix24App:
     def handler_url(self, path: str) -> str:
         return f"{self.settings.public_url}{path}"
 
-    def renew(self, refresh_token: str) -> dict[str, Any]:
-        """The OAuth server's fresh pair for the callback's refresh token (proves the tokens are this app's)."""
+    NOT_CONFIGURED = ("the Bitrix24 application is not configured: set LIFECYCLE_PUBLIC_URL and "
+                      "LIFECYCLE_BITRIX24_CLIENT_ID/_CLIENT_SECRET or LIFECYCLE_BITRIX24_APPS_PATH")
+
+    def configured(self) -> bool:
+        return bool(self.settings.public_url and self.settings.b24_credentials().configured)
+
+    def renew(self, pair: ClientPair, refresh_token: str) -> dict[str, Any] | None:
+        """The OAuth server's fresh pair for ``refresh_token`` renewed with ``pair``; None when the server
+        refuses it (another application's token, or a made-up one); ``Refused`` when it cannot answer."""
         try:
             answer = requests.get(self.settings.b24_oauth_url, timeout=15, params={
-                "grant_type": "refresh_token", "client_id": self.settings.b24_client_id,
-                "client_secret": self.settings.b24_client_secret, "refresh_token": refresh_token})
+                "grant_type": "refresh_token", "client_id": pair.client_id,
+                "client_secret": pair.client_secret, "refresh_token": refresh_token})
             body = answer.json()
         except (requests.RequestException, ValueError):
             raise verify.Refused("unverified", "the OAuth server could not confirm the installation's tokens") from None
+        if answer.status_code >= 500:
+            raise verify.Refused("unverified", f"the OAuth server answered HTTP {answer.status_code}: try again later")
         if answer.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
-            raise verify.Refused("forged", "the OAuth server did not accept the installation's tokens for this application")
+            return None
         return body
 
-    def install(self, pairs: list[tuple[str, str]]) -> tuple[int, str, str | None, str | None]:
-        """(status, answer, portal, access token for the bindings); nothing is written on a refusal."""
-        if not (self.settings.b24_client_id and self.settings.b24_client_secret and self.settings.public_url):
-            return 503, ("the Bitrix24 application is not configured: set LIFECYCLE_PUBLIC_URL, "
-                         "LIFECYCLE_BITRIX24_CLIENT_ID and LIFECYCLE_BITRIX24_CLIENT_SECRET\n"), None, None
+    def identify(self, name: str, member_id: str, refresh_token: str, hint: str | None) -> tuple[ClientPair, dict]:
+        """Which configured application the installation's tokens belong to: the callback does not say, so
+        the refresh token is renewed with each pair in turn (the hint from the handler URL's ``client_id``
+        first, then the pair recorded for this portal, then the others) until the OAuth server accepts one;
+        that answer must name ``member_id``. Only the right pair can succeed (the token is spent by it), so
+        the first success ends the search. Returns (pair, the renewed tokens); raises ``Refused``."""
+        recorded = None
+        if self.inst.portal(name) is not None:
+            try:
+                recorded = self.inst.registry().load(name).crm.client_id
+            except Exception:  # noqa: BLE001 - a config that no longer loads: try every pair
+                recorded = None
+        candidates = self.settings.b24_credentials().ordered([hint, recorded])
+        if not candidates:
+            raise verify.Refused("unknown_app", "no Bitrix24 application is configured yet: add this portal's "
+                                                "client_id and client_secret to LIFECYCLE_BITRIX24_APPS_PATH")
+        for tries, pair in enumerate(candidates, 1):
+            fresh = self.renew(pair, refresh_token)
+            if fresh is None:
+                continue
+            if str(fresh.get("member_id") or "") != member_id:
+                raise verify.Refused("forged", "the installation's tokens belong to another portal")
+            log.info("portal %s: the installation's tokens are application %s's (%d of %d configured tried)",
+                     name, pair.client_id, tries, len(candidates))
+            return pair, fresh
+        log.warning("Bitrix24 installation: none of the %d configured applications accepts the tokens",
+                    len(candidates))
+        raise verify.Refused("unknown_app", "the OAuth server accepts the installation's tokens for none of the "
+                                            f"{len(candidates)} configured Bitrix24 applications: add this "
+                                            "portal's local application (client_id and client_secret from its "
+                                            "form) to LIFECYCLE_BITRIX24_APPS_PATH, then install or open it again")
+
+    def crm_settings(self, endpoint: str, pair: ClientPair) -> dict[str, Any]:
+        """The portal config's ``[crm]``: the client endpoint and the pair that serves this portal (every
+        later token refresh of the portal uses it; the config is stored encrypted)."""
+        return {"kind": "bitrix24", "client_endpoint": endpoint, "client_id": pair.client_id,
+                "client_secret": pair.client_secret, "oauth_token_url": self.settings.b24_oauth_url}
+
+    def install(self, pairs: list[tuple[str, str]], hint: str | None = None) -> tuple[int, str, str | None, str | None]:
+        """(status, answer, portal, access token for the bindings); nothing is written on a refusal.
+        ``hint``: the ``client_id`` query parameter of the handler URL (which application to try first)."""
+        if not self.configured():
+            return 503, self.NOT_CONFIGURED + "\n", None, None
         event = verify.parse_bitrix24_event(pairs, need_tokens=True)
         if event.event != "ONAPPINSTALL":
             raise verify.Refused("malformed", "the installation callback must carry event=ONAPPINSTALL")
@@ -125,14 +178,11 @@ class Bitrix24App:
             stored = previous.settings.daemon.bitrix24_application_token
             verify.check_application_token(event.auth.application_token,
                                            stored.get_secret_value() if stored else None)
-        fresh = self.renew(event.auth.refresh_token or "")
-        if str(fresh.get("member_id") or "") != event.auth.member_id:
-            raise verify.Refused("forged", "the installation's tokens belong to another portal")
+        client, fresh = self.identify(name, event.auth.member_id, event.auth.refresh_token or "", hint)
         endpoint = str(fresh.get("client_endpoint") or event.auth.client_endpoint)
         if not endpoint.startswith(("http://", "https://")):
             raise verify.Refused("malformed", "the OAuth server named no client endpoint for the portal")
-        crm = {"kind": "bitrix24", "client_endpoint": endpoint, "client_id": self.settings.b24_client_id,
-               "client_secret": self.settings.b24_client_secret, "oauth_token_url": self.settings.b24_oauth_url}
+        crm = self.crm_settings(endpoint, client)
         expires = int(fresh.get("expires") or time.time() + int(fresh.get("expires_in") or 3600))
         self.inst.register(name, crm, {"bitrix24_application_token": event.auth.application_token},
                            (fresh["access_token"], fresh["refresh_token"], expires))
@@ -146,9 +196,8 @@ class Bitrix24App:
         portal those tokens belong to); then registers, binds and queues the first sync.
         Returns (portal, language, the portal's origin, bound): ``bound`` False when binding failed (the
         portal is registered; opening the page again retries); raises ``Refused``."""
-        if not (self.settings.b24_client_id and self.settings.b24_client_secret and self.settings.public_url):
-            raise verify.Refused("not_configured", "the Bitrix24 application is not configured: set LIFECYCLE_PUBLIC_URL, "
-                                                   "LIFECYCLE_BITRIX24_CLIENT_ID and LIFECYCLE_BITRIX24_CLIENT_SECRET")
+        if not self.configured():
+            raise verify.Refused("not_configured", self.NOT_CONFIGURED)
         opened = verify.parse_placement(form, query)
         if not opened.refresh_id:
             raise verify.Refused("missing_token", "the installation page was opened without REFRESH_ID")
@@ -157,16 +206,13 @@ class Bitrix24App:
         if known is not None and known.state != "uninstalled":
             stored = self.inst.registry().load(name).settings.daemon.bitrix24_application_token
             verify.check_application_token(opened.application_token, stored.get_secret_value() if stored else None)
-        fresh = self.renew(opened.refresh_id)
-        if str(fresh.get("member_id") or "") != opened.member_id:
-            raise verify.Refused("forged", "the installation's tokens belong to another portal")
+        client, fresh = self.identify(name, opened.member_id, opened.refresh_id, query.get("client_id"))
         endpoint = str(fresh.get("client_endpoint") or "")
         if not endpoint.startswith(("http://", "https://")):
             raise verify.Refused("malformed", "the OAuth server named no client endpoint for the portal")
         if portal_address(endpoint) != opened.domain.lower():
             raise verify.Refused("forged", "the frame's DOMAIN is not the portal the tokens belong to")
-        crm = {"kind": "bitrix24", "client_endpoint": endpoint, "client_id": self.settings.b24_client_id,
-               "client_secret": self.settings.b24_client_secret, "oauth_token_url": self.settings.b24_oauth_url}
+        crm = self.crm_settings(endpoint, client)
         expires = int(fresh.get("expires") or time.time() + int(fresh.get("expires_in") or 3600))
         self.inst.register(name, crm, {"bitrix24_application_token": opened.application_token},
                            (fresh["access_token"], fresh["refresh_token"], expires))
@@ -242,12 +288,14 @@ class Bitrix24App:
                 form = dict(pairs)
                 if "event" not in form and "AUTH_ID" in form and "PLACEMENT" in form:
                     return await wizard(request, form)
-                status, answer, name, token = await run_in_threadpool(self.install, pairs)
+                status, answer, name, token = await run_in_threadpool(self.install, pairs,
+                                                                      request.query_params.get("client_id"))
             except BodyRefused as refused:
                 return refused.response
             except verify.Refused as refused:
                 log.warning("Bitrix24 installation refused: %s", refused.reason)
-                return text(401 if refused.reason in ("forged", "missing_token", "unverified") else 400, f"{refused}\n")
+                return text(401 if refused.reason in ("forged", "missing_token", "unverified", "unknown_app") else 400,
+                            f"{refused}\n")
             if name is None or token is None:
                 return text(status, answer)
             return Response(answer, status, media_type="text/plain; charset=utf-8",
@@ -261,7 +309,7 @@ class Bitrix24App:
             except verify.Refused as refused:
                 log.warning("Bitrix24 installation page refused: %s", refused.reason)
                 status = 503 if refused.reason == "not_configured" else 403 if refused.reason in (
-                    "forged", "missing_token", "unverified") else 400
+                    "forged", "missing_token", "unverified", "unknown_app") else 400
                 return HTMLResponse(refusal_page(lang, str(refused)), status,
                                     headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
             body, headers = install_page(self.settings, lang, origin, finished=bound)

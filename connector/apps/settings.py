@@ -6,6 +6,9 @@ LIFECYCLE_PUBLIC_URL                 the connector's https address as the CRM an
                                      (handlers given to the CRM are built from it)
 LIFECYCLE_BITRIX24_CLIENT_ID         the application's ``client_id`` (Developer resources / Market version card)
 LIFECYCLE_BITRIX24_CLIENT_SECRET     its ``client_secret`` (``_FILE`` variants work: connector/envfiles.py)
+LIFECYCLE_BITRIX24_APPS_PATH         a TOML (or .json) file of more ``client_id``/``client_secret`` pairs: one per
+                                     portal's local application (connector/apps/b24_credentials.py); re-read
+                                     when it changes
 LIFECYCLE_BITRIX24_OAUTH_URL         the OAuth server (default https://oauth.bitrix.info/oauth/token/)
 LIFECYCLE_BITRIX24_JS_URL            the BX24 JS library the installation page loads (default
                                      https://api.bitrix24.com/api/v1/; tests point it at the sandbox's stand-in)
@@ -46,6 +49,7 @@ class AppSettings:
     public_url: str | None = None
     b24_client_id: str | None = None
     b24_client_secret: str | None = field(default=None, repr=False)
+    b24_apps: Any = field(default=None, repr=False, compare=False)  # Bitrix24Credentials (b24_credentials())
     b24_oauth_url: str = DEFAULT_B24_OAUTH
     b24_js_url: str = DEFAULT_B24_JS
     amo_client_id: str | None = None
@@ -87,14 +91,29 @@ class AppSettings:
                                _env("LIFECYCLE_APPS_SIGNING_KEY")) if s]
         logs.register_secrets(secrets)
         signing = _env("LIFECYCLE_APPS_SIGNING_KEY") or "|".join(secrets)
+        from connector.apps.b24_credentials import Bitrix24Credentials, ClientPair
+
+        single_id, single_secret = _env("LIFECYCLE_BITRIX24_CLIENT_ID"), _env("LIFECYCLE_BITRIX24_CLIENT_SECRET")
+        apps = Bitrix24Credentials(ClientPair(single_id, single_secret) if single_id and single_secret else None,
+                                   _env("LIFECYCLE_BITRIX24_APPS_PATH"))
         redirect = _env("LIFECYCLE_AMOCRM_REDIRECT_URI") or (f"{public}/apps/amocrm/oauth" if public else None)
         return cls(public_url=public, b24_client_id=_env("LIFECYCLE_BITRIX24_CLIENT_ID"),
-                   b24_client_secret=_env("LIFECYCLE_BITRIX24_CLIENT_SECRET"),
+                   b24_client_secret=_env("LIFECYCLE_BITRIX24_CLIENT_SECRET"), b24_apps=apps,
                    b24_oauth_url=_env("LIFECYCLE_BITRIX24_OAUTH_URL") or DEFAULT_B24_OAUTH,
                    b24_js_url=_js_url(_env("LIFECYCLE_BITRIX24_JS_URL")),
                    amo_client_id=_env("LIFECYCLE_AMOCRM_CLIENT_ID"), amo_client_secret=_env("LIFECYCLE_AMOCRM_CLIENT_SECRET"),
                    amo_redirect_uri=redirect, amo_accounts=accounts, template=template, retention_days=retention,
                    signing_key=hashlib.sha256(b"lifecycle-apps|" + signing.encode()).digest() if signing else b"")
+
+    def b24_credentials(self) -> Any:
+        """The Bitrix24 application pairs this deployment serves (the single pair, then the apps file)."""
+        if self.b24_apps is not None:
+            return self.b24_apps
+        from connector.apps.b24_credentials import Bitrix24Credentials, ClientPair
+
+        single = (ClientPair(self.b24_client_id, self.b24_client_secret)
+                  if self.b24_client_id and self.b24_client_secret else None)
+        return Bitrix24Credentials(single)
 
     def amo_base_url(self, referer: str) -> str:
         host = referer.strip().lower()

@@ -164,13 +164,22 @@ class Auth:
             "refresh_token": refresh,
         }
 
-    def token_endpoint(self, params: dict, endpoints: dict) -> tuple[int, dict]:
-        """``GET|POST /oauth/token/``; ``endpoints`` holds client_endpoint, server_endpoint, domain."""
+    def token_endpoint(self, params: dict, endpoints: dict, *, known_elsewhere: bool = False) -> tuple[int, dict]:
+        """``GET|POST /oauth/token/``; ``endpoints`` holds client_endpoint, server_endpoint, domain.
+
+        A ``client_id`` no application has (``known_elsewhere``: another portal of a multi-portal server has
+        it) answers HTTP 200 ``{"error": "wrong_client"}`` as b24pysdk, the official SDK, documents the
+        OAuth server's answer (errors/oauth.py ``BitrixOauthWrongClient``: "OAuth app client_id is invalid",
+        HTTP 200); a known one with another secret 400 ``invalid_client`` (the SDK: "Invalid OAuth
+        client_secret"; error-codes.md); a valid pair with a refresh token issued to another application
+        400 ``invalid_grant`` (UNCONFIRMED: not documented; the token is not spent by a refused request)."""
         grant = str(params.get("grant_type") or "")
         if grant != "refresh_token":
             return 400, {"error": "invalid_request",
                          "error_description": "grant_type must be refresh_token in the sandbox"}
         client = params.get("client_id")
+        if isinstance(client, str) and client and client not in self.clients and not known_elsewhere:
+            return 200, {"error": "wrong_client"}
         if not isinstance(client, str) or client not in self.clients or params.get("client_secret") != self.clients[client]:
             return 400, {"error": "invalid_client", "error_description": "Invalid client credentials"}
         refresh = str(params.get("refresh_token") or "")

@@ -182,9 +182,11 @@ class Handler(BaseHandler):
             self._send(400, {"error": "INVALID_REQUEST", "error_description": str(exc)})
             return
         if path.rstrip("/") in ("/oauth/token", "/oauth/token/"):
+            client = params.get("client_id")
+            elsewhere = any(isinstance(client, str) and client in p.auth.clients for p in self.server.portals or [])
             with portal.lock:
                 portal.counters.oauth_requests += 1
-                status, payload = portal.auth.token_endpoint(params, portal.endpoints())
+                status, payload = portal.auth.token_endpoint(params, portal.endpoints(), known_elsewhere=elsewhere)
             self._send(status, payload)
             return
         if path.startswith("/rest/"):
