@@ -228,3 +228,45 @@ def _stored_refresh(registry, name: str) -> str:
     from connector.store.tokens import Tokens
 
     return Tokens(registry.engine, name).oauth_token()["refresh_token"]
+
+
+# -- fidelity: the OAuth server's answers to a wrong pair, as the official SDK reads them ------------------
+
+def test_b24pysdk_reads_the_oauth_servers_refusals_of_a_wrong_pair(monkeypatch):
+    """b24pysdk (nobody here wrote it) refreshes at its hard-coded oauth.bitrix24.tech through the sandbox
+    (HTTPS_PROXY, the sandbox's CA): a client_id nobody has is its ``BitrixOauthWrongClient`` (HTTP 200
+    ``wrong_client``), a wrong secret ``BitrixOAuthInvalidClient``, another application's valid pair
+    ``BitrixOAuthInvalidGrant``; none of them spends the token, and the right pair renews it for the portal."""
+    pytest.importorskip("b24pysdk")
+    from b24pysdk import BitrixApp
+    from b24pysdk.api.requesters import BitrixOAuthRequester
+    from b24pysdk.errors.oauth import BitrixOAuthInvalidClient, BitrixOAuthInvalidGrant, BitrixOauthWrongClient
+    from sandbox.bitrix24 import running_portal
+
+    with running_portal(generate=(5, 5), tls=True) as portal:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", portal.ca_file)
+        for name in ("HTTPS_PROXY", "https_proxy"):
+            monkeypatch.setenv(name, portal.info["https_proxy"])
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        first, second = (portal.install_app("https://127.0.0.1:9/install", mode="wizard", send=False, scope="crm")
+                         for _ in range(2))
+        frame = portal.open_placement(install=True, app=second["client_id"], send=False)
+        refresh = frame["form"]["REFRESH_ID"]
+
+        def renew(client_id: str, secret: str) -> dict:
+            return BitrixOAuthRequester(BitrixApp(client_id=client_id, client_secret=secret),
+                                        max_retries=1).refresh_oauth_token(refresh)
+
+        refreshes = portal.counters()["oauth_refreshes"]
+        with pytest.raises(BitrixOauthWrongClient):
+            renew("local.000000000nobody.00000000", second["client_secret"])
+        with pytest.raises(BitrixOAuthInvalidClient):
+            renew(second["client_id"], first["client_secret"])
+        with pytest.raises(BitrixOAuthInvalidGrant):
+            renew(first["client_id"], first["client_secret"])
+        assert portal.counters()["oauth_refreshes"] == refreshes
+        fresh = renew(second["client_id"], second["client_secret"])
+        assert fresh["member_id"] == portal.info["member_id"] and fresh["refresh_token"] != refresh
+        with pytest.raises(BitrixOAuthInvalidGrant):  # spent by the renewal
+            renew(second["client_id"], second["client_secret"])
