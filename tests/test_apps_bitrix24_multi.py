@@ -144,6 +144,7 @@ def test_two_local_apps_in_two_portals_from_one_deployment(postgres_url, tmp_pat
                                      client_secret=a.client_secret)
             assert answer0["delivery"]["status"] == 200, answer0["delivery"]
             assert _tries(caplog, n0) == DECOYS + 2  # the single pair, the decoys, then its own
+            print(f"callback identified after {DECOYS + 2} pairs in {answer0['delivery']['elapsed']:.3f} s")
             assert registry.load(n0).crm.client_id == a.client_id
 
             # portal 1: a local app with an installation page, whose keys the form shows after saving: the
@@ -212,6 +213,7 @@ def test_two_local_apps_in_two_portals_from_one_deployment(postgres_url, tmp_pat
             _write(apps_file, decoys + [a, b, c])
             hinted = p2.install_app(f"{handler}?client_id={c.client_id}", app=c.client_id)
             assert hinted["delivery"]["status"] == 200 and _tries(caplog, n2) == 1
+            print(f"callback with the hint: {hinted['delivery']['elapsed']:.3f} s")
             assert registry.load(n2).crm.client_id == c.client_id
             wait_for(lambda: not _pending(engine), 60, "the queued syncs to finish")
     for record in caplog.records:  # no secret of any configured application reaches the log
