@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     from connector.apps.amocrm_widget import add_parser as add_amocrm_parser
 
     add_amocrm_parser(sub)  # lifecycle amocrm widget (issue 15)
+    from connector.apps.b24_cli import add_parser as add_apps_parser
+
+    add_apps_parser(sub)  # lifecycle apps bitrix24 add-credentials ... (several local applications)
     return finish_parser(parser)
 
 
@@ -244,6 +247,10 @@ def _main(argv: list[str] | None = None) -> int:
             from connector.apps.amocrm_widget import widget_command
 
             return widget_command(args, out)
+        if args.command == "apps":
+            from connector.apps.b24_cli import apps_command
+
+            return apps_command(args, out)
         if args.command == "model":
             from connector.model_cli import run_model
 

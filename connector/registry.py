@@ -417,5 +417,8 @@ def reencrypt(conn: Connection, *, decrypt_with: Any, encrypt_with: Any) -> int:
                   for c in ("access_token", "refresh_token")}
         conn.execute(sa.update(oauth_tokens).where(oauth_tokens.c.portal == row.portal).values(**values))
         count += 1
+    from connector.apps.b24_credentials import reencrypt_pairs  # pairs of `lifecycle apps bitrix24 add-credentials`
+
+    count += reencrypt_pairs(conn, decrypt_with=decrypt_with, encrypt_with=encrypt_with)
     crypto.write_check(conn, encrypt_with)
     return count

@@ -208,9 +208,15 @@ def test_two_local_apps_in_two_portals_from_one_deployment(postgres_url, tmp_pat
                 assert secret not in delivery["response"]
             assert snapshot(engine, n2) == before and before["portal"] is None
             assert [p.name for p in registry.list()] == sorted([n0, n1])
-            # its keys added, the callback sent again to the handler URL with the ?client_id= hint: one try
+            # its keys added through the CLI (stored in the registry, encrypted; the running service reads them
+            # at the next installation), the callback sent again to the URL with the ?client_id= hint: one try
             c = ClientPair(stranger["client_id"], stranger["client_secret"])
-            _write(apps_file, decoys + [a, b, c])
+            (tmp_path / "c.secret").write_text(c.client_secret)
+            from tests.conftest import run_cli
+
+            added = run_cli(["apps", "bitrix24", "add-credentials", "--client-id", c.client_id, "--client-secret-file",
+                             str(tmp_path / "c.secret"), "--state-url", postgres_url])
+            assert added.returncode == 0 and c.client_secret not in added.stdout + added.stderr, added.stderr
             hinted = p2.install_app(f"{handler}?client_id={c.client_id}", app=c.client_id)
             assert hinted["delivery"]["status"] == 200 and _tries(caplog, n2) == 1
             print(f"callback with the hint: {hinted['delivery']['elapsed']:.3f} s")
@@ -272,3 +278,77 @@ def test_b24pysdk_reads_the_oauth_servers_refusals_of_a_wrong_pair(monkeypatch):
         assert fresh["member_id"] == portal.info["member_id"] and fresh["refresh_token"] != refresh
         with pytest.raises(BitrixOAuthInvalidGrant):  # spent by the renewal
             renew(second["client_id"], second["client_secret"])
+
+
+# -- the CLI: pairs stored in the registry, encrypted ----------------------------------------------------
+
+def test_the_cli_stores_pairs_encrypted_and_updates_installed_portals(tmp_path):
+    from cryptography.fernet import Fernet
+
+    from connector import crypto
+    from connector.apps.b24_credentials import stored_pairs
+    from connector.registry import Registry
+    from tests.conftest import run_cli
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    env = {"LIFECYCLE_SECRET_KEY": key, "LIFECYCLE_STATE_URL": url}
+    a, b = _pair("1"), _pair("2")
+    secret_file = tmp_path / "secret.txt"
+
+    def add(pair: ClientPair, **extra: str):
+        secret_file.write_text(pair.client_secret + "\n")
+        return run_cli(["apps", "bitrix24", "add-credentials", "--client-id", pair.client_id, "--client-secret-file",
+                        str(secret_file)], env={**env, **extra})
+
+    no_key = add(a, LIFECYCLE_SECRET_KEY="")
+    assert no_key.returncode == 2 and "LIFECYCLE_SECRET_KEY" in no_key.stderr
+    for proc in (add(a), add(b)):
+        assert proc.returncode == 0 and proc.stdout.strip().endswith("added"), proc.stderr
+    assert add(a).stdout.strip() == f"{a.client_id}: replaced"
+    bad = run_cli(["apps", "bitrix24", "add-credentials", "--client-id", "local app", "--client-secret-file",
+                   str(secret_file)], env=env)
+    assert bad.returncode == 2 and "--client-id" in bad.stderr
+    secret_file.write_text("")
+    assert run_cli(["apps", "bitrix24", "add-credentials", "--client-id", a.client_id, "--client-secret-file",
+                    str(secret_file)], env=env).returncode == 2
+
+    # a portal installed with pair a (as the app records it); a's key regenerated: the portal gets the new one
+    reg = Registry.open(url, key=key)
+    try:
+        reg.add("b24-portal", '[crm]\nkind = "bitrix24"\nclient_endpoint = "https://shop.bitrix24.ru/rest/"\n'
+                              f'client_id = "{a.client_id}"\nclient_secret = "{a.client_secret}"\n')
+        with reg.engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT key, value FROM meta WHERE key LIKE 'bitrix24_app:%'").all()
+        assert sorted(k for k, _ in rows) == sorted(f"bitrix24_app:{p.client_id}" for p in (a, b))
+        assert all(v.startswith("fernet:") and a.client_secret not in v for _, v in rows)
+        assert sorted(stored_pairs(reg.engine), key=lambda p: p.client_id) == sorted([a, b], key=lambda p: p.client_id)
+    finally:
+        reg.close()
+        crypto.configure(None)
+    renewed = ClientPair(a.client_id, "new-" + a.client_secret[4:])
+    proc = add(renewed)
+    assert proc.returncode == 0 and "1 installed portal(s) now refresh with the new secret" in proc.stdout
+    listed = run_cli(["apps", "bitrix24", "list-credentials"], env=env)
+    assert listed.returncode == 0 and re.search(rf"{re.escape(a.client_id)}\s+1 portal\(s\)\s+b24-portal", listed.stdout)
+    assert re.search(rf"{re.escape(b.client_id)}\s+0 portal\(s\)", listed.stdout)
+
+    # `lifecycle secrets rotate` re-encrypts the stored pairs with the rest
+    (tmp_path / "new.key").write_text(new_key)
+    rotated = run_cli(["secrets", "rotate", "--new-key-file", str(tmp_path / "new.key")], env=env)
+    assert rotated.returncode == 0, rotated.stderr
+    reg = Registry.open(url, key=new_key)
+    try:
+        assert reg.load("b24-portal").crm.client_secret.get_secret_value() == renewed.client_secret
+        assert {p.client_id: p.client_secret for p in stored_pairs(reg.engine)} == {
+            a.client_id: renewed.client_secret, b.client_id: b.client_secret}
+    finally:
+        reg.close()
+        crypto.configure(None)
+    new_env = {**env, "LIFECYCLE_SECRET_KEY": new_key}
+    removed = run_cli(["apps", "bitrix24", "remove-credentials", "--client-id", b.client_id], env=new_env)
+    assert removed.returncode == 0 and removed.stdout.strip() == f"{b.client_id}: removed"
+    assert run_cli(["apps", "bitrix24", "remove-credentials", "--client-id", b.client_id], env=new_env).returncode == 1
+    for proc in (no_key, bad, proc, listed, rotated, removed):  # nothing printed repeats a secret
+        for secret in (a.client_secret, b.client_secret, renewed.client_secret, key, new_key):
+            assert secret not in proc.stdout + proc.stderr

@@ -4,6 +4,10 @@ A Market application has one ``client_id``/``client_secret`` for every portal; a
 created in each client portal separately and gets its own pair. The connector knows:
 
 * the single pair ``LIFECYCLE_BITRIX24_CLIENT_ID`` / ``LIFECYCLE_BITRIX24_CLIENT_SECRET`` (as before), and
+* the pairs stored in the registry by ``lifecycle apps bitrix24 add-credentials`` (connector/apps/b24_cli.py):
+  rows ``bitrix24_app:<client_id>`` of the store's ``meta`` table, the secret encrypted with
+  ``LIFECYCLE_SECRET_KEY`` (re-encrypted by ``lifecycle secrets rotate`` with the rest), read at every
+  installation, so a pair added there is seen at once by every service process, and
 * the entries of ``LIFECYCLE_BITRIX24_APPS_PATH``: a TOML file ::
 
       [[app]]
@@ -27,11 +31,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from connector.config import ConfigError
 
@@ -86,6 +91,7 @@ class Bitrix24Credentials:
     def __init__(self, single: ClientPair | None = None, path: str | os.PathLike | None = None):
         self.single = single
         self.path = Path(path) if path else None
+        self.stored: Callable[[], list[ClientPair]] | None = None  # the registry's pairs (set by the app)
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._bad_stamp: tuple[int, int] | None = None
@@ -96,7 +102,10 @@ class Bitrix24Credentials:
     @property
     def configured(self) -> bool:
         """Whether any source of credentials is set (an empty apps file counts: pairs are added later)."""
-        return self.single is not None or self.path is not None
+        return self.single is not None or self.path is not None or bool(self._stored())
+
+    def _stored(self) -> list[ClientPair]:
+        return self.stored() if self.stored is not None else []
 
     def _reload(self, *, strict: bool) -> None:
         from connector import logs
@@ -129,12 +138,13 @@ class Bitrix24Credentials:
             self._bad_stamp = stamp
 
     def pairs(self) -> list[ClientPair]:
-        """Every configured pair, the single one first, each client id once."""
+        """Every configured pair, the single one first, then the registry's, then the file's; each client id
+        once (the first source wins)."""
         if self.path is not None:
             with self._lock:
                 self._reload(strict=False)
         seen: dict[str, ClientPair] = {}
-        for pair in ([self.single] if self.single else []) + self._file:
+        for pair in ([self.single] if self.single else []) + self._stored() + self._file:
             seen.setdefault(pair.client_id, pair)
         return list(seen.values())
 
@@ -153,4 +163,81 @@ class Bitrix24Credentials:
         return out
 
 
-__all__ = ["Bitrix24Credentials", "ClientPair", "parse_apps"]
+# -- pairs stored in the registry (encrypted) -------------------------------------------------------
+
+META_PREFIX = "bitrix24_app:"
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,50}$")
+
+
+def check_client_id(client_id: str) -> str:
+    client_id = (client_id or "").strip()
+    if not _CLIENT_ID.match(client_id):
+        raise ConfigError("--client-id: give the application code from the form, e.g. local.6650a1b2c3d4e5.12345678 "
+                          "(letters, digits, '.', '_', '-'; at most 51 characters)")
+    return client_id
+
+
+def stored_pairs(engine: Any) -> list[ClientPair]:
+    """The registry's pairs, decrypted (sorted by client id)."""
+    import sqlalchemy as sa
+
+    from connector import crypto, logs
+    from connector.store.schema import meta_table
+
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(meta_table.c.key, meta_table.c.value)
+                            .where(meta_table.c.key.like(META_PREFIX + "%")).order_by(meta_table.c.key)).all()
+    pairs = [ClientPair(key[len(META_PREFIX):], crypto.decrypt(value) or "") for key, value in rows]
+    logs.register_secrets([p.client_secret for p in pairs])
+    return pairs
+
+
+def store_pair(engine: Any, pair: ClientPair) -> bool:
+    """Add (True) or replace (False) a pair; the secret is encrypted with the configured key, which must be set."""
+    import sqlalchemy as sa
+
+    from connector import crypto
+    from connector.store.base import write_lock
+    from connector.store.schema import meta_table
+
+    fernet = crypto.cipher()
+    if fernet is None:
+        raise crypto.SecretKeyError(f"{crypto.KEY_VAR} is not set: application secrets are stored only encrypted "
+                                    "(make a key with `lifecycle secrets new-key`)")
+    key = META_PREFIX + check_client_id(pair.client_id)
+    with engine.begin() as conn:
+        write_lock(conn)
+        crypto.ensure_check(conn)
+        existed = conn.execute(sa.delete(meta_table).where(meta_table.c.key == key)).rowcount > 0
+        conn.execute(sa.insert(meta_table).values(key=key, value=crypto.encrypt(pair.client_secret, fernet)))
+    return not existed
+
+
+def remove_pair(engine: Any, client_id: str) -> bool:
+    import sqlalchemy as sa
+
+    from connector.store.base import write_lock
+    from connector.store.schema import meta_table
+
+    with engine.begin() as conn:
+        write_lock(conn)
+        return conn.execute(sa.delete(meta_table).where(meta_table.c.key == META_PREFIX + client_id.strip())).rowcount > 0
+
+
+def reencrypt_pairs(conn: Any, *, decrypt_with: Any, encrypt_with: Any) -> int:
+    """``lifecycle secrets rotate`` (connector/registry.py ``reencrypt``): the stored pairs' secrets too."""
+    import sqlalchemy as sa
+
+    from connector import crypto
+    from connector.store.schema import meta_table
+
+    rows = conn.execute(sa.select(meta_table.c.key, meta_table.c.value)
+                        .where(meta_table.c.key.like(META_PREFIX + "%"))).all()
+    for key, value in rows:
+        conn.execute(sa.update(meta_table).where(meta_table.c.key == key)
+                     .values(value=crypto.encrypt(crypto.decrypt(value, decrypt_with), encrypt_with)))
+    return len(rows)
+
+
+__all__ = ["Bitrix24Credentials", "ClientPair", "check_client_id", "parse_apps", "remove_pair", "stored_pairs",
+           "store_pair"]

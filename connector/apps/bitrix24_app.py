@@ -96,6 +96,19 @@ class Bitrix24App:
     def __init__(self, inst: Installations):
         self.inst = inst
         self.settings = inst.settings
+        self.settings.b24_credentials().stored = self.stored_pairs
+
+    def stored_pairs(self) -> list[ClientPair]:
+        """The pairs of ``lifecycle apps bitrix24 add-credentials`` (the registry, encrypted); none when the
+        store cannot be read (logged: the other sources still serve)."""
+        from connector.apps.b24_credentials import stored_pairs
+        from connector.logs import safe_error
+
+        try:
+            return stored_pairs(self.inst.registry().engine)
+        except Exception as exc:  # noqa: BLE001 - the environment's and the file's pairs still work
+            log.error("the registry's Bitrix24 application pairs cannot be read: %s", safe_error(exc))
+            return []
 
     # -- install ---------------------------------------------------------------------------------------
 
@@ -103,7 +116,8 @@ class Bitrix24App:
         return f"{self.settings.public_url}{path}"
 
     NOT_CONFIGURED = ("the Bitrix24 application is not configured: set LIFECYCLE_PUBLIC_URL and "
-                      "LIFECYCLE_BITRIX24_CLIENT_ID/_CLIENT_SECRET or LIFECYCLE_BITRIX24_APPS_PATH")
+                      "LIFECYCLE_BITRIX24_CLIENT_ID/_CLIENT_SECRET, LIFECYCLE_BITRIX24_APPS_PATH or "
+                      "`lifecycle apps bitrix24 add-credentials`")
 
     def configured(self) -> bool:
         return bool(self.settings.public_url and self.settings.b24_credentials().configured)
@@ -139,7 +153,8 @@ class Bitrix24App:
         candidates = self.settings.b24_credentials().ordered([hint, recorded])
         if not candidates:
             raise verify.Refused("unknown_app", "no Bitrix24 application is configured yet: add this portal's "
-                                                "client_id and client_secret to LIFECYCLE_BITRIX24_APPS_PATH")
+                                                "client_id and client_secret (lifecycle apps bitrix24 "
+                                                "add-credentials, or LIFECYCLE_BITRIX24_APPS_PATH)")
         for tries, pair in enumerate(candidates, 1):
             fresh = self.renew(pair, refresh_token)
             if fresh is None:
@@ -154,7 +169,8 @@ class Bitrix24App:
         raise verify.Refused("unknown_app", "the OAuth server accepts the installation's tokens for none of the "
                                             f"{len(candidates)} configured Bitrix24 applications: add this "
                                             "portal's local application (client_id and client_secret from its "
-                                            "form) to LIFECYCLE_BITRIX24_APPS_PATH, then install or open it again")
+                                            "form) with `lifecycle apps bitrix24 add-credentials` or to "
+                                            "LIFECYCLE_BITRIX24_APPS_PATH, then install or open it again")
 
     def crm_settings(self, endpoint: str, pair: ClientPair) -> dict[str, Any]:
         """The portal config's ``[crm]``: the client endpoint and the pair that serves this portal (every

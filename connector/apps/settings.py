@@ -113,7 +113,8 @@ class AppSettings:
 
         single = (ClientPair(self.b24_client_id, self.b24_client_secret)
                   if self.b24_client_id and self.b24_client_secret else None)
-        return Bitrix24Credentials(single)
+        object.__setattr__(self, "b24_apps", Bitrix24Credentials(single))  # one object: the app sets its store
+        return self.b24_apps
 
     def amo_base_url(self, referer: str) -> str:
         host = referer.strip().lower()

@@ -1,0 +1,123 @@
+"""``lifecycle apps bitrix24 add-credentials | list-credentials | remove-credentials``: the Bitrix24
+application pairs kept in the registry, encrypted with ``LIFECYCLE_SECRET_KEY`` (connector/apps/b24_credentials.py).
+
+The secret is read from a file or standard input (``--client-secret-file -``), never from the command line
+(where ``ps`` and the shell history would show it). Adding a pair that installed portals already record
+under another secret (the application's key was regenerated) updates their configs too, so their next
+token refresh uses the new one. Nothing printed contains a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    """``lifecycle apps bitrix24 ...``'s arguments (kept here so cli.py stays small)."""
+    apps = sub.add_parser("apps", help="CRM application tools: the Bitrix24 applications' credentials")
+    apps_sub = apps.add_subparsers(dest="apps_crm", required=True)
+    b24 = apps_sub.add_parser("bitrix24", help="the client_id/client_secret pairs of the Bitrix24 applications served")
+    b24_sub = b24.add_subparsers(dest="apps_command", required=True)
+
+    def with_url(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--state-url", metavar="URL", help="the shared state store (default $LIFECYCLE_STATE_URL)")
+        return p
+
+    add = with_url(b24_sub.add_parser("add-credentials", help="store a local application's pair (encrypted)"))
+    add.add_argument("--client-id", required=True, help="the application code from the local application form")
+    add.add_argument("--client-secret-file", required=True, metavar="FILE",
+                     help="a file holding the application key, or - to read it from standard input")
+    with_url(b24_sub.add_parser("list-credentials", help="the stored client ids and the portals each serves"))
+    remove = with_url(b24_sub.add_parser("remove-credentials", help="forget a stored pair"))
+    remove.add_argument("--client-id", required=True)
+
+
+def _secret(path: str) -> str:
+    from connector.config import ConfigError
+
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+    except OSError as exc:
+        raise ConfigError(f"--client-secret-file {path}: cannot read it ({type(exc).__name__})") from None
+    secret = text.strip()
+    if not secret or len(secret.splitlines()) != 1:
+        raise ConfigError(f"--client-secret-file {path}: give one line, the application key from the form")
+    return secret
+
+
+def _portals_by_client(registry: Any) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for portal in registry.list():
+        if portal.kind != "bitrix24":
+            continue
+        try:
+            client_id = registry.load(portal.name).crm.client_id
+        except Exception:  # noqa: BLE001 - a portal whose config no longer loads is listed by `portals list`
+            continue
+        if client_id:
+            out.setdefault(client_id, []).append(portal.name)
+    return out
+
+
+def _update_portals(registry: Any, client_id: str, secret: str) -> int:
+    """Installed portals recording ``client_id`` with another secret get the new one (their next refresh)."""
+    import tomllib
+
+    from connector.apps.settings import dump_toml
+
+    changed = 0
+    for name in _portals_by_client(registry).get(client_id, []):
+        data = tomllib.loads(registry.config_text(name))
+        if data.get("crm", {}).get("client_secret") != secret:
+            data["crm"]["client_secret"] = secret
+            registry.add(name, dump_toml(data), replace=True)
+            changed += 1
+    return changed
+
+
+def apps_command(args: argparse.Namespace, out: Any) -> int:
+    from connector import logs
+    from connector.apps.b24_credentials import ClientPair, check_client_id, remove_pair, store_pair, stored_pairs
+    from connector.portals_cli import state_url
+    from connector.registry import Registry
+
+    url = state_url(args)
+    if args.apps_command == "add-credentials":
+        client_id = check_client_id(args.client_id)
+        secret = _secret(args.client_secret_file)
+        logs.register_secrets([secret])
+        registry = Registry.open(url)
+        try:
+            added = store_pair(registry.engine, ClientPair(client_id, secret))
+            updated = _update_portals(registry, client_id, secret)
+        finally:
+            registry.close()
+        out.print(f"{client_id}: {'added' if added else 'replaced'}" +
+              (f"; {updated} installed portal(s) now refresh with the new secret" if updated else ""))
+        return 0
+    registry = Registry.open(url)
+    try:
+        if args.apps_command == "remove-credentials":
+            client_id = args.client_id.strip()
+            if not remove_pair(registry.engine, client_id):
+                print(f"error: no stored pair has client_id {client_id}", file=sys.stderr)
+                return 1
+            users = _portals_by_client(registry).get(client_id, [])
+            out.print(f"{client_id}: removed" + (f" (still recorded by {len(users)} installed portal(s), which keep "
+                                              "refreshing with it until re-installed)" if users else ""))
+            return 0
+        users = _portals_by_client(registry)
+        pairs = stored_pairs(registry.engine)
+        for pair in pairs:
+            names = users.get(pair.client_id, [])
+            out.print(f"{pair.client_id}\t{len(names)} portal(s)\t{' '.join(names)}".rstrip())
+        if not pairs:
+            out.print("no stored pairs (add one with `lifecycle apps bitrix24 add-credentials`)")
+        return 0
+    finally:
+        registry.close()
+
+
+__all__ = ["add_parser", "apps_command"]
