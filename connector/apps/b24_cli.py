@@ -14,8 +14,20 @@ import sys
 from typing import Any
 
 
+EXAMPLE = "lifecycle apps bitrix24 add-credentials --client-id local.6650a1b2c3d4e5.12345678 --client-secret-file -"
+HELP = {
+    "apps": ("CRM application tools: the credentials of the Bitrix24 applications this deployment serves.", EXAMPLE),
+    "apps bitrix24": ("The client_id/client_secret pairs of the Bitrix24 applications (a local application per "
+                      "portal), kept in the registry encrypted with LIFECYCLE_SECRET_KEY; the service reads them at "
+                      "every installation.", EXAMPLE),
+}
+
+
 def add_parser(sub: Any) -> None:
     """``lifecycle apps bitrix24 ...``'s arguments (kept here so cli.py stays small)."""
+    from connector import cli_help
+
+    cli_help.HELP.update(HELP)
     apps = sub.add_parser("apps", help="CRM application tools: the Bitrix24 applications' credentials")
     apps_sub = apps.add_subparsers(dest="apps_crm", required=True)
     b24 = apps_sub.add_parser("bitrix24", help="the client_id/client_secret pairs of the Bitrix24 applications served")
@@ -25,12 +37,21 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--state-url", metavar="URL", help="the shared state store (default $LIFECYCLE_STATE_URL)")
         return p
 
-    add = with_url(b24_sub.add_parser("add-credentials", help="store a local application's pair (encrypted)"))
+    add = with_url(b24_sub.add_parser("add-credentials", help="store a local application's pair (encrypted)",
+                                      description="Store (or replace) an application's pair, the secret encrypted; "
+                                                  "installed portals recording that client_id get a replaced secret.",
+                                      epilog=f"example: {EXAMPLE}"))
     add.add_argument("--client-id", required=True, help="the application code from the local application form")
     add.add_argument("--client-secret-file", required=True, metavar="FILE",
                      help="a file holding the application key, or - to read it from standard input")
-    with_url(b24_sub.add_parser("list-credentials", help="the stored client ids and the portals each serves"))
-    remove = with_url(b24_sub.add_parser("remove-credentials", help="forget a stored pair"))
+    with_url(b24_sub.add_parser("list-credentials", help="the stored client ids and the portals each serves",
+                                description="The stored client ids and the installed portals each serves (never a "
+                                            "secret).", epilog="example: lifecycle apps bitrix24 list-credentials"))
+    remove = with_url(b24_sub.add_parser("remove-credentials", help="forget a stored pair",
+                                         description="Forget a stored pair (portals that record it keep refreshing "
+                                                     "with it until re-installed).",
+                                         epilog="example: lifecycle apps bitrix24 remove-credentials --client-id "
+                                                "local.6650a1b2c3d4e5.12345678"))
     remove.add_argument("--client-id", required=True)
 
 
