@@ -221,7 +221,8 @@ def amocrm_main(args: argparse.Namespace) -> int:
     timed = Timed()
     pipeline.write_tags = timed  # type: ignore[assignment]
     out: dict[str, Any] = {"crm": "amocrm", "contacts": args.contacts, "deals": args.deals,
-                           "time_scale": args.time_scale, "read_own_writes": args.read_own_writes}
+                           "time_scale": args.time_scale, "read_own_writes": args.read_own_writes,
+                           "batches_in_flight": args.in_flight}
     serve = (running_account(generate=(args.contacts, args.deals), time_scale=args.time_scale) if args.in_process
              else sandbox_process("amocrm", args.contacts, args.deals, args.time_scale))
     out["sandbox"] = "thread" if args.in_process else "process"
@@ -251,7 +252,7 @@ def amocrm_main(args: argparse.Namespace) -> int:
         return 0
     f, s, q = out["first_sync"], out["second_sync"], out["quiet_sync"]
     print(f"amoCRM account: {args.contacts} contacts, {args.deals} leads, limits on, time scale {args.time_scale:g} "
-          f"({7 * args.time_scale:g} req/s), sandbox in a {out['sandbox']}"
+          f"({7 * args.time_scale:g} req/s), {args.in_flight} PATCHes in flight, sandbox in a {out['sandbox']}"
           + (", write-back window forgotten (before issue 20)" if args.read_own_writes else ""))
     print(f"1st sync: write-back {f['tags_updated']} contacts, {f['writeback_requests']} requests in "
           f"{f['writeback_seconds']} s; rate floor {f['writeback_floor_seconds']} s, ratio {f['writeback_vs_floor']}; "
