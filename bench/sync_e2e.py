@@ -20,8 +20,8 @@ is synced three times by ``connector.pipeline.sync`` with ``[writeback] tag_segm
 
 ``--crm amocrm`` runs the same three syncs against the amoCRM sandbox account
 (``sandbox.amocrm.running_account``: 7 requests per second per account, 429 above it, the window X times
-faster; the adapter runs with ``requests_per_second = 7 * X``): the write-back's floor is then
-``requests / (7 * X)`` and there is no operating-time limit. Its second sync reads the contacts our own user
+faster; the adapter runs with ``requests_per_second = 7 * X``; ``--in-flight`` PATCHes at once): the
+write-back's floor is then ``requests / (7 * X)`` and there is no operating-time limit. Its second sync reads the contacts our own user
 modified outside the write-back's window only (adapters/amocrm/source.py), plus the account's users and the
 other users' events: a handful of requests whatever the base's size. ``--read-own-writes`` forgets the
 write-back's window before the second sync (the behaviour before issue 20: every written contact is read
@@ -35,7 +35,7 @@ clock runs X times faster than the wall clock, so the default 10 minutes would r
 and ``reconcile_hours = 24``. The bench waits 1.1 s between syncs: DATE_MODIFY has one-second resolution.
 
     python bench/sync_e2e.py --contacts 100000 --deals 300000 --time-scale 20 [--in-flight 3] [--json]
-    python bench/sync_e2e.py --crm amocrm --contacts 20000 --deals 60000 --time-scale 20 [--read-own-writes]
+    python bench/sync_e2e.py --crm amocrm --contacts 20000 --deals 60000 --time-scale 20 [--in-flight 3] [--read-own-writes]
 """
 
 from __future__ import annotations
