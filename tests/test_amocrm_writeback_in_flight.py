@@ -34,7 +34,7 @@ def _config(tmp_path: Path, acct, in_flight: int):
     assert segments in text
     path.write_text(text.replace(segments, f"{segments}\nbatches_in_flight = {in_flight}"), encoding="utf-8")
     config = load_config(path)
-    assert config.settings.writeback.batches_in_flight == adapter_settings(config).writeback_batches_in_flight == in_flight
+    assert adapter_settings(config).writeback_batches_in_flight == in_flight  # [writeback] reaches the adapter
     return config
 
 

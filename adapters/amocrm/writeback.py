@@ -18,8 +18,9 @@
 * Our own writes are not read back: before the first PATCH the account is asked who we are
   (``GET /api/v4/account``: ``current_user_id``; its ``Date`` is the window's start), and the result's
   cursors record that user and the account-time window of the writes (``own_writes``: from that answer to
-  the latest answer of any PATCH, in flight together or not, or the latest ``updated_at`` one returned). The next incremental pull leaves out
-  what that user modified inside the window (:mod:`adapters.amocrm.source`).
+  the latest answer of any PATCH, in flight together or not, or the latest ``updated_at`` one returned).
+  The next incremental pull leaves out what that user modified inside the window
+  (:mod:`adapters.amocrm.source`).
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class AmoTagWriter:
         """The ``updated_at`` stamps a PATCH answer gives (bulk: ``_embedded.<entity>[]``; single: the object)."""
         if isinstance(answer, dict):
             items = (answer.get("_embedded") or {}).get(self.path.rsplit("/", 1)[-1]) if "_embedded" in answer else [answer]
-            stamps = [item.get("updated_at") for item in (items if isinstance(items, list) else []) if isinstance(item, dict)]
+            listed = items if isinstance(items, list) else []
+            stamps = [item.get("updated_at") for item in listed if isinstance(item, dict)]
             with self._stamps_lock:
                 self.written_at.extend(s for s in stamps if isinstance(s, int) and not isinstance(s, bool))
 
