@@ -20,8 +20,8 @@ is synced three times by ``connector.pipeline.sync`` with ``[writeback] tag_segm
 
 ``--crm amocrm`` runs the same three syncs against the amoCRM sandbox account
 (``sandbox.amocrm.running_account``: 7 requests per second per account, 429 above it, the window X times
-faster; the adapter runs with ``requests_per_second = 7 * X``): the write-back's floor is then
-``requests / (7 * X)`` and there is no operating-time limit. Its second sync reads the contacts our own user
+faster; the adapter runs with ``requests_per_second = 7 * X``; ``--in-flight`` PATCHes at once): the
+write-back's floor is then ``requests / (7 * X)`` and there is no operating-time limit. Its second sync reads the contacts our own user
 modified outside the write-back's window only (adapters/amocrm/source.py), plus the account's users and the
 other users' events: a handful of requests whatever the base's size. ``--read-own-writes`` forgets the
 write-back's window before the second sync (the behaviour before issue 20: every written contact is read
@@ -35,7 +35,7 @@ clock runs X times faster than the wall clock, so the default 10 minutes would r
 and ``reconcile_hours = 24``. The bench waits 1.1 s between syncs: DATE_MODIFY has one-second resolution.
 
     python bench/sync_e2e.py --contacts 100000 --deals 300000 --time-scale 20 [--in-flight 3] [--json]
-    python bench/sync_e2e.py --crm amocrm --contacts 20000 --deals 60000 --time-scale 20 [--read-own-writes]
+    python bench/sync_e2e.py --crm amocrm --contacts 20000 --deals 60000 --time-scale 20 [--in-flight 3] [--read-own-writes]
 """
 
 from __future__ import annotations
@@ -221,7 +221,8 @@ def amocrm_main(args: argparse.Namespace) -> int:
     timed = Timed()
     pipeline.write_tags = timed  # type: ignore[assignment]
     out: dict[str, Any] = {"crm": "amocrm", "contacts": args.contacts, "deals": args.deals,
-                           "time_scale": args.time_scale, "read_own_writes": args.read_own_writes}
+                           "time_scale": args.time_scale, "read_own_writes": args.read_own_writes,
+                           "batches_in_flight": args.in_flight}
     serve = (running_account(generate=(args.contacts, args.deals), time_scale=args.time_scale) if args.in_process
              else sandbox_process("amocrm", args.contacts, args.deals, args.time_scale))
     out["sandbox"] = "thread" if args.in_process else "process"
@@ -251,7 +252,7 @@ def amocrm_main(args: argparse.Namespace) -> int:
         return 0
     f, s, q = out["first_sync"], out["second_sync"], out["quiet_sync"]
     print(f"amoCRM account: {args.contacts} contacts, {args.deals} leads, limits on, time scale {args.time_scale:g} "
-          f"({7 * args.time_scale:g} req/s), sandbox in a {out['sandbox']}"
+          f"({7 * args.time_scale:g} req/s), {args.in_flight} PATCHes in flight, sandbox in a {out['sandbox']}"
           + (", write-back window forgotten (before issue 20)" if args.read_own_writes else ""))
     print(f"1st sync: write-back {f['tags_updated']} contacts, {f['writeback_requests']} requests in "
           f"{f['writeback_seconds']} s; rate floor {f['writeback_floor_seconds']} s, ratio {f['writeback_vs_floor']}; "

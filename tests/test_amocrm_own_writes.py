@@ -87,14 +87,15 @@ def test_a_third_party_client_sees_the_other_users_writes():
 
 def test_the_pull_after_a_write_back_skips_our_writes_and_sees_everyone_elses(tmp_path, acct):
     config = load_config(write_config(tmp_path, acct))
-    # the first PATCH answer is held 1.2 s (its writes are stored at once): the write-back spans two seconds
+    # the first PATCH is held 1.2 s before it runs while the others (in flight with it) run at once: the
+    # write-back's writes span two seconds, and the PATCH sent first is answered last
     store = open_store(config)
     source = AmoSource(adapter_settings(config), store)
 
     class Spread:
         def pull(self, progress=None):
             result = source.pull(progress)
-            acct.faults(kind="slow_after", path="/api/v4/contacts", method="PATCH", count=1, delay=1.2)
+            acct.faults(kind="slow", path="/api/v4/contacts", method="PATCH", count=1, delay=1.2)
             return result
 
     try:

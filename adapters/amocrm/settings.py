@@ -29,6 +29,7 @@ class AmoSettings:
     overlap_minutes: float = 10
     birthday_field: str | None = None  # contact field holding birthdays (name or id)
     products: bool = False  # read leads with=catalog_elements (set by the connector when rules use products)
+    writeback_batches_in_flight: int = 3  # tag PATCHes sent at once ([writeback] batches_in_flight; the limiter paces them)
 
 
 @dataclass(frozen=True)

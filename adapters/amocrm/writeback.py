@@ -7,6 +7,10 @@
   recommendation; 250 is the hard cap) with ``tags_to_add`` / ``tags_to_delete`` (research section 3:
   no read-modify-write race with people editing tags meanwhile, and idempotent, so a retried PATCH is
   harmless).
+* Up to ``writeback_batches_in_flight`` PATCHes (``[writeback] batches_in_flight``, default 3) are sent at
+  once, from as many threads; each still takes a slot of the account's one :class:`RateLimiter` (7 requests
+  in any second, counted from the answers), so the write-back keeps the limit busy without a 429. The
+  results are merged by the calling thread as the PATCHes finish.
 * A batch refused as a whole (HTTP 400 validation errors) is retried one card at a time so a single bad
   record (deleted meanwhile, say) does not hold back the other 49; the failures are reported per card.
 * The tags now on the written cards come back as ``mirror_updates`` (the mirror's ``tags`` field, as
@@ -14,14 +18,18 @@
 * Our own writes are not read back: before the first PATCH the account is asked who we are
   (``GET /api/v4/account``: ``current_user_id``; its ``Date`` is the window's start), and the result's
   cursors record that user and the account-time window of the writes (``own_writes``: from that answer to
-  the last PATCH's answer or the latest ``updated_at`` it returned). The next incremental pull leaves out
-  what that user modified inside the window (:mod:`adapters.amocrm.source`).
+  the latest answer of any PATCH, in flight together or not, or the latest ``updated_at`` one returned).
+  The next incremental pull leaves out what that user modified inside the window
+  (:mod:`adapters.amocrm.source`).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.amocrm.client import AmoClient, AmoError, AmoHTTPError
@@ -33,6 +41,14 @@ from adapters.progress import or_none
 
 BATCH = 50
 OWN_WRITES = "own_writes"  # cursor: {"user", "from", "until"} (account unix seconds) of the last write-back
+
+
+@dataclass
+class ChunkOutcome:
+    """What one PATCH of up to :data:`BATCH` cards did: the cards written and the failures, by card."""
+
+    done: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
 
 
 def plan_tags(wanted: dict[int, set[str]], current: dict[int, set[str]], managed: set[str]
@@ -55,6 +71,8 @@ class AmoTagWriter:
         self.store = store
         self.path = ENTITIES[settings.customer].path
         self.written_at: list[int] = []  # updated_at stamps of the PATCH answers of this write-back
+        self.in_flight = max(1, int(settings.writeback_batches_in_flight))
+        self._stamps_lock = threading.Lock()  # PATCHes in flight note their stamps from several threads
 
     def write(self, wanted: Mapping[int, Sequence[str]], labels: Mapping[str, str],
               mirror: Mapping[int, Mapping[str, Any]], progress: Any = None) -> TagWriteResult:
@@ -75,10 +93,22 @@ class AmoTagWriter:
             began = client.last_time
             self.written_at = []
             ids = sorted(changes)
-            for start in range(0, len(ids), BATCH):
-                chunk = ids[start : start + BATCH]
-                self._write_chunk(client, chunk, changes, current, result)
-                stage.advance(len(chunk))
+            chunks = [ids[start : start + BATCH] for start in range(0, len(ids), BATCH)]
+
+            def merge(finished: set[Future[ChunkOutcome]]) -> None:
+                for future in finished:
+                    outcome = future.result()
+                    self._merge(outcome, changes, current, result)
+                    stage.advance(len(outcome.done) + len(outcome.failed))
+
+            with ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="amocrm-writeback") as pool:
+                running: set[Future[ChunkOutcome]] = set()
+                for chunk in chunks:  # never more than ``in_flight`` PATCHes (and their bodies) at once
+                    if len(running) >= self.in_flight:
+                        finished, running = wait(running, return_when=FIRST_COMPLETED)
+                        merge(finished)
+                    running.add(pool.submit(self._write_chunk, client, chunk, changes))
+                merge(wait(running).done)
             if result.updated and user is not None and began is not None and client.last_time is not None:
                 start = min([began, *self.written_at])
                 until = max([client.last_time, *self.written_at])
@@ -100,41 +130,45 @@ class AmoTagWriter:
         """The ``updated_at`` stamps a PATCH answer gives (bulk: ``_embedded.<entity>[]``; single: the object)."""
         if isinstance(answer, dict):
             items = (answer.get("_embedded") or {}).get(self.path.rsplit("/", 1)[-1]) if "_embedded" in answer else [answer]
-            for item in items if isinstance(items, list) else []:
-                stamp = item.get("updated_at") if isinstance(item, dict) else None
-                if isinstance(stamp, int) and not isinstance(stamp, bool):
-                    self.written_at.append(stamp)
+            listed = items if isinstance(items, list) else []
+            stamps = [item.get("updated_at") for item in listed if isinstance(item, dict)]
+            with self._stamps_lock:
+                self.written_at.extend(s for s in stamps if isinstance(s, int) and not isinstance(s, bool))
 
-    def _write_chunk(self, client: AmoClient, chunk: list[int], changes: dict[int, tuple[list[str], list[str]]],
-                     current: dict[int, set[str]], result: TagWriteResult) -> None:
+    def _write_chunk(self, client: AmoClient, chunk: list[int], changes: dict[int, tuple[list[str], list[str]]]
+                     ) -> ChunkOutcome:
+        """One PATCH (run in a worker thread: it touches nothing shared but the stamps and the client)."""
+        outcome = ChunkOutcome()
         body = [self._item(cid, changes[cid]) for cid in chunk]
         try:
             self._note_written(client.patch(self.path, body))
-            done = chunk
+            outcome.done = chunk
         except AmoHTTPError as exc:
             if exc.status not in (400, 422) or len(chunk) == 1:
-                for cid in chunk:
-                    result.failed[cid] = str(exc)
-                return
-            done = []
+                outcome.failed = {cid: str(exc) for cid in chunk}
+                return outcome
             for cid in chunk:  # find the card that spoiled the batch
                 try:
                     self._note_written(client.patch(f"{self.path}/{cid}", self._item(cid, changes[cid], single=True)))
-                    done.append(cid)
+                    outcome.done.append(cid)
                 except AmoHTTPError as one:
-                    result.failed[cid] = str(one)
+                    outcome.failed[cid] = str(one)
         except AmoError as exc:
-            for cid in chunk:
-                result.failed[cid] = str(exc)
-            return
-        values = {}
-        for cid in done:
+            outcome.failed = {cid: str(exc) for cid in chunk}
+        return outcome
+
+    @staticmethod
+    def _merge(outcome: ChunkOutcome, changes: dict[int, tuple[list[str], list[str]]], current: dict[int, set[str]],
+               result: TagWriteResult) -> None:
+        """A finished PATCH's cards into the result (in the calling thread): the tags now on the written cards
+        become mirror updates, the failures are reported per card."""
+        result.failed.update(outcome.failed)
+        for cid in outcome.done:
             add, delete = changes[cid]
             tags = (current.get(cid, set()) | set(add)) - set(delete)
-            values[cid] = {TAGS_FIELD: json.dumps(sorted(tags), ensure_ascii=False)}
+            result.mirror_updates[cid] = {TAGS_FIELD: json.dumps(sorted(tags), ensure_ascii=False)}
             result.failed.pop(cid, None)
-        result.updated += len(done)
-        result.mirror_updates.update(values)
+        result.updated += len(outcome.done)
 
     @staticmethod
     def _item(cid: int, change: tuple[list[str], list[str]], single: bool = False) -> dict[str, Any]:
