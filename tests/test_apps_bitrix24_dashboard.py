@@ -72,6 +72,9 @@ def test_the_main_page_is_the_portal_dashboard_of_the_user_who_opened_it(postgre
             assert name_a != name_b
             wait_for(lambda: _bound(a) and _bound(b), 30, "the bindings of both portals")
             wait_for(lambda: "ok" in [s for s, _ in sync_runs(engine, name_a)], 90, "portal A's first sync on the worker")
+            # the run is marked ok before the dashboard's snapshot (with its weekly back-fill) is written
+            wait_for(lambda: 'id="matrix"' in _open(requests.Session(), a, user_id=1, lang="en").text, 90,
+                     "portal A's dashboard snapshot after its first sync")
             origin = "http://" + urlsplit(a.base_url).netloc
 
             # an administrator of portal A opens the app: the dashboard's overview, with the settings

@@ -69,25 +69,4 @@ class RegistryPortals:
             return None
 
 
-def who_opened(endpoint: str, auth_id: str | None) -> tuple[int, bool]:
-    """(user id, administrator?) of the portal user whose frame carries ``auth_id``, asked of the portal."""
-    from connector.apps import verify
-    from connector.apps.bitrix24_app import RestError, rest
-
-    if not auth_id:
-        raise verify.Refused("missing_token", "the frame carries no AUTH_ID: open the app from the portal")
-    try:
-        me = rest(endpoint, "user.current", auth_id)
-        admin = rest(endpoint, "user.admin", auth_id) is True
-    except RestError:
-        raise verify.Refused("forged", "the portal did not confirm the user who opened the page") from None
-    try:
-        user_id = int(str(me.get("ID"))) if isinstance(me, dict) else 0
-    except ValueError:
-        user_id = 0
-    if user_id <= 0:
-        raise verify.Refused("forged", "the portal did not name the user who opened the page")
-    return user_id, admin
-
-
-__all__ = ["RegistryPortals", "who_opened"]
+__all__ = ["RegistryPortals"]

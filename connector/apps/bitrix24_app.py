@@ -50,7 +50,6 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from connector.apps import verify
-from connector.apps.app_session import who_opened
 from connector.apps.b24_credentials import ClientPair
 from connector.apps.common import Installations, customer_page, frame_headers, install_page, language, refusal_page
 from connector.apps.settings import portal_name
@@ -416,3 +415,21 @@ def portal_address(endpoint: str) -> str:
     prefix = parts.path.rstrip("/")
     prefix = prefix[: -len("/rest")] if prefix.endswith("/rest") else prefix
     return (parts.netloc + prefix).lower()
+
+
+def who_opened(endpoint: str, auth_id: str | None) -> tuple[int, bool]:
+    """(user id, administrator?) of the portal user whose frame carries ``auth_id``, asked of the portal."""
+    if not auth_id:
+        raise verify.Refused("missing_token", "the frame carries no AUTH_ID: open the app from the portal")
+    try:
+        me = rest(endpoint, "user.current", auth_id)
+        admin = rest(endpoint, "user.admin", auth_id) is True
+    except RestError:
+        raise verify.Refused("forged", "the portal did not confirm the user who opened the page") from None
+    try:
+        user_id = int(str(me.get("ID"))) if isinstance(me, dict) else 0
+    except ValueError:
+        user_id = 0
+    if user_id <= 0:
+        raise verify.Refused("forged", "the portal did not name the user who opened the page")
+    return user_id, admin
