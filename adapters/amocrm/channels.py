@@ -21,7 +21,7 @@
   from a queue), it never started (sent again); younger, the action stays in doubt for a later run.
   So each planned run starts exactly once, provided the bot has that first step. Whether it has is
   checked on every later sync: a done run whose field is still pending after ``confirm_minutes`` means the
-  bot lacks the step; the campaign is then reported (a warning once, ``lifecycle plan``) and its runs fall
+  bot lacks the step; the bot is then reported (a warning once per bot, naming the campaign; ``lifecycle plan``) and its runs fall
   back to at most once: an unknown outcome counts as done with ``"unverified": true``, never resent.
   Two runs for one contact never share a batch (the field holds one pending value): the second waits for
   the next run.
@@ -58,6 +58,12 @@ def pending_value(key: str, stamp: float) -> str:
     return f"{PENDING} {marker(key)} {int(stamp)}"
 
 
+def pending_of(value: str | None) -> str | None:
+    """The marker a pending value names (None: not a pending value)."""
+    parts = str(value or "").split()
+    return parts[1] if len(parts) == 3 and parts[0] == PENDING and parts[2].isdigit() else None
+
+
 def pending_age(value: str | None, now: float) -> float | None:
     """Seconds since a pending value was written (None: not a pending value)."""
     parts = str(value or "").split()
@@ -66,19 +72,19 @@ def pending_age(value: str | None, now: float) -> float | None:
     return now - int(parts[2])
 
 
-def bot_setup(rows: Sequence[Any]) -> dict[str, str]:
-    """campaign -> "seen" (its bot overwrote the field: runs are exactly once) or "missing" (it did not: at
-    most once), from the latest checked Salesbot run of each campaign in the ledger; unchecked campaigns
-    are absent."""
-    latest: dict[str, tuple[float, str]] = {}
+def bot_setup(rows: Sequence[Any]) -> dict[int, str]:
+    """bot id -> "seen" (the bot overwrote the field: its runs are exactly once) or "missing" (it did not:
+    at most once), from the latest checked run of each bot in the ledger; unchecked bots are absent. A bot's
+    steps are the same in every campaign that runs it, so the state is the bot's."""
+    latest: dict[int, tuple[float, str]] = {}
     for r in rows:
         result = r["result"] if isinstance(r["result"], dict) else {}
         if r["action"] != "salesbot" or result.get("bot_step") not in ("seen", "missing"):
             continue
-        at = float(result.get("checked_at") or 0)
-        if r["campaign"] not in latest or at >= latest[r["campaign"]][0]:
-            latest[r["campaign"]] = (at, result["bot_step"])
-    return {c: step for c, (_, step) in latest.items()}
+        at, bot = float(result.get("checked_at") or 0), int(r["payload"]["bot_id"])
+        if bot not in latest or at >= latest[bot][0]:
+            latest[bot] = (at, result["bot_step"])
+    return {b: step for b, (_, step) in latest.items()}
 
 
 class AmoChannels:
@@ -87,7 +93,7 @@ class AmoChannels:
         self.stages: dict[tuple[str, str], tuple[int, int]] = {}  # (pipeline, stage) -> (pipeline id, status id)
         self.announced: dict[str, str] = {}  # bot runs whose pending step this process recorded: key -> value
         self.bot_field: int | None = None  # the contacts' "crm-lifecycle bot" field (created before the first run)
-        self.setup: dict[str, str] = {}  # campaign -> "seen" / "missing" (bot_setup), refreshed by review
+        self.setup: dict[int, str] = {}  # bot id -> "seen" / "missing" (bot_setup), refreshed by review
         self.undecided: set[str] = set()  # runs whose outcome cannot be told yet (find leaves them in doubt)
         self.deferred: set[str] = set()  # runs held back to a later run (a second run for one contact)
 
@@ -221,16 +227,16 @@ class AmoChannels:
         now = clock.time()
         for r, note, mine in runs:
             base = {"note": note, "bot_id": int(r["payload"]["bot_id"])}
-            if not mine or self.setup.get(r["campaign"]) == "missing":
+            if not mine or self.setup.get(int(r["payload"]["bot_id"])) == "missing":
                 found[r["key"]] = {**base, "unverified": True}  # at most once: never resent
                 continue
             value = values.get(int(r["customer_id"]))
-            if value == mine:
-                age = pending_age(mine, now) or 0.0
+            if pending_of(value) == marker(r["key"]):  # still this run's pending value
+                age = pending_age(value, now) or 0.0
                 if age < 60 * float(r["payload"].get("confirm_minutes", CONFIRM_MINUTES)):
                     self.undecided.add(r["key"])  # amoCRM may not have taken it from its queue yet
                 # else: the bot never started: not found, sent again
-            elif pending_age(value, now) is not None:
+            elif pending_of(value):
                 found[r["key"]] = {**base, "unverified": True}  # another run's pending value: cannot tell
             else:
                 found[r["key"]] = {**base, "pending": mine, "bot_step": "seen", "checked_at": int(now), "read_back": True}
@@ -273,7 +279,7 @@ class AmoChannels:
 
     def review(self, rows: Sequence[Any]) -> dict[str, dict[str, Any]]:
         """Check done Salesbot runs old enough (``confirm_minutes``) for their field: overwritten, the
-        campaign's bot has its first step; still pending, it has not (warned once per campaign; its runs
+        campaign's bot has its first step; still pending, it has not (warned once per bot; its runs
         fall back to at most once). Returns the checked rows' new results; reads only."""
         self.setup = bot_setup(rows)
         now = clock.time()
@@ -290,14 +296,15 @@ class AmoChannels:
         checked: dict[str, dict[str, Any]] = {}
         for r in due:
             value = values.get(int(r["customer_id"]))
-            step = "missing" if value == r["result"]["pending"] else "unknown" if pending_age(value, now) is not None else "seen"
+            step = ("missing" if pending_of(value) == marker(r["key"]) else "unknown" if pending_of(value) else "seen")
             checked[r["key"]] = {**r["result"], "bot_step": step, "checked_at": int(now)}
-            if step == "missing" and self.setup.get(r["campaign"]) != "missing":
+            bot = int(r["payload"]["bot_id"])
+            if step == "missing" and self.setup.get(bot) != "missing":
                 log.warning("campaign %r: Salesbot %s did not overwrite the contact field %r in its first step; its "
                             "runs are now at most once (a run interrupted mid-request is not resent). Add the step: "
                             "docs/campaigns.md, 'Salesbot set-up'", r["campaign"], r["payload"].get("bot_id"), BOT_FIELD_NAME)
             if step in ("seen", "missing"):
-                self.setup[r["campaign"]] = step
+                self.setup[bot] = step
         return checked
 
     def _leads_of(self, contact_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
