@@ -113,3 +113,32 @@ def test_a_customer_who_buys_again_has_the_open_task_completed_once_and_a_rep_cl
         assert third["actions_created"] == 0
         assert task_state(crm, handle, tasks[b])[1] == comments_b  # never twice
         assert deal_state(crm, handle, deals[b])[1] == notes
+
+
+def test_bitrix24_a_failed_completion_whose_comment_was_added_is_retried_without_a_second_comment(tmp_path):
+    # tasks.task.complete (and crm.deal.update) fail inside the batch while the comment next to them is
+    # added: the retry must complete the task and move the deal but find the comment there already.
+    crm = next(c for c in CRMS if c.name == "bitrix24")
+    with crm.start(generate=(80, 240)) as handle:
+        path = tmp_path / "lifecycle.toml"
+        path.write_text("[crm]\n" + crm.crm_section(handle) + 'overlap_minutes = 0\n[state]\nurl = "sqlite:///state.db"\n'
+                        + "[ui]\nlanguage = \"en\"\n"
+                        + CAMPAIGNS.format(users=crm.users(handle)[:1], pipeline=crm.pipeline, lost="C1:LOSE"), encoding="utf-8")
+        config = load_config(path)
+        result = sync(config)
+        rows = ledger(config)
+        tasks = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "winback" and r.status == "done"}
+        deals = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "repeat" and r.action == "deal"
+                 and r.status == "done"}
+        b = sorted(tasks)[0]
+        buy(crm, handle, [(b, 700.0)], result.as_of)
+        time.sleep(1.1)
+        handle.faults(kind="command_error", method="tasks.task.complete", count=1)
+        handle.faults(kind="command_error", method="crm.deal.update", count=1)
+        sync(config)
+        text = f"Closed by crm-lifecycle: the customer bought on {result.as_of.isoformat()}."
+        assert task_state(crm, handle, tasks[b]) == (True, [text])  # completed by the retry, one comment
+        assert deal_state(crm, handle, deals[b]) == ("C1:LOSE", [text])
+        closes = [r for r in ledger(config) if r.action.startswith("close_")]
+        assert closes and all(r.status == "done" for r in closes)
+        assert sum(r.attempts for r in closes) == 2  # the two faulted closings failed once each, then succeeded
