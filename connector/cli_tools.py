@@ -348,7 +348,7 @@ def runs_command(config: LoadedConfig, out: Any, *, failed: bool, limit: int, fm
 
 # -- members ----------------------------------------------------------------------------------------
 
-MEMBER_COLUMNS = ("id", "name", "phone", "email", "responsible_id", "purchases", "monetary", "recency_days")
+MEMBER_COLUMNS = ("id", "name", "phone", "email", "responsible_id", "responsible", "purchases", "monetary", "recency_days")
 
 
 def members_rows(config: LoadedConfig, segment: str) -> list[dict[str, Any]]:
@@ -369,6 +369,7 @@ def members_rows(config: LoadedConfig, segment: str) -> list[dict[str, Any]]:
         stored = store.membership_frame()
         ids = stored.filter(pl.col("segment") == segment).get_column("customer_id").sort().to_list()
         cards = store.customer_cards(config.crm.customer, ids) if ids else {}
+        reps = store.user_names()  # the CRM's users as the last sync stored them (plan and the dashboard too)
         features: dict[int, dict[str, Any]] = {}
         if ids:
             comp = compute(store, config, today_in(config.crm.timezone), stored)
@@ -380,9 +381,17 @@ def members_rows(config: LoadedConfig, segment: str) -> list[dict[str, Any]]:
     for cid in ids:
         card, feat = cards.get(cid, {}), features.get(cid, {})
         rows.append({"id": cid, "name": card.get("name"), "phone": card.get("phone"), "email": card.get("email"),
-                     "responsible_id": card.get("responsible_id"), "purchases": feat.get("purchases"),
+                     "responsible_id": card.get("responsible_id"), "responsible": _rep_name(reps, card.get("responsible_id")),
+                     "purchases": feat.get("purchases"),
                      "monetary": feat.get("monetary"), "recency_days": feat.get("recency_days")})
     return rows
+
+
+def _rep_name(reps: dict[int, str], rid: Any) -> str | None:
+    try:
+        return reps.get(int(rid)) if rid not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def members_command(config: LoadedConfig, out: Any, segment: str, fmt: str) -> int:
@@ -403,12 +412,16 @@ def members_command(config: LoadedConfig, out: Any, segment: str, fmt: str) -> i
     from rich.text import Text
 
     table = Table(title=f"{config.label(segment)} ({segment}): {len(rows)} members, as of the last sync",
-                  caption="responsible: the CRM user id (the mirror keeps no user names)")
-    for col in MEMBER_COLUMNS:
+                  caption="responsible: the rep's name from the CRM's users stored by the last sync, with the CRM "
+                          "user id (the user id alone where no name is stored)")
+    shown = [c for c in MEMBER_COLUMNS if c != "responsible_id"]
+    rows = [{**r, "responsible": (f"{r['responsible']} ({r['responsible_id']})" if r["responsible"]
+                                  else r["responsible_id"])} for r in rows]
+    for col in shown:
         table.add_column(col, overflow="fold", justify="right" if col in ("id", "purchases", "monetary", "recency_days") else "left")
     for r in rows:
         table.add_row(*(Text("" if r[c] is None else f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]))
-                        for c in MEMBER_COLUMNS))
+                        for c in shown))
     _print_unwrapped(out, table)
     return 0
 
