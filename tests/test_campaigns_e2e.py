@@ -345,6 +345,37 @@ def assert_channels_once(config, crm, handle) -> Counter:
     return have
 
 
+def kill_syncs(path: Path, db: Path, kills: int, attempts: int = 40) -> list[tuple[int, int]]:
+    """Start ``lifecycle sync`` processes and SIGKILL each as soon as the ledger moves (a new intent or
+    outcome), at a varied moment inside the step, until ``kills`` kills or a run finishes on its own;
+    returns the (done, sending) ledger counts at each kill."""
+    kill_points: list[tuple[int, int]] = []
+    last = (-1, -1)
+    for attempt in range(attempts):
+        proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "sync", "--config", str(path)],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        point = None
+        while time.time() < deadline and proc.poll() is None:
+            progress = _ledger_progress(db)
+            if progress[0] >= 0 and progress != last and (progress[1] > 0 or progress[0] > last[0]):
+                time.sleep(0.01 * (attempt % 4))  # vary the moment inside the step
+                point = _ledger_progress(db)
+                break
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            if point is not None:
+                kill_points.append(point)
+                last = point
+        else:
+            break  # the run finished before a kill: everything applied
+        if len(kill_points) >= kills:
+            break
+    return kill_points
+
+
 KILL_CASES = [(crm, mode) for crm in CRMS for mode in ("tasks", *crm.channels)]
 
 
@@ -367,30 +398,7 @@ def test_sigkill_at_many_moments_during_apply_neither_duplicates_nor_loses(tmp_p
         crm.slow_writes(handle, delay=0.15)
         if channel:
             crm.drop_some(handle)
-        kill_points = []
-        last = (-1, -1)
-        for attempt in range(40):
-            proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "sync", "--config", str(path)],
-                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.time() + 60
-            point = None
-            while time.time() < deadline and proc.poll() is None:
-                progress = _ledger_progress(db)
-                if progress[0] >= 0 and progress != last and (progress[1] > 0 or progress[0] > last[0]):
-                    time.sleep(0.01 * (attempt % 4))  # vary the moment inside the step
-                    point = _ledger_progress(db)
-                    break
-                time.sleep(0.005)
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-                if point is not None:
-                    kill_points.append(point)
-                    last = point
-            else:
-                break  # the run finished before a kill: everything applied
-            if len(kill_points) >= kills:
-                break
+        kill_points = kill_syncs(path, db, kills)
         crm.clear(handle)
         assert len(kill_points) >= (kills - 1 if channel else 20), kill_points
         print(f"{crm.name} kill points (done, sending): {kill_points}")
