@@ -166,7 +166,7 @@ def test_sigkill_during_closings_completes_each_task_and_adds_each_comment_once(
     # deal in the close stage with exactly one comment, and a rep's closed task gets none.
     lost = "C1:LOSE" if crm.name == "bitrix24" else "143"
     options = {**crm.restart_options, **getattr(crm, "channel_options", {})}
-    with crm.start(generate=(160, 480), seed=3, **options) as handle:
+    with crm.start(generate=(90, 270), seed=3, **options) as handle:
         path = tmp_path / "lifecycle.toml"
         head = ("[crm]\n" + crm.crm_section(handle) + getattr(crm, "channel_crm", "")
                 + 'overlap_minutes = 0\n[state]\nurl = "sqlite:///state.db"\n[ui]\nlanguage = "en"\n'
@@ -178,7 +178,7 @@ def test_sigkill_during_closings_completes_each_task_and_adds_each_comment_once(
         tasks = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "winback" and r.status == "done"}
         deals = {r.customer_id: int(r.result["id"]) for r in rows if r.action == "deal" and r.status == "done"}
         deal_tasks = {r.customer_id: int(r.result["id"]) for r in rows if r.action == "deal_task" and r.status == "done"}
-        assert len(tasks) >= 20 and set(deals) == set(tasks) == set(deal_tasks)
+        assert len(tasks) >= 15 and set(deals) == set(tasks) == set(deal_tasks)
         customers = sorted(tasks)
         buyers, stay = customers[:-4], customers[-4:]
         by_rep = buyers[:3]
