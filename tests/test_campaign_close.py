@@ -39,6 +39,22 @@ def ledger(config) -> list:
         store.close()
 
 
+def first_run(crm, handle, folder, lost: str, extra: str = ""):
+    """The two campaigns written and synced once: (path, its text, config, the sync's result, and per kind
+    "task" / "deal" / "deal_task" the CRM id of what was created, by customer)."""
+    path = folder / "lifecycle.toml"
+    head = ("[crm]\n" + crm.crm_section(handle) + extra + 'overlap_minutes = 0\n[state]\nurl = "sqlite:///state.db"\n'
+            + "[ui]\nlanguage = \"en\"\n" + CAMPAIGNS.format(users=crm.users(handle)[:1], pipeline=crm.pipeline, lost=lost))
+    path.write_text(head, encoding="utf-8")
+    config = load_config(path)
+    result = sync(config)
+    made: dict[str, dict[int, int]] = {"task": {}, "deal": {}, "deal_task": {}}
+    for r in ledger(config):
+        if r.status == "done" and r.action in ("call_task", "deal", "deal_task"):
+            made["task" if r.action == "call_task" else r.action][r.customer_id] = int(r.result["id"])
+    return path, head, config, result, made
+
+
 def close_task_by_rep(crm, handle, task_id: int) -> None:
     if crm.name == "bitrix24":
         status, body = handle.call("tasks.task.complete", {"taskId": task_id})
@@ -77,16 +93,8 @@ def deal_state(crm, handle, deal_id: int) -> tuple[str, list[str]]:
 def test_a_customer_who_buys_again_has_the_open_task_completed_once_and_a_rep_closed_task_is_left_alone(tmp_path, crm):
     lost = "C1:LOSE" if crm.name == "bitrix24" else "143"
     with crm.start(generate=(80, 240)) as handle:
-        path = tmp_path / "lifecycle.toml"
-        path.write_text("[crm]\n" + crm.crm_section(handle) + 'overlap_minutes = 0\n[state]\nurl = "sqlite:///state.db"\n'
-                        + "[ui]\nlanguage = \"en\"\n"
-                        + CAMPAIGNS.format(users=crm.users(handle)[:1], pipeline=crm.pipeline, lost=lost), encoding="utf-8")
-        config = load_config(path)
-        result = sync(config)
-        rows = ledger(config)
-        tasks = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "winback" and r.status == "done"}
-        deals = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "repeat" and r.action == "deal"
-                 and r.status == "done"}
+        _, _, config, result, made = first_run(crm, handle, tmp_path, lost)
+        tasks, deals = made["task"], made["deal"]
         assert len(tasks) >= 3 and set(deals) == set(tasks)
         a, b, c = sorted(tasks)[:3]
         close_task_by_rep(crm, handle, tasks[a])  # a rep closed A's task already
@@ -120,16 +128,8 @@ def test_bitrix24_a_failed_completion_whose_comment_was_added_is_retried_without
     # added: the retry must complete the task and move the deal but find the comment there already.
     crm = next(c for c in CRMS if c.name == "bitrix24")
     with crm.start(generate=(80, 240)) as handle:
-        path = tmp_path / "lifecycle.toml"
-        path.write_text("[crm]\n" + crm.crm_section(handle) + 'overlap_minutes = 0\n[state]\nurl = "sqlite:///state.db"\n'
-                        + "[ui]\nlanguage = \"en\"\n"
-                        + CAMPAIGNS.format(users=crm.users(handle)[:1], pipeline=crm.pipeline, lost="C1:LOSE"), encoding="utf-8")
-        config = load_config(path)
-        result = sync(config)
-        rows = ledger(config)
-        tasks = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "winback" and r.status == "done"}
-        deals = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "repeat" and r.action == "deal"
-                 and r.status == "done"}
+        _, _, config, result, made = first_run(crm, handle, tmp_path, "C1:LOSE")
+        tasks, deals = made["task"], made["deal"]
         b = sorted(tasks)[0]
         buy(crm, handle, [(b, 700.0)], result.as_of)
         time.sleep(1.1)
@@ -167,17 +167,8 @@ def test_sigkill_during_closings_completes_each_task_and_adds_each_comment_once(
     lost = "C1:LOSE" if crm.name == "bitrix24" else "143"
     options = {**crm.restart_options, **getattr(crm, "channel_options", {})}
     with crm.start(generate=(90, 270), seed=3, **options) as handle:
-        path = tmp_path / "lifecycle.toml"
-        head = ("[crm]\n" + crm.crm_section(handle) + getattr(crm, "channel_crm", "")
-                + 'overlap_minutes = 0\n[state]\nurl = "sqlite:///state.db"\n[ui]\nlanguage = "en"\n'
-                + CAMPAIGNS.format(users=crm.users(handle)[:1], pipeline=crm.pipeline, lost=lost))
-        path.write_text(head, encoding="utf-8")
-        config = load_config(path)
-        result = sync(config)
-        rows = ledger(config)
-        tasks = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "winback" and r.status == "done"}
-        deals = {r.customer_id: int(r.result["id"]) for r in rows if r.action == "deal" and r.status == "done"}
-        deal_tasks = {r.customer_id: int(r.result["id"]) for r in rows if r.action == "deal_task" and r.status == "done"}
+        path, head, config, result, made = first_run(crm, handle, tmp_path, lost, getattr(crm, "channel_crm", ""))
+        tasks, deals, deal_tasks = made["task"], made["deal"], made["deal_task"]
         assert len(tasks) >= 15 and set(deals) == set(tasks) == set(deal_tasks)
         customers = sorted(tasks)
         buyers, stay = customers[:-4], customers[-4:]
