@@ -91,6 +91,11 @@ def salesbot_notes(config: Any) -> list[str]:
     """One line per Salesbot campaign for ``lifecycle plan``: whether its runs are exactly once (the bot's
     first step was seen overwriting the "crm-lifecycle bot" field), at most once (it was not), or not checked
     yet (docs/campaigns.md "Salesbot set-up")."""
+    return [line for _, line in salesbot_states(config)]
+
+
+def salesbot_states(config: Any) -> list[tuple[str | None, str]]:
+    """(state, line) per Salesbot campaign: state "seen", "missing" or None (not checked yet)."""
     bots = [(c.name, a.bot_id) for c in config.settings.campaign for a in (*c.on_enter, *c.on_exit) if a.action == "salesbot"]
     if not bots:
         return []
@@ -113,5 +118,5 @@ def salesbot_notes(config: Any) -> list[str]:
         else:
             text = (f"not checked yet; its first step must overwrite {BOT_FIELD_NAME!r} for exactly-once runs "
                     "(docs/campaigns.md, Salesbot set-up)")
-        lines.append(f"campaign {name!r}: Salesbot {bot} {text}")
+        lines.append((state, f"campaign {name!r}: Salesbot {bot} {text}"))
     return lines

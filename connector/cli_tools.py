@@ -77,6 +77,16 @@ def run_checks(config: LoadedConfig) -> CheckReport:
         connected = _check_crm(config, store, report)
         if connected:
             _check_campaigns(config, store, report)
+            if store is not None:  # issue 18: Salesbot runs exactly once only with the bot's first step
+                from connector.channels import salesbot_states
+
+                for state, line in salesbot_states(config):
+                    if state == "seen":
+                        report.ok(line)
+                    elif state == "missing":
+                        report.problem(line)
+                    else:
+                        report.skipped.append(line)
         elif config.settings.campaign:
             report.skipped.append("campaign pipelines and users: not checked, the CRM is not reachable")
         _check_cabinets(config, report)

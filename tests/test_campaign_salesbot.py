@@ -123,6 +123,10 @@ def test_a_bot_without_the_first_step_is_warned_once_and_falls_back_to_at_most_o
         assert len(warnings) == 1 and "'reach'" in warnings[0]  # once per bot, not once per run
         assert main(["-q", "plan", "--config", str(path)]) == 0
         assert "Salesbot 61565 did NOT overwrite 'crm-lifecycle bot'" in capsys.readouterr().out
+        assert main(["check", "--config", str(path)]) == 1  # a problem to fix, with where to read how
+        out = capsys.readouterr().out
+        assert "PROBLEM  campaign 'reach': Salesbot 61565 did NOT overwrite 'crm-lifecycle bot'" in out
+        assert "docs/campaigns.md, Salesbot set-up" in out
         # another campaign runs the same bot and its run's answer is lost after amoCRM ran it: the field cannot
         # tell, so nothing is resent
         acct.faults(kind="reset_after", path=RUN, count=1)
@@ -157,3 +161,5 @@ def test_plan_states_a_configured_bot_as_exactly_once(tmp_path, capsys):
         assert main(["-q", "plan", "--config", str(path)]) == 0
         assert "Salesbot 61564 its first step overwrites 'crm-lifecycle bot': each run happens exactly once" in \
             capsys.readouterr().out
+        assert main(["check", "--config", str(path)]) == 0
+        assert "ok       campaign 'reach': Salesbot 61564 its first step overwrites" in capsys.readouterr().out
