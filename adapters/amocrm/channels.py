@@ -227,11 +227,13 @@ class AmoChannels:
         now = clock.time()
         for r, note, mine in runs:
             base = {"note": note, "bot_id": int(r["payload"]["bot_id"])}
-            if not mine or self.setup.get(int(r["payload"]["bot_id"])) == "missing":
-                found[r["key"]] = {**base, "unverified": True}  # at most once: never resent
+            if not mine or self.bot_field is None or self.setup.get(int(r["payload"]["bot_id"])) == "missing":
+                found[r["key"]] = {**base, "unverified": True}  # at most once: never resent (or the field is gone)
                 continue
             value = values.get(int(r["customer_id"]))
-            if pending_of(value) == marker(r["key"]):  # still this run's pending value
+            if int(r["customer_id"]) not in values:
+                found[r["key"]] = {**base, "unverified": True}  # the contact is gone: nothing to tell by
+            elif pending_of(value) == marker(r["key"]):  # still this run's pending value
                 age = pending_age(value, now) or 0.0
                 if age < 60 * float(r["payload"].get("confirm_minutes", CONFIRM_MINUTES)):
                     self.undecided.add(r["key"])  # amoCRM may not have taken it from its queue yet
@@ -293,10 +295,13 @@ class AmoChannels:
         if not due:
             return {}
         values = self._field_values([int(r["customer_id"]) for r in due])
+        if self.bot_field is None:  # the field was deleted: nothing to check by
+            values = {}
         checked: dict[str, dict[str, Any]] = {}
         for r in due:
             value = values.get(int(r["customer_id"]))
-            step = ("missing" if pending_of(value) == marker(r["key"]) else "unknown" if pending_of(value) else "seen")
+            step = ("unknown" if int(r["customer_id"]) not in values else "missing" if pending_of(value) == marker(r["key"])
+                    else "unknown" if pending_of(value) else "seen")
             checked[r["key"]] = {**r["result"], "bot_step": step, "checked_at": int(now)}
             bot = int(r["payload"]["bot_id"])
             if step == "missing" and self.setup.get(bot) != "missing":
