@@ -86,37 +86,3 @@ def payload(action: Any, values: dict[str, Any]) -> tuple[dict[str, Any], str | 
         return {"title": title, "bot_id": int(action.bot_id), "confirm_minutes": int(action.confirm_minutes)}, None
     return {"title": title, "pipeline": action.pipeline, "stage": action.stage}, None
 
-
-def salesbot_notes(config: Any) -> list[str]:
-    """One line per Salesbot campaign for ``lifecycle plan``: whether its runs are exactly once (the bot's
-    first step was seen overwriting the "crm-lifecycle bot" field), at most once (it was not), or not checked
-    yet (docs/campaigns.md "Salesbot set-up")."""
-    return [line for _, line in salesbot_states(config)]
-
-
-def salesbot_states(config: Any) -> list[tuple[str | None, str]]:
-    """(state, line) per Salesbot campaign: state "seen", "missing" or None (not checked yet)."""
-    bots = [(c.name, a.bot_id) for c in config.settings.campaign for a in (*c.on_enter, *c.on_exit) if a.action == "salesbot"]
-    if not bots:
-        return []
-    from adapters.amocrm.channels import BOT_FIELD_NAME, bot_setup
-    from connector.pipeline import open_store
-
-    store = open_store(config)
-    try:
-        setup = bot_setup([r for r in store.ledger(["done"]) if r.action == "salesbot"])
-    finally:
-        store.close()
-    lines = []
-    for name, bot in bots:
-        state = setup.get(int(bot))
-        if state == "seen":
-            text = f"its first step overwrites {BOT_FIELD_NAME!r}: each run happens exactly once"
-        elif state == "missing":
-            text = (f"did NOT overwrite {BOT_FIELD_NAME!r} in its first step: runs are at most once (a run "
-                    "interrupted mid-request is not resent); add the step (docs/campaigns.md, Salesbot set-up)")
-        else:
-            text = (f"not checked yet; its first step must overwrite {BOT_FIELD_NAME!r} for exactly-once runs "
-                    "(docs/campaigns.md, Salesbot set-up)")
-        lines.append((state, f"campaign {name!r}: Salesbot {bot} {text}"))
-    return lines

@@ -78,8 +78,6 @@ def run_checks(config: LoadedConfig) -> CheckReport:
         if connected:
             _check_campaigns(config, store, report)
             if store is not None:  # issue 18: Salesbot runs exactly once only with the bot's first step
-                from connector.channels import salesbot_states
-
                 for state, line in salesbot_states(config):
                     if state == "seen":
                         report.ok(line)
@@ -94,6 +92,41 @@ def run_checks(config: LoadedConfig) -> CheckReport:
         if store is not None:
             store.close()
     return report
+
+
+def salesbot_notes(config: Any) -> list[str]:
+    """One line per Salesbot campaign for ``lifecycle plan``: whether its runs are exactly once (the bot's
+    first step was seen overwriting the "crm-lifecycle bot" field), at most once (it was not), or not checked
+    yet (docs/campaigns.md "Salesbot set-up")."""
+    return [line for _, line in salesbot_states(config)]
+
+
+def salesbot_states(config: Any) -> list[tuple[str | None, str]]:
+    """(state, line) per Salesbot campaign: state "seen", "missing" or None (not checked yet)."""
+    bots = [(c.name, a.bot_id) for c in config.settings.campaign for a in (*c.on_enter, *c.on_exit) if a.action == "salesbot"]
+    if not bots:
+        return []
+    from adapters.amocrm.channels import BOT_FIELD_NAME, bot_setup
+    from connector.pipeline import open_store
+
+    store = open_store(config)
+    try:
+        setup = bot_setup([r for r in store.ledger(["done"]) if r.action == "salesbot"])
+    finally:
+        store.close()
+    lines = []
+    for name, bot in bots:
+        state = setup.get(int(bot))
+        if state == "seen":
+            text = f"its first step overwrites {BOT_FIELD_NAME!r}: each run happens exactly once"
+        elif state == "missing":
+            text = (f"did NOT overwrite {BOT_FIELD_NAME!r} in its first step: runs are at most once (a run "
+                    "interrupted mid-request is not resent); add the step (docs/campaigns.md, Salesbot set-up)")
+        else:
+            text = (f"not checked yet; its first step must overwrite {BOT_FIELD_NAME!r} for exactly-once runs "
+                    "(docs/campaigns.md, Salesbot set-up)")
+        lines.append((state, f"campaign {name!r}: Salesbot {bot} {text}"))
+    return lines
 
 
 def _check_crm(config: LoadedConfig, store: Any, report: CheckReport) -> bool:
