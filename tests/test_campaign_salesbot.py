@@ -132,15 +132,16 @@ def test_a_bot_without_the_first_step_is_warned_once_and_falls_back_to_at_most_o
         acct.faults(kind="reset_after", path=RUN, count=1)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="lifecycle.executor"):
-            second = _rerun_with_more_members(tmp_path, acct, path, first)
+            second = _add_campaign_with_the_same_bot(path)
         assert second, "the second campaign planned nothing"
         assert all(r.status == "done" for r in second) and any(r.result.get("unverified") for r in second)
         assert runs(acct) == Counter(r.customer_id for r in rows(load_config(path)))  # at most once: here, once each
         assert not [m for m in caplog.messages if "did not overwrite" in m]  # warned already (the same bot)
 
 
-def _rerun_with_more_members(tmp_path, acct, path, first):
-    """A second campaign with the same bot on another segment; its runs go through the lost answer."""
+def _add_campaign_with_the_same_bot(path) -> list:
+    """A second campaign with the same bot on another segment, acting on its current members; one sync; its
+    ledger rows."""
     text = path.read_text(encoding="utf-8")
     text += ('\n[[campaign]]\nname = "reach2"\nsegment = "lifecycle.promising_asleep"\nauto_approve = true\n'
              'include_current_members = true\n'
