@@ -10,7 +10,9 @@ own mailbox, robot or bot, and the card's timeline shows it.
 * ``email``: an e-mail activity that Bitrix24 sends (``crm.activity.add``, TYPE_ID 4, DIRECTION 2,
   COMPLETED Y) from ``mailbox``; ``title`` is the subject, ``body`` the text. Customers without an e-mail
   are skipped ("customer has no e-mail").
-* ``salesbot``: run the amoCRM Salesbot ``bot_id`` on the contact (``POST /api/v2/salesbot/run``).
+* ``salesbot``: run the amoCRM Salesbot ``bot_id`` on the contact (``POST /api/v2/salesbot/run``); the
+  bot's first step overwrites the contact field "crm-lifecycle bot" so that each run happens exactly once
+  (docs/campaigns.md "Salesbot set-up"); ``confirm_minutes`` is how long amoCRM may take to start it.
 * ``stage``: move the contact's newest open lead of ``pipeline`` into ``stage`` (or create one there), so
   the stage's Digital Pipeline trigger sends the message.
 
@@ -81,5 +83,6 @@ def payload(action: Any, values: dict[str, Any]) -> tuple[dict[str, Any], str | 
         skip = None if str(values.get("email") or "").strip() else "customer has no e-mail"
         return {"title": title, "body": body, "mailbox": action.mailbox.strip()}, skip
     if action.action == "salesbot":
-        return {"title": title, "bot_id": int(action.bot_id)}, None
+        return {"title": title, "bot_id": int(action.bot_id), "confirm_minutes": int(action.confirm_minutes)}, None
     return {"title": title, "pipeline": action.pipeline, "stage": action.stage}, None
+

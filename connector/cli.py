@@ -439,6 +439,10 @@ def _plan(config, args, out: Console, pull: bool | None = None) -> int:
             n = sum(1 for r in rows if r["campaign"] == c.name and r.get("existing_member"))
             out.print(f"campaign {c.name!r}: include_current_members = true, {n} actions for customers already in "
                       f"{c.segment} (once)", markup=False, soft_wrap=True)
+    from connector.cli_tools import salesbot_notes  # issue 18: is each Salesbot run exactly once?
+
+    for line in salesbot_notes(config):
+        out.print(line, markup=False, soft_wrap=True)
     if rows:
         detail = Table(title="Actions")
         for col in ("campaign", "action", "customer", "responsible", "title", "due", "skip reason / state"):

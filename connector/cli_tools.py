@@ -77,6 +77,14 @@ def run_checks(config: LoadedConfig) -> CheckReport:
         connected = _check_crm(config, store, report)
         if connected:
             _check_campaigns(config, store, report)
+            if store is not None:  # issue 18: Salesbot runs exactly once only with the bot's first step
+                for state, line in salesbot_states(config):
+                    if state == "seen":
+                        report.ok(line)
+                    elif state == "missing":
+                        report.problem(line)
+                    else:
+                        report.skipped.append(line)
         elif config.settings.campaign:
             report.skipped.append("campaign pipelines and users: not checked, the CRM is not reachable")
         _check_cabinets(config, report)
@@ -84,6 +92,41 @@ def run_checks(config: LoadedConfig) -> CheckReport:
         if store is not None:
             store.close()
     return report
+
+
+def salesbot_notes(config: Any) -> list[str]:
+    """One line per Salesbot campaign for ``lifecycle plan``: whether its runs are exactly once (the bot's
+    first step was seen overwriting the "crm-lifecycle bot" field), at most once (it was not), or not checked
+    yet (docs/campaigns.md "Salesbot set-up")."""
+    return [line for _, line in salesbot_states(config)]
+
+
+def salesbot_states(config: Any) -> list[tuple[str | None, str]]:
+    """(state, line) per Salesbot campaign: state "seen", "missing" or None (not checked yet)."""
+    bots = [(c.name, a.bot_id) for c in config.settings.campaign for a in (*c.on_enter, *c.on_exit) if a.action == "salesbot"]
+    if not bots:
+        return []
+    from adapters.amocrm.channels import BOT_FIELD_NAME, bot_setup
+    from connector.pipeline import open_store
+
+    store = open_store(config)
+    try:
+        setup = bot_setup([r for r in store.ledger(["done"]) if r.action == "salesbot"])
+    finally:
+        store.close()
+    lines = []
+    for name, bot in bots:
+        state = setup.get(int(bot))
+        if state == "seen":
+            text = f"its first step overwrites {BOT_FIELD_NAME!r}: each run happens exactly once"
+        elif state == "missing":
+            text = (f"did NOT overwrite {BOT_FIELD_NAME!r} in its first step: runs are at most once (a run "
+                    "interrupted mid-request is not resent); add the step (docs/campaigns.md, Salesbot set-up)")
+        else:
+            text = (f"not checked yet; its first step must overwrite {BOT_FIELD_NAME!r} for exactly-once runs "
+                    "(docs/campaigns.md, Salesbot set-up)")
+        lines.append((state, f"campaign {name!r}: Salesbot {bot} {text}"))
+    return lines
 
 
 def _check_crm(config: LoadedConfig, store: Any, report: CheckReport) -> bool:
@@ -348,7 +391,7 @@ def runs_command(config: LoadedConfig, out: Any, *, failed: bool, limit: int, fm
 
 # -- members ----------------------------------------------------------------------------------------
 
-MEMBER_COLUMNS = ("id", "name", "phone", "email", "responsible_id", "purchases", "monetary", "recency_days")
+MEMBER_COLUMNS = ("id", "name", "phone", "email", "responsible_id", "responsible", "purchases", "monetary", "recency_days")
 
 
 def members_rows(config: LoadedConfig, segment: str) -> list[dict[str, Any]]:
@@ -369,6 +412,7 @@ def members_rows(config: LoadedConfig, segment: str) -> list[dict[str, Any]]:
         stored = store.membership_frame()
         ids = stored.filter(pl.col("segment") == segment).get_column("customer_id").sort().to_list()
         cards = store.customer_cards(config.crm.customer, ids) if ids else {}
+        reps = store.user_names()  # the CRM's users as the last sync stored them (plan and the dashboard too)
         features: dict[int, dict[str, Any]] = {}
         if ids:
             comp = compute(store, config, today_in(config.crm.timezone), stored)
@@ -380,9 +424,17 @@ def members_rows(config: LoadedConfig, segment: str) -> list[dict[str, Any]]:
     for cid in ids:
         card, feat = cards.get(cid, {}), features.get(cid, {})
         rows.append({"id": cid, "name": card.get("name"), "phone": card.get("phone"), "email": card.get("email"),
-                     "responsible_id": card.get("responsible_id"), "purchases": feat.get("purchases"),
+                     "responsible_id": card.get("responsible_id"), "responsible": _rep_name(reps, card.get("responsible_id")),
+                     "purchases": feat.get("purchases"),
                      "monetary": feat.get("monetary"), "recency_days": feat.get("recency_days")})
     return rows
+
+
+def _rep_name(reps: dict[int, str], rid: Any) -> str | None:
+    try:
+        return reps.get(int(rid)) if rid not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def members_command(config: LoadedConfig, out: Any, segment: str, fmt: str) -> int:
@@ -403,12 +455,16 @@ def members_command(config: LoadedConfig, out: Any, segment: str, fmt: str) -> i
     from rich.text import Text
 
     table = Table(title=f"{config.label(segment)} ({segment}): {len(rows)} members, as of the last sync",
-                  caption="responsible: the CRM user id (the mirror keeps no user names)")
-    for col in MEMBER_COLUMNS:
+                  caption="responsible: the rep's name from the CRM's users stored by the last sync, with the CRM "
+                          "user id (the user id alone where no name is stored)")
+    shown = [c for c in MEMBER_COLUMNS if c != "responsible_id"]
+    rows = [{**r, "responsible": (f"{r['responsible']} ({r['responsible_id']})" if r["responsible"]
+                                  else r["responsible_id"])} for r in rows]
+    for col in shown:
         table.add_column(col, overflow="fold", justify="right" if col in ("id", "purchases", "monetary", "recency_days") else "left")
     for r in rows:
         table.add_row(*(Text("" if r[c] is None else f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]))
-                        for c in MEMBER_COLUMNS))
+                        for c in shown))
     _print_unwrapped(out, table)
     return 0
 

@@ -220,6 +220,8 @@ class ActionConfig(_Section):
     body: str = Field("", description="email: the message body (template); title is the subject")
     mailbox: str | None = Field(None, description="email: the sender, 'Name <address>' or an address of the portal")
     bot_id: int | None = Field(None, ge=1, description="salesbot: the amoCRM Salesbot id")
+    confirm_minutes: int = Field(10, ge=0, le=1440, description="salesbot: how long amoCRM may take to start the bot "
+                                 "before a run still unconfirmed by its first step counts as not started")
 
     @model_validator(mode="after")
     def _deal_needs_pipeline(self) -> ActionConfig:

@@ -12,6 +12,9 @@ For every batch (at most ``[executor] batch_size`` actions, one CRM request):
 
 A run killed between 1 and 3 leaves ``sending`` rows: the next run first asks the CRM for objects with
 their markers (:meth:`ActionSink.find`) and marks the ones found ``done``; only the others are sent again.
+A sink may say it cannot tell yet (``undecided``: an amoCRM Salesbot run still in amoCRM's queue): those
+rows stay ``sending``, settled by a later run. A sink with ``review`` checks done actions after the fact
+(whether an amoCRM bot confirmed its run); the results it returns are stored.
 The whole sync holds the portal's lock (connector.synclock), so a ``sending`` row owned by another holder
 than this sync's is from a run that died; rows of the live holder are never settled.
 Per-action errors (a deleted contact, a refused field) are retried in later passes and runs until
@@ -53,13 +56,19 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
     parents = _parents(store)
     if hasattr(sink, "checkpoint"):  # a sink that sends in two steps records the first in the ledger (amoCRM Salesbot)
         sink.checkpoint = lambda partial: store.set_actions(list(partial), "sending", results=partial, claimed_by=holder)
+    _review(store, sink)
     in_doubt = [r for r in store.ledger(["sending"]) if r.claimed_by != holder]
     if in_doubt:
         found = {}
+        undecided: set[str] = set()
         for chunk in _batches(in_doubt, batch_size):
             found.update(_find(sink, chunk, parents))
+            undecided |= set(getattr(sink, "undecided", None) or ()) - set(found)
         store.set_actions(list(found), "done", results=found, not_claimed_by=holder)
-        again = [r.key for r in in_doubt if r.key not in found]  # planned again, a half-step's record cleared
+        # planned again, a half-step's record cleared; what the sink cannot tell yet stays in doubt
+        again = [r.key for r in in_doubt if r.key not in found and r.key not in undecided]
+        if undecided:
+            log.info("%d actions of an interrupted run cannot be told yet; a later run settles them", len(undecided))
         store.set_actions(again, "planned", results={r.key: None for r in in_doubt if r.key in again and r.result},
                           not_claimed_by=holder)
         summary["actions_recovered"] = len(found)
@@ -96,6 +105,11 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
                     errors = {k: f"{type(exc).__name__}: {exc}" for k in keys if k not in results}
                     summary["actions_recovered"] += len(results)
                 store.set_actions(list(results), "done", results=results, claimed_by=holder)
+                # the sink cannot tell yet whether these happened: they stay "sending", for a later run
+                doubt = (set(getattr(sink, "undecided", None) or ()) & set(keys)) - set(results)
+                if doubt:
+                    keys = [k for k in keys if k not in doubt]
+                    later |= doubt
                 # a sink may hold an action back without trying it (Bitrix24: two business processes
                 # already run on the customer): it waits for a later run, no attempt counted
                 held = set(getattr(sink, "deferred", None) or ()) - set(results)
@@ -110,6 +124,7 @@ def execute(store: Any, sink: ActionSink, *, batch_size: int = 50, max_attempts:
                     log.warning("action %s failed: %s", key, error)
             parents = _parents(store)
     stage.done()
+    _review(store, sink)
     left = [r for r in store.ledger(["planned", "failed"])]
     summary["actions_failed"] = sum(1 for r in left if r.status == "failed")
     summary["actions_waiting"] = sum(1 for r in left if r.status == "planned")
@@ -146,6 +161,16 @@ def _find(sink: ActionSink, rows: list[LedgerRow], parents: dict[str, dict[str, 
     if closing:
         found.update(sink.find_closed(closing))  # type: ignore[attr-defined]
     return found
+
+
+def _review(store: Any, sink: ActionSink) -> None:
+    """Let a sink check its done actions after the fact (amoCRM: did the Salesbot confirm its run?)."""
+    review = getattr(sink, "review", None)
+    if review is None:
+        return
+    checked = review([r for r in store.ledger(["done"]) if r.action in ("salesbot",)])
+    if checked:
+        store.set_actions(list(checked), "done", results=checked)
 
 
 def _parents(store: Any) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,7 @@ import pytest
 from connector.config import load_config
 from connector.pipeline import open_store, sync
 from tests.test_campaign_report import buy
-from tests.test_campaigns_e2e import CRMS
+from tests.test_campaigns_e2e import CRMS, kill_syncs
 
 CAMPAIGNS = """
 [[campaign]]
@@ -37,6 +37,22 @@ def ledger(config) -> list:
         return store.ledger()
     finally:
         store.close()
+
+
+def first_run(crm, handle, folder, lost: str, extra: str = ""):
+    """The two campaigns written and synced once: (path, its text, config, the sync's result, and per kind
+    "task" / "deal" / "deal_task" the CRM id of what was created, by customer)."""
+    path = folder / "lifecycle.toml"
+    head = ("[crm]\n" + crm.crm_section(handle) + extra + 'overlap_minutes = 0\n[state]\nurl = "sqlite:///state.db"\n'
+            + "[ui]\nlanguage = \"en\"\n" + CAMPAIGNS.format(users=crm.users(handle)[:1], pipeline=crm.pipeline, lost=lost))
+    path.write_text(head, encoding="utf-8")
+    config = load_config(path)
+    result = sync(config)
+    made: dict[str, dict[int, int]] = {"task": {}, "deal": {}, "deal_task": {}}
+    for r in ledger(config):
+        if r.status == "done" and r.action in ("call_task", "deal", "deal_task"):
+            made["task" if r.action == "call_task" else r.action][r.customer_id] = int(r.result["id"])
+    return path, head, config, result, made
 
 
 def close_task_by_rep(crm, handle, task_id: int) -> None:
@@ -77,16 +93,8 @@ def deal_state(crm, handle, deal_id: int) -> tuple[str, list[str]]:
 def test_a_customer_who_buys_again_has_the_open_task_completed_once_and_a_rep_closed_task_is_left_alone(tmp_path, crm):
     lost = "C1:LOSE" if crm.name == "bitrix24" else "143"
     with crm.start(generate=(80, 240)) as handle:
-        path = tmp_path / "lifecycle.toml"
-        path.write_text("[crm]\n" + crm.crm_section(handle) + 'overlap_minutes = 0\n[state]\nurl = "sqlite:///state.db"\n'
-                        + "[ui]\nlanguage = \"en\"\n"
-                        + CAMPAIGNS.format(users=crm.users(handle)[:1], pipeline=crm.pipeline, lost=lost), encoding="utf-8")
-        config = load_config(path)
-        result = sync(config)
-        rows = ledger(config)
-        tasks = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "winback" and r.status == "done"}
-        deals = {r.customer_id: int(r.result["id"]) for r in rows if r.campaign == "repeat" and r.action == "deal"
-                 and r.status == "done"}
+        _, _, config, result, made = first_run(crm, handle, tmp_path, lost)
+        tasks, deals = made["task"], made["deal"]
         assert len(tasks) >= 3 and set(deals) == set(tasks)
         a, b, c = sorted(tasks)[:3]
         close_task_by_rep(crm, handle, tasks[a])  # a rep closed A's task already
@@ -113,3 +121,89 @@ def test_a_customer_who_buys_again_has_the_open_task_completed_once_and_a_rep_cl
         assert third["actions_created"] == 0
         assert task_state(crm, handle, tasks[b])[1] == comments_b  # never twice
         assert deal_state(crm, handle, deals[b])[1] == notes
+
+
+def test_bitrix24_a_failed_completion_whose_comment_was_added_is_retried_without_a_second_comment(tmp_path):
+    # tasks.task.complete (and crm.deal.update) fail inside the batch while the comment next to them is
+    # added: the retry must complete the task and move the deal but find the comment there already.
+    crm = next(c for c in CRMS if c.name == "bitrix24")
+    with crm.start(generate=(80, 240)) as handle:
+        _, _, config, result, made = first_run(crm, handle, tmp_path, "C1:LOSE")
+        tasks, deals = made["task"], made["deal"]
+        b = sorted(tasks)[0]
+        buy(crm, handle, [(b, 700.0)], result.as_of)
+        time.sleep(1.1)
+        handle.faults(kind="command_error", method="tasks.task.complete", count=1)
+        handle.faults(kind="command_error", method="crm.deal.update", count=1)
+        sync(config)
+        text = f"Closed by crm-lifecycle: the customer bought on {result.as_of.isoformat()}."
+        assert task_state(crm, handle, tasks[b]) == (True, [text])  # completed by the retry, one comment
+        assert deal_state(crm, handle, deals[b]) == ("C1:LOSE", [text])
+        closes = [r for r in ledger(config) if r.action.startswith("close_")]
+        assert closes and all(r.status == "done" for r in closes)
+        assert sum(r.attempts for r in closes) == 2  # the two faulted closings failed once each, then succeeded
+
+
+def _write_faults(crm, handle) -> None:
+    """Slow answers after the CRM acted (so kills land between the CRM's write and the ledger's record) and
+    some answers dropped after the CRM acted, on every write route the closings use."""
+    if crm.name == "bitrix24":
+        handle.faults(kind="slow_after", method="batch", probability=0.5, delay=0.15)
+        handle.faults(kind="reset_after", method="batch", probability=0.1)
+        return
+    for verb in ("POST", "PATCH"):
+        handle.faults(kind="slow_after", method=verb, probability=0.5, delay=0.15)
+        handle.faults(kind="reset_after", method=verb, probability=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crm", CRMS, ids=lambda c: c.name)
+def test_sigkill_during_closings_completes_each_task_and_adds_each_comment_once(tmp_path, crm):
+    # close_on_exit through the SIGKILL test of test_campaigns_e2e: the campaigns' tasks and deals are created
+    # cleanly, then most customers buy again (a rep had closed three tasks already), and the closings (task
+    # completed + comment, deal moved + comment, the deal's task completed + comment) run in syncs killed at
+    # 16+ moments with slow and dropped answers. Every open task ends completed with exactly one comment, every
+    # deal in the close stage with exactly one comment, and a rep's closed task gets none.
+    lost = "C1:LOSE" if crm.name == "bitrix24" else "143"
+    options = {**crm.restart_options, **getattr(crm, "channel_options", {})}
+    with crm.start(generate=(90, 270), seed=3, **options) as handle:
+        path, head, config, result, made = first_run(crm, handle, tmp_path, lost, getattr(crm, "channel_crm", ""))
+        tasks, deals, deal_tasks = made["task"], made["deal"], made["deal_task"]
+        assert len(tasks) >= 15 and set(deals) == set(tasks) == set(deal_tasks)
+        customers = sorted(tasks)
+        buyers, stay = customers[:-4], customers[-4:]
+        by_rep = buyers[:3]
+        for cid in by_rep:
+            close_task_by_rep(crm, handle, tasks[cid])
+        buy(crm, handle, [(cid, 500.0) for cid in buyers], result.as_of)
+        time.sleep(1.1)
+        path.write_text(head + "[executor]\nbatch_size = 2\n", encoding="utf-8")  # many intent/outcome pairs
+        _write_faults(crm, handle)
+        kill_points = kill_syncs(path, tmp_path / "state.db", 16)
+        crm.clear(handle)
+        assert len(kill_points) >= 15, kill_points
+        print(f"{crm.name} close kill points (done, sending): {kill_points}")
+        for _ in range(3):
+            summary = sync(config).summary()
+            if summary["actions_waiting"] == 0 and summary["actions_failed"] == 0:
+                break
+        rows = ledger(config)
+        assert [r for r in rows if r.status in ("planned", "sending", "failed")] == []
+        closes = [r for r in rows if r.action.startswith("close_")]
+        planned = Counter(r.action for r in closes)
+        assert planned == Counter({"close_task": 2 * len(buyers), "close_deal": len(buyers)})
+        text = f"Closed by crm-lifecycle: the customer bought on {result.as_of.isoformat()}."
+        wrong = {}
+        for cid in buyers:
+            want_task = (True, [] if cid in by_rep else [text])
+            for name, have, want in (("task", task_state(crm, handle, tasks[cid]), want_task),
+                                     ("deal task", task_state(crm, handle, deal_tasks[cid]), (True, [text])),
+                                     ("deal", deal_state(crm, handle, deals[cid]), (lost, [text]))):
+                if have != want:
+                    wrong[(cid, name)] = have
+        assert wrong == {}, list(wrong.items())[:5]
+        for cid in stay:
+            assert task_state(crm, handle, tasks[cid]) == (False, [])
+            assert deal_state(crm, handle, deals[cid])[1] == []
+        print(f"{crm.name} closings: {dict(planned)} planned, {len(buyers) - len(by_rep)} tasks + {len(buyers)} deal "
+              f"tasks completed and {len(buyers)} deals moved, each with one comment; {len(by_rep)} rep-closed left alone")

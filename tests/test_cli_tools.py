@@ -254,16 +254,37 @@ def test_members_lists_names_phones_emails_responsible_and_features(ws, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in rows] == [1, 2]
     assert rows[1] == {"id": 2, "name": "Boris", "phone": "+79004445566", "email": "boris@example.ru",
-                       "responsible_id": "8", "purchases": 2, "monetary": 1000.0, "recency_days": rows[1]["recency_days"]}
+                       "responsible_id": "8", "responsible": None, "purchases": 2, "monetary": 1000.0,
+                       "recency_days": rows[1]["recency_days"]}  # a CSV source stores no users: no name
     assert rows[1]["recency_days"] > 300
     assert main(["members", "status.former", "--format", "csv", "--config", config]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "id,name,phone,email,responsible_id,purchases,monetary,recency_days"
-    assert lines[2].startswith("2,Boris,+79004445566,boris@example.ru,8,2,1000.0,")
+    assert lines[0] == "id,name,phone,email,responsible_id,responsible,purchases,monetary,recency_days"
+    assert lines[2].startswith("2,Boris,+79004445566,boris@example.ru,8,,2,1000.0,")
     assert main(["members", "status.former", "--config", config]) == 0
     table = capsys.readouterr().out
     assert "Анна [bold]Иванова[/bold]" in table and "anna@example.ru" in table  # as written, on one line
     assert "user id" in table
+
+
+def test_members_name_the_responsible_from_the_stored_users(ws, capsys):
+    from connector.pipeline import open_store
+
+    config = _csv_workspace(ws)
+    assert main(["-q", "sync", "--config", config]) == 0
+    store = open_store(load_config(config))
+    store.save_users([(7, "Ольга Петрова", True), (8, "Ivan Sidorov", False)])  # as a CRM sync stores them (0008)
+    store.close()
+    capsys.readouterr()
+    assert main(["members", "status.former", "--format", "json", "--config", config]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["responsible_id"], r["responsible"]) for r in rows] == [("7", "Ольга Петрова"), ("8", "Ivan Sidorov")]
+    assert main(["members", "status.former", "--format", "csv", "--config", config]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split(",")[4:6] == ["7", "Ольга Петрова"] and lines[2].split(",")[4:6] == ["8", "Ivan Sidorov"]
+    assert main(["members", "status.former", "--config", config]) == 0
+    table = capsys.readouterr().out
+    assert "Ольга Петрова (7)" in table and "Ivan Sidorov (8)" in table
 
 
 def test_members_of_an_unknown_segment_is_one_line_exit_2(ws, capsys):

@@ -9,16 +9,28 @@
   (``GET /api/v4/events``), and only moves what it does not find.
 * ``salesbot``: ``POST /api/v2/salesbot/run`` with ``[{"bot_id", "entity_id", "entity_type": 1}]`` (a
   contact), at most 100 a call. amoCRM keeps nothing an API can list about a bot run (no event type, no
-  run list), so the run goes in two recorded steps: a note on the contact carrying the action's marker
-  (what reps see), then the ledger records that step (``{"note": id, "step": "run"}``, still
-  ``sending``), then the run. A run that dies before that record never asked amoCRM to start the bot:
-  the action is sent again. One that dies after it (the run request in flight, or its answer lost) cannot
-  know: the action counts as done with ``"unverified": true`` and is never sent again. So a bot is never
-  started twice; it may not start only when a run dies while its run request is on the wire.
+  run list), so the connector makes the bot leave a trace in something amoCRM does keep: a contact text
+  field it creates, "crm-lifecycle bot" (code CRM_LIFECYCLE_BOT, editable, so a bot step can write it).
+  A run goes in recorded steps: a note on the contact carrying the action's marker (what reps see); the
+  field set to ``pending <marker> <unix time>`` (``PATCH /api/v4/contacts``); the ledger records that
+  step (``{"note", "step": "run", "pending"}``, still ``sending``); then the run. The bot's first step,
+  set up as docs/campaigns.md says (a "change field" step), overwrites the field. A run that dies before
+  the ledger record never asked amoCRM to start the bot: it is sent again. One that dies after it (the run
+  request in flight, or its answer lost) reads the field back: overwritten, the bot ran (done); still this
+  action's pending value after ``confirm_minutes`` (the action's option, default 10: amoCRM starts bots
+  from a queue), it never started (sent again); younger, the action stays in doubt for a later run.
+  So each planned run starts exactly once, provided the bot has that first step. Whether it has is
+  checked on every later sync: a done run whose field is still pending after ``confirm_minutes`` means the
+  bot lacks the step; the bot is then reported (a warning once per bot, naming the campaign; ``lifecycle plan``) and its runs fall
+  back to at most once: an unknown outcome counts as done with ``"unverified": true``, never resent.
+  Two runs for one contact never share a batch (the field holds one pending value): the second waits for
+  the next run.
 """
 
 from __future__ import annotations
 
+import logging
+import time as clock
 from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -31,16 +43,59 @@ from adapters.channels import channel_actions, is_channel, wrong_crm  # noqa: F4
 if TYPE_CHECKING:
     from adapters.amocrm.actions import AmoActions
 
+log = logging.getLogger("lifecycle.executor")
+
 SYSTEM_STATUSES = {142, 143}
 MAX_RUNS = 100
 CONTACT = 1  # salesbot entity_type: 1 contact, 2 lead
+BOT_FIELD_NAME = "crm-lifecycle bot"  # the contacts' text field a bot's first step overwrites
+BOT_FIELD_CODE = "CRM_LIFECYCLE_BOT"
+PENDING = "pending"
+CONFIRM_MINUTES = 10  # default: how long amoCRM may take to start a queued bot
+
+
+def pending_value(key: str, stamp: float) -> str:
+    return f"{PENDING} {marker(key)} {int(stamp)}"
+
+
+def pending_of(value: str | None) -> str | None:
+    """The marker a pending value names (None: not a pending value)."""
+    parts = str(value or "").split()
+    return parts[1] if len(parts) == 3 and parts[0] == PENDING and parts[2].isdigit() else None
+
+
+def pending_age(value: str | None, now: float) -> float | None:
+    """Seconds since a pending value was written (None: not a pending value)."""
+    parts = str(value or "").split()
+    if len(parts) != 3 or parts[0] != PENDING or not parts[2].isdigit():
+        return None
+    return now - int(parts[2])
+
+
+def bot_setup(rows: Sequence[Any]) -> dict[int, str]:
+    """bot id -> "seen" (the bot overwrote the field: its runs are exactly once) or "missing" (it did not:
+    at most once), from the latest checked run of each bot in the ledger; unchecked bots are absent. A bot's
+    steps are the same in every campaign that runs it, so the state is the bot's."""
+    latest: dict[int, tuple[float, str]] = {}
+    for r in rows:
+        result = r["result"] if isinstance(r["result"], dict) else {}
+        if r["action"] != "salesbot" or result.get("bot_step") not in ("seen", "missing"):
+            continue
+        at, bot = float(result.get("checked_at") or 0), int(r["payload"]["bot_id"])
+        if bot not in latest or at >= latest[bot][0]:
+            latest[bot] = (at, result["bot_step"])
+    return {b: step for b, (_, step) in latest.items()}
 
 
 class AmoChannels:
     def __init__(self, actions: AmoActions):
         self.actions = actions
         self.stages: dict[tuple[str, str], tuple[int, int]] = {}  # (pipeline, stage) -> (pipeline id, status id)
-        self.announced: set[str] = set()  # bot runs whose note this process recorded in the ledger
+        self.announced: dict[str, str] = {}  # bot runs whose pending step this process recorded: key -> value
+        self.bot_field: int | None = None  # the contacts' "crm-lifecycle bot" field (created before the first run)
+        self.setup: dict[int, str] = {}  # bot id -> "seen" / "missing" (bot_setup), refreshed by review
+        self.undecided: set[str] = set()  # runs whose outcome cannot be told yet (find leaves them in doubt)
+        self.deferred: set[str] = set()  # runs held back to a later run (a second run for one contact)
 
     @property
     def client(self) -> Any:
@@ -80,6 +135,7 @@ class AmoChannels:
     # -- sending -------------------------------------------------------------------------------------
 
     def create(self, rows: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        self.undecided, self.deferred = set(), set()
         done: dict[str, dict[str, Any]] = {}
         errors: dict[str, str] = {}
         bots = [r for r in rows if r["action"] == "salesbot"]
@@ -91,11 +147,21 @@ class AmoChannels:
         return done, errors
 
     def _run_bots(self, rows: list[dict[str, Any]], done: dict, errors: dict) -> None:
+        seen: set[int] = set()
+        batch = []
+        for r in rows:  # one pending value per contact: a second run for it waits for the next run
+            if int(r["customer_id"]) in seen:
+                self.deferred.add(r["key"])
+            else:
+                seen.add(int(r["customer_id"]))
+                batch.append(r)
+        rows = batch
         notes = [{"entity_id": int(r["customer_id"]), "note_type": "common", "request_id": str(i),
                   "params": {"text": f"{r['payload']['title']}\nSalesbot {r['payload']['bot_id']} [{marker(r['key'])}]"}}
                  for i, r in enumerate(rows)]
         try:
             answer = self.client.post(f"/api/v4/{self.actions.plural}/notes", notes)
+            field = self._bot_field_id()
         except AmoHTTPError as exc:
             if exc.status >= 500:
                 raise
@@ -109,9 +175,23 @@ class AmoChannels:
                 errors[r["key"]] = "amoCRM did not add the note announcing this bot run"
         if not announced:
             return
-        # The second step's intent: from here on, a run that dies cannot know whether the bots started.
-        self.actions.checkpoint({r["key"]: {"note": int(note["id"]), "step": "run"} for r, note in announced})
-        self.announced |= {r["key"] for r, _ in announced}
+        stamp = clock.time()
+        pending = {r["key"]: pending_value(r["key"], stamp) for r, _ in announced}
+        try:
+            for i in range(0, len(announced), 50):
+                self.client.patch(f"/api/v4/{self.actions.plural}", [
+                    {"id": int(r["customer_id"]), "custom_fields_values": [{"field_id": field, "values": [{"value": pending[r["key"]]}]}]}
+                    for r, _ in announced[i:i + 50]])
+        except AmoHTTPError as exc:
+            if exc.status >= 500:
+                raise
+            for r, _ in announced:  # nothing ran; a retry writes another note and the field again
+                errors[r["key"]] = str(exc)
+            return
+        # The run's intent: from here on, a run that dies reads the field back to know whether the bot started.
+        self.actions.checkpoint({r["key"]: {"note": int(note["id"]), "step": "run", "pending": pending[r["key"]]}
+                                 for r, note in announced})
+        self.announced.update(pending)
         body = [{"bot_id": int(r["payload"]["bot_id"]), "entity_id": int(r["customer_id"]), "entity_type": CONTACT}
                 for r, _ in announced]
         try:
@@ -121,15 +201,116 @@ class AmoChannels:
                 for r, _ in announced:
                     errors[r["key"]] = str(exc)
                 return
-            for r, note in announced:  # the outcome is unknown and cannot be looked up: never start twice
-                done[r["key"]] = {"note": int(note["id"]), "bot_id": int(r["payload"]["bot_id"]), "unverified": True}
+            self._settle([(r, int(note["id"]), pending[r["key"]]) for r, note in announced], done, errors)
             return
         except AmoError:
-            for r, note in announced:
-                done[r["key"]] = {"note": int(note["id"]), "bot_id": int(r["payload"]["bot_id"]), "unverified": True}
+            self._settle([(r, int(note["id"]), pending[r["key"]]) for r, note in announced], done, errors)
             return
         for r, note in announced:
-            done[r["key"]] = {"note": int(note["id"]), "bot_id": int(r["payload"]["bot_id"])}
+            done[r["key"]] = {"note": int(note["id"]), "bot_id": int(r["payload"]["bot_id"]), "pending": pending[r["key"]]}
+
+    def _settle(self, runs: list[tuple[Any, int | None, str | None]], done: dict, errors: dict) -> None:
+        """Runs whose request's fate is unknown: the field tells (done / sent again / still in doubt)."""
+        found = self._bot_outcomes(runs)
+        for r, _, _ in runs:
+            if r["key"] in found:
+                done[r["key"]] = found[r["key"]]
+            elif r["key"] not in self.undecided:
+                errors[r["key"]] = "the Salesbot did not start (its field is still pending); sent again"
+
+    def _bot_outcomes(self, runs: list[tuple[Any, int | None, str | None]]) -> dict[str, dict[str, Any]]:
+        """Of runs recorded as requested, as (row, note id, pending value): the ones that ran, or count as
+        done unverified (the bot lacks its first step, an earlier version wrote no field, or the field
+        cannot tell); those whose outcome is not known yet go to :attr:`undecided`; the rest never started."""
+        found: dict[str, dict[str, Any]] = {}
+        values = self._field_values([int(r["customer_id"]) for r, _, _ in runs]) if runs else {}
+        now = clock.time()
+        for r, note, mine in runs:
+            base = {"note": note, "bot_id": int(r["payload"]["bot_id"])}
+            if not mine or self.bot_field is None or self.setup.get(int(r["payload"]["bot_id"])) == "missing":
+                found[r["key"]] = {**base, "unverified": True}  # at most once: never resent (or the field is gone)
+                continue
+            value = values.get(int(r["customer_id"]))
+            if int(r["customer_id"]) not in values:
+                found[r["key"]] = {**base, "unverified": True}  # the contact is gone: nothing to tell by
+            elif pending_of(value) == marker(r["key"]):  # still this run's pending value
+                age = pending_age(value, now) or 0.0
+                if age < 60 * float(r["payload"].get("confirm_minutes", CONFIRM_MINUTES)):
+                    self.undecided.add(r["key"])  # amoCRM may not have taken it from its queue yet
+                # else: the bot never started: not found, sent again
+            elif pending_of(value):
+                found[r["key"]] = {**base, "unverified": True}  # another run's pending value: cannot tell
+            else:
+                found[r["key"]] = {**base, "pending": mine, "bot_step": "seen", "checked_at": int(now), "read_back": True}
+        return found
+
+    def _field_values(self, contact_ids: list[int]) -> dict[int, str | None]:
+        """contact id -> the value of its "crm-lifecycle bot" field."""
+        field = self.bot_field if self.bot_field is not None else self._find_bot_field()
+        out: dict[int, str | None] = {}
+        ids = sorted(set(contact_ids))
+        for i in range(0, len(ids), 50):
+            for page in iter_list(self.client, f"/api/v4/{self.actions.plural}", self.actions.plural,
+                                  {"filter[id][]": ids[i:i + 50]}, limit=50):
+                for item in page:
+                    value = next((str(v.get("value")) for cf in item.get("custom_fields_values") or []
+                                  if field is not None and int(cf.get("field_id") or 0) == field
+                                  for v in cf.get("values") or []), None)
+                    out[int(item["id"])] = value
+        return out
+
+    def _find_bot_field(self) -> int | None:
+        for page in iter_list(self.client, f"/api/v4/{self.actions.plural}/custom_fields", "custom_fields", {}):
+            for field in page:
+                if str(field.get("code") or "").upper() == BOT_FIELD_CODE or field.get("name") == BOT_FIELD_NAME:
+                    self.bot_field = int(field["id"])
+                    return self.bot_field
+        return None
+
+    def _bot_field_id(self) -> int:
+        """The contacts' "crm-lifecycle bot" field, created (``POST /api/v4/contacts/custom_fields``) before the
+        first run: a write, so never at start-up. Not API-only: the bot's step must be able to write it."""
+        if self.bot_field is None and self._find_bot_field() is None:
+            answer = self.client.post(f"/api/v4/{self.actions.plural}/custom_fields", [
+                {"name": BOT_FIELD_NAME, "type": "text", "code": BOT_FIELD_CODE, "sort": 10001}], idempotent=False)
+            created = ((answer or {}).get("_embedded") or {}).get("custom_fields") or []
+            self.bot_field = int(created[0]["id"]) if created else self._find_bot_field()
+            if self.bot_field is None:
+                raise ValueError("amoCRM did not create the contact field for crm-lifecycle's Salesbot runs")
+        return self.bot_field  # type: ignore[return-value]
+
+    def review(self, rows: Sequence[Any]) -> dict[str, dict[str, Any]]:
+        """Check done Salesbot runs old enough (``confirm_minutes``) for their field: overwritten, the
+        campaign's bot has its first step; still pending, it has not (warned once per bot; its runs
+        fall back to at most once). Returns the checked rows' new results; reads only."""
+        self.setup = bot_setup(rows)
+        now = clock.time()
+        due = []
+        for r in rows:
+            result = r["result"] if isinstance(r["result"], dict) else {}
+            if (r["action"] == "salesbot" and result.get("pending") and not result.get("bot_step")
+                    and not result.get("unverified")
+                    and (pending_age(result["pending"], now) or 0.0) >= 60 * float(r["payload"].get("confirm_minutes", CONFIRM_MINUTES))):
+                due.append(r)
+        if not due:
+            return {}
+        values = self._field_values([int(r["customer_id"]) for r in due])
+        if self.bot_field is None:  # the field was deleted: nothing to check by
+            values = {}
+        checked: dict[str, dict[str, Any]] = {}
+        for r in due:
+            value = values.get(int(r["customer_id"]))
+            step = ("unknown" if int(r["customer_id"]) not in values else "missing" if pending_of(value) == marker(r["key"])
+                    else "unknown" if pending_of(value) else "seen")
+            checked[r["key"]] = {**r["result"], "bot_step": step, "checked_at": int(now)}
+            bot = int(r["payload"]["bot_id"])
+            if step == "missing" and self.setup.get(bot) != "missing":
+                log.warning("campaign %r: Salesbot %s did not overwrite the contact field %r in its first step; its "
+                            "runs are now at most once (a run interrupted mid-request is not resent). Add the step: "
+                            "docs/campaigns.md, 'Salesbot set-up'", r["campaign"], r["payload"].get("bot_id"), BOT_FIELD_NAME)
+            if step in ("seen", "missing"):
+                self.setup[bot] = step
+        return checked
 
     def _leads_of(self, contact_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
         """contact id -> its leads (id, pipeline_id, status_id), newest first."""
@@ -195,16 +376,19 @@ class AmoChannels:
     # -- finding what an interrupted run did ---------------------------------------------------------
 
     def find(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
+        self.undecided = set()
+        # Only a Salesbot run whose pending step was recorded may have started its bot: the field tells. A
+        # note alone means the run died before asking amoCRM to start anything: sent again.
+        runs = []
+        for row in rows:
+            step = row.get("result") if isinstance(row.get("result"), dict) else {}
+            if row["action"] == "salesbot" and (step.get("step") == "run" or row["key"] in self.announced):
+                runs.append((row, step.get("note"), self.announced.get(row["key"]) or step.get("pending")))
+        found: dict[str, dict[str, Any]] = self._bot_outcomes(runs) if runs else {}
         for row in rows:
             tag = marker(row["key"])
             cid = int(row["customer_id"])
             if row["action"] == "salesbot":
-                # Only a run whose second step was recorded may have started its bots: it counts as started
-                # (unverified). A note alone means the run died before asking amoCRM to start anything.
-                step = (row.get("result") or {}) if isinstance(row.get("result"), dict) else {}
-                if step.get("step") == "run" or row["key"] in self.announced:
-                    found[row["key"]] = {"note": step.get("note"), "bot_id": int(row["payload"]["bot_id"]), "unverified": True}
                 continue
             if row["action"] != "stage":
                 continue

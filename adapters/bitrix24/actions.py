@@ -122,35 +122,40 @@ class Bitrix24Actions:
         state = await self._targets_state(rows)
         done: dict[str, dict[str, Any]] = {}
         errors: dict[str, str] = {}
-        commands: dict[str, str] = {}
-        owner: dict[str, dict[str, Any]] = {}
+        todo: list[tuple[int, dict[str, Any], str]] = []  # (index, row, the closing command)
         for i, row in enumerate(rows):
             p = row["payload"]
             target = int(p["target"])
             now = state.get((row["action"], target))
             if now is None:
                 done[row["key"]] = {"id": target, "left": "not found in the CRM"}
-                continue
-            if row["action"] == "close_task":
-                if now.get("closed"):
-                    done[row["key"]] = {"id": target, "left": "already completed"}
-                    continue
-                commands[f"k{i}"] = f"tasks.task.complete?{php_query({'taskId': target})}"
-                commands[f"c{i}"] = f"task.commentitem.add?{php_query({'TASKID': target, 'FIELDS': {'POST_MESSAGE': p['comment']}})}"
+            elif now.get("closed"):
+                done[row["key"]] = {"id": target, "left": "already completed" if row["action"] == "close_task"
+                                    else "already won or lost"}
+            elif row["action"] == "close_task":
+                todo.append((i, row, f"tasks.task.complete?{php_query({'taskId': target})}"))
             else:
-                if now.get("closed"):
-                    done[row["key"]] = {"id": target, "left": "already won or lost"}
-                    continue
                 _, stage = self.targets.get((p.get("pipeline"), p.get("stage")), (None, None))
                 if stage is None:
                     errors[row["key"]] = f"close_deal_stage {p.get('stage')!r} not resolved"
                     continue
-                commands[f"k{i}"] = f"crm.deal.update?{php_query({'id': target, 'fields': {'STAGE_ID': stage}})}"
-                commands[f"c{i}"] = f"crm.timeline.comment.add?{php_query({'fields': {'ENTITY_ID': target, 'ENTITY_TYPE': 'deal', 'COMMENT': p['comment']}})}"
-            owner[f"k{i}"] = row
-        if commands:
+                todo.append((i, row, f"crm.deal.update?{php_query({'id': target, 'fields': {'STAGE_ID': stage}})}"))
+        # The comment is added once: an earlier attempt whose closing failed (or whose answer was lost) may
+        # have added it already, so the target's comments are read first and an equal one is not added again.
+        present = await self._comments_present([row for _, row, _ in todo])
+        for start in range(0, len(todo), 25):  # two commands a row, at most 50 a batch
+            commands: dict[str, str] = {}
+            for i, row, closing in todo[start:start + 25]:
+                commands[f"k{i}"] = closing
+                if row["key"] not in present:
+                    p, target = row["payload"], int(row["payload"]["target"])
+                    commands[f"c{i}"] = (
+                        f"task.commentitem.add?{php_query({'TASKID': target, 'FIELDS': {'POST_MESSAGE': p['comment']}})}"
+                        if row["action"] == "close_task" else
+                        f"crm.timeline.comment.add?{php_query({'fields': {'ENTITY_ID': target, 'ENTITY_TYPE': 'deal', 'COMMENT': p['comment']}})}")
             results, cmd_errors = await self.client.batch_once(commands)
-            for cmd, row in owner.items():
+            for i, row, _ in todo[start:start + 25]:
+                cmd = f"k{i}"
                 if cmd in cmd_errors or results.get(cmd) in (None, False):
                     err = cmd_errors.get(cmd) or {}
                     errors[row["key"]] = (str(err.get("error_description") or err.get("error") or "no result")
@@ -158,6 +163,27 @@ class Bitrix24Actions:
                 else:
                     done[row["key"]] = {"id": int(row["payload"]["target"])}
         return done, errors
+
+    async def _comments_present(self, rows: list[dict[str, Any]]) -> set[str]:
+        """Keys of the close rows whose task or deal already carries their comment (``task.commentitem.getlist``,
+        ``crm.timeline.comment.list``), compared by text."""
+        present: set[str] = set()
+        for start in range(0, len(rows), 50):
+            part = rows[start:start + 50]
+            commands = {
+                f"q{j}": (f"task.commentitem.getlist?{php_query({'TASKID': int(r['payload']['target'])})}"
+                          if r["action"] == "close_task" else
+                          f"crm.timeline.comment.list?{php_query({'filter': {'ENTITY_ID': int(r['payload']['target']), 'ENTITY_TYPE': 'deal'}, 'select': ['ID', 'COMMENT']})}")
+                for j, r in enumerate(part)}
+            if not commands:
+                continue
+            results, _ = await self.client.batch_once(commands)
+            for j, r in enumerate(part):
+                texts = {str(c.get("POST_MESSAGE" if r["action"] == "close_task" else "COMMENT") or "").strip()
+                         for c in results.get(f"q{j}") or [] if isinstance(c, dict)}
+                if str(r["payload"]["comment"]).strip() in texts:
+                    present.add(r["key"])
+        return present
 
     def find_closed(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """The close rows whose task is completed or whose deal is closed or in the close stage already."""

@@ -20,6 +20,8 @@ POST /_sandbox/delete          ``{"entity": "contacts", "id": 5}``: a user delet
 POST /_sandbox/oauth/redirect  a user allows the integration: GET redirect_uri?code=..&referer=.. (hooks.py)
 POST /_sandbox/oauth/disconnect  a user switches it off: tokens revoked, the disconnect hook called
 POST /_sandbox/widget/token    a widget JWT (``$authorizedAjax``'s X-Auth-Token); /widget/request sends one
+GET  /_sandbox/salesbots        the Salesbots and their steps; POST adds ``{"<id>": {"name", "steps"}}``, PUT
+                               replaces them all (sandbox/amocrm/salesbot.py)
 POST /_sandbox/corrupt         ``{"entity": "contacts", "id": 5, "fields": {"updated_at": "yesterday"}}``:
                                serve these raw JSON values for that entity from now on
 =============================  ======================================================================
@@ -116,6 +118,16 @@ def handle(account: "Account", info: dict, verb: str, path: str, query: str, bod
             if not account.store.delete(entity, rid):
                 return 404, {"error": "not_found", "detail": f"no {entity} {rid}"}
             return 200, {"deleted": rid, "entity": entity}
+    if route == "/salesbots":  # the account's Salesbots and their steps (sandbox/amocrm/salesbot.py)
+        from .salesbot import describe, set_bots
+
+        with account.lock:
+            if verb in ("POST", "PUT"):
+                try:
+                    return 200, set_bots(account.store, body, replace=verb == "PUT")
+                except ValueError as exc:
+                    return _bad(str(exc))
+            return 200, describe(account.store)
     if route == "/corrupt" and verb == "POST":
         entity, rid, fields = body.get("entity"), body.get("id"), body.get("fields")
         with account.lock:

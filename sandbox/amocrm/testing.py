@@ -166,6 +166,13 @@ class AccountHandle:
     def corrupt(self, entity: str, record_id: int, **fields: Any) -> dict:
         return self.control("POST", "corrupt", {"entity": entity, "id": record_id, "fields": fields})
 
+    def salesbots(self, bots: dict | None = None, *, replace: bool = False) -> dict:
+        """The account's Salesbots (``{"<id>": {"name", "steps": [...]}}``, sandbox/amocrm/salesbot.py); with
+        ``bots``, add those (``replace``: only those)."""
+        if bots is None:
+            return self.control("GET", "salesbots")
+        return self.control("PUT" if replace else "POST", "salesbots", bots)
+
     def unblock(self) -> dict:
         return self.control("POST", "unblock", {})
 

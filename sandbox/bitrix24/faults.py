@@ -17,6 +17,10 @@ A fault spec (JSON): ``{"kind": "status"|"reset"|"slow"|"slow_after"|"expired_to
   answer" when the client is killed or times out meanwhile. ``method`` matches the top-level method, so
   ``"batch"`` holds a whole batch (its nested commands are not matched one by one).
 * ``expired_token``: 401 ``expired_token`` whatever the token.
+* ``command_error``: only for commands inside a ``batch`` (``method`` names the command): that command
+  answers an error (``body``, default ``{"error": "ERROR_CORE", "error_description": "Action not
+  allowed"}``) without running, while the batch's other commands run: one command of a batch failing
+  while its neighbours succeed.
 Faults are checked in the order they were added; the first one that fires wins. Faulted requests do not
 enter the leaky bucket or run the method, except ``slow``/``slow_after``, which run normally.
 """
@@ -29,7 +33,7 @@ from typing import Any
 
 from sandbox.faultsbase import FaultRegistry
 
-KINDS = ("status", "reset", "reset_after", "slow", "slow_after", "expired_token")
+KINDS = ("status", "reset", "reset_after", "slow", "slow_after", "expired_token", "command_error")
 NGINX_PAGE = ("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1>"
               "</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 
@@ -57,7 +61,9 @@ class Faults(FaultRegistry):
         return Fault(fault_id, kind, (str(spec["method"]).lower() if spec.get("method") else None), count, probability,
                      int(spec.get("status", 500)), float(spec.get("delay", 1.0)), spec.get("body"))
 
-    def _matches(self, fault: Fault, method: str | None) -> bool:
+    def _matches(self, fault: Fault, method: str | None, nested: bool = False) -> bool:
+        if (fault.kind == "command_error") != nested:  # batch command faults only inside a batch, the rest never
+            return False
         return not fault.method or fault.method == method
 
 

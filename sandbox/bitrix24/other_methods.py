@@ -257,6 +257,22 @@ def task_comment_add(call: Call) -> Result:
     return Result(call.store.task_comments.insert(row), cost=WRITE_COST)
 
 
+@method("task.commentitem.getlist")
+def task_comment_list(call: Call) -> Result:
+    """rest_help/tasks/task/commentitem/getlist.php: ``TASKID`` (required), ``ORDER`` (default ID desc),
+    ``FILTER`` (ID, AUTHOR_ID, POST_DATE; equality only here); every comment, no paging."""
+    task = call.store.tasks.rows.get(php_intval(call.params.get("TASKID")))
+    if task is None:
+        raise ApiError(400, "ERROR_CORE", "Task not found or not accessible")
+    filt = call.params.get("FILTER") if isinstance(call.params.get("FILTER"), dict) else {}
+    rows = [{"ID": str(c["ID"]), "AUTHOR_ID": str(c["AUTHOR_ID"]), "POST_MESSAGE": c["POST_MESSAGE"],
+             "POST_DATE": c["POST_DATE"]} for c in call.store.task_comments.rows.values() if c["TASK_ID"] == task["ID"]]
+    rows = [r for r in rows if all(str(r.get(str(k).upper())) == str(v) for k, v in filt.items())]
+    order = call.params.get("ORDER") if isinstance(call.params.get("ORDER"), dict) else {"ID": "desc"}
+    descending = str(next(iter(order.values()), "desc")).lower() == "desc"
+    return Result(sorted(rows, key=lambda r: int(r["ID"]), reverse=descending))
+
+
 # -- activities and comments -----------------------------------------------------------------------
 
 @method("crm.activity.todo.add", exact_params=True)

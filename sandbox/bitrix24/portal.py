@@ -103,6 +103,12 @@ class Portal:
                          "time": self._time(start, self.clock.real(), result.extra["processing"], None)}
         if identity.scopes is not None and not scope_allows(identity.scopes, method):
             return self._error(err(INSUFFICIENT_SCOPE))
+        if nested:
+            fault = self.faults.pick(method, True)  # a "command_error" fault (faults.py): this command fails alone
+            if fault is not None:
+                body = fault.body if isinstance(fault.body, dict) else {"error": "ERROR_CORE",
+                                                                         "error_description": "Action not allowed"}
+                return 400, body
         op_key = (identity.key, method)
         with self.lock:
             if self.limits.method_blocked(op_key, self.clock.portal()):
