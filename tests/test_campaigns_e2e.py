@@ -422,7 +422,9 @@ def test_sigkill_at_many_moments_during_apply_neither_duplicates_nor_loses(tmp_p
         store = open_store(config)
         runs = store.last_runs(100)
         store.close()
-        assert sum(1 for r in runs if r["status"] == "running") >= (kills - 1 if channel else 20)  # the killed runs never finished
+        # the killed runs never finished; one kill may land after a run recorded its end (the process was still
+        # exiting), and after that run nothing is left to do, so no later kill point can follow it
+        assert sum(1 for r in runs if r["status"] == "running") >= len(kill_points) - 1
 
 
 @pytest.mark.parametrize("crm", CRMS, ids=lambda c: c.name)
