@@ -84,8 +84,9 @@ def test_install_sync_event_tab_uninstall_purge(postgres_url, tmp_path, monkeypa
             # a contact without purchases buys today: the portal's event moves its segment
             with engine.connect() as conn:  # a customer with a segment and a card (dash_members) to open
                 customer = conn.execute(sa.text(
-                    "SELECT min(m.customer_id) FROM membership m JOIN dash_members d ON d.portal = m.portal AND "
-                    "d.customer_id = m.customer_id WHERE m.portal = :p"), {"p": name}).scalar()
+                    "SELECT min(m.customer_id) FROM membership m JOIN portal_keys k ON k.id = m.portal_id "
+                    "JOIN dash_members d ON d.portal = k.name AND d.customer_id = m.customer_id WHERE k.name = :p"),
+                    {"p": name}).scalar()
             assert customer is not None
             before = segments_of(engine, name, customer)
             runs_before = len(sync_runs(engine, name))

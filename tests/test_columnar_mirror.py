@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from connector.store import StateStore, customers, deals
+from connector.store.base import portal_id
 from connector.store.columnar import CUSTOMER_SCHEMA, DEAL_SCHEMA
 from tests.conftest import run_cli
 
@@ -19,13 +20,14 @@ PORTAL = "acme"
 
 
 def _seed(store: StateStore, n: int = 50, portal: str = PORTAL) -> None:
+    key = portal_id(store.engine, portal)
     with store.engine.begin() as conn:
         conn.execute(sa.insert(customers), [
-            {"portal": portal, "entity": "contact", "id": i, "name": f"N{i}", "phone": f"+7900000{i:04d}",
+            {"portal_id": key, "entity": "contact", "id": i, "name": f"N{i}", "phone": f"+7900000{i:04d}",
              "email": None, "birthday": None, "responsible_id": "1", "created_ts": 1_600_000_000 + i, "fields": None}
             for i in range(1, n + 1)])
         conn.execute(sa.insert(deals), [
-            {"portal": portal, "id": 1000 + i, "contact_id": i, "company_id": None, "status": "won",
+            {"portal_id": key, "id": 1000 + i, "contact_id": i, "company_id": None, "status": "won",
              "amount": 100.0 * i, "currency": "RUB", "created_ts": 1_650_000_000 + i, "closed_ts": 1_650_000_000 + i}
             for i in range(1, n + 1)])
 
@@ -72,10 +74,11 @@ def test_a_change_behind_the_copys_back_is_seen(store, tmp_path, change):
     """Another connection (as another process or a hand-made fix would) changes the tables directly."""
     _seed(store)
     _frames(store)
+    key = store.portal_id
     other = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
     with other.begin() as conn:
         if change == "insert":
-            conn.execute(sa.insert(customers).values(portal=PORTAL, entity="contact", id=999, name="New", fields=None))
+            conn.execute(sa.insert(customers).values(portal_id=key, entity="contact", id=999, name="New", fields=None))
         elif change == "update":
             conn.execute(sa.update(customers).where(customers.c.id == 7).values(phone="+79990000000"))
         elif change == "delete":
@@ -96,7 +99,7 @@ def test_another_portal_changing_leaves_this_copy_valid_and_apart(store):
     _seed(store, 5, portal="other")
     _frames(store)
     with store.engine.begin() as conn:
-        conn.execute(sa.update(customers).where(customers.c.portal == "other").values(name="X"))
+        conn.execute(sa.update(customers).where(customers.c.portal_id == portal_id(store.engine, "other")).values(name="X"))
     cust, deal = _frames(store)
     assert store.frames_part.columnar.rebuilds == 1
     assert cust.height == 50 and deal.height == 50
@@ -152,8 +155,9 @@ def test_postgresql_triggers_flag_changes_per_statement(postgres_url, tmp_path):
         assert _frames(store)[1].equals(_sql_frames(store)[1])
         assert _frames(store)[0].equals(_sql_frames(store)[0])
         assert col.rebuilds == before + 1
+        key = store.portal_id
         with store.engine.begin() as conn:
-            conn.execute(sa.update(deals).where(deals.c.portal == PORTAL, deals.c.id == 1002).values(amount=1.0))
+            conn.execute(sa.update(deals).where(deals.c.portal_id == key, deals.c.id == 1002).values(amount=1.0))
         assert _frames(store)[1].filter(pl.col("id") == 1002).get_column("amount").item() == 1.0
         assert col.rebuilds == before + 2
     finally:
@@ -189,9 +193,10 @@ def test_postgresql_reads_without_connectorx_equal_the_rows(postgres_url, tmp_pa
     store = StateStore.open(postgres_url, PORTAL, columnar=False)
     try:
         odd = ["", 'a "quoted", text', "line\nbreak", "Ёлка, ёж", None]
+        key = store.portal_id
         with store.engine.begin() as conn:
             conn.execute(sa.insert(customers), [
-                {"portal": PORTAL, "entity": "contact", "id": i + 1, "name": text, "phone": None, "email": text,
+                {"portal_id": key, "entity": "contact", "id": i + 1, "name": text, "phone": None, "email": text,
                  "birthday": date(1990, 1, i + 1) if i % 2 else None, "responsible_id": text, "created_ts": i,
                  "fields": text} for i, text in enumerate(odd)])
         with_cx = store.frames_part.card_frame("contact").sort("id")

@@ -9,10 +9,11 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
-from connector.store.base import Part, chunks, date_param, insert_tuples
+from connector.store.base import Part, chunks, insert_tuples
 from connector.store.campaign_state import save_campaign_states
 from connector.store.ledger import insert_actions
-from connector.store.schema import membership, membership_events, segments
+from connector.store.schema import EVENT, membership, membership_events, segments
+from connector.store.types import day_number
 
 
 class Membership(Part):
@@ -22,10 +23,16 @@ class Membership(Part):
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(segments.c.name).where(
-                    segments.c.portal == self.portal, segments.c.static.is_(True), segments.c.frozen_run.is_not(None)
+                    segments.c.portal_id == self.portal_id, segments.c.static.is_(True), segments.c.frozen_run.is_not(None)
                 )
             ).scalars()
             return set(rows)
+
+    def segment_ids(self) -> dict[str, int]:
+        """Segment name -> its id in membership and membership_events."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(segments.c.name, segments.c.id)
+                                     .where(segments.c.portal_id == self.portal_id)).tuples().all())
 
     def apply_membership(
         self,
@@ -42,60 +49,78 @@ class Membership(Part):
         run killed after this point still owes, and later takes, every action.
 
         ``definitions`` maps every computed segment to (static, definition); static segments seen for
-        the first time are frozen by this run.
+        the first time are frozen by this run. Segment names become their integer ids in polars, and the rows
+        go in as plain integer tuples (PostgreSQL: COPY) in key order; who left is deleted with one
+        statement per segment and chunk.
         """
+        pid = self.portal_id
         with self.engine.begin() as conn:
             known = {
                 r.name: r
-                for r in conn.execute(sa.select(segments).where(segments.c.portal == self.portal)).all()
+                for r in conn.execute(sa.select(segments).where(segments.c.portal_id == pid)).all()
             }
-            for name, (static, definition) in definitions.items():
+            next_id = max((r.id for r in known.values()), default=0) + 1
+            ids = {name: r.id for name, r in known.items()}
+            for name in sorted(set(definitions) | set(_names(entered)) | set(_names(left))):
+                static, definition = definitions.get(name, (False, None))
                 row = known.get(name)
                 frozen_run = run_id if static else None
                 if row is None:
+                    ids[name] = next_id
                     conn.execute(
-                        sa.insert(segments).values(
-                            portal=self.portal, name=name, static=static, definition=definition, frozen_run=frozen_run
-                        )
+                        sa.insert(segments).values(portal_id=pid, id=next_id, name=name, static=static,
+                                                   definition=definition, frozen_run=frozen_run)
                     )
-                elif row.definition != definition or bool(row.static) != static:
+                    next_id += 1
+                elif name in definitions and (row.definition != definition or bool(row.static) != static):
                     keep = row.frozen_run if (static and row.static and row.frozen_run) else frozen_run
                     conn.execute(
                         sa.update(segments)
-                        .where(segments.c.portal == self.portal, segments.c.name == name)
+                        .where(segments.c.portal_id == pid, segments.c.id == row.id)
                         .values(static=static, definition=definition, frozen_run=keep)
                     )
-            day = date_param(conn, on_date)
+            day = day_number(on_date)
+            enter = _with_ids(entered, ids)
+            exit_ = _with_ids(left, ids)
             insert_tuples(
                 conn,
                 membership,
-                ("portal", "segment", "customer_id", "entered_on", "entered_run"),
-                entered.select(
-                    pl.lit(self.portal).alias("p"), "segment", "customer_id", pl.lit(day).alias("d"), pl.lit(run_id).alias("r")
-                ).iter_rows(),
+                ("portal_id", "segment_id", "customer_id", "entered_on", "entered_run"),
+                enter.select(pl.lit(pid).alias("p"), "segment_id", "customer_id", pl.lit(day).alias("d"),
+                             pl.lit(run_id).alias("r")).iter_rows(),
             )
-            for seg, ids in left.group_by("segment").agg(pl.col("customer_id")).iter_rows():
-                for part in chunks(sorted(ids), 500):
+            for seg, ids_left in exit_.group_by("segment_id").agg(pl.col("customer_id")).iter_rows():
+                for part in chunks(sorted(ids_left), 500):
                     conn.execute(
                         sa.delete(membership).where(
-                            membership.c.portal == self.portal,
-                            membership.c.segment == seg,
+                            membership.c.portal_id == pid,
+                            membership.c.segment_id == seg,
                             membership.c.customer_id.in_(part),
                         )
                     )
             insert_actions(conn, self.portal, run_id, planned)
             save_campaign_states(conn, self.portal, run_id, campaign_states)
-            for kind, frame in (("enter", entered), ("exit", left)):
-                insert_tuples(
-                    conn,
-                    membership_events,
-                    ("portal", "run_id", "segment", "customer_id", "event", "on_date"),
-                    frame.select(
-                        pl.lit(self.portal).alias("p"),
-                        pl.lit(run_id).alias("r"),
-                        "segment",
-                        "customer_id",
-                        pl.lit(kind).alias("k"),
-                        pl.lit(day).alias("d"),
-                    ).iter_rows(),
-                )
+            events = pl.concat([
+                enter.select("segment_id", "customer_id", pl.lit(EVENT.code("enter"), pl.Int64).alias("event")),
+                exit_.select("segment_id", "customer_id", pl.lit(EVENT.code("exit"), pl.Int64).alias("event")),
+            ]).sort("segment_id", "customer_id")
+            insert_tuples(
+                conn,
+                membership_events,
+                ("portal_id", "run_id", "segment_id", "customer_id", "event", "on_date"),
+                events.select(pl.lit(pid).alias("p"), pl.lit(run_id).alias("r"), "segment_id", "customer_id", "event",
+                              pl.lit(day).alias("d")).iter_rows(),
+            )
+
+
+def _names(frame: pl.DataFrame) -> list[str]:
+    return frame.get_column("segment").unique().to_list() if frame.height else []
+
+
+def _with_ids(frame: pl.DataFrame, ids: dict[str, int]) -> pl.DataFrame:
+    """The frame's (segment, customer_id) rows as (segment_id, customer_id), in key order."""
+    if frame.height == 0:
+        return pl.DataFrame(schema={"segment_id": pl.Int64, "customer_id": pl.Int64})
+    return (frame.select(pl.col("segment").replace_strict(ids, return_dtype=pl.Int64).alias("segment_id"),
+                         pl.col("customer_id").cast(pl.Int64))
+            .sort("segment_id", "customer_id"))
