@@ -192,19 +192,49 @@ class Frames(Part):
                 .with_columns(pl.col("product_id", "product_name", "section", "sku").cast(pl.String)))
 
     def membership_frame(self) -> pl.DataFrame:
-        query = sa.select(membership.c.segment_id, membership.c.customer_id).where(
-            membership.c.portal_id == self.portal_id)
-        frame = self.read_frame(query, {"segment_id": pl.Int64, "customer_id": pl.Int64})
+        m = membership.c
+        if self.engine.dialect.name == "sqlite":
+            frame = self._id_lists(sa.select(m.segment_id).where(m.portal_id == self.portal_id), m.customer_id,
+                                   {"segment_id": pl.Int64})
+        else:
+            query = sa.select(m.segment_id, m.customer_id).where(m.portal_id == self.portal_id)
+            frame = self.read_frame(query, {"segment_id": pl.Int64, "customer_id": pl.Int64})
         return self._segment_names(frame).select("segment", "customer_id")
 
     def membership_events_frame(self, run_id: int | None = None) -> pl.DataFrame:
         e = membership_events.c
-        query = sa.select(e.run_id, e.segment_id, e.customer_id, e.event).where(e.portal_id == self.portal_id)
-        if run_id is not None:
-            query = query.where(e.run_id == run_id)
-        frame = self.read_frame(
-            query, {"run_id": pl.Int64, "segment_id": pl.Int64, "customer_id": pl.Int64, "event": pl.String})
+        schema = {"run_id": pl.Int64, "segment_id": pl.Int64, "event": pl.String}
+        if self.engine.dialect.name == "sqlite":
+            keys = sa.select(e.run_id, e.segment_id, e.event).where(e.portal_id == self.portal_id)
+            if run_id is not None:
+                keys = keys.where(e.run_id == run_id)
+            frame = self._id_lists(keys, e.customer_id, schema)
+        else:
+            query = sa.select(e.run_id, e.segment_id, e.customer_id, e.event).where(e.portal_id == self.portal_id)
+            if run_id is not None:
+                query = query.where(e.run_id == run_id)
+            frame = self.read_frame(query, {"run_id": pl.Int64, "segment_id": pl.Int64, "customer_id": pl.Int64,
+                                            "event": pl.String})
         return self._segment_names(frame).select("run_id", "segment", "customer_id", "event")
+
+    def _id_lists(self, keys: sa.Select, ids: sa.ColumnElement, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        """SQLite: the ids of each group of ``keys`` as one JSON array (``json_group_array``), expanded here:
+        one row per group instead of one Python tuple per id (about 5x faster for a million members)."""
+        import json
+
+        query = keys.add_columns(sa.func.json_group_array(ids)).group_by(*keys.selected_columns)
+        sql = str(query.compile(self.engine, compile_kwargs={"literal_binds": True}))
+        with self.engine.connect() as conn:
+            groups = conn.exec_driver_sql(sql).all()
+        parts = []
+        for *key, id_list in groups:  # the keys are integers here (codes before decode_frame)
+            parts.append(pl.DataFrame({"customer_id": json.loads(id_list)}, schema={"customer_id": pl.Int64})
+                         .select(*(pl.lit(k, pl.Int64).alias(name) for name, k in zip(schema, key)), "customer_id"))
+        if not parts:
+            return pl.DataFrame(schema={**schema, "customer_id": pl.Int64})
+        frame = pl.concat(parts)
+        types = {name: col.type for name, col in zip(schema, keys.selected_columns)}
+        return decode_frame(frame, types).cast({**schema, "customer_id": pl.Int64})  # type: ignore[arg-type]
 
     def _segment_names(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Segment ids of a frame replaced by the names (segments is a few rows: joined here, not in SQL)."""

@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
-from connector.store.base import Part, chunks, insert_tuples
+from connector.store.base import Part, insert_tuples
 from connector.store.campaign_state import save_campaign_states
 from connector.store.ledger import insert_actions
 from connector.store.schema import EVENT, membership, membership_events, segments
@@ -82,35 +82,60 @@ class Membership(Part):
             day = day_number(on_date)
             enter = _with_ids(entered, ids)
             exit_ = _with_ids(left, ids)
-            insert_tuples(
-                conn,
-                membership,
-                ("portal_id", "segment_id", "customer_id", "entered_on", "entered_run"),
-                enter.select(pl.lit(pid).alias("p"), "segment_id", "customer_id", pl.lit(day).alias("d"),
-                             pl.lit(run_id).alias("r")).iter_rows(),
-            )
-            for seg, ids_left in exit_.group_by("segment_id").agg(pl.col("customer_id")).iter_rows():
-                for part in chunks(sorted(ids_left), 500):
-                    conn.execute(
-                        sa.delete(membership).where(
-                            membership.c.portal_id == pid,
-                            membership.c.segment_id == seg,
-                            membership.c.customer_id.in_(part),
-                        )
-                    )
+            _insert_sets(conn, "membership", ("portal_id", "segment_id", "customer_id", "entered_on", "entered_run"),
+                         enter, lambda seg: (pid, seg, day, run_id))
+            _delete_sets(conn, pid, exit_)
             insert_actions(conn, self.portal, run_id, planned)
             save_campaign_states(conn, self.portal, run_id, campaign_states)
-            events = pl.concat([
-                enter.select("segment_id", "customer_id", pl.lit(EVENT.code("enter"), pl.Int64).alias("event")),
-                exit_.select("segment_id", "customer_id", pl.lit(EVENT.code("exit"), pl.Int64).alias("event")),
-            ]).sort("segment_id", "customer_id")
-            insert_tuples(
-                conn,
-                membership_events,
-                ("portal_id", "run_id", "segment_id", "customer_id", "event", "on_date"),
-                events.select(pl.lit(pid).alias("p"), pl.lit(run_id).alias("r"), "segment_id", "customer_id", "event",
-                              pl.lit(day).alias("d")).iter_rows(),
-            )
+            columns = ("portal_id", "run_id", "segment_id", "customer_id", "event", "on_date")
+            for kind, frame in (("enter", enter), ("exit", exit_)):
+                code = EVENT.code(kind)
+                _insert_sets(conn, "membership_events", columns, frame, lambda seg, c=code: (pid, run_id, seg, c, day))
+
+
+def _by_segment(frame: pl.DataFrame) -> list[tuple[int, pl.Series]]:
+    """(segment_id, its customer ids in order) per segment of a (segment_id, customer_id) frame in key order."""
+    if frame.height == 0:
+        return []
+    return [(int(part.item(0, "segment_id")), part.get_column("customer_id"))
+            for part in frame.partition_by("segment_id", maintain_order=True)]
+
+
+def _id_list(ids: pl.Series) -> str:
+    """Customer ids as a JSON array (SQLite's json_each reads it in C)."""
+    return "[" + ",".join(map(str, ids.to_list())) + "]"
+
+
+def _insert_sets(conn: Any, table: str, columns: tuple[str, ...], frame: pl.DataFrame, fixed: Any) -> None:
+    """Insert one row per (segment_id, customer_id) of ``frame``, the other columns from ``fixed(segment_id)``
+    (the columns: those values in order, with customer_id in its place). SQLite: one ``INSERT ... SELECT ...
+    FROM json_each(ids)`` per segment (2-3x faster than executemany of tuples); PostgreSQL: COPY of tuples."""
+    at = columns.index("customer_id")
+    if conn.dialect.name == "postgresql":
+        def rows():
+            for seg, ids in _by_segment(frame):
+                values = fixed(seg)
+                for cid in ids:
+                    yield (*values[:at], cid, *values[at:])
+        insert_tuples(conn, table, columns, rows())
+        return
+    for seg, ids in _by_segment(frame):
+        values = tuple(fixed(seg))
+        exprs = ["?"] * (len(columns) - 1)
+        exprs.insert(at, "value")
+        conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(exprs)} FROM json_each(?)",
+                             (*values, _id_list(ids)))
+
+
+def _delete_sets(conn: Any, pid: int, frame: pl.DataFrame) -> None:
+    """Delete the (segment_id, customer_id) rows of ``frame`` from membership: one statement per segment."""
+    for seg, ids in _by_segment(frame):
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("DELETE FROM membership WHERE portal_id = %s AND segment_id = %s AND "
+                                 "customer_id = ANY(%s)", (pid, seg, ids.to_list()))
+        else:
+            conn.exec_driver_sql("DELETE FROM membership WHERE portal_id = ? AND segment_id = ? AND "
+                                 "customer_id IN (SELECT value FROM json_each(?))", (pid, seg, _id_list(ids)))
 
 
 def _names(frame: pl.DataFrame) -> list[str]:
