@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -62,6 +63,17 @@ def upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> int
     return len(rows)
 
 
+@contextlib.contextmanager
+def postgres_copy(conn: Connection, statement: str) -> Iterator[Any]:
+    """A psycopg 3 ``COPY`` on the connection's own driver cursor (inside its transaction)."""
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        with cursor.copy(statement) as copy:
+            yield copy
+    finally:
+        cursor.close()
+
+
 def insert_tuples(conn: Connection, table: sa.Table | str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
     """Bulk insert plain tuples: PostgreSQL through ``COPY ... FROM STDIN`` (psycopg 3), SQLite through the
     driver's executemany; millions of rows without building a dict per row (SQLAlchemy's per-row processing
@@ -69,13 +81,9 @@ def insert_tuples(conn: Connection, table: sa.Table | str, columns: Sequence[str
     compact columns of connector.store.types)."""
     name = table if isinstance(table, str) else table.name
     if conn.dialect.name == "postgresql":
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        finally:
-            cursor.close()
+        with postgres_copy(conn, f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"

@@ -12,7 +12,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from adapters.base import Entity
-from connector.store.base import Part
+from connector.store.base import Part, postgres_copy
 from connector.store.cards import CARD_SCHEMA
 from connector.store.columnar import ColumnarMirror
 from connector.store.schema import customers, deals, membership, membership_events, product_rows, products, segments
@@ -44,14 +44,9 @@ def _copy_csv(engine: sa.Engine, sql: str, schema: dict[str, pl.DataType]) -> pl
     import io
 
     buffer = io.BytesIO()
-    with engine.connect() as conn:
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            with cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)") as copy:
-                for chunk in copy:
-                    buffer.write(chunk)
-        finally:
-            cursor.close()
+    with engine.connect() as conn, postgres_copy(conn, f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)") as copy:
+        for chunk in copy:
+            buffer.write(chunk)
     if buffer.tell() == 0:
         return pl.DataFrame(schema=schema)
     buffer.seek(0)
