@@ -149,6 +149,7 @@ class StateStore:
         secret key opens the store's encrypted secrets, if it holds any (connector.crypto)."""
         with self.engine.begin() as conn:
             _migrate.upgrade(conn)
+        _migrate.vacuum_if_pending(self.engine)
         from connector import crypto
 
         with self.engine.connect() as conn:

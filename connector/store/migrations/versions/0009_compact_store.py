@@ -7,7 +7,8 @@ event per segment and customer, so (portal, run, segment, customer) is its key a
 Each table is rebuilt as ``<name>_new`` by one ``INSERT ... SELECT`` that maps names to ids, the row counts
 are compared (a difference stops the upgrade, whose transaction then leaves the store as it was), the old
 table is dropped and the new one renamed; the mirror's dirty triggers of revision 0006 are recreated on the
-new ``customers`` and ``deals``. SQLite keeps the freed pages in the file until a ``VACUUM``.
+new ``customers`` and ``deals``. SQLite keeps the freed pages in the file until a ``VACUUM``, which the store
+runs once right after this upgrade commits (``meta.vacuum_pending``; connector.store.migrate.vacuum_if_pending).
 
 Revision ID: 0009_compact_store
 Revises: 0008
@@ -106,6 +107,11 @@ def upgrade() -> None:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"ALTER TABLE {name} RENAME CONSTRAINT {name}_new_pkey TO {name}_pkey")
     create_triggers(conn)
+    if conn.dialect.name == "sqlite":
+        from connector.store.migrate import VACUUM_KEY
+
+        conn.exec_driver_sql("DELETE FROM meta WHERE key = ?", (VACUUM_KEY,))
+        conn.exec_driver_sql("INSERT INTO meta (key, value) VALUES (?, '0009')", (VACUUM_KEY,))
 
 
 def downgrade() -> None:
