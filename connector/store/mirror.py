@@ -32,8 +32,10 @@ class Mirror(Part):
     def apply_pull(self, pull: PullResult) -> dict[str, int]:
         """Write one pull into the mirror in a single transaction; return what changed.
 
-        Set-based: the pulled rows go into a temporary table as plain tuples (PostgreSQL: COPY), then one
-        ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` per table merges them into the mirror."""
+        The pulled rows go in as plain tuples (connector.store.base.stage_upsert): on PostgreSQL copied (COPY)
+        into a temporary table, then merged by one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` per table; on
+        SQLite through one upsert statement's executemany. Adapters give deal statuses of DealStatus only; any
+        other word is refused (connector.store.schema.DEAL_STATUS), never stored as another."""
         pid = self.portal_id
         with self.engine.begin() as conn:
             customer_rows = [self._customer_row(conn, pid, c) for c in pull.customers]
