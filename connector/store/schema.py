@@ -17,8 +17,8 @@ from connector.store.types import Coded, Day
 
 metadata = sa.MetaData()
 
-DEAL_STATUS = Coded("open", "won", "lost")
-EVENT = Coded("exit", "enter")
+DEAL_STATUS = Coded(("open", "won", "lost"))
+EVENT = Coded(("exit", "enter"))
 COMPACT = {"sqlite_with_rowid": False}  # SQLite: the table is its primary key's b-tree
 
 # One row per portal name ever stored; ids are never reused (a purged portal keeps its row).

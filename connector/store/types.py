@@ -45,9 +45,9 @@ class Coded(sa.types.TypeDecorator):
     impl = sa.SmallInteger
     cache_ok = True
 
-    def __init__(self, *words: str):
+    def __init__(self, words: tuple[str, ...]):
         super().__init__()
-        self.words = tuple(words)
+        self.words = tuple(words)  # a named argument: SQLAlchemy's statement cache keys on it
 
     def code(self, word: str) -> int:
         try:
