@@ -40,7 +40,8 @@ from connector.config import load_config  # noqa: E402
 from connector.dashboard import auth, schema  # noqa: E402
 from connector.http import create_app  # noqa: E402
 from connector.metrics import Metrics  # noqa: E402
-from connector.store import StateStore, membership  # noqa: E402
+from connector.store import StateStore, membership, segments  # noqa: E402
+from connector.store.types import day_number  # noqa: E402
 from connector.store.base import insert_tuples as _insert_tuples  # noqa: E402
 
 CELLS = [f"lifecycle.{r}_{c}" for r in ("new", "promising", "regular") for c in ("active", "sleeping", "asleep")]
@@ -55,6 +56,7 @@ def build(db: Path, n: int, today: date) -> None:
     store = StateStore.open(f"sqlite:///{db}", "default")
     ids = np.arange(1, n + 1)
     state_now = rng.choice(len(STATES), size=n, p=WEIGHTS)
+    pid = store.portal_id  # before the transaction: resolving it may write
     with store.engine.begin() as conn:
         purchases = np.where(state_now == 0, 0, rng.integers(1, 12, n))
         money = np.round(purchases * rng.gamma(2.0, 3000.0, n), 2)
@@ -66,12 +68,15 @@ def build(db: Path, n: int, today: date) -> None:
                          int(purchases[k]), None if purchases[k] == 0 else last[k], float(money[k]), int(bday[k]), None,
                          json.dumps({"purchases": int(purchases[k])}))
                         for k, i in enumerate(ids)))
-        day = today.isoformat()
-        _insert_tuples(conn, membership, ("portal", "segment", "customer_id", "entered_on", "entered_run"),
-                       (("default", STATES[s] if s else "status.prospect", int(i), day, 1) for s, i in zip(state_now, ids)))
+        day = day_number(today)
+        names = ["status.prospect", *STATES[1:], "status.former", "status.current"]
+        seg = {name: k + 1 for k, name in enumerate(names)}
+        conn.execute(segments.insert(), [{"portal_id": pid, "id": k, "name": name, "static": False} for name, k in seg.items()])
+        _insert_tuples(conn, membership, ("portal_id", "segment_id", "customer_id", "entered_on", "entered_run"),
+                       sorted((pid, seg[STATES[s] if s else "status.prospect"], int(i), day, 1) for s, i in zip(state_now, ids)))
         status = np.where(state_now == 0, "", np.where(np.isin(state_now, [3, 6, 9]), "status.former", "status.current"))
-        _insert_tuples(conn, membership, ("portal", "segment", "customer_id", "entered_on", "entered_run"),
-                       (("default", str(s), int(i), day, 1) for s, i in zip(status, ids) if s))
+        _insert_tuples(conn, membership, ("portal_id", "segment_id", "customer_id", "entered_on", "entered_run"),
+                       sorted((pid, seg[str(s)], int(i), day, 1) for s, i in zip(status, ids) if s))
         # a year of intervals: 0-3 changes per customer at random days, the last one ending in today's state
         changes = rng.integers(0, 4, n)
         rows = []

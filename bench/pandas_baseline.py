@@ -104,13 +104,15 @@ def read_frames(db_path: str, portal: str, entity: str = "contact") -> tuple[pd.
     """customers and deals of one portal, straight from the state store's tables with ``pd.read_sql``."""
     with sqlite3.connect(db_path) as con:
         customers = pd.read_sql(
-            "SELECT id, phone, email, birthday, responsible_id, created_ts, fields FROM customers"
-            " WHERE portal = ? AND entity = ?",
+            "SELECT c.id, c.phone, c.email, c.birthday, c.responsible_id, c.created_ts, c.fields FROM customers c"
+            " JOIN portal_keys k ON k.id = c.portal_id WHERE k.name = ? AND c.entity = ?",
             con,
             params=(portal, entity),
         )
         deals = pd.read_sql(
-            "SELECT id, contact_id, company_id, status, amount, created_ts, closed_ts FROM deals WHERE portal = ?",
+            "SELECT d.id, d.contact_id, d.company_id,"
+            " CASE d.status WHEN 0 THEN 'open' WHEN 1 THEN 'won' WHEN 2 THEN 'lost' END AS status,"
+            " d.amount, d.created_ts, d.closed_ts FROM deals d JOIN portal_keys k ON k.id = d.portal_id WHERE k.name = ?",
             con,
             params=(portal,),
         )
@@ -119,7 +121,10 @@ def read_frames(db_path: str, portal: str, entity: str = "contact") -> tuple[pd.
 
 def read_membership(db_path: str, portal: str) -> pd.DataFrame:
     with sqlite3.connect(db_path) as con:
-        return pd.read_sql("SELECT segment, customer_id FROM membership WHERE portal = ?", con, params=(portal,))
+        return pd.read_sql(
+            "SELECT s.name AS segment, m.customer_id FROM membership m JOIN portal_keys k ON k.id = m.portal_id"
+            " JOIN segments s ON s.portal_id = m.portal_id AND s.id = m.segment_id WHERE k.name = ?",
+            con, params=(portal,))
 
 
 # --- features ---------------------------------------------------------------------------------------

@@ -116,11 +116,11 @@ def seed_products(store: StateStore, rows: int, seed: int = 17, chunk: int = INS
     from connector.store.mirror import product_key
 
     keys = np.array([product_key(ProductRow(0, 0, str(p.id), p.name, p.section)) for p in CATALOGUE], dtype=np.int64)
-    kinds = pl.DataFrame({"portal": store.portal, "key": keys, "product_id": [str(p.id) for p in CATALOGUE],
+    kinds = pl.DataFrame({"portal_id": store.portal_id, "key": keys, "product_id": [str(p.id) for p in CATALOGUE],
                           "product_name": [p.name for p in CATALOGUE], "section": [p.section for p in CATALOGUE],
                           "sku": [p.sku for p in CATALOGUE]})
     prices = np.array([p.price for p in CATALOGUE])
-    frame = pl.DataFrame({"portal": store.portal, "deal_id": deal, "line": line, "product_key": keys[pick],
+    frame = pl.DataFrame({"portal_id": store.portal_id, "deal_id": deal, "line": line, "product_key": keys[pick],
                           "quantity": rng.choice([1.0, 2.0, 3.0], deal.size, p=[0.75, 0.2, 0.05]),
                           "price": prices[pick]})
     with store.engine.begin() as conn:
@@ -138,12 +138,12 @@ def sa_select_won(store: StateStore):
 
     from connector.store.schema import deals
 
-    return sa.select(deals.c.id).where(deals.c.portal == store.portal, deals.c.status == "won")
+    return sa.select(deals.c.id).where(deals.c.portal_id == store.portal_id, deals.c.status == "won")
 
 
 def seed_store(store: StateStore, customers_df: pl.DataFrame, deals_df: pl.DataFrame, chunk: int = INSERT_CHUNK) -> None:
     """Bulk insert generated frames into the mirror tables (plain INSERT, one transaction)."""
-    cust, deal = mirror_rows(customers_df, deals_df, store.portal)
+    cust, deal = mirror_rows(customers_df, deals_df, store.portal_id)
     with store.engine.begin() as conn:
         for table, frame in (("customers", cust), ("deals", deal)):
             sql = f"INSERT INTO {table} ({', '.join(frame.columns)}) VALUES ({', '.join('?' * frame.width)})"
@@ -326,6 +326,7 @@ def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_base
     store.close()
     t4 = time.perf_counter()
     stored_rows = entered.height
+    state_bytes = sum(p.stat().st_size for p in (db_path, db_path.with_name(db_path.name + "-wal")) if p.exists())
     del first, entered, left, stored
     gc.collect()
     peak_first = peaks.mark()
@@ -366,6 +367,7 @@ def bench(customers: int, deals: int, *, as_of: date, db: Path | None, skip_base
         "db": str(db_path),
         "machine": {"cpus": os.cpu_count(), "polars_threads": pl.thread_pool_size(), "loadavg_at_start": load_at_start},
         "columnar": columnar,
+        "state_file": {"bytes": state_bytes, "mb": round(state_bytes / 1e6, 1)},  # after the first store (+ its WAL)
         "seconds": {
             "generate": round(t1 - t0, 3),
             "insert": round(t2 - t1, 3),
@@ -419,6 +421,7 @@ def print_text(r: dict) -> None:
     print(f"  machine: {mach['cpus']} CPUs, {mach['polars_threads']} polars threads, load average at start {mach['loadavg_at_start']}")
     print(f"  load          {s['load']:8.2f} s  (generate {s['generate']:.2f} s + insert {s['insert']:.2f} s)")
     print(f"  first store   {s['first_store']:8.2f} s  ({r['diff']['stored_rows']:,} membership rows stored)")
+    print(f"  state file    {r['state_file']['mb']:8.1f} MB ({r['state_file']['bytes']:,} bytes after the first store)")
     print(f"  compute       {s['compute']:8.2f} s  (entered {r['diff']['entered']:,}, left {r['diff']['left']:,})")
     print("  compute breakdown: " + ", ".join(f"{k} {v}" for k, v in r["compute_breakdown"].items()))
     print(f"  RSS after load {m['after_load']:.0f} MB; peak: load {m['peak_load']:.0f} MB, first store "

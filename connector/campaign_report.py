@@ -113,9 +113,10 @@ def campaign_results(config: Any, store: Any, *, days: int | None = None, as_of:
 
     column = deals.c.company_id if config.crm.customer == "company" else deals.c.contact_id
     purchases: dict[int, list[tuple[date, float]]] = {}
+    pid = store.portal_id
     with store.engine.connect() as conn:  # plain SQLAlchemy: the dashboard reads no frame through connectorx
         won = conn.execute(sa.select(column, deals.c.amount, deals.c.closed_ts).where(
-            deals.c.portal == store.portal, deals.c.status == "won", column.is_not(None), deals.c.closed_ts.is_not(None))).all()
+            deals.c.portal_id == pid, deals.c.status == "won", column.is_not(None), deals.c.closed_ts.is_not(None))).all()
     for cid, amount, closed_ts in won:
         purchases.setdefault(int(cid), []).append((datetime.fromtimestamp(closed_ts, tz).date(), float(amount or 0)))
     out = []

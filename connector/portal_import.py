@@ -2,7 +2,8 @@
 
 The source is the store named by the config file's ``[state] url`` (the SQLite file of a single-portal
 deployment, or any store), holding the portal under its ``[crm] name``. Every table keyed by ``portal`` is
-copied under the new name, in one transaction of the target (all or nothing): the mirror, segments,
+copied under the new name (its rows keyed by ``portal_id`` under the target's key for it; segment ids are
+numbered within the portal, so they are copied as they are), in one transaction of the target (all or nothing): the mirror, segments,
 membership and its history, the action ledger, runs, cursors, OAuth tokens (re-encrypted with the
 registry's key), audiences, model fits, the dashboard's history. Run ids are renumbered (the registry
 holds other portals' runs) and every column that points at a run follows. The sync lock is not copied.
@@ -19,8 +20,8 @@ import sqlalchemy as sa
 
 from connector import crypto
 from connector.config import ConfigError, load_config
-from connector.registry import Registry, check_name, portal_tables, read_config_file
-from connector.store.base import CHUNK, write_lock
+from connector.registry import Registry, check_name, portal_filter, portal_tables, read_config_file
+from connector.store.base import CHUNK, portal_id_in, write_lock
 from connector.store.schema import oauth_tokens, runs
 
 RUN_REFS = ("entered_run", "frozen_run", "planned_run", "run_id")  # columns holding a runs.id
@@ -68,19 +69,20 @@ def import_state(registry: Registry, name: str, config_path: Path) -> dict[str, 
             present = set(sa.inspect(sconn).get_table_names())
             tables = [t for t in portal_tables(tconn) if t.name in present and t.name not in NOT_COPIED]
             for t in tables:
-                if tconn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.portal == name)).scalar_one():
+                if tconn.execute(sa.select(sa.func.count()).select_from(t).where(portal_filter(t, name))).scalar_one():
                     raise ConfigError(f"portal {name!r} already has data in the registry ({t.name}); import into a new "
                                       f"name, or delete it first with `lifecycle portals remove {name} --purge`")
             registry.put(tconn, name, text, loaded, replace=True, base_dir=config_path.resolve().parent)
+            new_key = portal_id_in(tconn, name)
             run_map = _copy_runs(sconn, tconn, old, name) if runs in tables else {}
             counts = {"runs": len(run_map)} if runs in tables else {}
             for t in tables:
                 if t is runs:
                     continue
-                counts[t.name] = _copy(sconn, tconn, t, old, name, run_map)
+                counts[t.name] = _copy(sconn, tconn, t, old, (name, new_key), run_map)
             for t in tables:  # nothing lost: the target holds as many rows as the source
-                want = sconn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.portal == old)).scalar_one()
-                got = tconn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.portal == name)).scalar_one()
+                want = sconn.execute(sa.select(sa.func.count()).select_from(t).where(portal_filter(t, old))).scalar_one()
+                got = tconn.execute(sa.select(sa.func.count()).select_from(t).where(portal_filter(t, name))).scalar_one()
                 if want != got:  # pragma: no cover - a bug, not an input error: roll everything back
                     raise RuntimeError(f"import-state: {t.name} has {got} rows, the source {want}; nothing was imported")
     finally:
@@ -99,16 +101,17 @@ def _copy_runs(sconn: Any, tconn: Any, old: str, name: str) -> dict[int, int]:
     return mapping
 
 
-def _copy(sconn: Any, tconn: Any, table: sa.Table, old: str, name: str, run_map: dict[int, int]) -> int:
+def _copy(sconn: Any, tconn: Any, table: sa.Table, old: str, new: tuple[str, int], run_map: dict[int, int]) -> int:
     drop_id = "id" in table.c and len(table.primary_key.columns) == 1  # an autoincrement row id: renumbered
     refs = [c for c in RUN_REFS if c in table.c]
+    key = "portal_id" if "portal_id" in table.c else "portal"
     total = 0
-    result = sconn.execution_options(yield_per=CHUNK).execute(sa.select(table).where(table.c.portal == old))
+    result = sconn.execution_options(yield_per=CHUNK).execute(sa.select(table).where(portal_filter(table, old)))
     for part in result.partitions():
         rows = []
         for row in part:
             values = {k: _aware(v) for k, v in row._mapping.items()}
-            values["portal"] = name
+            values[key] = new[1] if key == "portal_id" else new[0]
             if drop_id:
                 values.pop("id")
             for c in refs:

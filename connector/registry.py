@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from connector import crypto
 from connector.config import ConfigError, LoadedConfig, StateConfig, load_config_text
 from connector.store.base import now, write_lock
-from connector.store.schema import meta_table, metadata, oauth_tokens, portals
+from connector.store.schema import meta_table, metadata, oauth_tokens, portal_keys, portals
 
 PORTAL_STATES = ("active", "paused", "failing", "uninstalled")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -330,7 +330,7 @@ class Registry:
                 return
             tables = portal_tables(conn)
             for table in tables:
-                conn.execute(sa.delete(table).where(table.c.portal == name))
+                conn.execute(sa.delete(table).where(portal_filter(table, name)))
             # the columnar triggers (revision 0006) mark mirror_state again while customers and deals go
             for table in tables:
                 if table.name == "mirror_state":
@@ -384,13 +384,22 @@ def read_config_file(path: Path) -> str:
 
 
 def portal_tables(conn: Connection) -> list[sa.Table]:
-    """Every table of the store keyed by ``portal`` that exists in this database (children first)."""
+    """Every table of the store keyed by the portal (its name ``portal`` or its key ``portal_id``) that exists in
+    this database (children first). ``portal_keys`` is not one: a portal's key is never deleted or reused."""
     import connector.dashboard.schema  # noqa: F401 - registers the dashboard's tables on the metadata
 
     present = set(sa.inspect(conn).get_table_names())
-    tables = [t for t in reversed(metadata.sorted_tables) if "portal" in t.c and t.name in present]
+    tables = [t for t in reversed(metadata.sorted_tables)
+              if ("portal" in t.c or "portal_id" in t.c) and t.name in present]
     # mirror_state last: deleting the mirror's rows sets its flag again (connector.store.columnar's triggers)
     return sorted(tables, key=lambda t: t.name == "mirror_state")
+
+
+def portal_filter(table: sa.Table, name: str) -> sa.ColumnElement[bool]:
+    """The portal's rows of a table of :func:`portal_tables` (by name, or by key through ``portal_keys``)."""
+    if "portal_id" in table.c:
+        return table.c.portal_id.in_(sa.select(portal_keys.c.id).where(portal_keys.c.name == name))
+    return table.c.portal == name
 
 
 def vacuum(engine: Engine) -> None:

@@ -119,17 +119,30 @@ def sync_runs(engine, portal: str) -> list[tuple[str, int]]:
             "SELECT status, id FROM runs WHERE kind = 'sync' AND portal = :p ORDER BY id"), {"p": portal})]
 
 
+def _portal_rows(table, portal: str, customer_id: int) -> sa.Select:
+    """The customer's rows of a membership table with the segment's name (the tables keep its id)."""
+    from connector.store import portal_keys
+    from tests.conftest import named_select
+
+    named = named_select(table).subquery()
+    return sa.select(named).join(portal_keys, portal_keys.c.id == named.c.portal_id).where(
+        portal_keys.c.name == portal, named.c.customer_id == customer_id)
+
+
 def segments_of(engine, portal: str, customer_id: int) -> set[str]:
+    from connector.store import membership
+
     with engine.connect() as conn:
-        return {r[0] for r in conn.execute(sa.text(
-            "SELECT segment FROM membership WHERE portal = :p AND customer_id = :c"), {"p": portal, "c": customer_id})}
+        return {r.segment for r in conn.execute(_portal_rows(membership, portal, customer_id))}
 
 
 def history_of(engine, portal: str, customer_id: int) -> list[tuple[str, str, str]]:
-    with engine.connect() as conn:
-        return [(s, e, str(d)[:10]) for s, e, d in conn.execute(sa.text(
-            "SELECT segment, event, on_date FROM membership_events WHERE portal = :p AND customer_id = :c ORDER BY id"),
-            {"p": portal, "c": customer_id})]
+    from connector.store import membership_events
+
+    query = _portal_rows(membership_events, portal, customer_id).subquery()
+    with engine.connect() as conn:  # a run's entries before its exits, as recorded
+        return [(r.segment, r.event, str(r.on_date)[:10]) for r in conn.execute(
+            sa.select(query).order_by(query.c.run_id, query.c.event.desc(), query.c.segment))]
 
 
 __all__ = ["app_env", "form_post", "free_port", "history_of", "http", "segments_of", "snapshot", "sync_runs",

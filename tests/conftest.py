@@ -138,6 +138,17 @@ def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)
 
 
+def named_select(table):
+    """SELECT of a membership table (``membership``, ``membership_events``) with the segment's name as
+    ``segment`` next to its ``segment_id`` (the tables keep the id: connector.store.schema)."""
+    import sqlalchemy as sa
+
+    from connector.store import segments
+
+    on = sa.and_(segments.c.portal_id == table.c.portal_id, segments.c.id == table.c.segment_id)
+    return sa.select(table, segments.c.name.label("segment")).join_from(table, segments, on)
+
+
 def mirror(config) -> tuple[dict[int, dict], dict[int, dict]]:
     """The state store's mirror of a CRM: (customers by id, deals by id), each row as a dict."""
     import sqlalchemy as sa

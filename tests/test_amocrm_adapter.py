@@ -19,7 +19,7 @@ from adapters.amocrm.client import AmoError
 from connector.config import load_config
 from connector.pipeline import open_store, sync
 from connector.store import membership
-from tests.conftest import mirror
+from tests.conftest import mirror, named_select
 from sandbox.amocrm import running_account
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,8 @@ def wanted_tags(config) -> dict[int, set[str]]:
     """Labels of the tagged segments each customer is in, from the stored membership."""
     store = open_store(config)
     with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(membership.c.segment, membership.c.customer_id)).all()
+        named = named_select(membership).subquery()
+        rows = conn.execute(sa.select(named.c.segment, named.c.customer_id)).all()
     store.close()
     out: dict[int, set[str]] = {}
     for segment, cid in rows:

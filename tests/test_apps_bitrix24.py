@@ -84,8 +84,9 @@ def test_install_sync_event_tab_uninstall_purge(postgres_url, tmp_path, monkeypa
             # a contact without purchases buys today: the portal's event moves its segment
             with engine.connect() as conn:  # a customer with a segment and a card (dash_members) to open
                 customer = conn.execute(sa.text(
-                    "SELECT min(m.customer_id) FROM membership m JOIN dash_members d ON d.portal = m.portal AND "
-                    "d.customer_id = m.customer_id WHERE m.portal = :p"), {"p": name}).scalar()
+                    "SELECT min(m.customer_id) FROM membership m JOIN portal_keys k ON k.id = m.portal_id "
+                    "JOIN dash_members d ON d.portal = k.name AND d.customer_id = m.customer_id WHERE k.name = :p"),
+                    {"p": name}).scalar()
             assert customer is not None
             before = segments_of(engine, name, customer)
             runs_before = len(sync_runs(engine, name))
@@ -142,13 +143,13 @@ def test_install_sync_event_tab_uninstall_purge(postgres_url, tmp_path, monkeypa
     proc = run_cli(["portals", "remove", name, "--purge", "--state-url", postgres_url],
                    env={"LIFECYCLE_SECRET_KEY": env["LIFECYCLE_SECRET_KEY"]})
     assert proc.returncode == 0, proc.stderr
-    from connector.registry import Registry, portal_tables
+    from connector.registry import Registry, portal_filter, portal_tables
 
     reg = Registry.open(postgres_url, key=env["LIFECYCLE_SECRET_KEY"])
     try:
         with reg.engine.connect() as conn:
             for table in portal_tables(conn):
-                assert conn.execute(sa.select(sa.func.count()).select_from(table).where(table.c.portal == name)).scalar() == 0
+                assert conn.execute(sa.select(sa.func.count()).select_from(table).where(portal_filter(table, name))).scalar() == 0
             assert conn.exec_driver_sql("SELECT count(*) FROM portals WHERE name = %(n)s", {"n": name}).scalar() == 0
     finally:
         reg.close()

@@ -47,8 +47,8 @@ def test_the_lifecycle_tab_in_the_portal_frame_shows_the_store(postgres_url, tmp
             engine = service.workers.registry().engine
             with engine.connect() as conn:
                 customer = conn.execute(sa.text(
-                    "SELECT customer_id FROM membership_events WHERE portal = :p GROUP BY customer_id "
-                    "ORDER BY count(*) DESC, customer_id LIMIT 1"), {"p": name}).scalar()
+                    "SELECT customer_id FROM membership_events JOIN portal_keys k ON k.id = portal_id WHERE k.name = :p "
+                    "GROUP BY customer_id ORDER BY count(*) DESC, customer_id LIMIT 1"), {"p": name}).scalar()
             driver = browser()
             try:
                 driver.get(f"{portal.base_url}/_sandbox/apps/frame?placement=CRM_CONTACT_DETAIL_TAB&id={customer}"

@@ -14,7 +14,7 @@ from adapters.bitrix24.client import BitrixError
 from connector.config import load_config
 from connector.pipeline import open_store, sync, today_in
 from connector.store import membership
-from tests.conftest import mirror
+from tests.conftest import mirror, named_select
 from sandbox.bitrix24 import running_portal
 
 FIELD = "UF_CRM_LIFECYCLE"
@@ -61,7 +61,8 @@ tag_segments = ["lifecycle.*", "status.*"]
 def stored_tags(config) -> dict[int, set[str]]:
     store = open_store(config)
     with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(membership.c.segment, membership.c.customer_id)).all()
+        named = named_select(membership).subquery()
+        rows = conn.execute(sa.select(named.c.segment, named.c.customer_id)).all()
     store.close()
     out: dict[int, set[str]] = {}
     for segment, cid in rows:

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from connector.store import StateStore, customers, deals
+from connector.store.base import portal_id
 from connector.store.columnar import CUSTOMER_SCHEMA, DEAL_SCHEMA, PRODUCT_ROW_SCHEMA, PRODUCT_SCHEMA
 from connector.store.schema import product_rows, products
 from tests.conftest import run_cli
@@ -20,13 +21,14 @@ PORTAL = "acme"
 
 
 def _seed(store: StateStore, n: int = 50, portal: str = PORTAL) -> None:
+    key = portal_id(store.engine, portal)
     with store.engine.begin() as conn:
         conn.execute(sa.insert(customers), [
-            {"portal": portal, "entity": "contact", "id": i, "name": f"N{i}", "phone": f"+7900000{i:04d}",
+            {"portal_id": key, "entity": "contact", "id": i, "name": f"N{i}", "phone": f"+7900000{i:04d}",
              "email": None, "birthday": None, "responsible_id": "1", "created_ts": 1_600_000_000 + i, "fields": None}
             for i in range(1, n + 1)])
         conn.execute(sa.insert(deals), [
-            {"portal": portal, "id": 1000 + i, "contact_id": i, "company_id": None, "status": "won",
+            {"portal_id": key, "id": 1000 + i, "contact_id": i, "company_id": None, "status": "won",
              "amount": 100.0 * i, "currency": "RUB", "created_ts": 1_650_000_000 + i, "closed_ts": 1_650_000_000 + i}
             for i in range(1, n + 1)])
 
@@ -73,10 +75,11 @@ def test_a_change_behind_the_copys_back_is_seen(store, tmp_path, change):
     """Another connection (as another process or a hand-made fix would) changes the tables directly."""
     _seed(store)
     _frames(store)
+    key = store.portal_id
     other = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
     with other.begin() as conn:
         if change == "insert":
-            conn.execute(sa.insert(customers).values(portal=PORTAL, entity="contact", id=999, name="New", fields=None))
+            conn.execute(sa.insert(customers).values(portal_id=key, entity="contact", id=999, name="New", fields=None))
         elif change == "update":
             conn.execute(sa.update(customers).where(customers.c.id == 7).values(phone="+79990000000"))
         elif change == "delete":
@@ -97,7 +100,7 @@ def test_another_portal_changing_leaves_this_copy_valid_and_apart(store):
     _seed(store, 5, portal="other")
     _frames(store)
     with store.engine.begin() as conn:
-        conn.execute(sa.update(customers).where(customers.c.portal == "other").values(name="X"))
+        conn.execute(sa.update(customers).where(customers.c.portal_id == portal_id(store.engine, "other")).values(name="X"))
     cust, deal = _frames(store)
     assert store.frames_part.columnar.rebuilds == 1
     assert cust.height == 50 and deal.height == 50
@@ -146,15 +149,16 @@ def test_the_schemas_match_the_tables():
     assert set(PRODUCT_SCHEMA) <= {c.name for c in products.columns}
 
 
-# -- product rows and products (issue 20, item 3; revision 0009_columnar_products) --------------------------
+# -- product rows and products (issue 20, item 3; revision 0010_columnar_products) --------------------------
 
 def _seed_products(store: StateStore, portal: str = PORTAL) -> None:
+    key = portal_id(store.engine, portal)
     with store.engine.begin() as conn:
         conn.execute(sa.insert(products), [
-            {"portal": portal, "key": k, "product_id": str(100 + k), "product_name": f"Товар {k}", "section": "Кофе",
+            {"portal_id": key, "key": k, "product_id": str(100 + k), "product_name": f"Товар {k}", "section": "Кофе",
              "sku": f"SKU-{k}"} for k in range(1, 4)])
         conn.execute(sa.insert(product_rows), [
-            {"portal": portal, "deal_id": 1000 + i, "line": 1, "product_key": 1 + i % 3, "quantity": 1.0 + i % 2,
+            {"portal_id": key, "deal_id": 1000 + i, "line": 1, "product_key": 1 + i % 3, "quantity": 1.0 + i % 2,
              "price": 10.0 * i} for i in range(1, 21)])
 
 
@@ -174,7 +178,8 @@ def _sql_product_frames(store: StateStore) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def _change_products(conn: sa.Connection, change: str) -> None:
     if change == "row_insert":
-        conn.execute(sa.insert(product_rows).values(portal=PORTAL, deal_id=1030, line=1, product_key=2, quantity=4.0,
+        key = conn.execute(sa.text("SELECT id FROM portal_keys WHERE name = :n"), {"n": PORTAL}).scalar_one()
+        conn.execute(sa.insert(product_rows).values(portal_id=key, deal_id=1030, line=1, product_key=2, quantity=4.0,
                                                     price=1.5))
     elif change == "row_update":
         conn.execute(sa.update(product_rows).where(product_rows.c.deal_id == 1005).values(quantity=9.0))
@@ -243,9 +248,9 @@ def test_postgresql_product_changes_behind_the_copys_back_are_seen(postgres_url,
         store.close()
 
 
-def test_a_store_upgraded_from_0008_flags_product_changes_and_rebuilds_its_old_copy(tmp_path):
-    """A store left at revision 0008 (no triggers on the product tables, a clean copy of customers and deals
-    only) is upgraded by revision 0009_columnar_products on open: its old copy is marked stale and a change
+def test_a_store_upgraded_from_0009_flags_product_changes_and_rebuilds_its_old_copy(tmp_path):
+    """A store left at revision 0009_compact_store (no triggers on the product tables, a clean copy of customers and deals
+    only) is upgraded by revision 0010_columnar_products on open: its old copy is marked stale and a change
     to product rows from another connection is seen afterwards."""
     url = f"sqlite:///{tmp_path / 'state.db'}"
     store = StateStore.open(url, PORTAL)
@@ -257,12 +262,12 @@ def test_a_store_upgraded_from_0008_flags_product_changes_and_rebuilds_its_old_c
     for path in folder.glob("product*.parquet"):
         path.unlink()
     engine = sa.create_engine(url)
-    with engine.begin() as conn:  # back to what revision 0008 left
+    with engine.begin() as conn:  # back to what revision 0009_compact_store left
         for table in ("product_rows", "products"):
             for event in ("INSERT", "UPDATE", "DELETE"):
                 conn.exec_driver_sql(f"DROP TRIGGER {table}_mirror_{event}")
-        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0008'")
-        conn.exec_driver_sql("UPDATE meta SET value = '13' WHERE key = 'schema_version'")
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0009_compact_store'")
+        conn.exec_driver_sql("UPDATE meta SET value = '14' WHERE key = 'schema_version'")
         _change_products(conn, "row_update")  # unseen by any trigger
         assert conn.exec_driver_sql("SELECT dirty FROM mirror_state").all() == [(0,)]
     store = StateStore.open(url, PORTAL)
@@ -290,8 +295,9 @@ def test_postgresql_triggers_flag_changes_per_statement(postgres_url, tmp_path):
         assert _frames(store)[1].equals(_sql_frames(store)[1])
         assert _frames(store)[0].equals(_sql_frames(store)[0])
         assert col.rebuilds == before + 1
+        key = store.portal_id
         with store.engine.begin() as conn:
-            conn.execute(sa.update(deals).where(deals.c.portal == PORTAL, deals.c.id == 1002).values(amount=1.0))
+            conn.execute(sa.update(deals).where(deals.c.portal_id == key, deals.c.id == 1002).values(amount=1.0))
         assert _frames(store)[1].filter(pl.col("id") == 1002).get_column("amount").item() == 1.0
         assert col.rebuilds == before + 2
     finally:
@@ -327,9 +333,10 @@ def test_postgresql_reads_without_connectorx_equal_the_rows(postgres_url, tmp_pa
     store = StateStore.open(postgres_url, PORTAL, columnar=False)
     try:
         odd = ["", 'a "quoted", text', "line\nbreak", "Ёлка, ёж", None]
+        key = store.portal_id
         with store.engine.begin() as conn:
             conn.execute(sa.insert(customers), [
-                {"portal": PORTAL, "entity": "contact", "id": i + 1, "name": text, "phone": None, "email": text,
+                {"portal_id": key, "entity": "contact", "id": i + 1, "name": text, "phone": None, "email": text,
                  "birthday": date(1990, 1, i + 1) if i % 2 else None, "responsible_id": text, "created_ts": i,
                  "fields": text} for i, text in enumerate(odd)])
         with_cx = store.frames_part.card_frame("contact").sort("id")

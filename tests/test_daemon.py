@@ -168,7 +168,8 @@ def test_a_webhook_for_a_won_deal_moves_its_customer_within_the_debounce_window(
 
             def moved_and_tagged() -> bool:
                 with sqlite3.connect(f"file:{tmp_path / 'state.db'}?mode=ro", uri=True, timeout=1) as conn:
-                    hit = conn.execute("SELECT 1 FROM membership WHERE segment = 'lifecycle.new_active' AND customer_id = ?",
+                    hit = conn.execute("SELECT 1 FROM membership m JOIN segments s ON s.portal_id = m.portal_id AND "
+                                       "s.id = m.segment_id WHERE s.name = 'lifecycle.new_active' AND m.customer_id = ?",
                                        (prospect,)).fetchone()
                 if not hit:
                     return False

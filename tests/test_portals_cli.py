@@ -78,12 +78,12 @@ def test_add_list_show_pause_resume_remove(tmp_path, state_url):
     assert [p["name"] for p in json.loads(lifecycle("portals", "list", "--format", "json", url=state_url).stdout)] == ["acme"]
     registry = Registry.open(state_url)
     with registry.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM customers WHERE portal = 'shop'")).scalar_one() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM customers JOIN portal_keys k ON k.id = portal_id WHERE k.name = 'shop'")).scalar_one() == 1
     registry.close()
     assert lifecycle("portals", "remove", "shop", "--purge", url=state_url).returncode == 0
     registry = Registry.open(state_url)
     with registry.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM customers WHERE portal = 'shop'")).scalar_one() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM customers JOIN portal_keys k ON k.id = portal_id WHERE k.name = 'shop'")).scalar_one() == 0
     registry.close()
 
 

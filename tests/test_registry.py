@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from connector.config import ConfigError
 from connector.pipeline import sync
 from connector.registry import PORTAL_STATES, Registry, portal_tables
+from connector.registry import portal_filter
 from tests.conftest import CONTACT_HEADER, DEAL_HEADER
 from tests.registry_fixtures import _no_process_key, state_url  # noqa: F401 - fixtures
 
@@ -42,7 +43,7 @@ def csv_config(path: str, extra: str = "") -> str:
 
 def rows_of(registry: Registry, portal: str) -> dict[str, int]:
     with registry.engine.connect() as conn:
-        return {t.name: conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.portal == portal)).scalar_one()
+        return {t.name: conn.execute(sa.select(sa.func.count()).select_from(t).where(portal_filter(t, portal))).scalar_one()
                 for t in portal_tables(conn)}
 
 

@@ -20,6 +20,7 @@ from connector.campaigns import PlannedAction
 from connector.config import load_config
 from connector.pipeline import open_store, sync
 from connector.store import HEAD, SCHEMA_VERSION, StateStore, membership, membership_events, meta_table, metadata, runs
+from tests.conftest import named_select
 from tests.conftest import ROOT, run_cli
 
 AS_OF = date(2026, 11, 23)
@@ -120,8 +121,8 @@ def test_a_second_sync_records_entries_and_exits(ws, postgres_url):
     store = open_store(config)
     try:
         with store.engine.connect() as conn:
-            events = conn.execute(sa.select(membership_events)).mappings().all()
-            current = conn.execute(sa.select(membership)).mappings().all()
+            events = conn.execute(named_select(membership_events)).mappings().all()
+            current = conn.execute(named_select(membership)).mappings().all()
             run_rows = conn.execute(sa.select(runs).order_by(runs.c.id)).mappings().all()
         frame = store.membership_events_frame(second.run_id)
         birthdays = store.customers_frame("contact").sort("id")["birthday"].to_list()

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from connector.pipeline import open_store, sync
 from connector.store import membership, membership_events, runs
+from tests.conftest import named_select
 
 AS_OF = date(2026, 11, 23)
 
@@ -35,7 +36,7 @@ def seed(ws):
 def table_rows(config, table):
     store = open_store(config)
     with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(table)).mappings().all()
+        rows = conn.execute(named_select(table) if "segment_id" in table.c else sa.select(table)).mappings().all()
     store.close()
     return [dict(r) for r in rows]
 

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from connector.dashboard import schema
 from connector.dashboard.labels import label
 from connector.dashboard.snapshot import PROSPECT
-from connector.store import StateStore, actions, audience_members, audiences_table, membership, membership_events, runs
+from connector.store import (StateStore, actions, audience_members, audiences_table, membership, membership_events, runs,
+                             segments)
 from rules.presets import COLUMNS, ROWS
 
 CELLS = [f"lifecycle.{r}_{c}" for r in ROWS for c in COLUMNS]
@@ -168,13 +169,19 @@ def flow_members(store: StateStore, start: date, end: date, source: str, target:
 def _members_query(store: StateStore, segment: str, search: str | None) -> sa.Select:
     m, s = schema.members.c, membership.c
     query = (sa.select(*[getattr(m, n) for n in MEMBER_COLUMNS], m.extra)
-             .select_from(membership.join(schema.members, sa.and_(m.portal == s.portal, m.customer_id == s.customer_id)))
-             .where(s.portal == store.portal, s.segment == segment))
+             .select_from(membership.join(schema.members, sa.and_(m.portal == store.portal, m.customer_id == s.customer_id)))
+             .where(s.portal_id == store.portal_id, s.segment_id == _segment_id(store, segment)))
     if search:
         pattern = f"%{search.strip().lower()}%"
         query = query.where(sa.or_(sa.func.lower(m.name).like(pattern), m.phone.like(pattern),
                                    sa.func.lower(m.email).like(pattern), sa.cast(m.customer_id, sa.String).like(pattern)))
     return query
+
+
+def _segment_id(store: StateStore, segment: str) -> sa.ScalarSelect:
+    """The segment's id in membership, as a subquery (no row: nothing matches)."""
+    return (sa.select(segments.c.id).where(segments.c.portal_id == store.portal_id, segments.c.name == segment)
+            .scalar_subquery())
 
 
 def _ordered(query: sa.Select, sort: str, descending: bool) -> sa.Select:
@@ -195,7 +202,7 @@ def members_page(store: StateStore, segment: str, *, sort: str = "customer_id", 
                  search: str | None = None, page: int = 1, size: int = 50) -> dict[str, Any]:
     query = _members_query(store, segment, search)
     counted = query if search else sa.select(membership.c.customer_id).where(
-        membership.c.portal == store.portal, membership.c.segment == segment)
+        membership.c.portal_id == store.portal_id, membership.c.segment_id == _segment_id(store, segment))
     with store.engine.connect() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(counted.subquery())).scalar() or 0
         rows = conn.execute(_ordered(query, sort, descending).limit(size).offset((max(page, 1) - 1) * size)).all()
@@ -228,11 +235,15 @@ def customer(store: StateStore, config: Any, customer_id: int, language: str) ->
         row = conn.execute(sa.select(schema.members).where(m.portal == store.portal, m.customer_id == customer_id)).mappings().first()
         if row is None:
             return None
-        current = conn.execute(sa.select(membership.c.segment, membership.c.entered_on).where(
-            membership.c.portal == store.portal, membership.c.customer_id == customer_id).order_by(membership.c.segment)).all()
+        pid, sg = store.portal_id, segments.c
+        named = sa.and_(sg.portal_id == pid, sg.id == membership.c.segment_id)
+        current = conn.execute(sa.select(sg.name, membership.c.entered_on).join_from(membership, segments, named).where(
+            membership.c.portal_id == pid, membership.c.customer_id == customer_id).order_by(sg.name)).all()
         e = membership_events.c
-        events = conn.execute(sa.select(e.segment, e.event, e.on_date, e.run_id).where(
-            e.portal == store.portal, e.customer_id == customer_id).order_by(e.id)).all()
+        # a run's entries before its exits, as they were recorded
+        events = conn.execute(sa.select(sg.name, e.event, e.on_date, e.run_id).join_from(
+            membership_events, segments, sa.and_(sg.portal_id == pid, sg.id == e.segment_id)).where(
+            e.portal_id == pid, e.customer_id == customer_id).order_by(e.run_id, e.event.desc(), sg.name)).all()
         au = audience_members.c
         auds = conn.execute(sa.select(au.audience, au.state).where(au.portal == store.portal, au.customer_id == customer_id)).all()
     ledger = store.ledger(customer_ids=[customer_id])

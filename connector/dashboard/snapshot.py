@@ -213,7 +213,7 @@ def _read(store: StateStore, query: Any, schema_: dict[str, Any]) -> pl.DataFram
 def _cards(store: StateStore, config: Any) -> pl.DataFrame:
     return _read(store, 
         sa.select(customers.c.id, customers.c.name, customers.c.phone, customers.c.email, customers.c.responsible_id)
-        .where(customers.c.portal == store.portal, customers.c.entity == config.crm.customer),
+        .where(customers.c.portal_id == store.portal_id, customers.c.entity == config.crm.customer),
         {"id": pl.Int64, "name": pl.String, "phone": pl.String, "email": pl.String, "responsible_id": pl.String},
     )
 

@@ -2,7 +2,8 @@
 run records, the sync lock, cursors and OAuth tokens.
 
 SQLAlchemy Core over SQLite by default (``[state] url = "sqlite:///lifecycle.db"``) or PostgreSQL. Every
-table is keyed by ``portal`` (``[crm] name``) so one database can serve many CRM accounts.
+table is keyed by the portal (``[crm] name``) so one database can serve many CRM accounts: the big ones by its
+integer key ``portal_id`` (``store.portal_id``; connector.store.schema), the small ones by its name.
 
 The package keeps one concern per module: ``schema`` (every table), ``migrate`` (Alembic revisions in
 ``migrations/``, legacy stores in ``legacy``), ``mirror``, ``membership``, ``ledger``, ``runs``, ``locks``,
@@ -26,7 +27,7 @@ from sqlalchemy.engine import Engine
 from connector.config import ConfigError
 from connector.store import migrate as _migrate
 from connector.store.audiences import Audiences
-from connector.store.base import CHUNK, Part, chunks, now, upsert, write_lock
+from connector.store.base import CHUNK, Part, chunks, now, portal_id, upsert, write_lock
 from connector.store.campaign_state import Campaigns
 from connector.store.cards import CustomerCards
 from connector.store.columnar import ColumnarMirror, default_folder
@@ -54,6 +55,7 @@ from connector.store.schema import (
     mirror_state,
     model_fits,
     oauth_tokens,
+    portal_keys,
     product_rows,
     products,
     runs,
@@ -65,7 +67,7 @@ __all__ = [
     "CHUNK", "HEAD", "MIGRATION_LOCK_KEY", "SCHEMA_VERSION", "CustomerCards", "LedgerHistory", "LedgerRow",
     "NewerStoreError", "StateStore", "StateUrlError", "actions", "audience_hashes", "audience_members",
     "audiences_table", "cursors", "customers", "deals", "locks", "membership", "membership_events", "meta_table",
-    "metadata", "mirror_state", "model_fits", "oauth_tokens", "runs", "segments",
+    "metadata", "mirror_state", "model_fits", "oauth_tokens", "portal_keys", "runs", "segments",
 ]
 
 # names the single-module store had, for code written against it
@@ -137,11 +139,17 @@ class StateStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    @property
+    def portal_id(self) -> int:
+        """The portal's integer key in the big tables (connector.store.base.portal_id)."""
+        return portal_id(self.engine, self.portal)
+
     def migrate(self) -> None:
         """Upgrade the schema to the newest Alembic revision (connector.store.migrate); then check that the
         secret key opens the store's encrypted secrets, if it holds any (connector.crypto)."""
         with self.engine.begin() as conn:
             _migrate.upgrade(conn)
+        _migrate.vacuum_if_pending(self.engine)
         from connector import crypto
 
         with self.engine.connect() as conn:
@@ -182,6 +190,7 @@ class StateStore:
     membership_events_frame = _delegate("frames_part", Frames, "membership_events_frame")
     # segments and membership
     frozen_segments = _delegate("membership_part", Membership, "frozen_segments")
+    segment_ids = _delegate("membership_part", Membership, "segment_ids")
     apply_membership = _delegate("membership_part", Membership, "apply_membership")
     # the action ledger
     ledger = _delegate("ledger_part", Ledger, "ledger")

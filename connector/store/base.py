@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -61,11 +63,30 @@ def upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> int
     return len(rows)
 
 
-def insert_tuples(conn: Connection, table: sa.Table, columns: Sequence[str], rows: Iterable[tuple]) -> None:
-    """Bulk insert plain tuples through the driver's executemany: millions of rows without building
-    a dict per row (SQLAlchemy's per-row processing costs ~10x more at this size)."""
+@contextlib.contextmanager
+def postgres_copy(conn: Connection, statement: str) -> Iterator[Any]:
+    """A psycopg 3 ``COPY`` on the connection's own driver cursor (inside its transaction)."""
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        with cursor.copy(statement) as copy:
+            yield copy
+    finally:
+        cursor.close()
+
+
+def insert_tuples(conn: Connection, table: sa.Table | str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+    """Bulk insert plain tuples: PostgreSQL through ``COPY ... FROM STDIN`` (psycopg 3), SQLite through the
+    driver's executemany; millions of rows without building a dict per row (SQLAlchemy's per-row processing
+    costs ~10x more at this size). Values go in as the driver stores them (codes and day numbers for the
+    compact columns of connector.store.types)."""
+    name = table if isinstance(table, str) else table.name
+    if conn.dialect.name == "postgresql":
+        with postgres_copy(conn, f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
+    sql = f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
     batch: list[tuple] = []
     for row in rows:
         batch.append(row)
@@ -76,9 +97,82 @@ def insert_tuples(conn: Connection, table: sa.Table, columns: Sequence[str], row
         conn.exec_driver_sql(sql, batch)
 
 
+def stage_upsert(conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[tuple]) -> int:
+    """Insert plain tuples, updating the other columns of rows whose primary key exists; set-based.
+
+    PostgreSQL: the rows are copied (COPY) into a temporary table, then one ``INSERT ... SELECT ... ON CONFLICT
+    DO UPDATE`` merges them. SQLite: the same upsert statement through the driver's executemany (its per-row
+    cost is in C; a staging copy would only add one)."""
+    if not rows:
+        return 0
+    keys = [c.name for c in table.primary_key.columns]
+    names = ", ".join(columns)
+    updates = [c for c in columns if c not in keys]
+    action = ("DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in updates)) if updates else "DO NOTHING"
+    conflict = f"ON CONFLICT ({', '.join(keys)}) {action}"
+    if conn.dialect.name == "postgresql":
+        stage = f"stage_{table.name}"
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage}")
+        conn.exec_driver_sql(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {names} FROM {table.name} WITH NO DATA")
+        insert_tuples(conn, stage, columns, rows)
+        # DISTINCT ON: a key twice in one pull would make ON CONFLICT touch a row twice; the last one wins as
+        # with the row-by-row upsert (ctid: the staging order)
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({names}) SELECT DISTINCT ON ({', '.join(keys)}) {names} FROM {stage} "
+            f"ORDER BY {', '.join(keys)}, ctid DESC {conflict}")
+        conn.exec_driver_sql(f"DROP TABLE {stage}")
+        return len(rows)
+    sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join(['?'] * len(columns))}) {conflict}"
+    for part in chunks(rows, 50_000):
+        conn.exec_driver_sql(sql, list(part))
+    return len(rows)
+
+
 def date_param(conn: Connection, value: date) -> Any:
     """Dates as the driver stores them: SQLAlchemy keeps SQLite dates as ISO text."""
     return value.isoformat() if conn.dialect.name == "sqlite" else value
+
+
+_PORTAL_IDS: weakref.WeakKeyDictionary[Engine, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def portal_id_in(conn: Connection, portal: str) -> int:
+    """The portal's key, created if missing, inside the caller's transaction (not cached: it is the caller's
+    to commit or roll back)."""
+    from connector.store.schema import portal_keys
+
+    query = sa.select(portal_keys.c.id).where(portal_keys.c.name == portal)
+    found = conn.execute(query).scalar()
+    if found is None:
+        conn.execute(sa.insert(portal_keys).values(name=portal))
+        found = conn.execute(query).scalar_one()
+    return int(found)
+
+
+def portal_id(engine: Engine, portal: str) -> int:
+    """The portal's integer key (``portal_keys``), created on first use in its own committed transaction and
+    cached per engine: ids are never deleted or reused, so a cached id stays right.
+
+    Call it before opening a writing transaction: on SQLite a second connection cannot write while this
+    thread's first one holds the write lock."""
+    cache = _PORTAL_IDS.setdefault(engine, {})
+    found = cache.get(portal)
+    if found is None:
+        from connector.store.schema import portal_keys
+
+        query = sa.select(portal_keys.c.id).where(portal_keys.c.name == portal)
+        with engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        if found is None:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    from sqlalchemy.dialects.postgresql import insert
+                else:
+                    from sqlalchemy.dialects.sqlite import insert
+                conn.execute(insert(portal_keys).values(name=portal).on_conflict_do_nothing())
+                found = conn.execute(query).scalar_one()
+        cache[portal] = found = int(found)
+    return found
 
 
 class Part:
@@ -87,3 +181,8 @@ class Part:
     def __init__(self, engine: Engine, portal: str):
         self.engine = engine
         self.portal = portal
+
+    @property
+    def portal_id(self) -> int:
+        """The portal's integer key in the big tables (:func:`portal_id`)."""
+        return portal_id(self.engine, self.portal)

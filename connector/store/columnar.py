@@ -6,7 +6,7 @@ is read several times faster and is a tenth of the database's size. The copy is 
 
 * ``mirror_state`` holds, per portal, a ``dirty`` flag and the ``token`` of the copy that matches the mirror.
   Triggers on ``customers`` and ``deals`` (revision 0006) and on ``product_rows`` and ``products`` (revision
-  0009_columnar_products) set ``dirty`` on every insert, update or delete of that portal's rows, whoever makes
+  0010_columnar_products) set ``dirty`` on every insert, update or delete of that portal's rows, whoever makes
   it: a pull, the tag write-back, another process, a hand-made SQL fix.
 * A read that finds the flag clear and a file named by the token uses the file. Otherwise it rebuilds: it
   first clears the flag under a new token (committed), then reads the tables and writes the files under that
@@ -33,7 +33,7 @@ import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from connector.store.base import write_lock
+from connector.store.base import portal_id, write_lock
 from connector.store.schema import customers, deals, mirror_state, product_rows, products
 
 log = logging.getLogger("lifecycle.store")
@@ -55,7 +55,7 @@ PRODUCT_SCHEMA: dict[str, Any] = {  # products.key is read as product_key (the n
 TABLES = {"customers": (customers, CUSTOMER_SCHEMA), "deals": (deals, DEAL_SCHEMA),
           "product_rows": (product_rows, PRODUCT_ROW_SCHEMA), "products": (products, PRODUCT_SCHEMA)}
 MIRROR_TABLES = ("customers", "deals")  # flagged by revision 0006's triggers
-PRODUCT_TABLES = ("product_rows", "products")  # by revision 0009_columnar_products's
+PRODUCT_TABLES = ("product_rows", "products")  # by revision 0010_columnar_products's
 
 ReadSql = Callable[[sa.Select, dict[str, Any]], pl.DataFrame]
 
@@ -121,8 +121,9 @@ class ColumnarMirror:
             write_lock(conn)
             _set_state(conn, self.portal, token)
         frames = {}
+        pid = portal_id(self.engine, self.portal)
         for name, (table, schema) in TABLES.items():
-            query = sa.select(*(table.c[col] for col in schema)).where(table.c.portal == self.portal)
+            query = sa.select(*(table.c[col] for col in schema)).where(table.c.portal_id == pid)
             frames[name] = self.read_sql(query, schema)
         self.rebuilds += 1
         try:
@@ -167,13 +168,15 @@ def _set_state(conn: Connection, portal: str, token: str) -> None:
         conn.execute(sa.insert(mirror_state).values(portal=portal, dirty=False, token=token))
 
 
-# -- the triggers (revision 0006) --------------------------------------------------------------------------
+# -- the triggers (revision 0006; since revision 0009 on portal_id, named through portal_keys) ------------
 
 _SQLITE_TRIGGER = """
 CREATE TRIGGER IF NOT EXISTS {table}_mirror_{event} AFTER {event} ON {table}
-WHEN NOT EXISTS (SELECT 1 FROM mirror_state WHERE portal = {row}.portal AND dirty = 1)
+WHEN NOT EXISTS (SELECT 1 FROM mirror_state JOIN portal_keys ON portal_keys.name = mirror_state.portal
+                 WHERE portal_keys.id = {row}.portal_id AND mirror_state.dirty = 1)
 BEGIN
-  INSERT INTO mirror_state (portal, dirty, token) VALUES ({row}.portal, 1, '')
+  INSERT INTO mirror_state (portal, dirty, token)
+  SELECT name, 1, '' FROM portal_keys WHERE id = {row}.portal_id
   ON CONFLICT (portal) DO UPDATE SET dirty = 1;
 END
 """
@@ -182,7 +185,7 @@ _PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION lifecycle_mirror_changed_{which}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO mirror_state (portal, dirty, token)
-  SELECT DISTINCT portal, true, '' FROM changed_rows
+  SELECT DISTINCT k.name, true, '' FROM changed_rows c JOIN portal_keys k ON k.id = c.portal_id
   ON CONFLICT (portal) DO UPDATE SET dirty = true WHERE mirror_state.dirty = false;
   RETURN NULL;
 END $$
@@ -194,18 +197,21 @@ REFERENCING {which} TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION li
 """
 
 
-def create_triggers(conn: Connection, tables: tuple[str, ...] = MIRROR_TABLES) -> None:
-    """Flag a portal's mirror as changed on every write to ``tables`` (its customers and deals; revision 0009
-    adds its product rows and products): row triggers on SQLite, statement triggers with transition tables
-    on PostgreSQL (one flag write per statement, not per row)."""
+def create_triggers(conn: Connection, tables: tuple[str, ...] = MIRROR_TABLES, *, sqlite_trigger: str = _SQLITE_TRIGGER,
+                    pg_function: str = _PG_FUNCTION) -> None:
+    """Flag a portal's mirror as changed on every write to ``tables`` (its customers and deals; revision
+    0010 adds its product rows and products): row triggers on SQLite, statement triggers with transition
+    tables on PostgreSQL (one flag write per statement, not per row). (Revision 0006 passes its own trigger
+    texts, written for the tables keyed by the portal's name.)"""
     events = {"INSERT": "NEW", "UPDATE": "NEW", "DELETE": "OLD"}
     if conn.dialect.name == "sqlite":
         for table in tables:
             for event, row in events.items():
-                conn.exec_driver_sql(_SQLITE_TRIGGER.format(table=table, event=event, row=row))
+                conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_mirror_{event}")
+                conn.exec_driver_sql(sqlite_trigger.format(table=table, event=event, row=row))
         return
     for which in ("NEW", "OLD"):
-        conn.exec_driver_sql(_PG_FUNCTION.format(which=which.lower()))
+        conn.exec_driver_sql(pg_function.format(which=which.lower()))
     for table in tables:
         for event, which in events.items():
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_mirror_{event} ON {table}")

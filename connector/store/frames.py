@@ -12,10 +12,11 @@ import polars as pl
 import sqlalchemy as sa
 
 from adapters.base import Entity
-from connector.store.base import Part
+from connector.store.base import Part, postgres_copy
 from connector.store.cards import CARD_SCHEMA
 from connector.store.columnar import ColumnarMirror
-from connector.store.schema import customers, deals, membership, membership_events, product_rows, products
+from connector.store.schema import customers, deals, membership, membership_events, product_rows, products, segments
+from connector.store.types import decode_frame
 
 
 def connectorx_uri(url: sa.URL) -> str:
@@ -43,14 +44,9 @@ def _copy_csv(engine: sa.Engine, sql: str, schema: dict[str, pl.DataType]) -> pl
     import io
 
     buffer = io.BytesIO()
-    with engine.connect() as conn:
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            with cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)") as copy:
-                for chunk in copy:
-                    buffer.write(chunk)
-        finally:
-            cursor.close()
+    with engine.connect() as conn, postgres_copy(conn, f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)") as copy:
+        for chunk in copy:
+            buffer.write(chunk)
     if buffer.tell() == 0:
         return pl.DataFrame(schema=schema)
     buffer.seek(0)
@@ -102,6 +98,8 @@ class Frames(Part):
         if frame.height == 0:
             return pl.DataFrame(schema=schema)
         frame.columns = list(schema)
+        # raw reads skip SQLAlchemy's type processing: codes and day numbers back to words and dates
+        frame = decode_frame(frame, {name: col.type for name, col in zip(schema, query.selected_columns)})
         return frame.cast(schema)  # type: ignore[arg-type]
 
     def customers_frame(self, entity: Entity) -> pl.DataFrame:
@@ -113,7 +111,7 @@ class Frames(Part):
             customers.c.responsible_id,
             customers.c.created_ts,
             customers.c.fields,
-        ).where(customers.c.portal == self.portal, customers.c.entity == entity)
+        ).where(customers.c.portal_id == self.portal_id, customers.c.entity == entity)
         schema = {
             "id": pl.Int64,
             "phone": pl.String,
@@ -135,7 +133,7 @@ class Frames(Part):
             deals.c.amount,
             deals.c.created_ts,
             deals.c.closed_ts,
-        ).where(deals.c.portal == self.portal)
+        ).where(deals.c.portal_id == self.portal_id)
         schema = {
             "id": pl.Int64,
             "contact_id": pl.Int64,
@@ -174,7 +172,7 @@ class Frames(Part):
                    "quantity": pl.Float64, "price": pl.Float64}
         if self.columnar:
             return self.columnar.product_rows().select(list(columns))
-        query = sa.select(*(product_rows.c[name] for name in columns)).where(product_rows.c.portal == self.portal)
+        query = sa.select(*(product_rows.c[name] for name in columns)).where(product_rows.c.portal_id == self.portal_id)
         return self.read_frame(query, columns)
 
     def _products(self) -> pl.DataFrame:
@@ -182,7 +180,7 @@ class Frames(Part):
             frame = self.columnar.products()
         else:
             query = sa.select(products.c.key, products.c.product_id, products.c.product_name, products.c.section,
-                              products.c.sku).where(products.c.portal == self.portal)
+                              products.c.sku).where(products.c.portal_id == self.portal_id)
             frame = self.read_frame(query, {"product_key": pl.Int64, "product_id": pl.String, "product_name": pl.String,
                                             "section": pl.String, "sku": pl.String})
         return frame.with_columns(pl.col("product_id", "product_name", "section", "sku").cast(pl.Categorical))
@@ -194,23 +192,60 @@ class Frames(Part):
                 .with_columns(pl.col("product_id", "product_name", "section", "sku").cast(pl.String)))
 
     def membership_frame(self) -> pl.DataFrame:
-        query = sa.select(membership.c.segment, membership.c.customer_id).where(membership.c.portal == self.portal)
-        return self.read_frame(query, {"segment": pl.String, "customer_id": pl.Int64})
+        m = membership.c
+        if self.engine.dialect.name == "sqlite":
+            frame = self._id_lists(sa.select(m.segment_id).where(m.portal_id == self.portal_id), m.customer_id,
+                                   {"segment_id": pl.Int64})
+        else:
+            query = sa.select(m.segment_id, m.customer_id).where(m.portal_id == self.portal_id)
+            frame = self.read_frame(query, {"segment_id": pl.Int64, "customer_id": pl.Int64})
+        return self._segment_names(frame).select("segment", "customer_id")
 
     def membership_events_frame(self, run_id: int | None = None) -> pl.DataFrame:
-        query = sa.select(
-            membership_events.c.run_id, membership_events.c.segment, membership_events.c.customer_id, membership_events.c.event
-        ).where(membership_events.c.portal == self.portal)
-        if run_id is not None:
-            query = query.where(membership_events.c.run_id == run_id)
-        return self.read_frame(
-            query, {"run_id": pl.Int64, "segment": pl.String, "customer_id": pl.Int64, "event": pl.String}
-        )
+        e = membership_events.c
+        schema = {"run_id": pl.Int64, "segment_id": pl.Int64, "event": pl.String}
+        if self.engine.dialect.name == "sqlite":
+            keys = sa.select(e.run_id, e.segment_id, e.event).where(e.portal_id == self.portal_id)
+            if run_id is not None:
+                keys = keys.where(e.run_id == run_id)
+            frame = self._id_lists(keys, e.customer_id, schema)
+        else:
+            query = sa.select(e.run_id, e.segment_id, e.customer_id, e.event).where(e.portal_id == self.portal_id)
+            if run_id is not None:
+                query = query.where(e.run_id == run_id)
+            frame = self.read_frame(query, {"run_id": pl.Int64, "segment_id": pl.Int64, "customer_id": pl.Int64,
+                                            "event": pl.String})
+        return self._segment_names(frame).select("run_id", "segment", "customer_id", "event")
+
+    def _id_lists(self, keys: sa.Select, ids: sa.ColumnElement, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        """SQLite: the ids of each group of ``keys`` as one JSON array (``json_group_array``), expanded here:
+        one row per group instead of one Python tuple per id (about 5x faster for a million members)."""
+        import json
+
+        query = keys.add_columns(sa.func.json_group_array(ids)).group_by(*keys.selected_columns)
+        sql = str(query.compile(self.engine, compile_kwargs={"literal_binds": True}))
+        with self.engine.connect() as conn:
+            groups = conn.exec_driver_sql(sql).all()
+        parts = []
+        for *key, id_list in groups:  # the keys are integers here (codes before decode_frame)
+            parts.append(pl.DataFrame({"customer_id": json.loads(id_list)}, schema={"customer_id": pl.Int64})
+                         .select(*(pl.lit(k, pl.Int64).alias(name) for name, k in zip(schema, key)), "customer_id"))
+        if not parts:
+            return pl.DataFrame(schema={**schema, "customer_id": pl.Int64})
+        frame = pl.concat(parts)
+        types = {name: col.type for name, col in zip(schema, keys.selected_columns)}
+        return decode_frame(frame, types).cast({**schema, "customer_id": pl.Int64})  # type: ignore[arg-type]
+
+    def _segment_names(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Segment ids of a frame replaced by the names (segments is a few rows: joined here, not in SQL)."""
+        names = self.read_frame(sa.select(segments.c.id, segments.c.name).where(segments.c.portal_id == self.portal_id),
+                                {"segment_id": pl.Int64, "segment": pl.String})
+        return frame.join(names, on="segment_id", how="left")
 
     def card_frame(self, entity: Entity) -> pl.DataFrame:
         """Every customer's card (connector.store.cards): the feature columns and the name."""
         query = sa.select(*(customers.c[name] for name in CARD_SCHEMA)).where(
-            customers.c.portal == self.portal, customers.c.entity == entity)
+            customers.c.portal_id == self.portal_id, customers.c.entity == entity)
         schema = dict(CARD_SCHEMA)
         frame = self._columnar_customers(entity, schema) if self.columnar else self.read_frame(query, schema)
         return frame.with_columns(pl.col("birthday").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))

@@ -1,14 +1,33 @@
 """The state store's tables, all on one :data:`metadata` (the schema Alembic's newest revision builds).
 
-Every table is keyed by ``portal`` (``[crm] name``) so one database can serve many CRM accounts. A change
-here needs a new revision in ``connector/store/migrations/versions`` that brings existing stores to it.
+Every table is keyed by the portal (``[crm] name``) so one database can serve many CRM accounts. The big
+tables (the mirror, segments, membership and its events: revision 0009) key it by ``portal_id``, the portal's
+integer id in ``portal_keys`` (connector.store.base.portal_id resolves and caches it), name segments by their
+integer id, and store dates as day numbers and short words as small codes (connector.store.types); on SQLite
+they are WITHOUT ROWID tables, so the primary key is the table and no second copy of it is kept. The small
+tables keep the portal's name as text. A change here needs a new revision in
+``connector/store/migrations/versions`` that brings existing stores to it.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
+from connector.store.types import Coded, Day
+
 metadata = sa.MetaData()
+
+DEAL_STATUS = Coded(("open", "won", "lost"))
+EVENT = Coded(("exit", "enter"))
+COMPACT = {"sqlite_with_rowid": False}  # SQLite: the table is its primary key's b-tree
+
+# One row per portal name ever stored; ids are never reused (a purged portal keeps its row).
+portal_keys = sa.Table(
+    "portal_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+)
 
 meta_table = sa.Table(
     "meta",
@@ -34,7 +53,7 @@ runs = sa.Table(
 customers = sa.Table(
     "customers",
     metadata,
-    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("portal_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("entity", sa.String(16), primary_key=True),  # contact | company
     sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("name", sa.Text),
@@ -44,20 +63,22 @@ customers = sa.Table(
     sa.Column("responsible_id", sa.String(64)),
     sa.Column("created_ts", sa.BigInteger),
     sa.Column("fields", sa.Text),  # JSON object of custom fields by their source name
+    **COMPACT,
 )
 
 deals = sa.Table(
     "deals",
     metadata,
-    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("portal_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("contact_id", sa.BigInteger),
     sa.Column("company_id", sa.BigInteger),
-    sa.Column("status", sa.String(8), nullable=False),  # won | lost | open
+    sa.Column("status", DEAL_STATUS, nullable=False),  # won | lost | open
     sa.Column("amount", sa.Float, nullable=False),
     sa.Column("currency", sa.String(8)),
     sa.Column("created_ts", sa.BigInteger),
     sa.Column("closed_ts", sa.BigInteger),
+    **COMPACT,
 )
 
 # Product rows keep only numbers (millions of them are read for every computation); what a product is (id,
@@ -65,18 +86,19 @@ deals = sa.Table(
 product_rows = sa.Table(
     "product_rows",
     metadata,
-    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("portal_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("deal_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("line", sa.BigInteger, primary_key=True, autoincrement=False),  # the CRM's row id or position
     sa.Column("product_key", sa.BigInteger, nullable=False),  # products.key
     sa.Column("quantity", sa.Float, nullable=False),
     sa.Column("price", sa.Float),  # unit price after discounts (amoCRM: the catalogue price)
+    **COMPACT,
 )
 
 products = sa.Table(
     "products",
     metadata,
-    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("portal_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("key", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("product_id", sa.String(64)),  # the catalogue's id as text; None: a free-text line
     sa.Column("product_name", sa.Text),
@@ -84,37 +106,42 @@ products = sa.Table(
     sa.Column("sku", sa.String(128)),
 )
 
+# A segment's ``id`` is numbered within its portal (1, 2, ...), so a portal's rows move between stores as
+# they are (connector.portal_import) with only ``portal_id`` changed.
 segments = sa.Table(
     "segments",
     metadata,
-    sa.Column("portal", sa.String(128), primary_key=True),
-    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("portal_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(128), nullable=False),
     sa.Column("static", sa.Boolean, nullable=False),
     sa.Column("definition", sa.Text),
     sa.Column("frozen_run", sa.Integer),  # static segments: the run that froze them
+    sa.UniqueConstraint("portal_id", "name", name="uq_segments_portal_name"),
 )
 
 membership = sa.Table(
     "membership",
     metadata,
-    sa.Column("portal", sa.String(128), primary_key=True),
-    sa.Column("segment", sa.String(128), primary_key=True),
+    sa.Column("portal_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("segment_id", sa.Integer, primary_key=True, autoincrement=False),  # segments.id
     sa.Column("customer_id", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("entered_on", sa.Date, nullable=False),
+    sa.Column("entered_on", Day, nullable=False),
     sa.Column("entered_run", sa.Integer, nullable=False),
+    **COMPACT,
 )
 
+# A run records at most one event per segment and customer; the key is also the (portal, run) index.
 membership_events = sa.Table(
     "membership_events",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("portal", sa.String(128), nullable=False),
-    sa.Column("run_id", sa.Integer, nullable=False),
-    sa.Column("segment", sa.String(128), nullable=False),
-    sa.Column("customer_id", sa.BigInteger, nullable=False),
-    sa.Column("event", sa.String(8), nullable=False),  # enter | exit
-    sa.Column("on_date", sa.Date, nullable=False),
-    sa.Index("ix_membership_events_portal_run", "portal", "run_id"),
+    sa.Column("portal_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("run_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("segment_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("customer_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("event", EVENT, nullable=False),  # enter | exit
+    sa.Column("on_date", Day, nullable=False),
+    **COMPACT,
 )
 
 

@@ -6,9 +6,29 @@ Revises: 0006
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
-from connector.store.schema import product_rows, products
+# The tables as this revision made them, keyed by the portal's name (revision 0009 rebuilds them on portal_id).
+frozen = sa.MetaData()
+products = sa.Table(
+    "products", frozen,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("key", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("product_id", sa.String(64)),
+    sa.Column("product_name", sa.Text),
+    sa.Column("section", sa.Text),
+    sa.Column("sku", sa.String(128)),
+)
+product_rows = sa.Table(
+    "product_rows", frozen,
+    sa.Column("portal", sa.String(128), primary_key=True),
+    sa.Column("deal_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("line", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("product_key", sa.BigInteger, nullable=False),
+    sa.Column("quantity", sa.Float, nullable=False),
+    sa.Column("price", sa.Float),
+)
 
 revision = "0007"
 down_revision = "0006"

@@ -2,8 +2,8 @@
 mirror as changed (revision 0006) now fire on every insert, update or delete of its ``product_rows`` and
 ``products`` too, and every existing copy is marked stale so the next read writes the product files.
 
-Revision ID: 0009_columnar_products
-Revises: 0008
+Revision ID: 0010_columnar_products
+Revises: 0009_compact_store
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from alembic import op
 from connector.store.columnar import PRODUCT_TABLES, create_triggers
 from connector.store.schema import mirror_state
 
-revision = "0009_columnar_products"
-down_revision = "0008"
+revision = "0010_columnar_products"
+down_revision = "0009_compact_store"
 branch_labels = None
 depends_on = None
 
