@@ -143,7 +143,10 @@ def sa_select_won(store: StateStore):
 
 def seed_store(store: StateStore, customers_df: pl.DataFrame, deals_df: pl.DataFrame, chunk: int = INSERT_CHUNK) -> None:
     """Bulk insert generated frames into the mirror tables (plain INSERT, one transaction)."""
-    cust, deal = mirror_rows(customers_df, deals_df, store.portal_id)
+    from connector.store.schema import DEAL_STATUS
+
+    codes = {word: code for code, word in enumerate(DEAL_STATUS.words)}
+    cust, deal = mirror_rows(customers_df, deals_df, store.portal_id, codes)
     with store.engine.begin() as conn:
         for table, frame in (("customers", cust), ("deals", deal)):
             sql = f"INSERT INTO {table} ({', '.join(frame.columns)}) VALUES ({', '.join('?' * frame.width)})"

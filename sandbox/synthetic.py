@@ -115,16 +115,16 @@ def _seasonal_times(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray) ->
     return out
 
 
-def mirror_rows(customers_df: pl.DataFrame, deals_df: pl.DataFrame, portal_id: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def mirror_rows(customers_df: pl.DataFrame, deals_df: pl.DataFrame, portal_id: int,
+                status_codes: dict[str, int]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The generated frames shaped as the mirror tables, as the database stores them (for bulk seeding of a
-    state store): the portal's integer key, deal statuses as their codes (connector.store.schema.DEAL_STATUS)."""
-    from connector.store.schema import DEAL_STATUS
-
+    state store): the portal's integer key, deal statuses as their codes (``status_codes``: the store's,
+    connector.store.schema.DEAL_STATUS, passed in because the sandbox imports nothing of the connector)."""
     cust = customers_df.select(
         pl.lit(portal_id).alias("portal_id"), pl.lit("contact").alias("entity"), "id", "name", "phone", "email",
         pl.col("birthday").dt.to_string("%Y-%m-%d"), "responsible_id", "created_ts", "fields",
     ).sort("id")
-    codes = {w: i for i, w in enumerate(DEAL_STATUS.words)}
+    codes = dict(status_codes)
     deal = deals_df.select(pl.lit(portal_id).alias("portal_id"), "id", "contact_id", "company_id",
                            pl.col("status").replace_strict(codes, return_dtype=pl.Int64), "amount", "currency",
                            "created_ts", "closed_ts").sort("id")
