@@ -166,6 +166,17 @@ def mirror(config) -> tuple[dict[int, dict], dict[int, dict]]:
     return cust, deal
 
 
+def ledger(config) -> list:
+    """Every row of the state store's action ledger (campaign tests)."""
+    from connector.pipeline import open_store
+
+    store = open_store(config)
+    try:
+        return store.ledger()
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def postgres_url():
     """A fresh, empty PostgreSQL database for one test, on the server `make test` starts

@@ -17,6 +17,7 @@ from connector.config import ConfigError, load_config
 from connector.pipeline import open_store, sync
 from sandbox.amocrm import running_account
 from sandbox.bitrix24 import running_portal
+from tests.conftest import ledger
 
 BP = '{ action = "bizproc", title = "Win-back: {name}", template = "%s", parameters = { Orders = "{purchases}", Name = "{name}" } }'
 MAIL = ('{ action = "email", title = "{name}, we kept your discount", body = "Hello {name}! You ordered {purchases} times.", '
@@ -39,14 +40,6 @@ def amo_config(folder: Path, acct, actions: str, extra: str = "") -> Path:
                     f'[state]\nurl = "sqlite:///{folder}/state.db"\n[executor]\nbatch_size = 7\n'
                     f'[[campaign]]\nname = "reach"\nsegment = "status.former"\nauto_approve = true\non_enter = [{actions}]\n{extra}', encoding="utf-8")
     return path
-
-
-def ledger(config) -> list:
-    store = open_store(config)
-    try:
-        return store.ledger()
-    finally:
-        store.close()
 
 
 # -- Bitrix24 ------------------------------------------------------------------------------------

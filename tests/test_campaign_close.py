@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 
 from connector.config import load_config
-from connector.pipeline import open_store, sync
+from connector.pipeline import sync
+from tests.conftest import ledger
 from tests.test_campaign_report import buy
 from tests.test_campaigns_e2e import CRMS, kill_syncs
 
@@ -29,14 +30,6 @@ responsible = {users}
 close_deal_stage = "{lost}"
 on_enter = [{{ action = "deal", title = "Repeat sale: {{name}}", pipeline = "{pipeline}", script = "Offer", due_in_days = 3 }}]
 """
-
-
-def ledger(config) -> list:
-    store = open_store(config)
-    try:
-        return store.ledger()
-    finally:
-        store.close()
 
 
 def first_run(crm, handle, folder, lost: str, extra: str = ""):

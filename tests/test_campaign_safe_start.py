@@ -19,6 +19,7 @@ from connector.cli import main
 from connector.config import load_config
 from connector.pipeline import open_store, sync
 from tests.test_campaigns_e2e import CRMS
+from tests.conftest import ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,14 +37,6 @@ def write(folder: Path, crm, handle, campaigns: str, tail: str = "") -> Path:
     path.write_text("[crm]\n" + crm.crm_section(handle) + 'overlap_minutes = 0\n[state]\nurl = "sqlite:///state.db"\n'
                     + campaigns + tail, encoding="utf-8")
     return path
-
-
-def ledger(config) -> list:
-    store = open_store(config)
-    try:
-        return store.ledger()
-    finally:
-        store.close()
 
 
 def writes(crm, handle) -> list[str]:
