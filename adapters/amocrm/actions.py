@@ -22,9 +22,11 @@ from typing import Any
 
 from adapters.amocrm.channels import AmoChannels, is_channel
 from adapters.amocrm.client import AmoClient, AmoHTTPError
+from adapters.amocrm.pipelines import Pipelines, statuses_of
+from adapters.amocrm.pipelines import status as find_status
 from adapters.amocrm.settings import ENTITIES, AmoSettings
 from adapters.amocrm.source import iter_list, make_client
-from adapters.base import AdapterConfigError, CampaignSpec, TokenStore, check_users, marker, pick, round_robin_users
+from adapters.base import CampaignSpec, TokenStore, check_users, marker, round_robin_users
 
 CALL = 1
 KEY_FIELD_NAME = "crm-lifecycle key"  # the leads' text field the connector creates for its markers
@@ -39,6 +41,7 @@ class AmoActions:
         self.client: AmoClient = make_client(settings, store)
         self.targets: dict[tuple[str, str | None], tuple[int, int]] = {}  # (pipeline, stage) -> (pipeline id, status id)
         self.key_field: int | None = None  # the leads' custom field holding the marker (created on the first lead)
+        self.pipelines = Pipelines(self.client)  # the lead pipelines, read once per start-up check (resolve)
         self.channels = AmoChannels(self)  # Salesbot runs and stage moves (adapters/amocrm/channels.py)
         self.checkpoint: Any = lambda partial: None  # set by the executor: record a half-done step in the ledger
 
@@ -64,25 +67,17 @@ class AmoActions:
     # -- start-up checks -----------------------------------------------------------------------------
 
     def resolve(self, campaigns: Sequence[CampaignSpec]) -> None:
+        self.pipelines = Pipelines(self.client)  # read once for this check by every campaign that names one
         self.channels.resolve(campaigns)
         deals = [(c, a) for c in campaigns for a in (*c.on_enter, *c.on_exit) if a.action == "deal"]
         if deals:
-            body = self.client.get("/api/v4/leads/pipelines") or {}
-            pipelines = (body.get("_embedded") or {}).get("pipelines") or []
             for campaign, action in deals:
-                pipeline = pick(pipelines, action.pipeline, "id", "name")
-                if pipeline is None:
-                    names = ", ".join(f"{p.get('name')} (id {p.get('id')})" for p in pipelines)
-                    raise AdapterConfigError(f"[[campaign]] {campaign.name!r}: pipeline {action.pipeline!r} is not an "
-                                             f"amoCRM pipeline; pipelines: {names}")
-                statuses = [s for s in (pipeline.get("_embedded") or {}).get("statuses") or []
+                pipeline = self.pipelines.pipeline(campaign, action.pipeline)
+                statuses = [s for s in statuses_of(pipeline)
                             if int(s["id"]) not in SYSTEM_STATUSES and int(s.get("type") or 0) == 0]
                 if action.stage:
-                    status = pick(statuses, action.stage, "id", "name")
-                    if status is None:
-                        names = ", ".join(f"{s.get('name')} (id {s.get('id')})" for s in statuses)
-                        raise AdapterConfigError(f"[[campaign]] {campaign.name!r}: status {action.stage!r} is not a "
-                                                 f"working status of pipeline {pipeline.get('name')!r}; statuses: {names}")
+                    status = find_status(campaign, statuses, action.stage, f"status {action.stage!r} is not a working "
+                                         f"status of pipeline {pipeline.get('name')!r}")
                 else:
                     status = min(statuses, key=lambda s: int(s.get("sort") or 0))
                 self.targets[(action.pipeline, action.stage)] = (int(pipeline["id"]), int(status["id"]))
@@ -127,19 +122,13 @@ class AmoActions:
                   for a in (*c.on_enter, *c.on_exit) if a.action == "deal"]
         if not wanted:
             return
-        body = self.client.get("/api/v4/leads/pipelines") or {}
-        pipelines = (body.get("_embedded") or {}).get("pipelines") or []
         for campaign, action in wanted:
-            pipeline = pick(pipelines, action.pipeline, "id", "name")
+            pipeline = self.pipelines.find(action.pipeline)
             if pipeline is None:
                 continue  # reported by the deal check above
-            statuses = (pipeline.get("_embedded") or {}).get("statuses") or []
-            status = pick(statuses, campaign.close_deal_stage, "id", "name")  # type: ignore[attr-defined]
-            if status is None:
-                names = ", ".join(f"{s.get('name')} (id {s.get('id')})" for s in statuses)
-                raise AdapterConfigError(f"[[campaign]] {campaign.name!r}: close_deal_stage "
-                                         f"{campaign.close_deal_stage!r} is not a status of pipeline "  # type: ignore[attr-defined]
-                                         f"{pipeline.get('name')!r}; statuses: {names}")
+            stage = campaign.close_deal_stage  # type: ignore[attr-defined]
+            status = find_status(campaign, statuses_of(pipeline), stage,
+                                 f"close_deal_stage {stage!r} is not a status of pipeline {pipeline.get('name')!r}")
             self.targets[(action.pipeline, campaign.close_deal_stage)] = (int(pipeline["id"]), int(status["id"]))  # type: ignore[attr-defined]
 
     # -- close_on_exit: complete a campaign's open task, move its open lead, with a comment ------------

@@ -36,8 +36,10 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from adapters.amocrm.client import AmoError, AmoHTTPError
+from adapters.amocrm.pipelines import statuses_of
+from adapters.amocrm.pipelines import status as find_status
 from adapters.amocrm.source import iter_list
-from adapters.base import AdapterConfigError, marker, pick
+from adapters.base import AdapterConfigError, marker
 from adapters.channels import channel_actions, is_channel, wrong_crm  # noqa: F401 - is_channel: used by actions.py
 
 if TYPE_CHECKING:
@@ -115,21 +117,11 @@ class AmoChannels:
         moves = channel_actions(campaigns, "stage")
         if not moves:
             return
-        body = self.client.get("/api/v4/leads/pipelines") or {}
-        pipelines = (body.get("_embedded") or {}).get("pipelines") or []
         for campaign, action in moves:
-            pipeline = pick(pipelines, action.pipeline, "id", "name")
-            if pipeline is None:
-                names = ", ".join(f"{p.get('name')} (id {p.get('id')})" for p in pipelines)
-                raise AdapterConfigError(f"[[campaign]] {campaign.name!r}: pipeline {action.pipeline!r} is not an amoCRM "
-                                         f"pipeline; pipelines: {names}")
-            statuses = [s for s in (pipeline.get("_embedded") or {}).get("statuses") or []
-                        if int(s["id"]) not in SYSTEM_STATUSES]
-            status = pick(statuses, action.stage, "id", "name")
-            if status is None:
-                names = ", ".join(f"{s.get('name')} (id {s.get('id')})" for s in statuses)
-                raise AdapterConfigError(f"[[campaign]] {campaign.name!r}: status {action.stage!r} is not a status of "
-                                         f"pipeline {pipeline.get('name')!r}; statuses: {names}")
+            pipeline = self.actions.pipelines.pipeline(campaign, action.pipeline)
+            statuses = [s for s in statuses_of(pipeline) if int(s["id"]) not in SYSTEM_STATUSES]
+            status = find_status(campaign, statuses, action.stage,
+                                 f"status {action.stage!r} is not a status of pipeline {pipeline.get('name')!r}")
             self.stages[(str(action.pipeline), str(action.stage))] = (int(pipeline["id"]), int(status["id"]))
 
     # -- sending -------------------------------------------------------------------------------------
