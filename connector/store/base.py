@@ -143,8 +143,12 @@ def portal_id_in(conn: Connection, portal: str) -> int:
 
     query = sa.select(portal_keys.c.id).where(portal_keys.c.name == portal)
     found = conn.execute(query).scalar()
-    if found is None:
-        conn.execute(sa.insert(portal_keys).values(name=portal))
+    if found is None:  # another process may be creating it too: its row wins, ours is not inserted
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        conn.execute(insert(portal_keys).values(name=portal).on_conflict_do_nothing())
         found = conn.execute(query).scalar_one()
     return int(found)
 
@@ -165,12 +169,7 @@ def portal_id(engine: Engine, portal: str) -> int:
             found = conn.execute(query).scalar()
         if found is None:
             with engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    from sqlalchemy.dialects.postgresql import insert
-                else:
-                    from sqlalchemy.dialects.sqlite import insert
-                conn.execute(insert(portal_keys).values(name=portal).on_conflict_do_nothing())
-                found = conn.execute(query).scalar_one()
+                found = portal_id_in(conn, portal)
         cache[portal] = found = int(found)
     return found
 
