@@ -319,3 +319,20 @@ def test_b24pysdk_lists_product_rows_as_list_and_as_list_fast(sdk):
     assert sdk.counters()["top_level"] == {"crm.item.productrow.list": 1, "batch": 1}
     products = client.catalog.product.list(select=["id", "iblockId", "name"], filter={"iblockId": 25}).result
     assert {p["name"] for p in products["products"]} >= {"Картридж для фильтра воды", "Кофе в зёрнах, 1 кг"}
+
+
+def test_fast_bitrix24_adds_and_lists_task_comments(fb_portal):
+    """task.commentitem.add / .getlist (rest_help/tasks/task/commentitem/*), which close_on_exit reads before
+    adding its comment, as fast-bitrix24 sends them."""
+    b = Bitrix(fb_portal.webhook_url, verbose=False)
+    task = b.call("tasks.task.add", {"fields": {"TITLE": "FB comments", "RESPONSIBLE_ID": 1}})
+    task_id = int(task["id"])  # fast-bitrix24 unwraps the documented {"task": {...}}
+    first = b.call("task.commentitem.add", {"TASKID": task_id, "FIELDS": {"POST_MESSAGE": "first"}})
+    second = b.call("task.commentitem.add", {"TASKID": task_id, "FIELDS": {"POST_MESSAGE": "second"}})
+    assert isinstance(first, int) and second > first
+    listed = b.call("task.commentitem.getlist", {"TASKID": task_id, "ORDER": {"ID": "asc"}}, raw=True)["result"]
+    assert [c["POST_MESSAGE"] for c in listed] == ["first", "second"] and all(isinstance(c["ID"], str) for c in listed)
+    newest_first = b.call("task.commentitem.getlist", {"TASKID": task_id}, raw=True)["result"]
+    assert [c["POST_MESSAGE"] for c in newest_first] == ["second", "first"]  # the documented default: ID desc
+    with pytest.raises(ErrorInServerResponseException):
+        b.call("task.commentitem.add", {"TASKID": task_id, "FIELDS": {"POST_MESSAGE": "  "}})
