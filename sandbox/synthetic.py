@@ -27,8 +27,15 @@ MONTH_WEIGHT = np.array([0.8, 0.85, 1.0, 1.0, 0.95, 0.75, 0.7, 0.75, 1.0, 1.05, 
 
 
 def generate(
-    customers: int, deals: int, *, today: date, seed: int = 7, timezone: str = "Europe/Moscow", years: int = 4
+    customers: int, deals: int, *, today: date, seed: int = 7, timezone: str = "Europe/Moscow", years: int = 4,
+    not_after: int | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``today`` at noon (in ``timezone``) is the end of the generated history. ``not_after`` (epoch seconds,
+    a CRM's "now") caps every creation and closing moment: before noon on ``today`` a CRM cannot already hold
+    a deal created or closed at noon, and an incremental pull would read such a record again and again
+    (DATE_MODIFY / updated_at later than any cursor). The sandboxes pass their clock minus a minute, so the
+    history is over before a client's first pull starts (a cursor is inclusive to the second); a capped
+    moment stays on its local day except in the first minute after midnight."""
     rng = np.random.default_rng(seed)
     tz = ZoneInfo(timezone)
     end = int(datetime.combine(today, time(12, 0), tz).timestamp())
@@ -56,6 +63,10 @@ def generate(
     is_open = status == "open"
     created_deal = np.where(is_open, np.maximum(end - rng.integers(0, 120, deals) * DAY, lo), moment - rng.integers(0, 14, deals) * DAY)
     closed = moment
+    if not_after is not None:
+        created_deal = np.minimum(created_deal, not_after)
+        closed = np.minimum(closed, not_after)
+        created = np.minimum(created, not_after)
     amount = np.round(rng.lognormal(8.3, 0.9, deals), 2)
 
     deals_df = pl.DataFrame(

@@ -153,7 +153,8 @@ def generate(account: Account, contacts: int, deals: int, *, today: date | None 
     from sandbox.synthetic import generate as synth
 
     today = today or datetime.now(account.tz).date()
-    customers_df, deals_df = synth(contacts, deals, today=today, seed=seed, timezone=str(account.tz))
+    customers_df, deals_df = synth(contacts, deals, today=today, seed=seed, timezone=str(account.tz),
+                                     not_after=int(account.clock.real()) - 60)
     from sandbox.products import CATALOGUE, generate_rows
 
     customers, deal_iter = from_frames(customers_df, deals_df)

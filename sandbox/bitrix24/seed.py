@@ -189,7 +189,8 @@ def generate(portal: Portal, contacts: int, deals: int, *, today: date | None = 
     from sandbox.synthetic import generate as synth
 
     today = today or datetime.now(portal.tz).date()
-    customers_df, deals_df = synth(contacts, deals, today=today, seed=seed, timezone=str(portal.tz))
+    customers_df, deals_df = synth(contacts, deals, today=today, seed=seed, timezone=str(portal.tz),
+                                     not_after=int(portal.clock.real()) - 60)
     from sandbox.products import CATALOGUE, generate_rows
 
     customers, deal_iter = from_frames(customers_df, deals_df)
