@@ -175,6 +175,9 @@ class TagWriteResult:
     # the adapter's cursors to record after the write-back (Bitrix24: the window of its own writes, so the
     # next pull does not read them back; ids someone else changed just before we wrote, to read again)
     cursors: dict[str, str] = field(default_factory=dict)
+    # the CRM refused to go on (amoCRM 403: the account is blocked): the batches not yet sent were not sent;
+    # the connector records what was written and then fails the run with this message
+    stopped: str | None = None
 
 
 WritebackResult = TagWriteResult  # the former name

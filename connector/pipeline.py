@@ -154,6 +154,8 @@ def write_tags(config: LoadedConfig, store: StateStore, computation: Computation
     store.save_cursors(done)
     for cid, reason in sorted(result.failed.items())[:MAX_ROW_ERRORS_LOGGED]:
         log.warning("tag write-back failed for customer %s: %s", cid, reason)
+    if getattr(result, "stopped", None):  # the CRM refuses everything now (amoCRM 403): stop the run here
+        raise WritebackStopped(f"tag write-back stopped after {result.updated} cards: {result.stopped}")
     return {
         "tags_updated": result.updated,
         "tags_failed": len(result.failed),
@@ -323,6 +325,11 @@ class SyncResult:
 
 
 STOP = threading.Event()  # set by the daemon on SIGTERM: the sync stops at the next safe point
+
+
+class WritebackStopped(RuntimeError):
+    """The CRM refused to take any more writes (amoCRM 403: the account or address is blocked); what was
+    written is recorded, the rest stays planned for the next run, and the run fails with the CRM's reason."""
 
 
 class Interrupted(Exception):

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from adapters.amocrm.client import AmoError
 from connector.config import load_config
-from connector.pipeline import open_store, sync
+from connector.pipeline import WritebackStopped, open_store, sync
 from connector.store import membership
 from tests.conftest import mirror, named_select
 from sandbox.amocrm import running_account
@@ -308,6 +308,31 @@ def test_a_blocked_account_stops_the_run_at_once_with_a_clear_error(tmp_path):
         run = store.last_runs(1)[0]
         store.close()
         assert run["status"] == "failed" and acct.info["access_token"] not in json.dumps(run, default=str)
+
+
+def test_a_block_during_the_write_back_sends_no_further_batch_and_the_next_run_writes_the_rest(tmp_path, acct):
+    path = write_config(tmp_path, acct)
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        "[writeback]\n", "[writeback]\nbatches_in_flight = 1\n"), encoding="utf-8")
+    config = load_config(path)
+    acct.faults(kind="status", status=403, path="/api/v4/contacts", method="PATCH", count=1)
+    acct.reset_counters()
+    with pytest.raises(WritebackStopped, match="blocked") as stopped:
+        sync(config)
+    assert acct.info["access_token"] not in str(stopped.value)
+    patches = {route: n for route, n in acct.counters()["by_route"].items() if route.startswith("PATCH")}
+    assert sum(patches.values()) == 1, patches  # the refused batch only: no later batch was sent
+    assert len(wanted_tags(config)) > 50  # more than one batch was planned
+    store = open_store(config)
+    run = store.last_runs(1)[0]
+    store.close()
+    assert run["status"] == "failed" and "blocked" in run["error"]
+    assert acct.info["access_token"] not in json.dumps(run, default=str)
+
+    acct.clear_faults()  # the block is over: the next run writes every card, nothing twice
+    next_second()
+    assert sync(config).summary()["tags_failed"] == 0
+    assert_mirror_equals_account(config, acct)
 
 
 def test_429_is_waited_out_using_the_body_retry_after(tmp_path, acct):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.amocrm.client import AmoClient, AmoError, AmoHTTPError, StaticToken
+from adapters.amocrm.client import AmoClient, AmoError, AmoHTTPError, AmoStopped, StaticToken
 from sandbox.amocrm.testing import running_account
 
 
@@ -47,3 +47,17 @@ def test_403_stops_at_once_and_says_why(acct):
         with pytest.raises(AmoError, match="blocked"):
             amo.get("/api/v4/contacts")
     assert amo.requests == 2 and slept == []
+
+
+def test_after_a_403_the_client_sends_nothing_more(acct):
+    slept: list[float] = []
+    with client(acct, slept) as amo:
+        acct.faults(kind="status", status=403, path="/api/v4/leads", count=1)
+        with pytest.raises(AmoStopped, match="blocked"):
+            amo.get("/api/v4/leads")
+        sent = amo.requests
+        for call in (lambda: amo.get("/api/v4/account"), lambda: amo.patch("/api/v4/contacts", [{"id": 1}])):
+            with pytest.raises(AmoStopped, match=r"not sent: .* because amoCRM answered 403"):
+                call()
+    assert sent == 1 and amo.requests == 1 and slept == []
+    acct.clear_faults()

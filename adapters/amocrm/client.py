@@ -13,7 +13,9 @@ What this client does about them:
 * :data:`RULES` says what an answer means, :data:`READ` / :data:`WRITE` whether it is tried again:
 * 429: every thread holds ``retry_after`` from the body (or 1 s), then retries; at most :data:`MAX_429` in a
   row, since insisting is what gets an account blocked. 403: stop at once with a message (no retry makes
-  it worse). 402: the account is not paid, a clear error.
+  it worse), and the client sends nothing more: every later call on it raises :class:`AmoStopped` without
+  a request, so a write-back's remaining batches (and the requests other threads had queued) do not
+  prolong the block. 402: the account is not paid, a clear error.
 * 5xx, 502/504 HTML pages and connection errors: retried with capped exponential back-off with jitter
   (:data:`BACKOFF`, ``sleep`` and ``random`` injected), for reads and for idempotent writes only (tag
   PATCHes with ``tags_to_add`` / ``tags_to_delete`` are idempotent).
@@ -84,6 +86,11 @@ def classify(status: int, body: Any = None) -> Decision:
 
 class AmoError(Exception):
     """amoCRM refused or failed a request; the message says what to check (never the token)."""
+
+
+class AmoStopped(AmoError):
+    """amoCRM answered 403: the account or this address is blocked, or the integration lost its access.
+    The client that heard it sends no further request."""
 
 
 class AmoHTTPError(AmoError):
@@ -222,6 +229,7 @@ class AmoClient:
         self.statuses: dict[int, int] = {}
         self.server_time: int | None = None  # unix seconds of the first answer's Date header
         self.last_time: int | None = None  # unix seconds of the latest answer's Date header
+        self.stopped: str | None = None  # the 403's message once one came: no request is sent after it
         self._lock = threading.Lock()
 
     @property
@@ -265,8 +273,12 @@ class AmoClient:
         tries: dict[Outcome, int] = {}
         transient = 0  # 5xx and lost connections count together, as one budget
         while True:
+            self._check_stopped(method, path)
             token = self.tokens.token()
             self.limiter.acquire()
+            if self.stopped is not None:  # another thread heard a 403 while this one waited for a slot
+                self.limiter.release()
+                self._check_stopped(method, path)
             try:
                 response = self.session.request(
                     method, self.base_url + path, params=params, json=json, timeout=self.timeout,
@@ -309,7 +321,10 @@ class AmoClient:
             else:
                 count = tries[decision.outcome] = tries.get(decision.outcome, 0) + 1
             if decision.outcome is Outcome.STOP:
-                raise AmoError(f"amoCRM answered {status} to {method} {path}: {decision.message}")
+                message = f"amoCRM answered {status} to {method} {path}: {decision.message}"
+                with self._lock:
+                    self.stopped = self.stopped or message
+                raise AmoStopped(message)
             if not policy.retries(decision, count):
                 if decision.outcome is Outcome.REFRESH_AUTH and count == 1:
                     self.tokens.refresh(token)  # a long-lived token cannot be refreshed: raises with what to do
@@ -321,6 +336,10 @@ class AmoClient:
                 self.limiter.hold(decision.hint or HOLD_DEFAULT)  # everyone waits, not just this thread
             else:
                 self.sleep(BACKOFF.delay(count - 1, rand=self.random))
+
+    def _check_stopped(self, method: str, path: str) -> None:
+        if self.stopped is not None:
+            raise AmoStopped(f"not sent: {method} {path}, because {self.stopped}")
 
     def _note(self, response: requests.Response) -> None:
         with self._lock:

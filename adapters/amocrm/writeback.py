@@ -32,7 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.amocrm.client import AmoClient, AmoError, AmoHTTPError
+from adapters.amocrm.client import AmoClient, AmoError, AmoHTTPError, AmoStopped
 from adapters.amocrm.mapping import TAGS_FIELD, card_tags
 from adapters.amocrm.settings import ENTITIES, AmoSettings
 from adapters.amocrm.source import make_client
@@ -49,6 +49,7 @@ class ChunkOutcome:
 
     done: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    stopped: str | None = None  # amoCRM answered 403 (or had already): nothing more is sent
 
 
 def plan_tags(wanted: dict[int, set[str]], current: dict[int, set[str]], managed: set[str]
@@ -107,8 +108,15 @@ class AmoTagWriter:
                     if len(running) >= self.in_flight:
                         finished, running = wait(running, return_when=FIRST_COMPLETED)
                         merge(finished)
+                    if result.stopped or client.stopped:  # blocked: the remaining cards are not sent
+                        unsent = f"not sent: {result.stopped or client.stopped}"
+                        result.failed.update({cid: unsent for cid in chunk})
+                        stage.advance(len(chunk))
+                        continue
                     running.add(pool.submit(self._write_chunk, client, chunk, changes))
                 merge(wait(running).done)
+            if client.stopped and not result.stopped:
+                result.stopped = client.stopped
             if result.updated and user is not None and began is not None and client.last_time is not None:
                 start = min([began, *self.written_at])
                 until = max([client.last_time, *self.written_at])
@@ -143,6 +151,9 @@ class AmoTagWriter:
         try:
             self._note_written(client.patch(self.path, body))
             outcome.done = chunk
+        except AmoStopped as exc:
+            outcome.failed = {cid: str(exc) for cid in chunk if cid not in outcome.done}
+            outcome.stopped = str(exc)
         except AmoHTTPError as exc:
             if exc.status not in (400, 422) or len(chunk) == 1:
                 outcome.failed = {cid: str(exc) for cid in chunk}
@@ -151,6 +162,10 @@ class AmoTagWriter:
                 try:
                     self._note_written(client.patch(f"{self.path}/{cid}", self._item(cid, changes[cid], single=True)))
                     outcome.done.append(cid)
+                except AmoStopped as stop:
+                    outcome.failed.update({c: str(stop) for c in chunk if c not in outcome.done and c not in outcome.failed})
+                    outcome.stopped = str(stop)
+                    break
                 except AmoHTTPError as one:
                     outcome.failed[cid] = str(one)
         except AmoError as exc:
@@ -163,6 +178,8 @@ class AmoTagWriter:
         """A finished PATCH's cards into the result (in the calling thread): the tags now on the written cards
         become mirror updates, the failures are reported per card."""
         result.failed.update(outcome.failed)
+        if outcome.stopped and not result.stopped:
+            result.stopped = outcome.stopped
         for cid in outcome.done:
             add, delete = changes[cid]
             tags = (current.get(cid, set()) | set(add)) - set(delete)
