@@ -152,15 +152,25 @@ def test_forged_foreign_and_uninstalled_frames_open_no_session(postgres_url, tmp
                 "a member id never installed": (mine["url"], {**mine["form"], "member_id": "0" * 32}, 404),
                 "B's DOMAIN": (_query(mine["url"], DOMAIN=b_domain), mine["form"], 403),
                 "a made-up DOMAIN": (_query(mine["url"], DOMAIN="evil.example.com"), mine["form"], 403),
+                # login CSRF: a genuine frame's form, auto-posted by another site's page (the browser says whence)
+                "posted from another site": (mine["url"], mine["form"], 403, {"Origin": "https://evil.example"}),
+                "posted from portal B's site": (mine["url"], mine["form"], 403,
+                                                {"Origin": "http://" + urlsplit(b.base_url).netloc + ".evil"}),
             }
-            for what, (url, form, status) in forgeries.items():
-                answer = requests.post(url, data=form, allow_redirects=False, timeout=20)
+            for what, (url, form, status, *headers) in forgeries.items():
+                answer = requests.post(url, data=form, allow_redirects=False, timeout=20,
+                                       headers=headers[0] if headers else None)
                 assert answer.status_code == status, (what, answer.status_code)
                 assert "set-cookie" not in {k.lower() for k in answer.headers}, f"{what}: a session was opened"
                 assert answer.headers.get("x-frame-options") == "DENY", what
                 for secret in secrets:
                     assert secret not in answer.text, f"{what}: the answer repeats a secret"
             assert snapshot(engine, name_a) == before
+            # the same form posted from the portal's own pages (as the portal's frame does) opens the session
+            fresh = a.open_placement("DEFAULT", send=False, user_id=1, lang="en")
+            answer = requests.post(fresh["url"], data=fresh["form"], allow_redirects=False, timeout=20,
+                                   headers={"Origin": "http://" + urlsplit(a.base_url).netloc})
+            assert answer.status_code == 200 and "lifecycle_session=" in answer.headers.get("set-cookie", "")
 
             # portal B uninstalled: its frame (taken before) opens nothing; its open session loses its pages
             session_b = requests.Session()

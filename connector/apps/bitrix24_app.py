@@ -361,6 +361,8 @@ class Bitrix24App:
                 origin = _origin(config.crm.client_endpoint)
                 if portal_address(config.crm.client_endpoint) != opened.domain.lower():
                     raise verify.Refused("forged", "the frame's DOMAIN is not this portal's")
+                if not posted_from(request.headers.get("origin"), origin):
+                    raise verify.Refused("forged", "the frame was posted from another site, not from the portal's pages")
                 if main:
                     user_id, admin = await run_in_threadpool(who_opened, config.crm.client_endpoint, opened.auth_id)
                 elif opened.placement != tab_for(config.crm.customer) or opened.entity_id is None:
@@ -406,6 +408,17 @@ class Bitrix24App:
 def _origin(endpoint: str) -> str:
     parts = urlsplit(endpoint)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def posted_from(sent: str | None, portal_origin: str) -> bool:
+    """Login CSRF: the portal posts its frames from its own pages, so a browser's ``Origin`` must be the
+    portal's. Another site's page that auto-posts a genuine frame's form (someone's AUTH_ID and
+    APPLICATION_TOKEN) would otherwise sign the visitor into that user's session. No ``Origin`` (not a
+    browser) or ``null`` (a no-referrer policy serialises it so) is let through: the form's own checks
+    still apply."""
+    if not sent or sent.strip().lower() == "null":
+        return True
+    return sent.strip().rstrip("/").lower() == portal_origin.lower()
 
 
 def portal_address(endpoint: str) -> str:
