@@ -174,7 +174,7 @@ def test_sigkill_during_closings_completes_each_task_and_adds_each_comment_once(
         _write_faults(crm, handle)
         kill_points = kill_syncs(path, tmp_path / "state.db", 16)
         crm.clear(handle)
-        assert len(kill_points) >= 12, kill_points  # 16 asked; fewer land before the work runs out on a loaded machine
+        assert len(kill_points) >= 15, kill_points
         print(f"{crm.name} close kill points (done, sending): {kill_points}")
         for _ in range(3):
             summary = sync(config).summary()

@@ -394,7 +394,8 @@ def test_sigkill_at_many_moments_during_apply_neither_duplicates_nor_loses(tmp_p
     channel = None if mode == "tasks" else mode
     kills = 16 if channel else 25
     options = {**crm.restart_options, **(getattr(crm, "channel_options", {}) if channel else {})}
-    with crm.start(generate=(160, 480) if channel else (250, 750), seed=3, **options) as handle:
+    size = (250, 750) if not channel else (400, 1200) if channel == "email" else (160, 480)
+    with crm.start(generate=size, seed=3, **options) as handle:
         crm.prepare(handle, mode)
         path = write_config(tmp_path, crm, handle, batch=2, channel=channel)
         config = load_config(path)
@@ -405,9 +406,9 @@ def test_sigkill_at_many_moments_during_apply_neither_duplicates_nor_loses(tmp_p
         # a Salesbot run is three requests (note, field, run): later kills reach the run request too
         kill_points = kill_syncs(path, db, kills, step=0.1 if mode == "salesbot" else 0.01)
         crm.clear(handle)
-        # enough kills to mean something; how many land before the work runs out depends on the machine's
-        # load (a loaded machine lets a run apply several batches between two looks at the ledger)
-        assert len(kill_points) >= (kills * 3 // 4 if channel else 20), kill_points
+        # 15+ kill points per channel: each kill lets a run apply a batch or more (more on a loaded machine), so
+        # the portals leave headroom (the e-mail channel reaches only customers with an address: a larger one)
+        assert len(kill_points) >= (kills - 1 if channel else 20), kill_points
         print(f"{crm.name} kill points (done, sending): {kill_points}")
         for _ in range(3):
             summary = sync(config).summary()
