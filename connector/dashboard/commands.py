@@ -70,7 +70,10 @@ def _day(value: str | None, default: date) -> date:
 def report_flows(config: Any, args: Any, out: Console) -> int:
     from connector.pipeline import open_store
 
-    start, end = _day(args.flows[0], date.today()), _day(args.flows[1], date.today())
+    from connector.pipeline import today_in
+
+    today = today_in(config.crm.timezone)  # the portal's date, under which runs record the segments
+    start, end = _day(args.flows[0], today), _day(args.flows[1], today)
     if start > end:
         raise ConfigError(f"--flows {start} {end}: the first date must not be after the second")
     store = open_store(config)

@@ -244,8 +244,12 @@ def session_middleware(key: str, *, secure: bool) -> list[Middleware]:
                        **options)]
 
 
-def _dates(request: Request) -> tuple[date, date]:
-    today = date.today()
+def _dates(request: Request, config: Any) -> tuple[date, date]:
+    """``from``/``to`` of a flows request; by default the 30 days up to the portal's today (its time zone: the
+    runs record each day's segments under the portal's date, which is not the server's every evening)."""
+    from connector.pipeline import today_in
+
+    today = today_in(config.crm.timezone)
     try:
         end = date.fromisoformat(request.query_params.get("to") or today.isoformat())
         start = date.fromisoformat(request.query_params.get("from") or (end - timedelta(days=30)).isoformat())
@@ -375,7 +379,7 @@ def routes(dash: Dashboard, middleware: list[Middleware]) -> list[BaseRoute]:
     def flows_page(request: Request) -> Response:
         user = signed_in(request)
         name, config, store = dash.portal(request, user)
-        start, end = _dates(request)
+        start, end = _dates(request, config)
         data = queries.flows(store, start, end)
         table = {(t["from"], t["to"]): t["customers"] for t in data["transitions"]}
         src, dst = request.query_params.get("src"), request.query_params.get("dst")
@@ -508,12 +512,12 @@ def routes(dash: Dashboard, middleware: list[Middleware]) -> list[BaseRoute]:
 
     @api
     def api_flows(request, user, name, config, store):  # noqa: ANN001, ANN202
-        start, end = _dates(request)
+        start, end = _dates(request, config)
         return queries.flows(store, start, end)
 
     @api
     def api_flow_members(request, user, name, config, store):  # noqa: ANN001, ANN202
-        start, end = _dates(request)
+        start, end = _dates(request, config)
         src, dst = request.query_params.get("src"), request.query_params.get("dst")
         states = [*queries.FLOW_STATES, queries.ABSENT]
         if src not in states or dst not in states:
