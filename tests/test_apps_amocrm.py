@@ -133,6 +133,21 @@ def test_forged_tokens_and_hooks_are_refused_with_nothing_changed(postgres_url, 
             assert snapshot(engine, name) == before
             assert registry_names(service) == [name]
 
+            # a flood of made-up codes: each costs a code exchange with amoCRM until the address is cut off
+            from connector.apps.common import REFUSALS_PER_ADDRESS
+
+            statuses = [http("GET", f"{base}/apps/amocrm/oauth?code=flood-{i}&referer=sandbox.amocrm.ru")[0]
+                        for i in range(REFUSALS_PER_ADDRESS)]
+            assert statuses == [401] * (REFUSALS_PER_ADDRESS - 2) + [429, 429]  # 2 refused above
+            exchanges = acct.counters()["oauth_requests"]
+            url = f"{base}/apps/amocrm/oauth?code=flood-x&referer=sandbox.amocrm.ru"
+            status, headers, body = http("GET", url, None, {"Accept-Language": "en-US,en;q=0.8"})
+            assert status == 429 and "try again in 10 minutes" in body and headers.get("retry-after") == "600"
+            status, _, body = http("GET", url, None, {"Accept-Language": "ru-RU,ru;q=0.9"})
+            assert status == 429 and "повторите через 10 минут" in body
+            assert acct.counters()["oauth_requests"] == exchanges  # the cut-off sends amoCRM nothing
+            assert snapshot(engine, name) == before
+
 
 def registry_names(service) -> list[str]:
     return [p.name for p in service.workers.registry().list()]

@@ -82,12 +82,16 @@ def test_install_sync_event_tab_uninstall_purge(postgres_url, tmp_path, monkeypa
             assert registry.load(name).settings.schedule.every == "2h"
 
             # a contact without purchases buys today: the portal's event moves its segment
-            with engine.connect() as conn:  # a customer with a segment and a card (dash_members) to open
-                customer = conn.execute(sa.text(
-                    "SELECT min(m.customer_id) FROM membership m JOIN portal_keys k ON k.id = m.portal_id "
-                    "JOIN dash_members d ON d.portal = k.name AND d.customer_id = m.customer_id WHERE k.name = :p"),
-                    {"p": name}).scalar()
-            assert customer is not None
+            def card_customer() -> int | None:  # a customer with a segment and a card (dash_members) to open
+                with engine.connect() as conn:
+                    return conn.execute(sa.text(
+                        "SELECT min(m.customer_id) FROM membership m JOIN portal_keys k ON k.id = m.portal_id "
+                        "JOIN dash_members d ON d.portal = k.name AND d.customer_id = m.customer_id WHERE k.name = :p"),
+                        {"p": name}).scalar()
+
+            # the run is marked ok just before the dashboard's snapshot (dash_members) is written
+            wait_for(lambda: card_customer() is not None, 90, "the first sync's dashboard snapshot")
+            customer = card_customer()
             before = segments_of(engine, name, customer)
             runs_before = len(sync_runs(engine, name))
             portal.edit_record("deal", "add", fields={"TITLE": "Order", "CONTACT_ID": customer, "STAGE_ID": "WON",
@@ -291,3 +295,41 @@ def test_app_settings_from_the_environment(monkeypatch, tmp_path):
             "labels": {"ru": {"lifecycle.new": "Новые"}}}
     assert tomllib.loads(dump_toml(data)) == data
     assert json.dumps(data)  # plain data only
+
+
+def test_a_flood_of_forged_installation_callbacks_is_cut_off_before_it_reaches_the_oauth_server(
+        postgres_url, tmp_path, monkeypatch):
+    from connector.apps.common import REFUSAL_WINDOW, REFUSALS_PER_ADDRESS
+
+    port = free_port()
+    with running_portal(generate=(5, 5), limits=False) as portal:
+        env = app_env(tmp_path, port, LIFECYCLE_BITRIX24_OAUTH_URL=portal.base_url + "/oauth/token/")
+        with web_service(postgres_url, env, port, monkeypatch) as service:
+            base = f"http://127.0.0.1:{port}"
+            # the portal's genuine installation callback, delivered elsewhere: its form is replayed below
+            answer = portal.install_app(base + "/nowhere", scope="crm,placement,user_brief",
+                                        client_id=B24_CLIENT_ID, client_secret=B24_CLIENT_SECRET)
+            form = answer["delivery"]["form"]
+            flat = {"event": "ONAPPINSTALL", "ts": "1700000000", **{f"auth[{k}]": str(v) for k, v in form["auth"].items()}}
+            stranger = {**flat, "auth[member_id]": "0" * 32, "auth[application_token]": "a" * 32,
+                        "auth[refresh_token]": "r" * 32, "auth[access_token]": "x" * 32}
+            oauth = portal.counters()["oauth_requests"]
+            for _ in range(REFUSALS_PER_ADDRESS):
+                status, _, body = form_post(base + "/apps/bitrix24/install", stranger)
+                assert status == 401, body
+            asked = portal.counters()["oauth_requests"] - oauth
+            assert asked >= REFUSALS_PER_ADDRESS  # each forged callback cost at least one OAuth request
+            for _ in range(5):
+                status, headers, body = form_post(base + "/apps/bitrix24/install", stranger)
+                assert status == 429 and "try again in 10 minutes" in body and "r" * 32 not in body
+                assert headers.get("retry-after") == str(int(REFUSAL_WINDOW))
+            assert portal.counters()["oauth_requests"] - oauth == asked  # nothing more reached the OAuth server
+            # a genuine installation from that address waits out the window too; after it, it installs
+            status, _, _ = form_post(base + "/apps/bitrix24/install", flat)
+            assert status == 429
+            throttle = service.installations.refusals
+            throttle.clock = lambda: __import__("time").monotonic() + REFUSAL_WINDOW + 1
+            status, _, body = form_post(base + "/apps/bitrix24/install", flat)
+            assert status == 200, body
+            wait_for(lambda: service.workers.registry().get(name_of(portal.info["member_id"])) is not None, 30,
+                     "the portal registered")

@@ -39,7 +39,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from connector.apps import verify
-from connector.apps.common import Installations, customer_page, language, refusal_page
+from connector.apps.common import TOO_MANY_REFUSALS_TEXT, REFUSAL_WINDOW, Installations, client_address, customer_page, \
+    language, refusal_page
 from connector.apps.settings import portal_name
 
 log = logging.getLogger("lifecycle.apps.amocrm")
@@ -159,10 +160,16 @@ class AmoApp:
             if not self.configured():
                 return HTMLResponse(refusal_page(lang, "set LIFECYCLE_PUBLIC_URL, LIFECYCLE_AMOCRM_CLIENT_ID and "
                                                        "LIFECYCLE_AMOCRM_CLIENT_SECRET"), 503)
+            address = client_address(request)
+            if self.inst.too_many_refusals(address, "amocrm_oauth"):
+                log.warning("amoCRM connection refused: too many refused from one address")
+                return HTMLResponse(refusal_page(lang, TOO_MANY_REFUSALS_TEXT[lang]), 429,
+                                    headers={"Cache-Control": "no-store", "Retry-After": str(int(REFUSAL_WINDOW))})
             try:
                 await run_in_threadpool(self.connect, dict(request.query_params))
             except verify.Refused as refused:
                 log.warning("amoCRM connection refused: %s", refused.reason)
+                self.inst.note_refusal(address, "amocrm_oauth")
                 return HTMLResponse(refusal_page(lang, str(refused)), 400 if refused.reason != "forged" else 401,
                                     headers={"Cache-Control": "no-store"})
             body = f'<!doctype html><meta charset="utf-8"><p id="message">{DONE[lang]}</p>'

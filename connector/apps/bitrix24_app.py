@@ -51,7 +51,8 @@ from starlette.routing import Route
 
 from connector.apps import verify
 from connector.apps.b24_credentials import ClientPair
-from connector.apps.common import Installations, customer_page, frame_headers, install_page, language, refusal_page
+from connector.apps.common import TOO_MANY_REFUSALS, REFUSAL_WINDOW, Installations, client_address, customer_page, \
+    frame_headers, install_page, language, refusal_page
 from connector.apps.settings import portal_name
 from connector.http import BodyRefused, read_body, text
 
@@ -298,6 +299,11 @@ class Bitrix24App:
             return verify.to_pairs(await read_body(request))
 
         async def install(request: Request) -> Response:
+            address = client_address(request)
+            if self.inst.too_many_refusals(address, "bitrix24_install"):
+                log.warning("Bitrix24 installation refused: too many refused from one address")
+                return Response(TOO_MANY_REFUSALS + "\n", 429, media_type="text/plain; charset=utf-8",
+                                headers={"Retry-After": str(int(REFUSAL_WINDOW))})
             try:
                 pairs = await form_of(request)
                 form = dict(pairs)
@@ -306,9 +312,12 @@ class Bitrix24App:
                 status, answer, name, token = await run_in_threadpool(self.install, pairs,
                                                                       request.query_params.get("client_id"))
             except BodyRefused as refused:
+                self.inst.note_refusal(address, "bitrix24_install")
                 return refused.response
             except verify.Refused as refused:
                 log.warning("Bitrix24 installation refused: %s", refused.reason)
+                if refused.reason != "not_configured":
+                    self.inst.note_refusal(address, "bitrix24_install")
                 return text(401 if refused.reason in ("forged", "missing_token", "unverified", "unknown_app") else 400,
                             f"{refused}\n")
             if name is None or token is None:
@@ -323,6 +332,8 @@ class Bitrix24App:
                 name, lang, origin, bound = await run_in_threadpool(self.install_in_frame, form, query)
             except verify.Refused as refused:
                 log.warning("Bitrix24 installation page refused: %s", refused.reason)
+                if refused.reason != "not_configured":
+                    self.inst.note_refusal(client_address(request), "bitrix24_install")
                 status = 503 if refused.reason == "not_configured" else 403 if refused.reason in (
                     "forged", "missing_token", "unverified", "unknown_app") else 400
                 return HTMLResponse(refusal_page(lang, str(refused)), status,

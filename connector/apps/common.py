@@ -19,20 +19,35 @@ from connector.config import ConfigError
 
 log = logging.getLogger("lifecycle.apps")
 HTTP_TIMEOUT = 15.0
+# Refused installation callbacks (Bitrix24 install, amoCRM OAuth redirect) per client address: each costs the
+# service outbound OAuth requests (one per configured application pair), so a flood of forged ones would make
+# the CRMs' OAuth servers limit this service's address and refuse genuine installs. Over the limit: 429.
+REFUSALS_PER_ADDRESS = 20
+REFUSAL_WINDOW = 600.0
 
 
 class Installations:
     """Installations of the apps over the many-portal service's registry."""
 
     def __init__(self, service: Any, settings: AppSettings | None = None):
+        from connector.dashboard.auth import LoginThrottle
+
         self.service = service
         self.settings = settings or AppSettings.from_env()
+        self.refusals = LoginThrottle(REFUSALS_PER_ADDRESS, REFUSAL_WINDOW)
         for lang in TEXTS:  # compile the pages' templates and catalogues now, not on a portal's first request
             for template in ("app_customer.html", "app_install.html", "app_message.html"):
                 _env(lang).get_template(template)
 
     def registry(self) -> Any:
         return self.service.workers.registry()
+
+    def too_many_refusals(self, address: str, route: str) -> bool:
+        """``address`` had :data:`REFUSALS_PER_ADDRESS` callbacks of ``route`` refused in the window."""
+        return self.refusals.exhausted(address, route)
+
+    def note_refusal(self, address: str, route: str) -> None:
+        self.refusals.allow(address, route)
 
     def portal(self, name: str) -> Any | None:
         """The registry row (None when unknown or removed)."""
@@ -208,3 +223,16 @@ def _env(lang: str) -> Any:
         env.install_gettext_translations(translations(lang), newstyle=True)  # type: ignore[attr-defined]
         _envs[lang] = env
     return _envs[lang]
+
+
+def client_address(request: Any) -> str:
+    return request.client.host if request.client else "-"
+
+
+TOO_MANY_REFUSALS = (f"too many refused installation requests from this address: try again in "
+                     f"{int(REFUSAL_WINDOW // 60)} minutes (check the application's client id and secret)")
+TOO_MANY_REFUSALS_TEXT = {  # the same, for a person's browser (the amoCRM connection page)
+    "en": TOO_MANY_REFUSALS,
+    "ru": (f"слишком много отклонённых попыток установки с этого адреса: повторите через "
+           f"{int(REFUSAL_WINDOW // 60)} минут (проверьте client id и секрет интеграции)"),
+}

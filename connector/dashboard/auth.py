@@ -183,6 +183,13 @@ class LoginThrottle:
             seen.append(now)
             return True
 
+    def exhausted(self, address: str, email: str) -> bool:
+        """True when the next attempt would be refused (nothing is counted)."""
+        now = self.clock()
+        with self.lock:
+            seen = self.attempts.get((address, email.strip().lower()))
+            return seen is not None and sum(1 for t in seen if t > now - self.window) >= self.limit
+
     def reset(self, address: str, email: str) -> None:
         with self.lock:
             self.attempts.pop((address, email.strip().lower()), None)
