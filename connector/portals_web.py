@@ -271,10 +271,21 @@ class PortalService:
         # the dashboard over the registry (/ui, /api/v1): password accounts and the Bitrix24 app's sessions
         dashboard, self.dashboard, self.dashboard_middleware = build_many(
             RegistryPortals(self), self.url, self.installations.settings.public_url)
-        routes += Bitrix24App(self.installations).routes() + AmoApp(self.installations).routes() + dashboard
+        self.bitrix24_app = Bitrix24App(self.installations)
+        routes += self.bitrix24_app.routes() + AmoApp(self.installations).routes() + dashboard
         app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
         app.router.redirect_slashes = False
         return app
+
+    def push_app_secrets(self) -> None:
+        """A Bitrix24 application secret changed in the apps file or the environment reaches the installed
+        portals' configs (logged, never fatal: the service still starts)."""
+        from connector.logs import safe_error
+
+        try:
+            self.bitrix24_app.push_secrets()
+        except Exception as exc:  # noqa: BLE001 - the portals keep their recorded secret; logged
+            log.error("could not update the installed portals' application secrets: %s", safe_error(exc))
 
     # -- the process -------------------------------------------------------------------------------
 
@@ -283,6 +294,7 @@ class PortalService:
 
         ensure_schema(self.url)
         self.workers.registry()  # migrate, check the key: fail at start
+        self.push_app_secrets()
         self.workers.app.open()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())

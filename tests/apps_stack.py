@@ -54,6 +54,7 @@ def web_service(url: str, env: dict[str, str], port: int, monkeypatch) -> Iterat
     ensure_schema(url)
     service = PortalService(url, host="127.0.0.1", port=port, token="status-token-for-app-tests")
     service.workers.registry()
+    service.push_app_secrets()  # as PortalService.run does at start
     service.workers.app.open()
     service.server.start()
     try:

@@ -352,3 +352,43 @@ def test_the_cli_stores_pairs_encrypted_and_updates_installed_portals(tmp_path):
     for proc in (no_key, bad, proc, listed, rotated, removed):  # nothing printed repeats a secret
         for secret in (a.client_secret, b.client_secret, renewed.client_secret, key, new_key):
             assert secret not in proc.stdout + proc.stderr
+
+
+def test_a_secret_changed_in_the_apps_file_reaches_installed_portals_at_the_service_start(
+        postgres_url, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    handler = f"http://127.0.0.1:{port}/apps/bitrix24/install"
+    a, b = _pair("1"), _pair("2")
+    apps_file = tmp_path / "bitrix24-apps.toml"
+    _write(apps_file, [a, b])
+    with running_portals(2, generate=(5, 5), limits=False) as sandbox:
+        p0, p1 = sandbox[0], sandbox[1]
+        env = app_env(tmp_path, port, LIFECYCLE_BITRIX24_OAUTH_URL=sandbox.base_url + "/oauth/token/",
+                      LIFECYCLE_BITRIX24_APPS_PATH=str(apps_file))
+        n0, n1 = name_of(p0.info["member_id"]), name_of(p1.info["member_id"])
+        with web_service(postgres_url, env, port, monkeypatch) as service:
+            for portal, pair in ((p0, a), (p1, b)):
+                answer = portal.install_app(handler, scope="crm,placement,user_brief", client_id=pair.client_id,
+                                            client_secret=pair.client_secret)
+                assert answer["delivery"]["status"] == 200, answer["delivery"]
+            registry = service.workers.registry()
+            assert registry.load(n0).crm.client_secret.get_secret_value() == a.client_secret
+
+        # the integrator regenerates application a's key and edits the apps file only, then restarts
+        rotated = ClientPair(a.client_id, _pair("9").client_secret)
+        _write(apps_file, [rotated, b])
+        caplog.clear()
+        with web_service(postgres_url, env, port, monkeypatch) as service:
+            registry = service.workers.registry()
+            assert registry.load(n0).crm.client_secret.get_secret_value() == rotated.client_secret
+            assert registry.load(n1).crm.client_secret.get_secret_value() == b.client_secret  # untouched
+            assert "1 installed portal(s) now refresh with their application's current secret" in caplog.text
+            with registry.engine.connect() as conn:  # stored encrypted, like every portal secret
+                text = conn.execute(sa.text("SELECT config FROM portals WHERE name = :n"), {"n": n0}).scalar()
+            assert rotated.client_secret not in text and a.client_secret not in text
+        assert rotated.client_secret not in caplog.text and a.client_secret not in caplog.text
+        # a third start changes nothing
+        caplog.clear()
+        with web_service(postgres_url, env, port, monkeypatch):
+            assert "now refresh with" not in caplog.text

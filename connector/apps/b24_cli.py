@@ -82,14 +82,15 @@ def _portals_by_client(registry: Any) -> dict[str, list[str]]:
     return out
 
 
-def _update_portals(registry: Any, client_id: str, secret: str) -> int:
-    """Installed portals recording ``client_id`` with another secret get the new one (their next refresh)."""
+def _update_portals(registry: Any, client_id: str, secret: str, users: dict[str, list[str]] | None = None) -> int:
+    """Installed portals recording ``client_id`` with another secret get the new one (their next refresh).
+    ``users``: :func:`_portals_by_client`, when the caller already has it."""
     import tomllib
 
     from connector.apps.settings import dump_toml
 
     changed = 0
-    for name in _portals_by_client(registry).get(client_id, []):
+    for name in (_portals_by_client(registry) if users is None else users).get(client_id, []):
         data = tomllib.loads(registry.config_text(name))
         if data.get("crm", {}).get("client_secret") != secret:
             data["crm"]["client_secret"] = secret

@@ -110,6 +110,23 @@ class Bitrix24App:
             log.error("the registry's Bitrix24 application pairs cannot be read: %s", safe_error(exc))
             return []
 
+    def push_secrets(self) -> int:
+        """Installed portals whose recorded client id the configured sources (environment, registry, apps file)
+        now give with another secret get that secret, so their next token refresh works after an application's
+        key was regenerated and only the apps file (or the environment) was edited. Run at the service's start;
+        ``lifecycle apps bitrix24 add-credentials`` does the same at once. Returns the portals changed."""
+        from connector.apps.b24_cli import _portals_by_client, _update_portals
+
+        pairs = self.settings.b24_credentials().pairs()
+        if not pairs:
+            return 0
+        registry = self.inst.registry()
+        users = _portals_by_client(registry)
+        changed = sum(_update_portals(registry, p.client_id, p.client_secret, users) for p in pairs if p.client_id in users)
+        if changed:
+            log.info("%d installed portal(s) now refresh with their application's current secret", changed)
+        return changed
+
     # -- install ---------------------------------------------------------------------------------------
 
     def handler_url(self, path: str) -> str:
