@@ -39,9 +39,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from connector.apps import verify
-from connector.apps.common import TOO_MANY_REFUSALS_TEXT, REFUSAL_WINDOW, Installations, client_address, customer_page, \
+from connector.apps.common import TOO_MANY_REFUSALS_TEXT, REFUSAL_WINDOW, Installations, customer_page, \
     language, refusal_page
 from connector.apps.settings import portal_name
+from connector.dashboard.auth import client_address
 
 log = logging.getLogger("lifecycle.apps.amocrm")
 

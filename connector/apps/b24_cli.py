@@ -68,40 +68,10 @@ def _secret(path: str) -> str:
     return secret
 
 
-def _portals_by_client(registry: Any) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for portal in registry.list():
-        if portal.kind != "bitrix24":
-            continue
-        try:
-            client_id = registry.load(portal.name).crm.client_id
-        except Exception:  # noqa: BLE001 - a portal whose config no longer loads is listed by `portals list`
-            continue
-        if client_id:
-            out.setdefault(client_id, []).append(portal.name)
-    return out
-
-
-def _update_portals(registry: Any, client_id: str, secret: str, users: dict[str, list[str]] | None = None) -> int:
-    """Installed portals recording ``client_id`` with another secret get the new one (their next refresh).
-    ``users``: :func:`_portals_by_client`, when the caller already has it."""
-    import tomllib
-
-    from connector.apps.settings import dump_toml
-
-    changed = 0
-    for name in (_portals_by_client(registry) if users is None else users).get(client_id, []):
-        data = tomllib.loads(registry.config_text(name))
-        if data.get("crm", {}).get("client_secret") != secret:
-            data["crm"]["client_secret"] = secret
-            registry.add(name, dump_toml(data), replace=True)
-            changed += 1
-    return changed
-
-
 def apps_command(args: argparse.Namespace, out: Any) -> int:
     from connector import logs
     from connector.apps.b24_credentials import ClientPair, check_client_id, remove_pair, store_pair, stored_pairs
+    from connector.apps.settings import portals_by_client, update_portal_secrets
     from connector.portals_cli import state_url
     from connector.registry import Registry
 
@@ -113,7 +83,7 @@ def apps_command(args: argparse.Namespace, out: Any) -> int:
         registry = Registry.open(url)
         try:
             added = store_pair(registry.engine, ClientPair(client_id, secret))
-            updated = _update_portals(registry, client_id, secret)
+            updated = update_portal_secrets(registry, client_id, secret)
         finally:
             registry.close()
         out.print(f"{client_id}: {'added' if added else 'replaced'}" +
@@ -126,11 +96,11 @@ def apps_command(args: argparse.Namespace, out: Any) -> int:
             if not remove_pair(registry.engine, client_id):
                 print(f"error: no stored pair has client_id {client_id}", file=sys.stderr)
                 return 1
-            users = _portals_by_client(registry).get(client_id, [])
+            users = portals_by_client(registry).get(client_id, [])
             out.print(f"{client_id}: removed" + (f" (still recorded by {len(users)} installed portal(s), which keep "
                                               "refreshing with it until re-installed)" if users else ""))
             return 0
-        users = _portals_by_client(registry)
+        users = portals_by_client(registry)
         pairs = stored_pairs(registry.engine)
         for pair in pairs:
             names = users.get(pair.client_id, [])

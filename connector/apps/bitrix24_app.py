@@ -51,9 +51,10 @@ from starlette.routing import Route
 
 from connector.apps import verify
 from connector.apps.b24_credentials import ClientPair
-from connector.apps.common import TOO_MANY_REFUSALS, REFUSAL_WINDOW, Installations, client_address, customer_page, \
+from connector.apps.common import TOO_MANY_REFUSALS, REFUSAL_WINDOW, Installations, customer_page, \
     frame_headers, install_page, language, refusal_page
 from connector.apps.settings import portal_name
+from connector.dashboard.auth import client_address
 from connector.http import BodyRefused, read_body, text
 
 log = logging.getLogger("lifecycle.apps.bitrix24")
@@ -115,14 +116,15 @@ class Bitrix24App:
         now give with another secret get that secret, so their next token refresh works after an application's
         key was regenerated and only the apps file (or the environment) was edited. Run at the service's start;
         ``lifecycle apps bitrix24 add-credentials`` does the same at once. Returns the portals changed."""
-        from connector.apps.b24_cli import _portals_by_client, _update_portals
+        from connector.apps.settings import portals_by_client, update_portal_secrets
 
         pairs = self.settings.b24_credentials().pairs()
         if not pairs:
             return 0
         registry = self.inst.registry()
-        users = _portals_by_client(registry)
-        changed = sum(_update_portals(registry, p.client_id, p.client_secret, users) for p in pairs if p.client_id in users)
+        users = portals_by_client(registry)
+        changed = sum(update_portal_secrets(registry, p.client_id, p.client_secret, users)
+                      for p in pairs if p.client_id in users)
         if changed:
             log.info("%d installed portal(s) now refresh with their application's current secret", changed)
         return changed
@@ -195,6 +197,28 @@ class Bitrix24App:
         return {"kind": "bitrix24", "client_endpoint": endpoint, "client_id": pair.client_id,
                 "client_secret": pair.client_secret, "oauth_token_url": self.settings.b24_oauth_url}
 
+    def admit(self, name: str, member_id: str, application_token: str | None, refresh_token: str, hint: str | None,
+              *, endpoint: str | None = None, domain: str | None = None) -> tuple[bool, str, dict[str, Any]]:
+        """What the installation callback and the installation page both check, then the registration: a known
+        portal's application token; the application whose pair the OAuth server accepts for the refresh token
+        (:meth:`identify`); the client endpoint the OAuth server names (``endpoint``: the callback's own, when
+        it names none); with ``domain`` (a frame's ``DOMAIN``), that it is that endpoint's portal. Returns
+        (the portal was known, the client endpoint, the renewed tokens); raises ``Refused``, writing nothing."""
+        known = self.inst.portal(name)
+        if known is not None and known.state != "uninstalled":
+            stored = self.inst.registry().load(name).settings.daemon.bitrix24_application_token
+            verify.check_application_token(application_token, stored.get_secret_value() if stored else None)
+        client, fresh = self.identify(name, member_id, refresh_token, hint)
+        endpoint = str(fresh.get("client_endpoint") or endpoint or "")
+        if not endpoint.startswith(("http://", "https://")):
+            raise verify.Refused("malformed", "the OAuth server named no client endpoint for the portal")
+        if domain is not None and portal_address(endpoint) != domain.lower():
+            raise verify.Refused("forged", "the frame's DOMAIN is not the portal the tokens belong to")
+        expires = int(fresh.get("expires") or time.time() + int(fresh.get("expires_in") or 3600))
+        self.inst.register(name, self.crm_settings(endpoint, client), {"bitrix24_application_token": application_token},
+                           (fresh["access_token"], fresh["refresh_token"], expires))
+        return known is not None, endpoint, fresh
+
     def install(self, pairs: list[tuple[str, str]], hint: str | None = None) -> tuple[int, str, str | None, str | None]:
         """(status, answer, portal, access token for the bindings); nothing is written on a refusal.
         ``hint``: the ``client_id`` query parameter of the handler URL (which application to try first)."""
@@ -204,21 +228,8 @@ class Bitrix24App:
         if event.event != "ONAPPINSTALL":
             raise verify.Refused("malformed", "the installation callback must carry event=ONAPPINSTALL")
         name = name_of(event.auth.member_id)
-        known = self.inst.portal(name)
-        previous = None
-        if known is not None and known.state != "uninstalled":
-            previous = self.inst.registry().load(name)
-            stored = previous.settings.daemon.bitrix24_application_token
-            verify.check_application_token(event.auth.application_token,
-                                           stored.get_secret_value() if stored else None)
-        client, fresh = self.identify(name, event.auth.member_id, event.auth.refresh_token or "", hint)
-        endpoint = str(fresh.get("client_endpoint") or event.auth.client_endpoint)
-        if not endpoint.startswith(("http://", "https://")):
-            raise verify.Refused("malformed", "the OAuth server named no client endpoint for the portal")
-        crm = self.crm_settings(endpoint, client)
-        expires = int(fresh.get("expires") or time.time() + int(fresh.get("expires_in") or 3600))
-        self.inst.register(name, crm, {"bitrix24_application_token": event.auth.application_token},
-                           (fresh["access_token"], fresh["refresh_token"], expires))
+        known, _, fresh = self.admit(name, event.auth.member_id, event.auth.application_token,
+                                     event.auth.refresh_token or "", hint, endpoint=event.auth.client_endpoint)
         log.info("portal %s: Bitrix24 application installed (%s)", name, "again" if known else "new")
         return 200, "installed\n", name, fresh["access_token"]
 
@@ -235,20 +246,8 @@ class Bitrix24App:
         if not opened.refresh_id:
             raise verify.Refused("missing_token", "the installation page was opened without REFRESH_ID")
         name = name_of(opened.member_id)
-        known = self.inst.portal(name)
-        if known is not None and known.state != "uninstalled":
-            stored = self.inst.registry().load(name).settings.daemon.bitrix24_application_token
-            verify.check_application_token(opened.application_token, stored.get_secret_value() if stored else None)
-        client, fresh = self.identify(name, opened.member_id, opened.refresh_id, query.get("client_id"))
-        endpoint = str(fresh.get("client_endpoint") or "")
-        if not endpoint.startswith(("http://", "https://")):
-            raise verify.Refused("malformed", "the OAuth server named no client endpoint for the portal")
-        if portal_address(endpoint) != opened.domain.lower():
-            raise verify.Refused("forged", "the frame's DOMAIN is not the portal the tokens belong to")
-        crm = self.crm_settings(endpoint, client)
-        expires = int(fresh.get("expires") or time.time() + int(fresh.get("expires_in") or 3600))
-        self.inst.register(name, crm, {"bitrix24_application_token": opened.application_token},
-                           (fresh["access_token"], fresh["refresh_token"], expires))
+        known, endpoint, fresh = self.admit(name, opened.member_id, opened.application_token, opened.refresh_id,
+                                            query.get("client_id"), domain=opened.domain)
         log.info("portal %s: Bitrix24 application installed from its installation page (%s)", name,
                  "again" if known else "new")
         try:

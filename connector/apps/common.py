@@ -225,10 +225,6 @@ def _env(lang: str) -> Any:
     return _envs[lang]
 
 
-def client_address(request: Any) -> str:
-    return request.client.host if request.client else "-"
-
-
 TOO_MANY_REFUSALS = (f"too many refused installation requests from this address: try again in "
                      f"{int(REFUSAL_WINDOW // 60)} minutes (check the application's client id and secret)")
 TOO_MANY_REFUSALS_TEXT = {  # the same, for a person's browser (the amoCRM connection page)

@@ -202,3 +202,31 @@ def portal_config(settings: AppSettings, crm: dict[str, Any], daemon: dict[str, 
     data["crm"] = {**data.get("crm", {}), **crm}
     data["daemon"] = {**data.get("daemon", {}), **daemon}
     return dump_toml(data)
+
+
+def portals_by_client(registry: Any) -> dict[str, list[str]]:
+    """Installed Bitrix24 portals by the client id their config records."""
+    out: dict[str, list[str]] = {}
+    for portal in registry.list():
+        if portal.kind != "bitrix24":
+            continue
+        try:
+            client_id = registry.load(portal.name).crm.client_id
+        except Exception:  # noqa: BLE001 - a portal whose config no longer loads is listed by `portals list`
+            continue
+        if client_id:
+            out.setdefault(client_id, []).append(portal.name)
+    return out
+
+
+def update_portal_secrets(registry: Any, client_id: str, secret: str, users: dict[str, list[str]] | None = None) -> int:
+    """Installed portals recording ``client_id`` with another secret get the new one (their next refresh).
+    ``users``: :func:`portals_by_client`, when the caller already has it."""
+    changed = 0
+    for name in (portals_by_client(registry) if users is None else users).get(client_id, []):
+        data = tomllib.loads(registry.config_text(name))
+        if data.get("crm", {}).get("client_secret") != secret:
+            data["crm"]["client_secret"] = secret
+            registry.add(name, dump_toml(data), replace=True)
+            changed += 1
+    return changed

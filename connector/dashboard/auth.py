@@ -160,6 +160,11 @@ def csrf_ok(session: dict[str, Any], sent: str | None) -> bool:
     return bool(token and sent) and hmac.compare_digest(str(token), str(sent))
 
 
+def client_address(request: Any) -> str:
+    """The address a throttle counts a request under (uvicorn's, X-Forwarded-For from a trusted proxy)."""
+    return request.client.host if request.client else "-"
+
+
 class LoginThrottle:
     """At most ``limit`` login attempts per ``window`` seconds per (client address, e-mail)."""
 

@@ -68,9 +68,7 @@ def _day(value: str | None, default: date) -> date:
 
 
 def report_flows(config: Any, args: Any, out: Console) -> int:
-    from connector.pipeline import open_store
-
-    from connector.pipeline import today_in
+    from connector.pipeline import open_store, today_in
 
     today = today_in(config.crm.timezone)  # the portal's date, under which runs record the segments
     start, end = _day(args.flows[0], today), _day(args.flows[1], today)

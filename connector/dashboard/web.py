@@ -322,7 +322,7 @@ def routes(dash: Dashboard, middleware: list[Middleware]) -> list[BaseRoute]:
         password = str(form.get("password", ""))[:1024]
         if not auth.csrf_ok(request.session, form.get("csrf")):
             return await run_in_threadpool(dash.page, request, "login.html", None, 403, error="csrf", email=email)
-        address = request.client.host if request.client else "-"
+        address = auth.client_address(request)
         if not dash.throttle.allow(address, email):
             log.warning("dashboard login throttled for a client (too many attempts)")
             return await run_in_threadpool(dash.page, request, "login.html", None, 429, error="throttled", email=email)
